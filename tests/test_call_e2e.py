@@ -1,0 +1,48 @@
+"""A whole call through the real default models: spoken caller audio in, spoken agent audio out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from voicecore.records import TIMELINE_STAGES
+from voicecore.simulate import run_call
+
+pytestmark = pytest.mark.models
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if x.size else 0.0
+
+
+async def test_spoken_call_is_transcribed_answered_and_timed(pool, receptionist, say):
+    utterances = [
+        say("What are your opening hours on Saturday?", voice="en-us"),
+        say("I would like to book a cleaning appointment.", voice="en-us+m3"),
+    ]
+    record, transport, session = await run_call(receptionist, pool, utterances, realtime=True)
+
+    caller = [t for t in record.turns if t.role == "caller"]
+    replies = [t for t in record.turns if t.role == "agent" and t.kind == "reply"]
+    greeting = [t for t in record.turns if t.role == "agent" and t.kind == "greeting"]
+    assert greeting and greeting[0].text == receptionist.greeting
+
+    heard = " ".join(t.text.lower() for t in caller)
+    for word in ("hours", "saturday", "appointment"):
+        assert word in heard, f"{word!r} missing from transcript {heard!r}"
+
+    assert len(replies) >= 2
+    for reply in replies:
+        assert reply.text.strip()
+        tl = reply.timeline
+        assert tl is not None and tl.is_complete(), tl
+        times = [getattr(tl, s) for s in TIMELINE_STAGES]
+        assert times == sorted(times), f"timeline out of order: {tl.relative_ms()}"
+        assert tl.voice_to_voice_ms() < 5000
+
+    audio = transport.audio()
+    assert audio.size > transport.output_sample_rate * 3
+    # speech, not silence: loud enough overall and in 200 ms windows during replies
+    assert rms(audio) > 300
+    assert record.end_reason == "completed"
+    assert record.duration_s and record.duration_s > 5

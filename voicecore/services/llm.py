@@ -1,0 +1,465 @@
+"""The LLM: llama-cpp-python in process, streaming, with the conversation prefix kept in the KV cache.
+
+``LlamaEngine`` loads one GGUF model per process and runs every call's
+generations on one inference thread. A conversation's prompt is built as token
+lists (ChatML), and the tokens the model generated for an agent reply are kept
+as they were, so the next turn's prompt starts with exactly the tokens already
+in the KV cache and only the new ones are evaluated. When calls take turns on
+the shared model, the KV state of the call that used it last is saved and the
+next call's state is restored.
+
+``Conversation`` is one call's dialogue; ``LlamaLLMProcessor`` is the Pipecat
+shell: a final ``TranscriptionFrame`` in, ``LLMFullResponseStartFrame``,
+``LLMTextFrame``\\ s and ``LLMFullResponseEndFrame`` out. Everything that reaches
+the model passes through the policy's context builder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import itertools
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from loguru import logger
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TranscriptionFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from voicecore.config import LLMParams, LLMPreset
+from voicecore.records import TurnTimeline
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+
+
+@dataclass
+class ChatMessage:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+    reply_id: str | None = None  # agent replies: which reply this was (barge-in truncation)
+
+
+class ContextBuilder(Protocol):
+    """The only road from caller text and tenant data into the prompt (policy seam)."""
+
+    def caller_text(self, text: str) -> str:
+        """Caller speech as it may enter the model's context (redacted when the policy says so)."""
+        ...
+
+    def build(self, system_prompt: str, history: list[ChatMessage]) -> list[ChatMessage]:
+        """The messages the model sees: system prompt, allowed contact fields, bounded history."""
+        ...
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    evaluated_prompt_tokens: int = 0  # prompt tokens not found in the KV cache
+    generated_tokens: int = 0
+    first_token_s: float | None = None
+    total_s: float = 0.0
+    state_restored: bool = False
+    cancelled: bool = False
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list[int]
+    stats: GenerationStats
+
+
+class LlamaEngine:
+    """One llama.cpp model per process; one inference thread shared by every call."""
+
+    MAX_SAVED_STATES = 32
+
+    def __init__(self, gguf_path: str, preset: LLMPreset):
+        from llama_cpp import Llama
+
+        self.path = gguf_path
+        self.preset = preset
+        self._llm = Llama(
+            model_path=gguf_path,
+            n_ctx=preset.n_ctx,
+            n_threads=preset.n_threads,
+            n_threads_batch=preset.n_threads,
+            n_batch=preset.n_batch,
+            verbose=False,
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+        self._owner: str | None = None  # conversation whose tokens are in the KV cache
+        self._saved: OrderedDict[str, object] = OrderedDict()
+        self._token_cache: dict[tuple[str, str], list[int]] = {}
+        self._eos = {self._llm.token_eos()}
+        for special in (IM_END, IM_START):
+            toks = self._llm.tokenize(special.encode(), add_bos=False, special=True)
+            if len(toks) == 1:
+                self._eos.add(toks[0])
+        self.n_ctx = preset.n_ctx
+
+    # -- prompt building -------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def _message_tokens(self, role: str, content: str) -> list[int]:
+        key = (role, content)
+        toks = self._token_cache.get(key)
+        if toks is None:
+            # The content is caller or agent text: its special-token look-alikes stay text.
+            head = self.tokenize(f"{IM_START}{role}\n")
+            body = self._llm.tokenize(content.encode("utf-8"), add_bos=False, special=False)
+            tail = self.tokenize(f"{IM_END}\n")
+            toks = head + body + tail
+            if len(self._token_cache) > 4096:
+                self._token_cache.clear()
+            self._token_cache[key] = toks
+        return toks
+
+    def prompt_tokens(
+        self,
+        messages: list[ChatMessage],
+        generated: dict[str, list[int]] | None = None,
+        *,
+        generation_header: bool = True,
+    ) -> list[int]:
+        """ChatML tokens for ``messages`` followed by the assistant header.
+
+        ``generated`` maps an assistant text to the exact tokens the model produced
+        for it, so the prompt matches the KV cache token for token.
+        """
+        out: list[int] = []
+        for m in messages:
+            if m.role == "assistant" and generated and m.content in generated:
+                out += self.tokenize(f"{IM_START}assistant\n") + generated[m.content] + self.tokenize(f"{IM_END}\n")
+            else:
+                out += self._message_tokens(m.role, m.content)
+        if generation_header:
+            out += self.tokenize(f"{IM_START}assistant\n")
+        return out
+
+    @staticmethod
+    def render(messages: list[ChatMessage]) -> str:
+        """The prompt as text (what the model is shown), for logs at DEBUG and tests."""
+        return "".join(f"{IM_START}{m.role}\n{m.content}{IM_END}\n" for m in messages) + f"{IM_START}assistant\n"
+
+    # -- generation --------------------------------------------------------------------
+
+    def _switch_to(self, owner: str) -> bool:
+        """Make ``owner``'s KV state current; returns True when a saved state was restored."""
+        if self._owner == owner:
+            return False
+        if self._owner is not None and self._llm.n_tokens > 0:
+            self._saved[self._owner] = self._llm.save_state()
+            self._saved.move_to_end(self._owner)
+            while len(self._saved) > self.MAX_SAVED_STATES:
+                self._saved.popitem(last=False)
+        self._owner = owner
+        state = self._saved.pop(owner, None)
+        if state is not None:
+            self._llm.load_state(state)
+            return True
+        return False
+
+    def prefill_sync(self, owner: str, prompt: list[int]) -> int:
+        """Evaluate ``prompt`` into ``owner``'s KV cache ahead of its first turn; returns tokens evaluated."""
+        self._switch_to(owner)
+        cached = self.cached_prefix(prompt)
+        if cached >= len(prompt):
+            return 0
+        self._llm.n_tokens = cached
+        self._llm.eval(prompt[cached:])
+        return len(prompt) - cached
+
+    async def prefill(self, owner: str, prompt: list[int]) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.prefill_sync, owner, prompt)
+
+    def forget(self, owner: str) -> None:
+        """Drop a finished conversation's saved state."""
+        self._saved.pop(owner, None)
+        if self._owner == owner:
+            self._owner = None
+
+    def cached_prefix(self, tokens: list[int]) -> int:
+        n = 0
+        cached = self._llm.input_ids[: self._llm.n_tokens]
+        for a, b in zip(cached, tokens):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    def generate_sync(
+        self,
+        owner: str,
+        prompt: list[int],
+        params: LLMParams,
+        cancel: threading.Event,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Generate a reply; blocking (runs on the engine's thread)."""
+        stats = GenerationStats(prompt_tokens=len(prompt))
+        t0 = time.monotonic()
+        stats.state_restored = self._switch_to(owner)
+        room = self.n_ctx - len(prompt)
+        if room < 8:
+            raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.n_ctx}")
+        max_tokens = min(params.max_tokens, room - 1)
+        cached = self.cached_prefix(prompt)
+        stats.evaluated_prompt_tokens = len(prompt) - min(cached, len(prompt) - 1)
+        if params.seed is not None:
+            self._llm.set_seed(params.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        tokens: list[int] = []
+        pieces: list[str] = []
+        gen = self._llm.generate(
+            prompt,
+            temp=params.temperature,
+            top_p=params.top_p,
+            repeat_penalty=params.repeat_penalty,
+            reset=True,
+        )
+        try:
+            for tok in gen:
+                if stats.first_token_s is None:
+                    stats.first_token_s = time.monotonic() - t0
+                if tok in self._eos:
+                    break
+                tokens.append(tok)
+                piece = decoder.decode(self._llm.detokenize([tok], prev_tokens=tokens[:-1] or None))
+                if piece:
+                    pieces.append(piece)
+                    if on_text is not None:
+                        on_text(piece)
+                if cancel.is_set():
+                    stats.cancelled = True
+                    break
+                if len(tokens) >= max_tokens:
+                    break
+        finally:
+            gen.close()
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            pieces.append(tail)
+            if on_text is not None:
+                on_text(tail)
+        stats.generated_tokens = len(tokens)
+        stats.total_s = time.monotonic() - t0
+        return Generation(text="".join(pieces), tokens=tokens, stats=stats)
+
+    async def generate(
+        self,
+        owner: str,
+        prompt: list[int],
+        params: LLMParams,
+        cancel: threading.Event,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Generation:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.generate_sync, owner, prompt, params, cancel, on_text)
+
+
+class PassThroughContext:
+    """A context builder with no policy: caller text as heard, the last ``history_turns`` messages."""
+
+    def __init__(self, history_turns: int = 8):
+        self.history_turns = history_turns
+
+    def caller_text(self, text: str) -> str:
+        return text
+
+    def build(self, system_prompt: str, history: list[ChatMessage]) -> list[ChatMessage]:
+        return [ChatMessage("system", system_prompt), *history[-2 * self.history_turns :]]
+
+
+_conversation_ids = itertools.count(1)
+
+
+@dataclass
+class Conversation:
+    """One call's dialogue as the model sees it. Caller text enters only through ``context``."""
+
+    system_prompt: str
+    context: ContextBuilder
+    messages: list[ChatMessage] = field(default_factory=list)
+    generated: dict[str, list[int]] = field(default_factory=dict)  # assistant text -> model tokens
+    key: str = field(default_factory=lambda: f"conv-{next(_conversation_ids)}")
+
+    def add_caller(self, text: str) -> str:
+        clean = self.context.caller_text(text)
+        if self.messages and self.messages[-1].role == "user":
+            # The caller spoke again before the agent answered: one message.
+            self.messages[-1] = ChatMessage("user", f"{self.messages[-1].content} {clean}")
+        else:
+            self.messages.append(ChatMessage("user", clean))
+        return clean
+
+    def add_agent(self, text: str, tokens: list[int] | None = None, reply_id: str | None = None) -> None:
+        text = text.strip()
+        if not text:
+            return
+        self.messages.append(ChatMessage("assistant", text, reply_id))
+        if tokens is not None:
+            self.generated = {text: tokens}  # only the latest reply can still be in the cache as generated
+
+    def agent_heard(self, reply_id: str, heard_text: str) -> None:
+        """A barge-in cut reply ``reply_id``: the model keeps only what the caller heard."""
+        heard_text = heard_text.strip()
+        for i in range(len(self.messages) - 1, -1, -1):
+            m = self.messages[i]
+            if m.role == "assistant" and m.reply_id == reply_id:
+                self.generated.pop(m.content, None)
+                if heard_text:
+                    self.messages[i] = ChatMessage("assistant", heard_text, reply_id)
+                else:
+                    del self.messages[i]
+                return
+        if heard_text:  # generation was cancelled before it finished: record what was heard
+            self.messages.append(ChatMessage("assistant", heard_text, reply_id))
+
+    def prompt_messages(self) -> list[ChatMessage]:
+        return self.context.build(self.system_prompt, list(self.messages))
+
+
+
+class LlamaLLMProcessor(FrameProcessor):
+    """Pipecat processor: final transcripts in, a streamed agent reply out."""
+
+    def __init__(
+        self,
+        engine: LlamaEngine,
+        conversation: Conversation,
+        params: LLMParams,
+        *,
+        fallback_reply: str,
+        on_caller_text: Callable[[str, TurnTimeline], None] | None = None,
+        on_prompt: Callable[[str], None] | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(name=name or "LlamaLLM")
+        self._engine = engine
+        self._conversation = conversation
+        self._params = params
+        self._fallback = fallback_reply
+        self._on_caller_text = on_caller_text
+        self._on_prompt = on_prompt
+        self._task: asyncio.Task | None = None
+        self._cancel = threading.Event()
+        self._reply_ids = itertools.count(1)
+        self._caller_speaking = False
+        self.last_stats: GenerationStats | None = None
+        self.stats: list[GenerationStats] = []
+        self.generations_cancelled = 0
+
+    @property
+    def conversation(self) -> Conversation:
+        return self._conversation
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TranscriptionFrame) and direction == FrameDirection.DOWNSTREAM:
+            timeline = frame.metadata.get("timeline") or TurnTimeline()
+            if self._on_caller_text is not None:
+                self._on_caller_text(frame.text, timeline)
+            self._conversation.add_caller(frame.text)
+            await self._stop_generation()
+            if self._caller_speaking:
+                # The caller already went on speaking: answer once their new turn ends
+                # (the two parts become one message).
+                return
+            self._cancel = threading.Event()
+            self._task = self.create_task(self._respond(timeline, self._cancel))
+            return
+        if isinstance(frame, UserStartedSpeakingFrame):
+            self._caller_speaking = True
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            self._caller_speaking = False
+        if isinstance(frame, (InterruptionFrame, EndFrame, CancelFrame)):
+            await self._stop_generation()
+        await self.push_frame(frame, direction)
+
+    async def _stop_generation(self) -> None:
+        self._cancel.set()
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            self.generations_cancelled += 1
+            await self.cancel_task(task)
+
+    async def _respond(self, timeline: TurnTimeline, cancel: threading.Event) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def on_text(piece: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, piece)
+
+        messages = self._conversation.prompt_messages()
+        if self._on_prompt is not None:
+            self._on_prompt(LlamaEngine.render(messages))
+        prompt = self._engine.prompt_tokens(messages, self._conversation.generated)
+        self.last_stats = None
+        reply_id = f"r{next(self._reply_ids)}"
+        start = LLMFullResponseStartFrame()
+        start.metadata["timeline"] = timeline
+        start.metadata["reply_id"] = reply_id
+        await self.push_frame(start)
+        job = asyncio.ensure_future(
+            self._engine.generate(self._conversation.key, prompt, self._params, cancel, on_text)
+        )
+        job.add_done_callback(lambda _f: loop.call_soon_threadsafe(queue.put_nowait, None))
+        try:
+            while True:
+                piece = await queue.get()
+                if piece is None:
+                    break
+                timeline.mark("llm_first_token")
+                text_frame = LLMTextFrame(text=piece)
+                text_frame.metadata["timeline"] = timeline
+                await self.push_frame(text_frame)
+            result = job.result()
+            self.last_stats = result.stats
+            self.stats.append(result.stats)
+            logger.debug(
+                f"{self}: {result.stats.generated_tokens} tokens, prompt {result.stats.prompt_tokens} "
+                f"(evaluated {result.stats.evaluated_prompt_tokens}), first token "
+                f"{(result.stats.first_token_s or 0) * 1000:.0f} ms"
+            )
+            reply = result.text.strip()
+            if not reply:
+                reply = self._fallback
+                await self.push_frame(LLMTextFrame(text=reply))
+                self._conversation.add_agent(reply, reply_id=reply_id)
+            else:
+                self._conversation.add_agent(reply, result.tokens, reply_id=reply_id)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+        except Exception as e:
+            logger.error(f"{self}: generation failed: {e!r}; speaking the fallback reply")
+            timeline.mark("llm_first_token")
+            await self.push_frame(LLMTextFrame(text=self._fallback))
+            self._conversation.add_agent(self._fallback, reply_id=reply_id)
+        end = LLMFullResponseEndFrame()
+        end.metadata["timeline"] = timeline
+        end.metadata["reply_id"] = reply_id
+        # Cut at max_tokens: the unfinished last clause is not spoken.
+        end.metadata["truncated"] = bool(self.last_stats and self.last_stats.generated_tokens >= self._params.max_tokens)
+        await self.push_frame(end)

@@ -1,0 +1,245 @@
+"""Streaming speech-to-text: faster-whisper, starting work before the turn ends.
+
+Whisper's encoder always works on a 30 s window, so a transcription costs about
+the same whatever the utterance length (~0.4 s for tiny.en on 2 threads). The
+only way to have the final text soon after the end of speech is to start
+transcribing at the first pause, while the end-of-turn decision is still being
+made, and to throw that work away if the caller goes on speaking.
+
+``SpeculativeTranscriber`` holds that logic with no Pipecat in it;
+``WhisperSTTProcessor`` is the Pipecat shell around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from loguru import logger
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    TranscriptionFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.utils.time import time_now_iso8601
+
+from voicecore.config import STTPreset
+from voicecore.records import TurnTimeline
+
+SAMPLE_RATE = 16000
+PREROLL_SECONDS = 0.3  # audio kept from before the VAD confirmed speech (its first syllable)
+
+
+class WhisperEngine:
+    """One faster-whisper model per process, shared by every call through one inference queue."""
+
+    def __init__(self, model_dir: str, preset: STTPreset):
+        from faster_whisper import WhisperModel
+
+        self.model_dir = model_dir
+        self.preset = preset
+        self._model = WhisperModel(
+            model_dir, device="cpu", compute_type=preset.compute_type, cpu_threads=preset.cpu_threads
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt")
+        self.jobs_run = 0
+        self.transcribe_sync(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))  # warm up at load
+
+    def transcribe_sync(self, audio: np.ndarray, prompt: str | None = None) -> str:
+        """Transcribe 16 kHz float32 mono audio; blocking (run it in the engine's thread)."""
+        segments, _info = self._model.transcribe(
+            audio,
+            language=self.preset.language,
+            beam_size=self.preset.beam_size,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            initial_prompt=prompt or None,
+        )
+        text = " ".join(s.text.strip() for s in segments).strip()
+        self.jobs_run += 1
+        return text
+
+    async def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> str:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.transcribe_sync, audio, prompt)
+
+
+@dataclass
+class _Job:
+    samples: int  # how much of the utterance the job covers
+    task: asyncio.Future[str]
+
+
+class SpeculativeTranscriber:
+    """Transcription of one caller turn that starts at pauses and is reused when the turn ends.
+
+    - ``append`` adds audio; ``pause()`` starts a transcription of everything so far
+      (unless one already covers it); ``resume()`` — speech again — makes that job
+      stale: it is cancelled if still queued and its result is never used;
+    - ``final()`` returns the text of the whole turn, reusing the pause job when no
+      speech came after it, and only otherwise transcribing again.
+    """
+
+    def __init__(self, transcribe: Callable[[np.ndarray], Awaitable[str]]):
+        self._transcribe = transcribe
+        self._chunks: list[np.ndarray] = []
+        self._samples = 0
+        self._voiced_until = 0  # samples up to the last pause (speech after it invalidates jobs)
+        self._job: _Job | None = None
+        self.jobs_started = 0
+        self.jobs_discarded = 0
+
+    @property
+    def samples(self) -> int:
+        return self._samples
+
+    def reset(self) -> None:
+        self._discard_job()
+        self._chunks = []
+        self._samples = 0
+        self._voiced_until = 0
+
+    def append(self, pcm16: np.ndarray) -> None:
+        self._chunks.append(pcm16)
+        self._samples += pcm16.size
+
+    def _audio(self) -> np.ndarray:
+        if not self._chunks:
+            return np.zeros(0, dtype=np.float32)
+        audio = np.concatenate(self._chunks)
+        self._chunks = [audio]
+        return audio.astype(np.float32) / 32768.0
+
+    def _start_job(self) -> _Job:
+        audio = self._audio()
+        self.jobs_started += 1
+        job = _Job(samples=self._samples, task=asyncio.ensure_future(self._transcribe(audio)))
+        self._job = job
+        return job
+
+    def _discard_job(self) -> None:
+        if self._job is not None:
+            if not self._job.task.done():
+                self._job.task.cancel()
+            self.jobs_discarded += 1
+            self._job = None
+
+    def pause(self) -> None:
+        """Speech paused: transcribe what we have now, unless the current job already covers it."""
+        self._voiced_until = self._samples
+        if self._job is None:
+            self._start_job()
+
+    def resume(self) -> None:
+        """Speech resumed after a pause: the pause's job no longer covers the turn."""
+        self._discard_job()
+
+    async def final(self) -> str:
+        """The transcript of the whole turn."""
+        job = self._job
+        if job is None or job.samples < self._voiced_until:
+            self._discard_job()
+            job = self._start_job()
+        try:
+            return await job.task
+        finally:
+            self._job = None
+
+
+class WhisperSTTProcessor(FrameProcessor):
+    """Pipecat processor: caller audio + speaking frames in, ``TranscriptionFrame`` out.
+
+    The final transcript carries the turn's timeline (``metadata["timeline"]``)
+    with ``stt_final`` set. Empty transcripts (noise, a cough) end nothing.
+    """
+
+    def __init__(
+        self,
+        engine: WhisperEngine,
+        *,
+        prompt: str | None = None,
+        user_id: str = "caller",
+        min_utterance_ms: int = 200,
+        name: str | None = None,
+    ):
+        super().__init__(name=name or "WhisperSTT")
+        self._engine = engine
+        self._prompt = prompt
+        self._user_id = user_id
+        self._min_samples = int(min_utterance_ms * SAMPLE_RATE / 1000)
+        self._speculator = SpeculativeTranscriber(self._transcribe)
+        self._preroll: list[np.ndarray] = []
+        self._in_turn = False
+        self._final_tasks: set[asyncio.Task] = set()
+
+    @property
+    def speculator(self) -> SpeculativeTranscriber:
+        return self._speculator
+
+    async def _transcribe(self, audio: np.ndarray) -> str:
+        return await self._engine.transcribe(audio, self._prompt)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame) and direction == FrameDirection.DOWNSTREAM:
+            samples = np.frombuffer(frame.audio, dtype=np.int16)
+            if self._in_turn:
+                self._speculator.append(samples)
+            else:
+                self._preroll.append(samples)
+                keep = int(PREROLL_SECONDS * SAMPLE_RATE)
+                while sum(a.size for a in self._preroll) - self._preroll[0].size >= keep:
+                    self._preroll.pop(0)
+            return  # audio stops here: nothing downstream needs it
+        if isinstance(frame, UserStartedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
+            # A transcriber per turn: the previous turn may still be finishing its transcript.
+            self._in_turn = True
+            self._speculator = SpeculativeTranscriber(self._transcribe)
+            for chunk in self._preroll:
+                self._speculator.append(chunk)
+            self._preroll = []
+        elif isinstance(frame, VADUserStartedSpeakingFrame) and self._in_turn:
+            self._speculator.resume()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame) and self._in_turn:
+            self._speculator.pause()
+        elif isinstance(frame, UserStoppedSpeakingFrame) and self._in_turn:
+            self._in_turn = False
+            timeline = frame.metadata.get("timeline") or TurnTimeline(speech_end=time.monotonic())
+            task = self.create_task(self._finish_turn(self._speculator, timeline))
+            self._final_tasks.add(task)
+            task.add_done_callback(self._final_tasks.discard)
+        elif isinstance(frame, (EndFrame, CancelFrame)):
+            self._speculator.reset()
+        await self.push_frame(frame, direction)
+
+    async def _finish_turn(self, speculator: SpeculativeTranscriber, timeline: TurnTimeline) -> None:
+        if speculator.samples < self._min_samples:
+            speculator.reset()
+            return
+        try:
+            text = await speculator.final()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            logger.error(f"{self}: transcription failed: {e!r}")
+            text = ""
+        timeline.mark("stt_final")
+        speculator.reset()
+        if not text:
+            logger.debug(f"{self}: empty transcript, no caller turn")
+            return
+        frame = TranscriptionFrame(text=text, user_id=self._user_id, timestamp=time_now_iso8601(), finalized=True)
+        frame.metadata["timeline"] = timeline
+        await self.push_frame(frame)

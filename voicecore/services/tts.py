@@ -1,0 +1,289 @@
+"""Text-to-speech: Piper, spoken clause by clause as the LLM's tokens arrive.
+
+``ClauseSplitter`` decides where speech can start (pure, no audio):
+a clause is ready at a clause mark (``, ; : . ! ?`` followed by a space) once it
+has enough words — few for the first clause of a reply, so the caller hears
+the agent early — or at ``clause_max_words`` on a word boundary.
+
+``PiperEngine`` loads one Piper voice per process and synthesises on one
+thread; ``PiperTTSProcessor`` is the Pipecat shell: ``LLMTextFrame``\\ s (or an
+``AgentSayFrame``) in, ``AgentClauseFrame`` + ``TTSAudioRawFrame``\\ s out,
+resampled with soxr to the call's output rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+from loguru import logger
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    StartFrame,
+    TTSAudioRawFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from voicecore.config import Voice
+from voicecore.frames import AgentClauseFrame, AgentReplyDoneFrame, AgentReplyStartFrame, AgentSayFrame
+from voicecore.records import TurnTimeline
+
+_CLAUSE_MARK = re.compile(r"[,;:.!?](?=\s)|[.!?]['\")\]]?(?=\s)")
+_SYMBOLS = re.compile(r"[*_#`~|<>\[\]{}\\^]+")
+_EMOJI = re.compile("[\U0001f300-\U0001faff\U00002600-\U000027bf]+")
+_SPACES = re.compile(r"\s+")
+
+
+def speakable(text: str) -> str:
+    """Text as it should be spoken: no markdown symbols or emoji, single spaces."""
+    text = _EMOJI.sub(" ", text)
+    text = _SYMBOLS.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+@dataclass
+class ClauseSplitter:
+    """Cuts a stream of LLM text into clauses that can be spoken as they complete."""
+
+    first_min_words: int = 2
+    min_words: int = 4
+    max_words: int = 18
+    first_max_words: int = 8  # the first clause is cut on a word boundary past this, marks or not
+
+    def __post_init__(self) -> None:
+        self._buffer = ""
+        self._emitted = 0
+
+    def reset(self) -> None:
+        self._buffer = ""
+        self._emitted = 0
+
+    @property
+    def pending(self) -> str:
+        return self._buffer
+
+    def _min(self) -> int:
+        return self.first_min_words if self._emitted == 0 else self.min_words
+
+    def feed(self, text: str) -> list[str]:
+        """Add streamed text; return the clauses now ready to speak."""
+        self._buffer += text
+        out: list[str] = []
+        while True:
+            clause = self._take_clause()
+            if clause is None:
+                break
+            out.append(clause)
+        return out
+
+    def _take_clause(self) -> str | None:
+        buf = self._buffer
+        for m in _CLAUSE_MARK.finditer(buf):
+            candidate = buf[: m.end()]
+            if len(candidate.split()) >= self._min():
+                return self._emit(m.end())
+        limit = self.first_max_words if self._emitted == 0 else self.max_words
+        words = list(re.finditer(r"\S+(?=\s)", buf))
+        if len(words) >= limit:
+            return self._emit(words[limit - 1].end())
+        return None
+
+    def _emit(self, end: int) -> str | None:
+        clause = speakable(self._buffer[:end])
+        self._buffer = self._buffer[end:].lstrip()
+        if not clause or not re.search(r"\w", clause):
+            return None
+        self._emitted += 1
+        return clause
+
+    def flush(self) -> list[str]:
+        """The end of the reply: whatever is left is the last clause."""
+        clause = speakable(self._buffer)
+        self._buffer = ""
+        if clause and re.search(r"\w", clause):
+            self._emitted += 1
+            return [clause]
+        return []
+
+
+class PiperEngine:
+    """One Piper voice per process, synthesising on one thread; cached fixed phrases (greetings)."""
+
+    CACHE_SIZE = 64
+
+    def __init__(self, model_path: str, config_path: str, threads: int = 2):
+        import json
+        from pathlib import Path
+
+        import onnxruntime as ort
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+        from piper.voice import ESPEAK_DATA_DIR
+
+        self.model_path = model_path
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        self._voice = PiperVoice(
+            config=PiperConfig.from_dict(json.loads(Path(config_path).read_text(encoding="utf-8"))),
+            session=ort.InferenceSession(model_path, sess_options=so, providers=["CPUExecutionProvider"]),
+            espeak_data_dir=Path(ESPEAK_DATA_DIR),
+            download_dir=Path(model_path).parent,
+        )
+        self.synthesize_sync("Hello there.")  # the first inference is slow: pay it at load
+        self.sample_rate: int = int(self._voice.config.sample_rate)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts")
+        self._cache: OrderedDict[tuple[str, float, int | None], bytes] = OrderedDict()
+
+    def synthesize_sync(self, text: str, length_scale: float = 1.0, speaker_id: int | None = None) -> bytes:
+        from piper import SynthesisConfig
+
+        cfg = SynthesisConfig(length_scale=length_scale, speaker_id=speaker_id)
+        return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text, syn_config=cfg))
+
+    async def synthesize(
+        self, text: str, length_scale: float = 1.0, speaker_id: int | None = None, *, cache: bool = False
+    ) -> bytes:
+        """int16 mono audio at ``sample_rate``; ``cache`` keeps it for the next call (greetings)."""
+        key = (text, length_scale, speaker_id)
+        if cache and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        loop = asyncio.get_running_loop()
+        audio = await loop.run_in_executor(self._executor, self.synthesize_sync, text, length_scale, speaker_id)
+        if cache:
+            self._cache[key] = audio
+            while len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return audio
+
+
+class PiperTTSProcessor(FrameProcessor):
+    """Pipecat processor: streamed LLM text (or fixed text) in, clause audio out."""
+
+    CHUNK_MS = 40
+
+    def __init__(self, engine: PiperEngine, voice: Voice, *, name: str | None = None):
+        super().__init__(name=name or "PiperTTS")
+        self._engine = engine
+        self._voice = voice
+        self._splitter = ClauseSplitter(
+            voice.first_clause_min_words, voice.clause_min_words, voice.clause_max_words, voice.first_clause_max_words
+        )
+        self._out_rate = 16000
+        self._resampler: soxr.ResampleStream | None = None
+        self._reply_id: str | None = None
+        self._timeline: TurnTimeline | None = None
+        self._clause_index = 0
+        self._spoken: list[str] = []
+        self._say_ids = itertools.count(1)
+
+    @property
+    def sample_rate(self) -> int:
+        return self._out_rate
+
+    def _new_resampler(self) -> None:
+        self._resampler = None
+        if self._engine.sample_rate != self._out_rate:
+            self._resampler = soxr.ResampleStream(self._engine.sample_rate, self._out_rate, 1, dtype="int16", quality="HQ")
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            self._out_rate = self.processor_setup.audio_out_sample_rate
+            self._new_resampler()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, LLMFullResponseStartFrame):
+            await self._begin_reply(frame.metadata.get("reply_id") or "r?", frame.metadata.get("timeline"))
+        elif isinstance(frame, LLMTextFrame):
+            if self._reply_id is None:
+                await self._begin_reply(frame.metadata.get("reply_id") or "r?", frame.metadata.get("timeline"))
+            for clause in self._splitter.feed(frame.text):
+                await self._speak(clause)
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            if frame.metadata.get("truncated") and self._clause_index > 0:
+                self._splitter.reset()  # the reply was cut at max_tokens: drop the half clause
+            for clause in self._splitter.flush():
+                await self._speak(clause)
+            await self._end_reply("reply")
+        elif isinstance(frame, AgentSayFrame):
+            await self._begin_reply(f"s{next(self._say_ids)}", None, kind=frame.kind)
+            await self._speak(speakable(frame.text), cache=frame.cacheable)
+            await self._end_reply(frame.kind)
+        elif isinstance(frame, InterruptionFrame):
+            self._splitter.reset()
+            self._reply_id = None
+            self._new_resampler()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, (EndFrame, CancelFrame)):
+            await self.push_frame(frame, direction)
+        else:
+            await self.push_frame(frame, direction)
+
+    async def _begin_reply(self, reply_id: str, timeline: TurnTimeline | None, kind: str = "reply") -> None:
+        self._splitter.reset()
+        self._reply_id = reply_id
+        self._timeline = timeline
+        self._clause_index = 0
+        self._spoken = []
+        await self.push_frame(AgentReplyStartFrame(reply_id=reply_id, kind=kind, timeline=timeline))
+
+    async def _end_reply(self, kind: str) -> None:
+        if self._reply_id is None:
+            return
+        if self._resampler is not None:
+            tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
+            if tail.size:
+                await self._push_audio(tail.tobytes())
+            self._new_resampler()
+        await self.push_frame(
+            AgentReplyDoneFrame(
+                reply_id=self._reply_id, generated_text=" ".join(self._spoken), kind=kind, timeline=self._timeline
+            )
+        )
+        self._reply_id = None
+        self._timeline = None
+
+    async def _speak(self, clause: str, *, cache: bool = False) -> None:
+        if not clause:
+            return
+        if self._timeline is not None:
+            self._timeline.mark("first_clause")
+        assert self._reply_id is not None
+        await self.push_frame(
+            AgentClauseFrame(reply_id=self._reply_id, index=self._clause_index, text=clause, timeline=self._timeline)
+        )
+        self._clause_index += 1
+        self._spoken.append(clause)
+        try:
+            audio = await self._engine.synthesize(
+                clause, self._voice.length_scale, self._voice.speaker_id, cache=cache
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            logger.error(f"{self}: synthesis failed: {e!r}")
+            return
+        pcm = np.frombuffer(audio, dtype=np.int16)
+        if self._resampler is not None:
+            pcm = self._resampler.resample_chunk(pcm)
+        await self._push_audio(pcm.tobytes())
+
+    async def _push_audio(self, audio: bytes) -> None:
+        step = self._out_rate * self.CHUNK_MS // 1000 * 2
+        for i in range(0, len(audio), step):
+            await self.push_frame(
+                TTSAudioRawFrame(audio=audio[i : i + step], sample_rate=self._out_rate, num_channels=1)
+            )

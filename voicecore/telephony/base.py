@@ -1,0 +1,994 @@
+"""Shared types and machinery of the telephony provider codecs.
+
+A provider codec is a pure state machine for one call's media WebSocket: it
+turns the provider's messages into :data:`Event` objects and our intentions
+(play this audio, tell me when it has played, stop playing, hang up) into
+ready-to-send WebSocket messages. It never touches a socket, a clock or the
+event loop; the asyncio shell that owns the socket drives it like this::
+
+    codec = create_codec("twilio")
+    codec.handshake(headers, query)            # upgrade request (may raise ProtocolError)
+    for each frame received:
+        try:
+            events = codec.receive_text(text)   # or codec.receive_bytes(data)
+        except ProtocolError as exc:
+            log(exc.reason); close the socket with exc.close_code; end the call
+        for event in events: ...                # CallStart → authenticate, MediaIn → pipeline, ...
+    on socket close: events = codec.receive_close()  # frames still held for reordering
+
+    send(codec.encode_media(pcm16))             # int16 LE mono at codec.output_sample_rate
+    send(codec.encode_mark("clause-3"))         # → later MarkPlayed("clause-3")
+    send(codec.encode_clear())                  # barge-in
+    send(codec.flush_media())                   # end of an utterance: pad the remainder
+
+Every ``encode_*`` method returns a list of messages: ``str`` goes out as a
+TEXT frame, ``bytes`` as a BINARY frame. Every media message returned by
+``encode_media``/``flush_media`` carries exactly :attr:`ProviderCodec.frame_duration_ms`
+of audio (:attr:`ProviderCodec.frame_bytes` bytes of int16 input), so the shell
+paces by sending one media message per ``frame_duration_ms`` (plus its lead).
+Audio that does not fill a whole message stays buffered inside the codec until
+the next ``encode_media``, ``flush_media`` (pads with silence) or
+``encode_clear`` (drops it).
+
+Rules shared by all providers:
+
+* Frames over :data:`MAX_FRAME_BYTES` raise ``ProtocolError`` (1009).
+* Media, DTMF and marks before the call has started raise ``ProtocolError`` (1002).
+* A stream id that does not match the one from the start message raises (1008):
+  a frame for another stream on this socket is treated as a policy violation.
+* Unknown events raise (1002); documented events we do not need return
+  ``[Ignored(...)]``; anything received after the stop is ignored.
+* Sequence numbers: Telnyx may deliver media out of order, so its codec holds a
+  small reorder buffer (see telnyx.py). For the other providers a media message
+  whose sequence number is not greater than the highest seen is *dropped* with
+  a warning and ``[Ignored(...)]`` is returned (not fatal: one lost 20 ms frame
+  is better than a dropped call). Control messages (dtmf, mark, stop) are never
+  dropped for their sequence number.
+* After a ``ProtocolError`` the codec's state is unspecified: close the call.
+
+Marks: the codec remembers the names it encoded. When a mark comes back after
+the shell sent a clear, the event is ``MarkPlayed(name, cleared=True)``: its
+audio was (probably) *not* heard. ``marks_returned_on_clear`` says whether the
+provider is known to return pending marks when it clears (Twilio, Telnyx,
+Asterisk) — either way the ``cleared`` flag is the thing to act on.
+
+Secrets: ``CallStart.auth_token``, ``custom_parameters`` and ``raw`` may hold the
+tenant's API key, and ``caller``/``callee`` are personal data. They are left
+out of the dataclass ``repr`` so an accidental log line does not leak them.
+Reasons in ``ProtocolError`` never contain token values.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import heapq
+import json
+import re
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar
+
+from loguru import logger
+
+from voicecore.audio import codecs as audio
+from voicecore.audio.codecs import Encoding
+
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_UNSUPPORTED_DATA",
+    "CLOSE_INVALID_PAYLOAD",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "ProtocolError",
+    "Connected",
+    "CallStart",
+    "MediaIn",
+    "Dtmf",
+    "MarkPlayed",
+    "Cleared",
+    "CallStop",
+    "Ignored",
+    "Event",
+    "Message",
+    "ProviderCodec",
+    "JsonEventCodec",
+    "JsonFields",
+    "PcmRechunker",
+    "SequenceGuard",
+    "ReorderBuffer",
+    "MarkTracker",
+    "DTMF_DIGITS",
+    "parse_json_object",
+    "decode_base64",
+    "encode_base64",
+    "dumps",
+    "token_from_authorization",
+    "check_frame_size",
+    "short_repr",
+    "parse_dtmf_digit",
+]
+
+#: Largest WebSocket frame (text: UTF-8 bytes) a codec accepts from a provider.
+MAX_FRAME_BYTES: Final = 65536
+
+# WebSocket close codes (RFC 6455 §7.4.1) the shell should close with.
+CLOSE_PROTOCOL_ERROR: Final = 1002  # order/protocol violation: media before start, unknown event
+CLOSE_UNSUPPORTED_DATA: Final = 1003  # binary vs text, unsupported audio format
+CLOSE_INVALID_PAYLOAD: Final = 1007  # bad JSON, bad base64, wrong field types, missing fields
+CLOSE_POLICY_VIOLATION: Final = 1008  # auth problems, frames for another stream
+CLOSE_MESSAGE_TOO_BIG: Final = 1009  # frame over MAX_FRAME_BYTES
+
+#: Valid DTMF digits (upper case).
+DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
+
+
+class ProtocolError(Exception):
+    """A provider message that breaks the protocol; close this call with ``close_code``.
+
+    ``reason`` is specific and human-readable and names the offending field; it
+    never contains token values or audio.
+    """
+
+    def __init__(self, reason: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.close_code = close_code
+
+    def __repr__(self) -> str:
+        return f"ProtocolError({self.reason!r}, close_code={self.close_code})"
+
+
+# --- events ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The provider opened the stream (Twilio/Telnyx/Exotel ``connected``, Vonage ``websocket:connected``)."""
+
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CallStart:
+    """The stream started; the codec now knows the audio format and the auth token.
+
+    ``sample_rate``/``encoding`` describe the provider's *inbound* audio on the
+    wire (``MediaIn.pcm16`` is already decoded to int16 LE at ``sample_rate``).
+    ``auth_token`` is the tenant API key as the provider delivered it (None if it
+    delivered none); the shell must check it before starting a pipeline.
+    """
+
+    provider: str
+    stream_id: str | None
+    call_id: str | None
+    caller: str | None = field(repr=False)
+    callee: str | None = field(repr=False)
+    auth_token: str | None = field(repr=False)
+    sample_rate: int
+    encoding: Encoding
+    custom_parameters: dict[str, str] = field(repr=False)
+    raw: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaIn:
+    """Caller audio: int16 little-endian mono at the codec's ``sample_rate``."""
+
+    pcm16: bytes = field(repr=False)
+    sequence: int | None = None
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    """A key press: one of ``0-9 * # A-D``."""
+
+    digit: str
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPlayed:
+    """A mark we sent came back: the audio sent before it has played.
+
+    ``cleared`` is True when we sent a clear while this mark was pending: the
+    provider returned it because of the clear, so its audio was not (all) heard.
+    """
+
+    name: str
+    cleared: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Cleared:
+    """The provider confirmed a clear (Vonage ``websocket:cleared``, Plivo ``clearedAudio``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallStop:
+    """The provider ended the stream (``stop``, Asterisk ``HANGUP``)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A valid message that needs no action (or a dropped out-of-order frame)."""
+
+    reason: str
+
+
+Event: TypeAlias = Connected | CallStart | MediaIn | Dtmf | MarkPlayed | Cleared | CallStop | Ignored
+#: A WebSocket message to send: ``str`` → TEXT frame, ``bytes`` → BINARY frame.
+Message: TypeAlias = str | bytes
+
+
+# --- small parsing helpers -------------------------------------------------------
+
+
+def short_repr(value: object, limit: int = 48) -> str:
+    """repr() of a value taken from input, shortened for log lines and reasons."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def check_frame_size(size: int) -> None:
+    """Raise ``ProtocolError`` (1009) when a frame is larger than :data:`MAX_FRAME_BYTES`."""
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {size} bytes exceeds {MAX_FRAME_BYTES}", CLOSE_MESSAGE_TOO_BIG)
+
+
+def _text_size(text: str) -> int:
+    if len(text) * 4 <= MAX_FRAME_BYTES:  # cannot exceed the limit whatever the characters
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    """Parse a text frame that must hold one JSON object; ``ProtocolError`` (1007) otherwise."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", CLOSE_INVALID_PAYLOAD
+        ) from None
+    except RecursionError:
+        raise ProtocolError("malformed JSON: nested too deeply", CLOSE_INVALID_PAYLOAD) from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"JSON message is {_json_type(data)}, expected an object", CLOSE_INVALID_PAYLOAD)
+    return data
+
+
+def decode_base64(value: str, path: str) -> bytes:
+    """Strict base64 decoding; ``ProtocolError`` (1007) naming ``path`` on bad input."""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(f"invalid base64 in {path}: {exc}", CLOSE_INVALID_PAYLOAD) from None
+
+
+def encode_base64(data: bytes) -> str:
+    """Standard base64 text for a JSON payload field."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def dumps(message: Mapping[str, Any]) -> str:
+    """Compact JSON for an outbound text frame."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+def token_from_authorization(value: str) -> str:
+    """The credential in an ``Authorization`` header: a Bearer token or a Basic password.
+
+    Raises ``ProtocolError`` (1008) for malformed or unsupported credentials.
+    """
+    scheme, _, credentials = value.strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer" and credentials:
+        return credentials
+    if scheme.lower() == "basic" and credentials:
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise ProtocolError(
+                "authorization header: Basic credentials are not valid base64 UTF-8", CLOSE_POLICY_VIOLATION
+            ) from None
+        _user, sep, password = decoded.partition(":")
+        if not sep:
+            raise ProtocolError(
+                "authorization header: Basic credentials lack the ':' between user and password",
+                CLOSE_POLICY_VIOLATION,
+            )
+        return password
+    raise ProtocolError(
+        f"authorization header: unsupported scheme {short_repr(scheme, 24)} (expected Bearer or Basic)",
+        CLOSE_POLICY_VIOLATION,
+    )
+
+
+_INT_RE: Final = re.compile(r"-?\d{1,18}")
+
+
+class JsonFields:
+    """Typed access to one JSON object with error messages that name the field path.
+
+    ``JsonFields(msg).get_obj("start").get_str("streamSid")`` raises
+    ``ProtocolError("missing start.streamSid", 1007)`` when it is absent.
+    JSON ``null`` counts as absent.
+    """
+
+    __slots__ = ("data", "path")
+
+    def __init__(self, data: Mapping[str, Any], path: str = "") -> None:
+        self.data = data
+        self.path = path
+
+    def field_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def _get(self, key: str, required: bool) -> Any:
+        value = self.data.get(key)
+        if value is None and required:
+            raise ProtocolError(f"missing {self.field_path(key)}", CLOSE_INVALID_PAYLOAD)
+        return value
+
+    def _wrong_type(self, key: str, expected: str, value: object) -> ProtocolError:
+        return ProtocolError(
+            f"{self.field_path(key)} must be {expected}, got {_json_type(value)}", CLOSE_INVALID_PAYLOAD
+        )
+
+    def get_str(self, key: str, *, required: bool = True, allow_empty: bool = False) -> str | None:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self._wrong_type(key, "a string", value)
+        if not value and not allow_empty:
+            if required:
+                raise ProtocolError(f"{self.field_path(key)} is empty", CLOSE_INVALID_PAYLOAD)
+            return None
+        return value
+
+    def get_obj(self, key: str, *, required: bool = True) -> JsonFields | None:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self._wrong_type(key, "an object", value)
+        return JsonFields(value, self.field_path(key))
+
+    def get_int(self, key: str, *, required: bool = False) -> int | None:
+        """An integer given as a JSON number or a decimal string (Twilio sends strings)."""
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            raise self._wrong_type(key, "an integer", value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
+            return int(value)
+        raise ProtocolError(
+            f"{self.field_path(key)} must be an integer, got {short_repr(value)}", CLOSE_INVALID_PAYLOAD
+        )
+
+    def get_str_map(self, key: str) -> dict[str, str]:
+        """An object whose values are strings (numbers are converted); absent → ``{}``."""
+        obj = self.get_obj(key, required=False)
+        if obj is None:
+            return {}
+        out: dict[str, str] = {}
+        for name, value in obj.data.items():
+            if isinstance(value, str):
+                out[name] = value
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[name] = str(value)
+            else:
+                raise ProtocolError(
+                    f"{obj.field_path(name)} must be a string, got {_json_type(value)}", CLOSE_INVALID_PAYLOAD
+                )
+        return out
+
+
+def parse_dtmf_digit(value: str, path: str) -> str:
+    digit = value.strip().upper()
+    if digit not in DTMF_DIGITS:
+        raise ProtocolError(f"{path} {short_repr(value)} is not a DTMF digit (0-9 * # A-D)", CLOSE_INVALID_PAYLOAD)
+    return digit
+
+
+# --- state helpers ---------------------------------------------------------------
+
+
+class PcmRechunker:
+    """Cuts int16 audio into messages of exactly ``chunk_bytes``, keeping the remainder."""
+
+    def __init__(self, chunk_bytes: int) -> None:
+        if chunk_bytes <= 0 or chunk_bytes % 2:
+            raise ValueError(f"chunk_bytes must be a positive even number, got {chunk_bytes}")
+        self.chunk_bytes = chunk_bytes
+        self._buffer = bytearray()
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._buffer)
+
+    def push(self, pcm16: bytes) -> list[bytes]:
+        if len(pcm16) % 2:
+            raise ValueError(f"pcm16 has {len(pcm16)} bytes, an odd number for 16-bit samples")
+        self._buffer += pcm16
+        whole = len(self._buffer) - len(self._buffer) % self.chunk_bytes
+        if not whole:
+            return []
+        size = self.chunk_bytes
+        chunks = [bytes(self._buffer[i : i + size]) for i in range(0, whole, size)]
+        del self._buffer[:whole]
+        return chunks
+
+    def flush(self) -> list[bytes]:
+        """The remainder padded with silence to one whole chunk ([] if nothing is buffered)."""
+        if not self._buffer:
+            return []
+        chunk = bytes(self._buffer) + audio.silence_pcm16(self.chunk_bytes - len(self._buffer))
+        self._buffer.clear()
+        return [chunk]
+
+    def clear(self) -> int:
+        """Drop the remainder; returns how many bytes were dropped."""
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        return dropped
+
+
+class SequenceGuard:
+    """Highest sequence number seen; tells whether a new one moves forward."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+
+    def advance(self, seq: int | None) -> bool:
+        """True (and remember ``seq``) if it is greater than every number seen so far."""
+        if seq is None:
+            return True
+        if self.last is not None and seq <= self.last:
+            return False
+        self.last = seq
+        return True
+
+
+T = TypeVar("T")
+
+
+class ReorderBuffer(Generic[T]):
+    """Puts items back in sequence order, holding at most ``window`` items for a gap.
+
+    Items are released as soon as they are next in order, so in-order input is
+    never delayed. When an item is missing, later ones wait until ``window``
+    of them are held; then the gap is given up and the smallest is released.
+    Items older than the last released one (late or duplicated) are refused.
+    The first item seen sets the starting point.
+    """
+
+    def __init__(self, window: int) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = window
+        self._heap: list[tuple[int, int, T]] = []
+        self._keys: set[int] = set()
+        self._next: int | None = None
+        self._counter = 0
+
+    @property
+    def held(self) -> int:
+        return len(self._heap)
+
+    def push(self, key: int, item: T) -> list[T] | None:
+        """Items now releasable in order, or None when ``item`` is late or a duplicate."""
+        if self._next is None:
+            self._next = key
+        if key < self._next or key in self._keys:
+            return None
+        heapq.heappush(self._heap, (key, self._counter, item))
+        self._counter += 1
+        self._keys.add(key)
+        out: list[T] = []
+        while self._heap:
+            head = self._heap[0][0]
+            if head == self._next or len(self._heap) > self.window:
+                out.append(self._pop())
+            else:
+                break
+        return out
+
+    def drain(self) -> list[T]:
+        """Release everything held, in order (end of stream)."""
+        return [self._pop() for _ in range(len(self._heap))]
+
+    def _pop(self) -> T:
+        key, _, item = heapq.heappop(self._heap)
+        self._keys.discard(key)
+        self._next = key + 1
+        return item
+
+
+class MarkTracker:
+    """Names of marks sent and not yet returned, and of those pending when we cleared."""
+
+    def __init__(self, remember_cleared: int = 256) -> None:
+        self.pending: deque[str] = deque()
+        self.cleared: deque[str] = deque(maxlen=remember_cleared)
+
+    def sent(self, name: str) -> None:
+        self.pending.append(name)
+
+    def on_clear(self) -> None:
+        self.cleared.extend(self.pending)
+        self.pending.clear()
+
+    def played(self, name: str) -> MarkPlayed:
+        if name in self.pending:
+            self.pending.remove(name)
+            return MarkPlayed(name)
+        if name in self.cleared:
+            self.cleared.remove(name)
+            return MarkPlayed(name, cleared=True)
+        logger.debug("mark {} returned but was not pending", short_repr(name))
+        return MarkPlayed(name)
+
+    def take_cleared(self) -> list[MarkPlayed]:
+        out = [MarkPlayed(name, cleared=True) for name in self.cleared]
+        self.cleared.clear()
+        return out
+
+    def take_pending(self) -> list[MarkPlayed]:
+        out = [MarkPlayed(name) for name in self.pending]
+        self.pending.clear()
+        return out
+
+
+# --- the codec base classes ----------------------------------------------------
+
+TokenSource: TypeAlias = tuple[str, object]
+
+
+class ProviderCodec(ABC):
+    """One call's protocol state for one provider. See the module docstring for the contract.
+
+    Subclasses set ``name``, implement ``_receive_text``/``_receive_bytes`` (call
+    :meth:`_begin_call` when the stream starts) and the ``_wrap_media``,
+    ``_mark_messages``, ``_clear_messages`` encoders.
+    """
+
+    #: Provider name as used in ``/ws/<name>`` and :data:`voicecore.telephony.CODECS`.
+    name: ClassVar[str]
+    #: True when the provider answers a clear by returning every pending mark.
+    marks_returned_on_clear: ClassVar[bool] = False
+    #: Inbound format assumed until the start message says otherwise.
+    default_sample_rate: ClassVar[int] = 8000
+    default_encoding: ClassVar[Encoding] = "mulaw"
+    #: Outbound message duration unless a constructor option or the start says otherwise.
+    default_message_ms: ClassVar[int] = 20
+
+    def __init__(self) -> None:
+        self._headers: dict[str, str] = {}
+        self._query: dict[str, str] = {}
+        self._handshake_tokens: list[TokenSource] = []
+        self._auth_token: str | None = None
+        self._auth_source: str | None = None
+        self._call: CallStart | None = None
+        self._stopped = False
+        self._in_encoding: Encoding = self.default_encoding
+        self._in_rate: int = self.default_sample_rate
+        self._out_encoding: Encoding = self.default_encoding
+        self._out_rate: int = self.default_sample_rate
+        self._message_ms: float = float(self.default_message_ms)
+        self._out: PcmRechunker | None = None
+        self._marks = MarkTracker()
+
+    # -- public state ----------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """True once ``CallStart`` has been produced."""
+        return self._call is not None
+
+    @property
+    def stopped(self) -> bool:
+        """True once ``CallStop`` has been produced."""
+        return self._stopped
+
+    @property
+    def call_start(self) -> CallStart | None:
+        return self._call
+
+    @property
+    def stream_id(self) -> str | None:
+        return self._call.stream_id if self._call else None
+
+    @property
+    def call_id(self) -> str | None:
+        return self._call.call_id if self._call else None
+
+    @property
+    def sample_rate(self) -> int:
+        """Inbound (provider → us) sample rate; authoritative once started."""
+        return self._in_rate
+
+    @property
+    def encoding(self) -> Encoding:
+        """Inbound wire encoding; authoritative once started."""
+        return self._in_encoding
+
+    @property
+    def output_sample_rate(self) -> int:
+        """Rate ``encode_media`` expects; equals ``sample_rate`` except for a Telnyx
+        codec configured with a different bidirectional codec/rate."""
+        return self._out_rate
+
+    @property
+    def output_encoding(self) -> Encoding:
+        return self._out_encoding
+
+    @property
+    def frame_duration_ms(self) -> float:
+        """Audio duration of every media message ``encode_media`` returns (pacing unit)."""
+        return self._message_ms
+
+    @property
+    def frame_bytes(self) -> int:
+        """int16 input bytes that make one outbound media message."""
+        if self._out is not None:
+            return self._out.chunk_bytes
+        return audio.pcm16_bytes_for_ms(self._message_ms, self._out_rate)
+
+    @property
+    def buffered_output_bytes(self) -> int:
+        """int16 bytes waiting in the codec for a whole message."""
+        return self._out.pending_bytes if self._out is not None else 0
+
+    @property
+    def auth_token(self) -> str | None:
+        """Tenant API key as delivered by the provider (see each module's docstring)."""
+        return self._auth_token
+
+    @property
+    def auth_source(self) -> str | None:
+        """Where ``auth_token`` came from, e.g. ``"start.customParameters.token"`` (for logs)."""
+        return self._auth_source
+
+    @property
+    def pending_marks(self) -> tuple[str, ...]:
+        return tuple(self._marks.pending)
+
+    # -- inbound -------------------------------------------------------------------
+
+    def handshake(self, headers: Mapping[str, str], query: Mapping[str, str]) -> None:
+        """Record the upgrade request's headers and query (auth material, formats).
+
+        Call once, before any message. May raise ``ProtocolError`` (e.g. 1008 for a
+        malformed ``Authorization`` header, 1007 for a bad format parameter).
+        """
+        self._headers = {key.lower(): value for key, value in headers.items()}
+        self._query = dict(query)
+        self._handshake_tokens = self._handshake_token_sources()
+        self._resolve_token(())
+        self._on_handshake()
+
+    def receive_text(self, text: str) -> list[Event]:
+        """Events for one TEXT frame; raises ``ProtocolError`` on bad input."""
+        check_frame_size(_text_size(text))
+        if self._stopped:
+            return [Ignored("text frame after the stream stopped")]
+        return self._receive_text(text)
+
+    def receive_bytes(self, data: bytes) -> list[Event]:
+        """Events for one BINARY frame; raises ``ProtocolError`` on bad input."""
+        check_frame_size(len(data))
+        if self._stopped:
+            return [Ignored("binary frame after the stream stopped")]
+        return self._receive_bytes(data)
+
+    def receive_close(self) -> list[Event]:
+        """The socket closed: events still held by the codec (Telnyx reorder buffer)."""
+        return []
+
+    # -- outbound ------------------------------------------------------------------
+
+    def encode_media(self, pcm16: bytes) -> list[Message]:
+        """Messages for int16 LE mono audio at ``output_sample_rate`` (whole messages only)."""
+        out = self._require_output("encode_media")
+        return [self._wrap_media(audio.from_pcm16(chunk, self._out_encoding)) for chunk in out.push(pcm16)]
+
+    def flush_media(self) -> list[Message]:
+        """The buffered remainder, padded with silence to one whole message ([] if none)."""
+        out = self._require_output("flush_media")
+        return [self._wrap_media(audio.from_pcm16(chunk, self._out_encoding)) for chunk in out.flush()]
+
+    def encode_mark(self, name: str) -> list[Message]:
+        """Ask the provider to report when the audio sent so far has played (→ ``MarkPlayed``)."""
+        self._require_output("encode_mark")
+        if not isinstance(name, str) or not name:
+            raise ValueError("mark name must be a non-empty string")
+        messages = self._mark_messages(name)
+        self._marks.sent(name)
+        return messages
+
+    def encode_clear(self) -> list[Message]:
+        """Barge-in: stop what the provider is playing; drops the buffered remainder too."""
+        out = self._require_output("encode_clear")
+        out.clear()
+        self._marks.on_clear()
+        return self._clear_messages()
+
+    def encode_hangup(self) -> list[Message]:
+        """Hang up over the socket where the protocol can ([] otherwise: close the socket
+        or use the provider's REST API)."""
+        return []
+
+    # -- for subclasses ----------------------------------------------------------------
+
+    @abstractmethod
+    def _receive_text(self, text: str) -> list[Event]: ...
+
+    @abstractmethod
+    def _receive_bytes(self, data: bytes) -> list[Event]: ...
+
+    @abstractmethod
+    def _wrap_media(self, wire: bytes) -> Message:
+        """One media message around ``wire`` (audio already in ``output_encoding``)."""
+
+    @abstractmethod
+    def _mark_messages(self, name: str) -> list[Message]: ...
+
+    @abstractmethod
+    def _clear_messages(self) -> list[Message]: ...
+
+    def _on_handshake(self) -> None:
+        """Hook: read provider-specific handshake parameters."""
+        return None
+
+    def _handshake_token_sources(self) -> list[TokenSource]:
+        """Default for Vonage/Plivo/Exotel/Asterisk: query ``token``, ``Authorization``
+        (Bearer, or Basic → password), ``x-voicecore-token`` header."""
+        sources: list[TokenSource] = [("query parameter 'token'", self._query.get("token"))]
+        authorization = self._headers.get("authorization")
+        if authorization:
+            sources.append(("authorization header", token_from_authorization(authorization)))
+        sources.append(("x-voicecore-token header", self._headers.get("x-voicecore-token")))
+        return sources
+
+    def _resolve_token(self, message_sources: Iterable[TokenSource]) -> None:
+        """Pick the auth token among handshake and message sources; two different
+        tokens are a policy violation (1008)."""
+        found: list[tuple[str, str]] = []
+        for source, value in [*self._handshake_tokens, *message_sources]:
+            if value is None or value == "":
+                continue
+            if not isinstance(value, str):
+                raise ProtocolError(f"{source} must be a string, got {_json_type(value)}", CLOSE_INVALID_PAYLOAD)
+            found.append((source, value))
+        if not found:
+            self._auth_token = self._auth_source = None
+            return
+        for source, value in found[1:]:
+            if value != found[0][1]:
+                raise ProtocolError(f"conflicting auth tokens in {found[0][0]} and {source}", CLOSE_POLICY_VIOLATION)
+        self._auth_source, self._auth_token = found[0]
+
+    def _begin_call(
+        self,
+        *,
+        stream_id: str | None,
+        call_id: str | None,
+        caller: str | None,
+        callee: str | None,
+        custom_parameters: dict[str, str],
+        raw: dict[str, Any],
+        encoding: Encoding,
+        sample_rate: int,
+        message_pcm_bytes: int,
+        out_encoding: Encoding | None = None,
+        out_sample_rate: int | None = None,
+        token_sources: Sequence[TokenSource] = (),
+    ) -> CallStart:
+        """Fix the audio format, resolve the token and produce ``CallStart``."""
+        if self._call is not None:
+            raise ProtocolError("duplicate start: the stream has already started", CLOSE_PROTOCOL_ERROR)
+        self._resolve_token(token_sources)
+        self._in_encoding, self._in_rate = encoding, sample_rate
+        self._out_encoding = out_encoding or encoding
+        self._out_rate = out_sample_rate or sample_rate
+        self._out = PcmRechunker(message_pcm_bytes)
+        self._message_ms = audio.pcm16_duration_ms(message_pcm_bytes, self._out_rate)
+        self._call = CallStart(
+            provider=self.name,
+            stream_id=stream_id,
+            call_id=call_id,
+            caller=caller,
+            callee=callee,
+            auth_token=self._auth_token,
+            sample_rate=sample_rate,
+            encoding=encoding,
+            custom_parameters=custom_parameters,
+            raw=raw,
+        )
+        logger.debug(
+            "{} stream {} started: in {} {} Hz, out {} {} Hz, {} ms messages, token from {}",
+            self.name,
+            stream_id,
+            encoding,
+            sample_rate,
+            self._out_encoding,
+            self._out_rate,
+            self._message_ms,
+            self._auth_source or "nowhere",
+        )
+        return self._call
+
+    def _stop(self, reason: str) -> CallStop:
+        self._stopped = True
+        logger.debug("{} stream {} stopped: {}", self.name, self.stream_id, reason)
+        return CallStop(reason)
+
+    def _require_started(self, what: str) -> CallStart:
+        if self._call is None:
+            raise ProtocolError(f"{what} before start", CLOSE_PROTOCOL_ERROR)
+        return self._call
+
+    def _require_output(self, method: str) -> PcmRechunker:
+        if self._out is None:
+            raise RuntimeError(f"{self.name}: {method}() called before CallStart")
+        return self._out
+
+    def _decode_wire(self, wire: bytes, path: str) -> bytes:
+        """Inbound wire bytes → int16 LE; odd-length 16-bit audio is a 1007 error."""
+        if audio.bytes_per_sample(self._in_encoding) == 2 and len(wire) % 2:
+            raise ProtocolError(f"{path} has {len(wire)} bytes, an odd number for 16-bit PCM", CLOSE_INVALID_PAYLOAD)
+        return audio.to_pcm16(wire, self._in_encoding)
+
+
+Handler: TypeAlias = Callable[[JsonFields], list[Event]]
+
+
+class JsonEventCodec(ProviderCodec):
+    """Base for providers that speak JSON text frames with an ``event`` key.
+
+    Subclasses list their events in :meth:`_event_handlers` and set
+    ``stream_id_key``/``sequence_key`` (top-level keys); the common ``media``,
+    ``dtmf``, ``mark``, ``stop`` and ``connected`` handlers live here.
+    """
+
+    #: Top-level key holding the stream id on every message (None: no stream id).
+    stream_id_key: ClassVar[str | None] = None
+    #: Top-level key holding the message sequence number (None: none).
+    sequence_key: ClassVar[str | None] = None
+    #: ``media.track`` values that carry the caller's audio (others are ignored).
+    inbound_tracks: ClassVar[frozenset[str]] = frozenset({"inbound", "inbound_track"})
+    #: Documented events we accept and ignore.
+    ignored_events: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sequence = SequenceGuard()
+        self._handlers: dict[str, Handler] = self._event_handlers()
+
+    @abstractmethod
+    def _event_handlers(self) -> dict[str, Handler]: ...
+
+    def _receive_text(self, text: str) -> list[Event]:
+        message = JsonFields(parse_json_object(text))
+        event = message.get_str("event")
+        assert event is not None
+        handler = self._handlers.get(event)
+        if handler is not None:
+            return handler(message)
+        if event in self.ignored_events:
+            return [Ignored(f"{event} event not used")]
+        raise ProtocolError(f"unknown event {short_repr(event)}", CLOSE_PROTOCOL_ERROR)
+
+    def _receive_bytes(self, data: bytes) -> list[Event]:
+        raise ProtocolError("binary frame where JSON text was expected", CLOSE_UNSUPPORTED_DATA)
+
+    # -- shared pieces -------------------------------------------------------------
+
+    def _check_stream_id(self, message: JsonFields) -> None:
+        if self.stream_id_key is None:
+            return
+        value = message.get_str(self.stream_id_key, required=False)
+        expected = self._call.stream_id if self._call else None
+        if value is not None and expected is not None and value != expected:
+            raise ProtocolError(
+                f"{self.stream_id_key} {short_repr(value)} does not match {short_repr(expected)}",
+                CLOSE_POLICY_VIOLATION,
+            )
+
+    def _sequence_number(self, message: JsonFields) -> int | None:
+        return message.get_int(self.sequence_key) if self.sequence_key else None
+
+    def _control(self, message: JsonFields, what: str) -> None:
+        """Checks common to dtmf/mark/...: started, same stream; notes the sequence number."""
+        self._require_started(what)
+        self._check_stream_id(message)
+        seq = self._sequence_number(message)
+        if not self._sequence.advance(seq):
+            logger.debug("{} {} with out-of-order sequence number {} (processed)", self.name, what, seq)
+
+    def _on_connected(self, message: JsonFields) -> list[Event]:
+        return [Connected(dict(message.data))]
+
+    def _on_media(self, message: JsonFields) -> list[Event]:
+        self._require_started("media")
+        self._check_stream_id(message)
+        seq = self._sequence_number(message)
+        media = message.get_obj("media")
+        assert media is not None
+        payload = media.get_str("payload", allow_empty=True)
+        assert payload is not None
+        timestamp = media.get_int("timestamp")
+        chunk = media.get_int("chunk")
+        track = media.get_str("track", required=False)
+        if track is not None and track not in self.inbound_tracks:
+            return [Ignored(f"media.track {short_repr(track)} is not the caller's audio")]
+        if not payload:
+            return [Ignored("empty media.payload")]
+        pcm16 = self._decode_wire(decode_base64(payload, "media.payload"), "media.payload")
+        return self._deliver_media(MediaIn(pcm16, seq, timestamp), chunk)
+
+    def _deliver_media(self, media: MediaIn, chunk: int | None) -> list[Event]:
+        """Drop media whose sequence number goes backwards (see module docstring)."""
+        last = self._sequence.last
+        if not self._sequence.advance(media.sequence):
+            logger.warning(
+                "{} stream {}: dropped media with sequence number {} (already at {})",
+                self.name,
+                self.stream_id,
+                media.sequence,
+                last,
+            )
+            return [Ignored(f"media {self.sequence_key} {media.sequence} is not after {last}; dropped")]
+        return [media]
+
+    def _on_dtmf(self, message: JsonFields) -> list[Event]:
+        self._control(message, "dtmf")
+        dtmf = message.get_obj("dtmf")
+        assert dtmf is not None
+        digit = dtmf.get_str("digit")
+        assert digit is not None
+        return [Dtmf(parse_dtmf_digit(digit, dtmf.field_path("digit")), dtmf.get_int("duration"))]
+
+    def _on_mark(self, message: JsonFields) -> list[Event]:
+        self._control(message, "mark")
+        mark = message.get_obj("mark")
+        assert mark is not None
+        name = mark.get_str("name")
+        assert name is not None
+        return [self._marks.played(name)]
+
+    def _on_stop(self, message: JsonFields) -> list[Event]:
+        self._check_stream_id(message)
+        self._sequence_number(message)  # type check only
+        stop = message.get_obj("stop", required=False)
+        reason = stop.get_str("reason", required=False) if stop is not None else None
+        return [self._stop(reason or "stop")]

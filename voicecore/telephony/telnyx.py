@@ -1,0 +1,204 @@
+"""Telnyx media streaming (Call Control ``stream_url`` / TeXML ``<Stream>``), ``rtp`` bidirectional mode.
+
+Inbound (JSON text frames): ``connected``, ``start`` (top-level ``stream_id``;
+``start.call_control_id``, ``start.from``, ``start.to``,
+``start.custom_parameters``, ``start.media_format`` {encoding PCMU|PCMA|L16,
+sample_rate, channels}), ``media`` (base64 codec bytes, no RTP header),
+``dtmf`` (``dtmf.digit``), ``mark`` (``mark.name``), ``stop``; ``error`` is
+logged and ignored. G722/OPUS/AMR-WB streams are refused (1003).
+
+L16: Telnyx carries L16 as on RTP, which is big-endian by convention (the
+reference marks this ❓). The codec therefore decodes and encodes L16 as
+big-endian by default; pass ``l16_byte_order="little"`` if a real stream
+proves otherwise.
+
+Out-of-order delivery: Telnyx may deliver media frames out of order. Media
+frames go through a reorder buffer keyed by ``media.chunk`` (a media-only
+counter, so interleaved dtmf/mark messages leave no gaps) or, without a chunk,
+by ``sequence_number``. In-order frames pass straight through; after a gap at
+most ``reorder_window`` frames (default 3 = 60 ms) are held before the gap is
+given up. Late and duplicate frames are dropped (``Ignored``). ``stop`` and
+:meth:`receive_close` release what is held.
+
+Outbound: ``{"event":"media","media":{"payload":…}}`` (no stream id), ``mark``,
+``clear`` — in the encoding of the *bidirectional* codec. Telnyx configures that
+separately (``stream_bidirectional_codec``, default PCMU, and
+``stream_bidirectional_sampling_rate``) and does not repeat it in ``start``, so
+by default the codec answers in the inbound format; set ``outbound_encoding``
+(``"PCMU"``, ``"PCMA"``, ``"L16"``) and ``outbound_sample_rate`` when the call was
+set up differently, and feed ``encode_media`` at ``output_sample_rate``.
+``clear`` returns pending marks (``marks_returned_on_clear``).
+
+Auth token: the ``x-telnyx-streaming-auth-token`` upgrade header (set by
+``stream_auth_token``), or ``start.custom_parameters.token``; both present and
+different → 1008. Hang-up is a REST call (``encode_hangup`` returns []).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final, Literal
+
+from loguru import logger
+
+from voicecore.audio import codecs as audio
+from voicecore.audio.codecs import Encoding
+from voicecore.telephony.base import (
+    CLOSE_UNSUPPORTED_DATA,
+    Event,
+    Handler,
+    Ignored,
+    JsonEventCodec,
+    JsonFields,
+    MediaIn,
+    Message,
+    ProtocolError,
+    ReorderBuffer,
+    TokenSource,
+    dumps,
+    encode_base64,
+)
+
+__all__ = ["TelnyxCodec"]
+
+TelnyxCodecName = Literal["PCMU", "PCMA", "L16"]
+_L16_RATES: Final = frozenset({8000, 16000, 22050, 24000, 48000})
+
+
+def _wire_encoding(codec: str, l16: Encoding) -> Encoding | None:
+    """Telnyx codec name → wire encoding (None if unsupported)."""
+    table: dict[str, Encoding] = {"PCMU": "mulaw", "PCMA": "alaw", "L16": l16}
+    return table.get(codec.upper())
+
+
+class TelnyxCodec(JsonEventCodec):
+    """Telnyx media streaming codec.
+
+    Options: ``l16_byte_order`` ("big" default, "little"), ``outbound_encoding``
+    and ``outbound_sample_rate`` (None: same as inbound), ``reorder_window``
+    (frames held for a gap, default 3), ``message_ms`` (multiple of 20, default 20).
+    """
+
+    name: ClassVar[str] = "telnyx"
+    marks_returned_on_clear: ClassVar[bool] = True
+    stream_id_key: ClassVar[str | None] = "stream_id"
+    sequence_key: ClassVar[str | None] = "sequence_number"
+
+    def __init__(
+        self,
+        *,
+        l16_byte_order: Literal["big", "little"] = "big",
+        outbound_encoding: TelnyxCodecName | None = None,
+        outbound_sample_rate: int | None = None,
+        reorder_window: int = 3,
+        message_ms: int = 20,
+    ) -> None:
+        if l16_byte_order not in ("big", "little"):
+            raise ValueError(f"l16_byte_order must be 'big' or 'little', got {l16_byte_order!r}")
+        if message_ms <= 0 or message_ms % 20:
+            raise ValueError(f"message_ms must be a positive multiple of 20, got {message_ms}")
+        super().__init__()
+        self._l16: Encoding = "pcm16be" if l16_byte_order == "big" else "pcm16le"
+        self._outbound: Encoding | None = None
+        if outbound_encoding is not None:
+            self._outbound = _wire_encoding(outbound_encoding, self._l16)
+            if self._outbound is None:
+                raise ValueError(f"outbound_encoding must be PCMU, PCMA or L16, got {outbound_encoding!r}")
+        if outbound_sample_rate is not None and outbound_sample_rate <= 0:
+            raise ValueError(f"outbound_sample_rate must be positive, got {outbound_sample_rate}")
+        self._outbound_rate = outbound_sample_rate
+        self._reorder: ReorderBuffer[MediaIn] = ReorderBuffer(reorder_window)
+        self._message_ms = float(message_ms)
+
+    def _event_handlers(self) -> dict[str, Handler]:
+        return {
+            "connected": self._on_connected,
+            "start": self._on_start,
+            "media": self._on_media,
+            "dtmf": self._on_dtmf,
+            "mark": self._on_mark,
+            "stop": self._on_stop,
+            "error": self._on_error,
+        }
+
+    def _handshake_token_sources(self) -> list[TokenSource]:
+        return [("x-telnyx-streaming-auth-token header", self._headers.get("x-telnyx-streaming-auth-token"))]
+
+    def _on_start(self, message: JsonFields) -> list[Event]:
+        self._sequence.advance(self._sequence_number(message))
+        stream_id = message.get_str("stream_id")
+        start = message.get_obj("start")
+        assert start is not None
+        params = start.get_str_map("custom_parameters")
+        media_format = start.get_obj("media_format", required=False)
+        encoding: Encoding = "mulaw"
+        rate = 8000
+        if media_format is not None:
+            codec = media_format.get_str("encoding", required=False) or "PCMU"
+            found = _wire_encoding(codec, self._l16)
+            if found is None:
+                raise ProtocolError(
+                    f"start.media_format.encoding {codec!r} is not supported (PCMU, PCMA or L16)",
+                    CLOSE_UNSUPPORTED_DATA,
+                )
+            encoding = found
+            rate = media_format.get_int("sample_rate") or 8000
+            channels = media_format.get_int("channels")
+            if channels not in (None, 1):
+                raise ProtocolError(
+                    f"start.media_format.channels {channels} is not supported (mono only)", CLOSE_UNSUPPORTED_DATA
+                )
+            allowed = _L16_RATES if codec.upper() == "L16" else {8000}
+            if rate not in allowed:
+                raise ProtocolError(
+                    f"start.media_format.sample_rate {rate} is not valid for {codec}", CLOSE_UNSUPPORTED_DATA
+                )
+        out_encoding = self._outbound or encoding
+        out_rate = 8000 if self._outbound in ("mulaw", "alaw") else self._outbound_rate or rate
+        return [
+            self._begin_call(
+                stream_id=stream_id,
+                call_id=start.get_str("call_control_id", required=False),
+                caller=start.get_str("from", required=False),
+                callee=start.get_str("to", required=False),
+                custom_parameters=params,
+                raw=dict(message.data),
+                encoding=encoding,
+                sample_rate=rate,
+                out_encoding=out_encoding,
+                out_sample_rate=out_rate,
+                message_pcm_bytes=audio.pcm16_bytes_for_ms(self._message_ms, out_rate),
+                token_sources=[("start.custom_parameters.token", params.get("token"))],
+            )
+        ]
+
+    def _deliver_media(self, media: MediaIn, chunk: int | None) -> list[Event]:
+        key = chunk if chunk is not None else media.sequence
+        if key is None:
+            return [media]
+        released = self._reorder.push(key, media)
+        if released is None:
+            logger.warning("telnyx stream {}: dropped late or duplicate media frame {}", self.stream_id, key)
+            return [Ignored(f"media frame {key} arrived late or twice; dropped")]
+        return list(released)
+
+    def _on_stop(self, message: JsonFields) -> list[Event]:
+        return [*self._reorder.drain(), *super()._on_stop(message)]
+
+    def receive_close(self) -> list[Event]:
+        return list(self._reorder.drain())
+
+    def _on_error(self, message: JsonFields) -> list[Event]:
+        payload = message.data.get("payload")
+        code = payload.get("code") if isinstance(payload, dict) else None
+        title = payload.get("title") if isinstance(payload, dict) else None
+        logger.warning("telnyx stream {} reported an error: code={} title={!r}", self.stream_id, code, title)
+        return [Ignored(f"telnyx error event (code {code})")]
+
+    def _wrap_media(self, wire: bytes) -> Message:
+        return dumps({"event": "media", "media": {"payload": encode_base64(wire)}})
+
+    def _mark_messages(self, name: str) -> list[Message]:
+        return [dumps({"event": "mark", "mark": {"name": name}})]
+
+    def _clear_messages(self) -> list[Message]:
+        return [dumps({"event": "clear"})]

@@ -1,0 +1,378 @@
+"""The edge of a call: what a transport must provide, and the agent's paced audio output.
+
+A transport (a WAV file, the terminal, a telephony WebSocket, a WebRTC peer)
+implements :class:`CallTransport`. Caller audio goes in through
+``CallSession.feed_audio``; agent audio leaves through
+:class:`AgentAudioOutput`, the last processor of every pipeline, which
+
+- paces audio at real time with a small lead (``lead_ms``), so a barge-in can
+  silence the line at once;
+- sends one mark after each clause and learns from the transport's mark
+  acknowledgements (or, for local transports, from its own playback clock)
+  which clauses the caller heard;
+- on an ``InterruptionFrame`` drops everything unplayed, asks the transport to
+  clear its buffer, and reports the reply cut to what was heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loguru import logger
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from voicecore.frames import AgentClauseFrame, AgentReplyDoneFrame, AgentReplyStartFrame
+from voicecore.records import TurnTimeline
+
+
+class CallTransport(ABC):
+    """What the pipeline needs from the far end of a call."""
+
+    name: str = "transport"
+    #: Whether the far end acknowledges marks once the audio before them has played.
+    acknowledges_marks: bool = False
+
+    @property
+    @abstractmethod
+    def output_sample_rate(self) -> int:
+        """The rate agent audio must be handed over at (int16 mono)."""
+
+    @abstractmethod
+    async def write_audio(self, pcm16: bytes) -> None:
+        """Send agent audio (int16 LE mono at ``output_sample_rate``)."""
+
+    async def send_mark(self, name: str) -> None:
+        """Ask the far end to acknowledge ``name`` once everything before it has played."""
+
+    async def clear(self) -> None:
+        """Drop audio the far end has buffered but not played yet."""
+
+    async def end_of_reply(self) -> None:
+        """The last audio of one reply was written (lets framed transports flush a partial frame)."""
+
+
+@dataclass
+class _Clause:
+    reply_id: str
+    index: int
+    text: str
+    start: int = -1  # sample offsets in the output stream
+    end: int = -1
+    acked: bool = False
+
+    @property
+    def mark_name(self) -> str:
+        return f"{self.reply_id}:{self.index}"
+
+
+@dataclass
+class _Reply:
+    reply_id: str
+    kind: str
+    timeline: TurnTimeline | None
+    clauses: list[_Clause] = field(default_factory=list)
+    generated_text: str = ""
+    done_queued: bool = False
+    first_audio_sent: bool = False
+
+
+def heard_text(clauses: list[_Clause], position: int, needs_ack: bool) -> str:
+    """What of a reply the caller heard, the playback being at sample ``position``.
+
+    A clause counts whole once acknowledged (or, without acknowledgements, once
+    the playback passed its end); the clause being played counts for the share
+    of its words that matches the share of its audio played.
+    """
+    words: list[str] = []
+    for c in clauses:
+        if c.start < 0:
+            break
+        whole = c.acked if needs_ack else (c.end >= 0 and position >= c.end)
+        if whole:
+            words += c.text.split()
+            continue
+        if position > c.start:
+            span = (c.end if c.end > c.start else position) - c.start
+            share = min(1.0, (position - c.start) / span) if span > 0 else 0.0
+            parts = c.text.split()
+            words += parts[: int(len(parts) * share)]
+        break
+    return " ".join(words)
+
+
+ReplyStarted = Callable[[str, str, TurnTimeline | None], None]
+ReplyFinished = Callable[[str, str, str, str, bool], None]  # reply_id, kind, generated, heard, interrupted
+
+
+class AgentAudioOutput(FrameProcessor):
+    """The sink of a call's pipeline: paced agent audio, marks, barge-in clears."""
+
+    CHUNK_MS = 20
+
+    def __init__(
+        self,
+        transport: CallTransport,
+        *,
+        realtime: bool = True,
+        lead_ms: int = 100,
+        on_reply_started: ReplyStarted | None = None,
+        on_reply_finished: ReplyFinished | None = None,
+        tap: Callable[[bytes], None] | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(name=name or "AgentAudioOutput")
+        self._transport = transport
+        self._realtime = realtime
+        self._lead = lead_ms / 1000
+        self._on_reply_started = on_reply_started
+        self._on_reply_finished = on_reply_finished
+        self._tap = tap  # sees every byte of agent audio sent (the recording seam)
+        self._rate = transport.output_sample_rate
+        self._queue: deque[object] = deque()
+        self._wakeup = asyncio.Event()
+        self._pacer: asyncio.Task | None = None
+        self._stream_start = 0.0  # monotonic time the current burst of audio started playing
+        self._burst_samples = 0  # samples sent in the current burst
+        self._position_base = 0  # output stream offset where the current burst started
+        self._sent = 0  # total samples sent (stream offset)
+        self._speaking = False
+        self._replies: dict[str, _Reply] = {}
+        self._current: _Reply | None = None  # reply whose audio is being sent
+        self._pending_marks: dict[str, _Clause] = {}
+        self.interruptions = 0
+        self.last_write_at: dict[str, float] = {}  # reply id -> when its last audio was written
+        self.last_clear_at: float | None = None
+
+    # -- state the session and the tests look at ---------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Audio queued or still playing."""
+        return bool(self._queue) or self._speaking
+
+    def playback_position(self) -> int:
+        """Output stream offset (samples) the far end is estimated to have played."""
+        if not self._realtime:
+            return self._sent
+        played = int((time.monotonic() - self._stream_start) * self._rate) if self._speaking else self._burst_samples
+        return self._position_base + max(0, min(self._burst_samples, played))
+
+    # -- frames ------------------------------------------------------------------------
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            if self.processor_setup.audio_out_sample_rate != self._rate:
+                logger.warning(
+                    f"{self}: pipeline output rate {self.processor_setup.audio_out_sample_rate} differs "
+                    f"from transport rate {self._rate}"
+                )
+            self._pacer = self.create_task(self._pace())
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, InterruptionFrame):
+            await self._interrupt()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, (EndFrame, CancelFrame)):
+            if isinstance(frame, EndFrame):
+                await self._drain()
+            await self._stop_pacer()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, AgentReplyStartFrame):
+            self._enqueue(frame)
+        elif isinstance(frame, (AgentClauseFrame, AgentReplyDoneFrame)):
+            self._enqueue(frame)
+        elif isinstance(frame, OutputAudioRawFrame):
+            if frame.sample_rate != self._rate:
+                raise ValueError(f"{self}: agent audio at {frame.sample_rate} Hz, transport wants {self._rate} Hz")
+            self._enqueue(frame.audio)
+        else:
+            await self.push_frame(frame, direction)
+
+    def _enqueue(self, item: object) -> None:
+        self._queue.append(item)
+        self._wakeup.set()
+
+    async def _drain(self, timeout: float = 30.0) -> None:
+        """At the end of a call: let queued audio finish playing."""
+        deadline = time.monotonic() + timeout
+        while (self._queue or self._speaking) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def _stop_pacer(self) -> None:
+        if self._pacer is not None:
+            await self.cancel_task(self._pacer)
+            self._pacer = None
+
+    # -- the pacer -----------------------------------------------------------------------
+
+    async def _pace(self) -> None:
+        chunk_bytes = self._rate * self.CHUNK_MS // 1000 * 2
+        while True:
+            if not self._queue:
+                await self._idle_until_work()
+                continue
+            item = self._queue.popleft()
+            if isinstance(item, AgentReplyStartFrame):
+                reply = _Reply(item.reply_id, item.kind, item.timeline)
+                self._replies[item.reply_id] = reply
+                self._current = reply
+                self._maybe_finish_replies()
+                if self._on_reply_started:
+                    self._on_reply_started(item.reply_id, item.kind, item.timeline)
+            elif isinstance(item, AgentClauseFrame):
+                await self._close_clause()
+                reply = self._replies.get(item.reply_id)
+                if reply is not None:
+                    reply.clauses.append(_Clause(item.reply_id, item.index, item.text, start=self._sent))
+            elif isinstance(item, AgentReplyDoneFrame):
+                await self._close_clause()
+                reply = self._replies.get(item.reply_id)
+                if reply is not None:
+                    reply.generated_text = item.generated_text
+                    reply.done_queued = True
+                await self._transport.end_of_reply()
+                self._maybe_finish_replies()
+            elif isinstance(item, bytes | bytearray):
+                for i in range(0, len(item), chunk_bytes):
+                    await self._send_chunk(bytes(item[i : i + chunk_bytes]))
+
+    async def _close_clause(self) -> None:
+        """The audio of the clause being sent is complete: mark its end."""
+        reply = self._current
+        if reply is None or not reply.clauses:
+            return
+        clause = reply.clauses[-1]
+        if clause.end >= 0:
+            return
+        clause.end = self._sent
+        if self._transport.acknowledges_marks:
+            self._pending_marks[clause.mark_name] = clause
+            await self._transport.send_mark(clause.mark_name)
+
+    async def _send_chunk(self, chunk: bytes) -> None:
+        n = len(chunk) // 2
+        if self._realtime:
+            now = time.monotonic()
+            if not self._speaking:
+                self._stream_start = now
+                self._burst_samples = 0
+                self._position_base = self._sent
+            ahead = self._stream_start + self._burst_samples / self._rate - now
+            if ahead > self._lead:
+                await asyncio.sleep(ahead - self._lead)
+        if not self._speaking:
+            self._speaking = True
+            await self.push_frame(BotStartedSpeakingFrame(), FrameDirection.UPSTREAM)
+        reply = self._current
+        if reply is not None and not reply.first_audio_sent:
+            reply.first_audio_sent = True
+            if reply.timeline is not None:
+                reply.timeline.mark("first_audio_out")
+        await self._transport.write_audio(chunk)
+        if reply is not None:
+            self.last_write_at[reply.reply_id] = time.monotonic()
+        if self._tap is not None:
+            self._tap(chunk)
+        self._sent += n
+        self._burst_samples += n
+
+    async def _idle_until_work(self) -> None:
+        """Nothing queued: wait for work, and notice when the audio already sent has played."""
+        self._wakeup.clear()
+        if self._speaking:
+            remaining = (
+                self._stream_start + self._burst_samples / self._rate - time.monotonic() if self._realtime else 0.0
+            )
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.0, remaining) + 0.01)
+                return
+            except asyncio.TimeoutError:
+                pass
+            if not self._queue:
+                self._speaking = False
+                await self.push_frame(BotStoppedSpeakingFrame(), FrameDirection.UPSTREAM)
+                self._maybe_finish_replies()
+            return
+        await self._wakeup.wait()
+
+    # -- marks and replies -------------------------------------------------------------
+
+    def mark_played(self, name: str) -> None:
+        """The transport says the audio before mark ``name`` has played."""
+        clause = self._pending_marks.pop(name, None)
+        if clause is None:
+            logger.debug(f"{self}: acknowledgement for unknown or stale mark {name!r}")
+            return
+        clause.acked = True
+        self._maybe_finish_replies()
+
+    def _maybe_finish_replies(self) -> None:
+        position = self.playback_position()
+        for reply_id, reply in list(self._replies.items()):
+            if not reply.done_queued:
+                continue
+            if self._transport.acknowledges_marks:
+                played = all(c.acked for c in reply.clauses)
+            else:
+                played = not reply.clauses or position >= reply.clauses[-1].end
+            if played:
+                del self._replies[reply_id]
+                if self._current is reply:
+                    self._current = None
+                if self._on_reply_finished:
+                    text = " ".join(c.text for c in reply.clauses)
+                    self._on_reply_finished(reply_id, reply.kind, reply.generated_text or text, text, False)
+
+    async def _interrupt(self) -> None:
+        """Barge-in: drop what was not played, clear the far end, report what was heard."""
+        position = self.playback_position()
+        had_audio = self._speaking or any(isinstance(i, bytes | bytearray) for i in self._queue)
+        current = self._current.clauses[-1] if self._current and self._current.clauses else None
+        if current is not None and current.end < 0:
+            # The clause being sent ends where its audio still queued would have ended.
+            queued = 0
+            for item in self._queue:
+                if not isinstance(item, bytes | bytearray):
+                    break
+                queued += len(item) // 2
+            current.end = self._sent + queued
+        self._queue.clear()
+        if self._pacer is not None:
+            # The pacer may be waiting to send the next chunk: restart it on an empty queue.
+            await self.cancel_task(self._pacer)
+            self._pacer = self.create_task(self._pace())
+        if had_audio:
+            self.interruptions += 1
+            self.last_clear_at = time.monotonic()
+            await self._transport.clear()
+        acks = self._transport.acknowledges_marks
+        for reply_id, reply in list(self._replies.items()):
+            heard = heard_text(reply.clauses, position, acks)
+            generated = reply.generated_text or " ".join(c.text for c in reply.clauses)
+            if self._on_reply_finished:
+                self._on_reply_finished(reply_id, reply.kind, generated, heard, True)
+        self._replies.clear()
+        self._current = None
+        self._pending_marks.clear()
+        if self._speaking:
+            self._speaking = False
+            await self.push_frame(BotStoppedSpeakingFrame(), FrameDirection.UPSTREAM)
+        # The stream restarts from the position reached: unplayed audio never happened.
+        self._sent = position
+        self._burst_samples = 0
+        self._position_base = position
