@@ -1,0 +1,98 @@
+"""The audit log: chained entries; a modified, deleted or forged entry is detected."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from voicecore.records import CallRecord, Turn
+from voicecore.storage import MASTER_KEY_ENV, Store
+
+
+@pytest.fixture(autouse=True)
+def _no_env_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "data")
+    s.create_tenant("acme")  # tenant.created, apikey.created
+    rec = CallRecord(tenant="acme", caller="+14155552671")
+    rec.turns = [Turn("caller", "my secret is tangerine")]
+    rec.ended_at = rec.started_at + 1
+    s.save_call(rec)
+    s.call_get("acme", rec.call_id, actor="analyst")  # transcript.read
+    s.add_optout("acme", "+14155552671")  # optout.added
+    s.audit_append("api:key1", "acme", "webhook.created", "webhook:1")
+    yield s
+    s.close()
+
+
+def raw(store: Store) -> sqlite3.Connection:
+    """A second, plain connection: what someone with file access could do."""
+    return sqlite3.connect(store.db_path, isolation_level=None)
+
+
+def test_intact_log_verifies(store: Store) -> None:
+    check = store.audit_verify()
+    assert check.ok and check.first_bad_id is None and check.entries == 5
+    actions = [e.action for e in reversed(store.audit_list())]
+    assert actions == ["tenant.created", "apikey.created", "transcript.read", "optout.added", "webhook.created"]
+
+
+def test_log_holds_no_content_and_no_clear_number(store: Store) -> None:
+    text = json.dumps([e.__dict__ for e in store.audit_list()])
+    assert "tangerine" not in text
+    assert "4155552671" not in text and "2671" not in text
+
+
+def test_modified_entry_is_detected(store: Store) -> None:
+    with raw(store) as c:
+        c.execute("UPDATE audit_log SET action = 'transcript.listed' WHERE id = 3")
+    check = store.audit_verify()
+    assert not check.ok and check.first_bad_id == 3 and "modified" in (check.reason or "")
+
+
+def test_modified_entry_with_recomputed_sha256_is_still_detected(store: Store) -> None:
+    # Rewriting the chain needs the audit key from the keystore, not only database access.
+    with raw(store) as c:
+        prev = c.execute("SELECT prev_hash FROM audit_log WHERE id = 3").fetchone()[0]
+        forged = hashlib.sha256((prev + "3|forged").encode()).hexdigest()
+        c.execute("UPDATE audit_log SET actor = 'nobody', hash = ? WHERE id = 3", (forged,))
+    check = store.audit_verify()
+    assert not check.ok and check.first_bad_id == 3
+
+
+def test_deleted_entry_in_the_middle_is_detected(store: Store) -> None:
+    with raw(store) as c:
+        c.execute("DELETE FROM audit_log WHERE id = 2")
+    check = store.audit_verify()
+    assert not check.ok and check.first_bad_id == 2 and "missing" in (check.reason or "")
+
+
+def test_deleted_last_entry_is_detected(store: Store) -> None:
+    with raw(store) as c:
+        c.execute("DELETE FROM audit_log WHERE id = 5")
+    check = store.audit_verify()
+    assert not check.ok and check.first_bad_id == 5
+
+
+def test_renumbered_entries_are_detected(store: Store) -> None:
+    with raw(store) as c:
+        c.execute("DELETE FROM audit_log WHERE id = 2")
+        c.execute("UPDATE audit_log SET id = id - 1 WHERE id > 2")
+    assert not store.audit_verify().ok
+
+
+def test_appending_after_verification_keeps_the_chain(store: Store) -> None:
+    store.audit_append("cli", "acme", "subject.exported", "subject:abc")
+    store.close()
+    again = Store(store.data_dir)
+    again.audit_append("cli", None, "retention.swept", "rows:0")
+    assert again.audit_verify().ok
+    again.close()

@@ -1,0 +1,208 @@
+"""Encrypted call recordings: streamed to disk in AES-GCM chunks as audio arrives.
+
+File layout (``<data_dir>/recordings/<tenant_id>/<recording_id>.vcrec``)::
+
+    b"VCREC1\\n"                      magic
+    u32 header length, header JSON     {"v":1,"id":..,"rate":..,"channels":..,"width":..}  (no content)
+    chunk*                             u32 length, nonce(12), AES-GCM ciphertext+tag
+
+Each chunk's associated data binds it to the tenant, the recording id, the header,
+its index and whether it is the last chunk, so chunks cannot be reordered, moved
+to another file or dropped from the end without detection. At most
+``chunk_bytes`` of plaintext (about one second) is held in memory; no plaintext
+audio is ever written to disk. A recording cut short by a crash lacks the final
+chunk: it reads back as ``complete=False`` with the audio up to the last chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import secrets
+import struct
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from voicecore.storage.crypto import CryptoError, TenantKeys
+
+MAGIC = b"VCREC1\n"
+_NONCE = 12
+_MAX_CHUNK = 16 * 1024 * 1024
+
+
+class RecordingError(CryptoError):
+    """A recording file is malformed, tampered with, or was written under another key."""
+
+
+def _chunk_aad(tenant_id: str, rec_id: str, header_digest: bytes, index: int, final: bool) -> bytes:
+    return (
+        b"vcrec1|"
+        + tenant_id.encode()
+        + b"|"
+        + rec_id.encode()
+        + b"|"
+        + header_digest
+        + struct.pack(">QB", index, 1 if final else 0)
+    )
+
+
+@dataclass(frozen=True)
+class RecordingContents:
+    pcm: bytes
+    sample_rate: int
+    channels: int
+    sample_width: int
+    complete: bool
+
+    def to_wav(self) -> bytes:
+        return pcm_to_wav(self.pcm, self.sample_rate, self.channels, self.sample_width)
+
+
+def pcm_to_wav(pcm: bytes, sample_rate: int, channels: int = 1, sample_width: int = 2) -> bytes:
+    """A WAV file (in memory) holding ``pcm``."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(sample_width)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm)
+    return buf.getvalue()
+
+
+class RecordingWriter:
+    """Streams one call's audio to an encrypted file. Create it with ``Store.open_recording``.
+
+    ``write(pcm)`` is cheap and synchronous (a small ``os.write`` about once a
+    second); call ``close()`` (or use it as a context manager) when the call ends.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        recording_id: str,
+        keys: TenantKeys,
+        sample_rate: int,
+        channels: int = 1,
+        sample_width: int = 2,
+        chunk_bytes: int | None = None,
+        on_close: Callable[[RecordingWriter], None] | None = None,
+    ):
+        if sample_rate <= 0 or channels <= 0 or sample_width not in (1, 2, 3, 4):
+            raise ValueError("invalid recording format")
+        self.path = path
+        self.recording_id = recording_id
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.sample_width = sample_width
+        self.chunk_bytes = chunk_bytes or sample_rate * channels * sample_width  # ~1 s
+        self.bytes_written = 0  # plaintext PCM bytes
+        self.chunks = 0
+        self.closed = False
+        self.complete = False
+        self._keys = keys
+        self._aead = AESGCM(keys.enc_key)
+        self._buffer = bytearray()
+        self._on_close = on_close
+        header = json.dumps(
+            {"v": 1, "id": recording_id, "rate": sample_rate, "channels": channels, "width": sample_width},
+            sort_keys=True,
+        ).encode()
+        self._header_digest = hashlib.sha256(header).digest()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(self._fd, MAGIC + struct.pack(">I", len(header)) + header)
+
+    def _emit(self, plaintext: bytes, final: bool) -> None:
+        nonce = secrets.token_bytes(_NONCE)
+        aad = _chunk_aad(self._keys.tenant_id, self.recording_id, self._header_digest, self.chunks, final)
+        ct = self._aead.encrypt(nonce, plaintext, aad)
+        os.write(self._fd, struct.pack(">I", len(ct)) + nonce + ct)
+        self.chunks += 1
+
+    def write(self, pcm: bytes) -> None:
+        """Append PCM audio (signed little-endian, interleaved)."""
+        if self.closed:
+            raise ValueError("recording is closed")
+        if not pcm:
+            return
+        self._buffer += pcm
+        self.bytes_written += len(pcm)
+        while len(self._buffer) >= self.chunk_bytes:
+            chunk = bytes(self._buffer[: self.chunk_bytes])
+            del self._buffer[: self.chunk_bytes]
+            self._emit(chunk, final=False)
+
+    def close(self) -> None:
+        """Write the last (final-marked) chunk, sync and close the file."""
+        if self.closed:
+            return
+        try:
+            self._emit(bytes(self._buffer), final=True)
+            self._buffer.clear()
+            os.fsync(self._fd)
+            self.complete = True
+        finally:
+            os.close(self._fd)
+            self.closed = True
+            if self._on_close is not None:
+                self._on_close(self)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_recording_file(path: Path, keys: TenantKeys, recording_id: str) -> RecordingContents:
+    """Decrypt a recording file into PCM. Raises :class:`RecordingError` on tampering or a wrong key."""
+    data = path.read_bytes()
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
+        raise RecordingError(f"{path.name}: not a voicecore recording")
+    pos = len(MAGIC)
+    (hlen,) = struct.unpack_from(">I", data, pos)
+    pos += 4
+    header_bytes = data[pos : pos + hlen]
+    pos += hlen
+    try:
+        header = json.loads(header_bytes)
+    except ValueError:
+        raise RecordingError(f"{path.name}: damaged header") from None
+    if header.get("id") != recording_id:
+        raise RecordingError(f"{path.name}: belongs to another recording")
+    digest = hashlib.sha256(header_bytes).digest()
+    aead = AESGCM(keys.enc_key)
+    pcm = bytearray()
+    index = 0
+    complete = False
+    while pos < len(data):
+        if complete:
+            raise RecordingError(f"{path.name}: data after the final chunk")
+        if pos + 4 + _NONCE > len(data):
+            break  # torn write at the end (crash): keep what authenticated
+        (clen,) = struct.unpack_from(">I", data, pos)
+        if clen > _MAX_CHUNK or pos + 4 + _NONCE + clen > len(data):
+            break
+        nonce = data[pos + 4 : pos + 4 + _NONCE]
+        ct = data[pos + 4 + _NONCE : pos + 4 + _NONCE + clen]
+        pos += 4 + _NONCE + clen
+        for final in (False, True):
+            try:
+                pcm += aead.decrypt(nonce, ct, _chunk_aad(keys.tenant_id, recording_id, digest, index, final))
+                complete = final
+                break
+            except InvalidTag:
+                continue
+        else:
+            raise RecordingError(f"{path.name}: chunk {index} does not authenticate (tampered, reordered or wrong key)")
+        index += 1
+    return RecordingContents(bytes(pcm), int(header["rate"]), int(header["channels"]), int(header["width"]), complete)
