@@ -34,6 +34,6 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import voicecore.cli" 2>/dev/null; then
   echo "setup: installing voicecore and its models into .venv (llama-cpp-python compiles once, ~8 min on 2 cores)"
   .venv/bin/python -m pip install -q --upgrade pip
-  CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" .venv/bin/python -m pip install -q -e '.[dev]'
+  CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" .venv/bin/python -m pip install -q -e '.[dev,bench]'
   echo "$want" > "$stamp"
 fi

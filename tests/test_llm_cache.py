@@ -33,7 +33,8 @@ async def test_second_turn_evaluates_only_the_new_tokens(engine):
     conv = conversation()
     first = await turn(engine, conv, "What are your opening hours?")
     second = await turn(engine, conv, "And on Saturday?")
-    assert first.stats.evaluated_prompt_tokens >= first.stats.prompt_tokens - 1
+    # (the first turn may reuse a few tokens another conversation left in the cache, e.g. "<|im_start|>system")
+    assert first.stats.evaluated_prompt_tokens > first.stats.prompt_tokens // 2
     assert second.stats.prompt_tokens > first.stats.prompt_tokens
     # only the new user message (plus chat markup) is evaluated
     assert second.stats.evaluated_prompt_tokens < 30
@@ -77,3 +78,16 @@ def test_caller_text_cannot_inject_chat_markup(engine):
     im_start = engine.tokenize("<|im_start|>")[0]
     # system, user, and the assistant header: three real markers, none from the caller's text
     assert tokens.count(im_start) == 3
+
+
+def test_history_is_trimmed_in_steps_so_the_prefix_stays_cached():
+    conv = Conversation(system_prompt="You are a receptionist.", context=PassThroughContext(history_turns=4))
+    prefixes = []
+    for i in range(14):
+        conv.add_caller(f"question {i}")
+        conv.add_agent(f"answer {i}")
+        prefixes.append(conv.prompt_messages()[1].content)
+    # the first history message changes only now and then, not at every turn
+    changes = sum(1 for a, b in zip(prefixes, prefixes[1:]) if a != b)
+    assert changes <= 4
+    assert len(conv.prompt_messages()) <= 1 + 8  # system + at most 2 x history_turns

@@ -48,6 +48,28 @@ REDACTED: list[tuple[str, str]] = [
     # long digit runs (fallback)
     ("order 12345678 shipped", "order [number] shipped"),
     ("reference 554-221-09", "reference [number]"),
+    # what Whisper (tiny.en) wrote for read-out numbers in real calls: groups cut by ", " or ". ",
+    # digits lost, a number cut short or split over turns
+    ("My card number is 4539, 1488, 0343, 6467.", "My card number is [card number]."),
+    ("My current number is 4539, 148, 0343, 647", "My current number is [number]"),
+    ("My card number is 4539, 1 488, 0343647", "My card number is [number]"),
+    ("My card number is 453 9 1 4 8 8 0 3 4 3 6 4 6 7", "My card number is [card number]"),
+    ("My card number is 4539.", "My card number is [number]."),
+    ("the last digits are 647", "the last digits are [number]"),
+    ("You can reach me at 415, 555, 0132.", "You can reach me at [number]."),
+    ("You can reach me at 415, 515, 515, 0132.", "You can reach me at [number]."),
+    ("You can reach me at 415. 515. 0132.", "You can reach me at [phone number]."),
+    # ... and for spoken e-mail addresses: the "at" dropped, misheard or cut off by punctuation
+    ("My email address is john.smith.example.com", "My email address is [email address]"),
+    ("My email is jah.miss.miss.mimple.com", "My email is [email address]"),
+    ("My email is jon.mit. At. Example.com.", "My email is [email address]."),
+    ("My email is jah.mit. And, example.com.", "My email is [email address]."),
+    ("My email is marry.jones and outlook.com", "My email is [email address]"),
+    ("My email is john dot miss and example dot com", "My email is [email address]"),
+    ("My email address is jah-dot-mithen-emple-dot-com", "My email address is [email address]"),
+    ("My email address is john smith at example.com", "My email address is [email address]"),
+    ("email me at john.mit.example.com", "email me at [email address]"),
+    ("My email is jah.mit.e.e.e", "My email is [email address]"),
 ]
 
 NOT_REDACTED: list[str] = [
@@ -67,6 +89,13 @@ NOT_REDACTED: list[str] = [
     "We're at the office now",
     "double check please",
     "triple A membership",
+    "My email is not working, can you help?",
+    "I sent an email to the office yesterday.",
+    "Visit www.example.com for more",
+    "My email is down. In the morning I will call",
+    "I'll be there at 9. 10 of us are coming.",
+    "I can come at 10, 11 or 12",
+    "my number is on the form",
 ]
 
 

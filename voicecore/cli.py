@@ -153,6 +153,35 @@ def chat(pipeline: str, messages: tuple[str, ...]) -> None:
     asyncio.run(loop())
 
 
+from voicecore import cli_admin as _cli_admin  # noqa: E402,F401  (registers the data verbs)
+from voicecore import bench as _bench  # noqa: E402,F401  (registers `voicecore bench`)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=int, help="Port to listen on.")
+@_cli_admin.data_dir_option
+@click.option("--pipeline", default="receptionist", show_default=True,
+              help="Default agent for calls that do not name one (a name in pipelines/ or a YAML path).")
+def serve(host: str, port: int, data_dir: Path | None, pipeline: str) -> None:
+    """Host telephony media streams (Twilio, Telnyx, Vonage, Plivo, Exotel, Asterisk) on WebSockets.
+
+    \b
+    WS   /ws/{twilio,telnyx,vonage,plivo,exotel,asterisk}
+    POST /twilio/voice?token=KEY   TwiML <Connect><Stream> for Twilio's voice webhook
+    GET  /healthz, /metrics
+    Create a tenant and its API key first: voicecore tenants add NAME.
+    """
+    from voicecore.server import serve as run_server
+    from voicecore.storage.db import default_data_dir
+
+    try:
+        run_server(host, port, data_dir or default_data_dir(), pipeline)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+
 def main() -> None:
     cli(prog_name="voicecore")
 

@@ -42,7 +42,7 @@ def build_call_pipeline(
     conversation: Conversation,
     *,
     realtime: bool = True,
-    on_caller_text: Callable[[str, TurnTimeline], None] | None = None,
+    on_caller_text: Callable[[str, TurnTimeline], bool | None] | None = None,
     on_prompt: Callable[[str], None] | None = None,
     on_reply_started: ReplyStarted | None = None,
     on_reply_finished: ReplyFinished | None = None,
@@ -51,7 +51,10 @@ def build_call_pipeline(
 ) -> CallPipeline:
     vad = VADTurnProcessor(config.turn_taking, smart_turn=models.smart_turn)
     stt = WhisperSTTProcessor(
-        models.stt, prompt=config.stt_hint or None, min_utterance_ms=config.turn_taking.min_utterance_ms
+        models.stt,
+        prompt=config.stt_hint or None,
+        min_utterance_ms=config.turn_taking.min_utterance_ms,
+        fallback_reply=config.fallback_reply,
     )
     llm = LlamaLLMProcessor(
         models.llm,

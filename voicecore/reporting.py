@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import statistics
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from voicecore.records import TIMELINE_STAGES, CallRecord
+from voicecore.records import TIMELINE_STAGES, CallRecord, Turn, TurnTimeline
+
+if TYPE_CHECKING:
+    from voicecore.storage.db import StoredCall
 
 STAGE_LABELS = {
     "stt_final": "STT final",
@@ -109,3 +114,154 @@ def call_json(record: CallRecord, audio_out: str | None = None) -> dict[str, Any
         "latency_ms": latency_summary(timelines),
         "audio_out": audio_out,
     }
+
+
+# --------------------------------------------------------------------------- stored calls
+# What ``voicecore calls list/show`` (and the admin API) print for calls read back from
+# storage (:class:`voicecore.storage.StoredCall`). A stored call is turned back into a
+# CallRecord so the transcript and latency formatting above is the one used for live calls.
+
+NOT_STORED = "[text not stored]"
+
+
+def _utc(ts: float | None) -> str:
+    if ts is None:
+        return "—"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def record_from_stored(call: StoredCall) -> CallRecord:
+    """A stored call as a :class:`CallRecord`: timelines rebuilt from the stored offsets (ms after
+    the end of caller speech), turn text that is not stored (expired, not kept by the policy, or
+    not requested) shown as ``[text not stored]``."""
+    record = CallRecord(
+        call_id=call.call_id,
+        tenant=call.tenant,
+        pipeline=call.pipeline,
+        transport=call.transport,
+        caller=call.caller,
+        callee=call.callee,
+        provider_ids=dict(call.provider_ids),
+        started_at=call.started_at,
+        ended_at=call.ended_at,
+        end_reason=call.end_reason,
+        flags=dict(call.flags),
+    )
+    for t in call.turns or []:
+        timeline = None
+        if t.timeline is not None:
+            timeline = TurnTimeline(
+                **{s: (None if t.timeline.get(s) is None else t.timeline[s] / 1000.0) for s in TIMELINE_STAGES}
+            )
+        record.turns.append(
+            Turn(
+                role=t.role,  # type: ignore[arg-type]
+                text=t.text if t.text is not None else NOT_STORED,
+                started_at=t.started_at if t.started_at is not None else call.started_at,
+                timeline=timeline,
+                interrupted=t.interrupted,
+                generated_text=t.generated_text,
+                kind=t.kind,
+            )
+        )
+    return record
+
+
+def stored_call_timelines(call: StoredCall) -> list[dict[str, float | None]]:
+    """Per answered caller turn of a stored call: each stage in ms after the end of caller speech."""
+    return turn_timelines(record_from_stored(call))
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain left-aligned text table (header, rule, rows)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def _duration(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds:.1f} s"
+
+
+def calls_table(calls: list[StoredCall]) -> str:
+    """One line per stored call (metadata only, no transcript text)."""
+    rows = []
+    for c in calls:
+        flags = [f for f, on in (("opt-out", c.optout), ("recording", c.has_recording)) if on]
+        rows.append(
+            [
+                c.call_id,
+                _utc(c.started_at),
+                _duration(c.duration_s),
+                c.transport,
+                c.end_reason or "—",
+                str(c.turn_count),
+                c.caller or "—",
+                ",".join(flags),
+            ]
+        )
+    header = ["call id", "started (UTC)", "duration", "transport", "end reason", "turns", "caller", "flags"]
+    return text_table(header, rows)
+
+
+def _report_lines(report: dict[str, Any]) -> list[str]:
+    lines = [f"  status: {report.get('status')}"]
+    if report.get("error"):
+        lines.append(f"  error: {report['error']}")
+    body = report.get("report")
+    if isinstance(body, dict):
+        for key, value in body.items():
+            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            lines.append(f"  {key}: {shown}")
+    elif body is not None:
+        lines.append(f"  {json.dumps(body, ensure_ascii=False)}")
+    return lines
+
+
+def stored_call_text(call: StoredCall, report: dict[str, Any] | None = None) -> str:
+    """What ``voicecore calls show`` prints: call metadata, the transcript (barge-in cuts marked),
+    the per-turn latency table and the post-call report, if any."""
+    if call.turns is None:
+        transcript_state = "not requested"
+    elif not any(t.text is not None for t in call.turns if t.role != "event"):
+        transcript_state = "not stored"
+    else:
+        transcript_state = "stored redacted" if call.transcript_redacted else "stored as spoken"
+    meta = [
+        ("tenant", call.tenant),
+        ("started", _utc(call.started_at)),
+        ("ended", _utc(call.ended_at)),
+        ("duration", _duration(call.duration_s)),
+        ("transport", call.transport),
+        ("pipeline", call.pipeline or "—"),
+        ("end reason", call.end_reason or "—"),
+        ("caller", call.caller or "—"),
+        ("callee", call.callee or "—"),
+        ("opt-out", "yes" if call.optout else "no"),
+        ("recording", "yes" if call.has_recording else "no"),
+        ("transcript", transcript_state),
+        ("expires", _utc(call.expires_at)),
+    ]
+    width = max(len(k) for k, _ in meta)
+    lines = [f"Call {call.call_id}"] + [f"  {k.ljust(width)}  {v}" for k, v in meta]
+    record = record_from_stored(call)
+    lines += ["", "Transcript"]
+    lines.append(transcript_text(record) if record.turns else "  (no turns)")
+    lines += ["", "Latency per turn", latency_table(turn_timelines(record))]
+    if report is not None:
+        lines += ["", "Report"] + _report_lines(report)
+    return "\n".join(lines)
+
+
+def stored_call_json(call: StoredCall, report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``calls show --json`` shape: the stored call (turns with role, text, interrupted flag and
+    timeline), the per-turn timelines with their p50/p95, and the report (or null)."""
+    timelines = stored_call_timelines(call) if call.turns is not None else []
+    d = call.to_dict()
+    d["timelines"] = timelines
+    d["latency_ms"] = latency_summary(timelines)
+    d["report"] = report
+    return d

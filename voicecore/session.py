@@ -1,4 +1,4 @@
-"""CallSession: one call from first audio to stored record.
+"""CallSession: one call from first audio to stored record; ``open_call`` starts one under a tenant policy.
 
 A session owns the call's transport, tenant, pipeline and record. Transports
 push caller audio in (``feed_audio``), DTMF (``dtmf``) and mark
@@ -10,14 +10,29 @@ The policy seams are here, each in one place:
 - the context builder (``context_builder``): the only road into the LLM;
 - recording (``recorder``): sees caller and agent audio only when set;
 - the hand-off of the finished record (``on_record``): storage decides what is kept.
+
+:func:`open_call` is how the server and the CLI start a call: it loads the
+tenant's policy, refuses a pipeline the policy does not allow (before any model
+loads), and wires the seams to the policy and the store:
+
+- context: :class:`~voicecore.services.llm.PolicyContext` (caller text redacted
+  once as it enters the conversation, history bounded by the policy, only the
+  allow-listed contact fields);
+- recording: only when the policy allows it (``on``; ``consent`` after a spoken
+  yes or the consent digit), streamed encrypted to disk by :class:`CallRecorder`;
+- opt-out: a caller turn matching the policy's opt-out phrases puts the number on
+  the tenant's do-not-call list (with its outbox event), flags the record, speaks
+  the policy's confirmation and ends the call;
+- a restricted caller hears a short notice, nothing is processed or stored;
+- the record goes to ``Store.save_call`` (in a worker thread) at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import soxr
@@ -26,31 +41,195 @@ from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.frames.frames import EndFrame, InputAudioRawFrame, InputDTMFFrame
 from pipecat.workers.runner import WorkerRunner
 
-from voicecore.config import PipelineConfig
+from voicecore.config import ConfigError, PipelineConfig
 from voicecore.frames import AgentSayFrame
 from voicecore.models import ModelPool
 from voicecore.pipeline import CallPipeline, build_call_pipeline
+from voicecore.policy import (
+    DEFAULT_POLICY,
+    BackendInfo,
+    LocationViolation,
+    Policy,
+    PolicyError,
+    check_pipeline_location,
+    consent_answer,
+    optout_requested,
+    recording_decision,
+)
 from voicecore.records import CallRecord, Turn, TurnTimeline
-from voicecore.services.llm import ContextBuilder, Conversation, GenerationStats, PassThroughContext
+from voicecore.services.llm import ContextBuilder, Conversation, GenerationStats, PolicyContext
 from voicecore.services.vad import PIPELINE_SAMPLE_RATE
 from voicecore.transport import CallTransport
 
+if TYPE_CHECKING:
+    from voicecore.storage import RecordingWriter, Store
+
+#: What a restricted caller hears before the line closes (nothing of the call is processed or kept).
+RESTRICTED_NOTICE = "Sorry, we cannot take calls from this number at the moment. Goodbye."
+#: The agent's answer to the recording question (policy ``recording.mode: consent``).
+CONSENT_GIVEN_REPLY = "Thank you. This call will be recorded."
+CONSENT_REFUSED_REPLY = "Understood. This call will not be recorded."
+#: The one recording of a call: 2 channels, caller left, agent right (see :class:`CallRecorder`).
+RECORDING_TRACK = "mixed"
+
+
+class CallRefused(Exception):
+    """The call may not run (policy/location violation, unknown tenant...). ``.reason``: str"""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
 
 class AudioRecorder(Protocol):
-    """Receives call audio when (and only when) the tenant's policy allows recording."""
+    """Receives call audio when (and only when) the tenant's policy allows recording.
+
+    ``caller_audio``/``agent_audio`` are called on the event loop for every chunk and
+    must be cheap; ``close`` may be a coroutine function (it is awaited)."""
 
     def caller_audio(self, pcm16: bytes, sample_rate: int) -> None: ...
 
     def agent_audio(self, pcm16: bytes, sample_rate: int) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> Awaitable[None] | None: ...
 
 
-RecordSink = Callable[[CallRecord], Awaitable[None] | None]
+RecordSink = Callable[[CallRecord], Awaitable[Any] | None]
+
+
+class CallRecorder:
+    """Streams one call's audio into an encrypted recording file while the call runs.
+
+    Layout: one recording per call (track ``mixed``), **two channels** at the
+    transport's output rate (8 kHz for telephony, 16 kHz for files): channel 0
+    (left) is the caller, channel 1 (right) the agent, so a player mixes them and
+    QA or transcription can still take each side alone.
+
+    Alignment: the caller's audio is the clock (every transport streams caller
+    audio continuously, silence included). Agent audio is queued as the output
+    sends it (at most ``lead_ms`` ahead of playback) and paired with the caller
+    audio that arrives next, so it lands where the caller heard it, within the
+    output's lead (~100 ms). A barge-in's cleared audio that was already sent is
+    kept (at most that lead). Agent audio more than ``MAX_AGENT_AHEAD_S`` ahead
+    of the caller stream (a transport that stops sending caller audio, or fast
+    simulated calls) is written against caller silence.
+
+    Memory and I/O: plaintext is held for at most about one second (the agent
+    queue is capped, interleaved frames are handed over in the writer's ~1 s
+    chunks). Encryption and ``os.write`` run in a worker thread
+    (``asyncio.to_thread``), one chunk at a time and in order, so a slow disk
+    never stalls the event loop that carries every call's audio.
+    """
+
+    MAX_AGENT_AHEAD_S = 1.0
+
+    def __init__(self, writer: RecordingWriter, sample_rate: int):
+        if writer.channels != 2 or writer.sample_width != 2 or writer.sample_rate != sample_rate:
+            raise ValueError("CallRecorder needs a 2-channel int16 writer at the recording rate")
+        self.writer = writer
+        self.sample_rate = sample_rate
+        self.frames = 0  # stereo frames handed to the writer (duration = frames / sample_rate)
+        self.failed = False
+        self._closed = False
+        self._resamplers: dict[str, tuple[int, soxr.ResampleStream]] = {}
+        self._agent = bytearray()  # agent samples (int16 mono) not yet paired with caller audio
+        self._out = bytearray()  # interleaved frames not yet handed to the writer (< one chunk)
+        self._max_ahead = int(self.MAX_AGENT_AHEAD_S * sample_rate)
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._drain(), name=f"rec-{writer.recording_id[:8]}")
+
+    @property
+    def recording_id(self) -> str:
+        return self.writer.recording_id
+
+    def _at_rate(self, side: str, pcm16: bytes, rate: int) -> np.ndarray:
+        samples = np.frombuffer(pcm16, dtype=np.int16)
+        if rate == self.sample_rate:
+            return samples
+        current = self._resamplers.get(side)
+        if current is None or current[0] != rate:
+            current = (rate, soxr.ResampleStream(rate, self.sample_rate, 1, dtype="int16", quality="HQ"))
+            self._resamplers[side] = current
+        return current[1].resample_chunk(samples)
+
+    def caller_audio(self, pcm16: bytes, sample_rate: int) -> None:
+        if self._closed or self.failed or not pcm16:
+            return
+        caller = self._at_rate("caller", pcm16, sample_rate)
+        n = caller.size
+        if n == 0:
+            return
+        agent = np.zeros(n, dtype=np.int16)
+        take = min(n, len(self._agent) // 2)
+        if take:
+            agent[:take] = np.frombuffer(bytes(self._agent[: take * 2]), dtype=np.int16)
+            del self._agent[: take * 2]
+        self._emit(caller, agent)
+
+    def agent_audio(self, pcm16: bytes, sample_rate: int) -> None:
+        if self._closed or self.failed or not pcm16:
+            return
+        self._agent += self._at_rate("agent", pcm16, sample_rate).tobytes()
+        excess = len(self._agent) // 2 - self._max_ahead
+        if excess > 0:  # no caller audio to pair it with: write it against silence
+            ahead = np.frombuffer(bytes(self._agent[: excess * 2]), dtype=np.int16)
+            del self._agent[: excess * 2]
+            self._emit(np.zeros(excess, dtype=np.int16), ahead)
+
+    def _emit(self, caller: np.ndarray, agent: np.ndarray) -> None:
+        frames = np.empty(caller.size * 2, dtype=np.int16)
+        frames[0::2] = caller
+        frames[1::2] = agent
+        self._out += frames.tobytes()
+        self.frames += caller.size
+        chunk = self.writer.chunk_bytes
+        while len(self._out) >= chunk:
+            self._queue.put_nowait(bytes(self._out[:chunk]))
+            del self._out[:chunk]
+
+    async def _drain(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            if batch is None:
+                return
+            if self.failed:
+                continue
+            try:
+                await asyncio.to_thread(self.writer.write, batch)
+            except Exception as e:
+                self.failed = True
+                logger.error(f"recording {self.recording_id[:8]}: write failed ({type(e).__name__}); recording stopped")
+
+    async def close(self) -> None:
+        """Write what is left (the agent's last words against silence), finish and close the file."""
+        if self._closed:
+            return
+        if self._agent:
+            rest = np.frombuffer(bytes(self._agent), dtype=np.int16)
+            self._agent.clear()
+            self._emit(np.zeros(rest.size, dtype=np.int16), rest)
+        self._closed = True
+        if self._out:
+            self._queue.put_nowait(bytes(self._out))
+            self._out.clear()
+        self._queue.put_nowait(None)
+        await self._task
+        try:
+            await asyncio.to_thread(self.writer.close)
+        except Exception as e:
+            logger.error(f"recording {self.recording_id[:8]}: close failed ({type(e).__name__})")
 
 
 class CallSession:
-    """One call: transport in and out, the pipeline between, the record at the end."""
+    """One call: transport in and out, the pipeline between, the record at the end.
+
+    With a ``policy`` the session also carries out the live part of it: recording
+    (``on``, or ``consent`` asked with the policy's announcement and answered by a
+    spoken yes/no or the consent digit), opt-out requests, and, with a ``store``,
+    the encrypted recording and the do-not-call list. Without a ``context_builder``
+    the conversation uses the policy's context builder (``DEFAULT_POLICY`` when no
+    policy is given: caller text is always redacted before the model sees it).
+    """
 
     def __init__(
         self,
@@ -65,6 +244,9 @@ class CallSession:
         on_record: RecordSink | None = None,
         on_prompt: Callable[[str], None] | None = None,
         greet: bool = True,
+        policy: Policy | None = None,
+        store: Store | None = None,
+        listen: bool = True,
     ):
         self.config = config
         self.pool = pool
@@ -73,13 +255,21 @@ class CallSession:
         self.record.pipeline = self.record.pipeline or config.name
         self.recorder = recorder
         self.realtime = realtime
+        self.policy = policy
+        self.store = store
         self._on_record = on_record
         self._on_prompt = on_prompt
         self._greet = greet
+        self._listen = listen  # False: caller audio is dropped unheard (restricted callers)
         self.conversation = Conversation(
             system_prompt=config.system_prompt,
-            context=context_builder or PassThroughContext(config.llm.history_turns),
+            context=context_builder
+            or PolicyContext(policy or DEFAULT_POLICY, history_messages=2 * config.llm.history_turns),
         )
+        self._recording = recording_decision(policy) if policy is not None else None
+        #: The caller's answer to the recording question: None until answered (or not asked).
+        self.consent: bool | None = None
+        self._consent_pending = False
         self._resampler: soxr.ResampleStream | None = None
         self._resampler_rate = 0
         self._agent_turns: dict[str, Turn] = {}
@@ -87,10 +277,16 @@ class CallSession:
         self._runner: WorkerRunner | None = None
         self._run_task: asyncio.Task | None = None
         self._prefill_task: asyncio.Task | None = None
+        self._jobs: set[asyncio.Task] = set()  # storage work the end of the call waits for
+        self._speech: set[asyncio.Task] = set()  # fixed replies in flight; cancelled at the end
+        self._said: dict[str, asyncio.Event] = {}  # reply kind -> a reply of that kind finished
         self._started = asyncio.Event()
         self._ended = False
         self._end_lock = asyncio.Lock()
         self.replies_finished = asyncio.Event()
+        #: Set once the call has ended and its record was handed off (also when the session
+        #: ended the call itself: an opt-out, a restricted caller). Transports hang up on it.
+        self.closed = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -99,13 +295,18 @@ class CallSession:
         return self.record.call_id
 
     @property
+    def ended(self) -> bool:
+        return self._ended
+
+    @property
     def pipeline(self) -> CallPipeline:
         if self._call is None:
             raise RuntimeError("call not started")
         return self._call
 
     async def start(self) -> None:
-        """Build and start the pipeline (models load here if not loaded yet), then greet."""
+        """Build and start the pipeline (models load here if not loaded yet), then greet
+        (or, first, ask for recording consent)."""
         loop = asyncio.get_running_loop()
         models = await loop.run_in_executor(None, self.pool.for_pipeline, self.config)
         self._call = build_call_pipeline(
@@ -118,7 +319,7 @@ class CallSession:
             on_prompt=self._on_prompt,
             on_reply_started=self._reply_started,
             on_reply_finished=self._reply_finished,
-            audio_tap=self._agent_audio_tap if self.recorder is not None else None,
+            audio_tap=self._agent_audio_tap,
             name=f"call-{self.call_id[:8]}",
         )
 
@@ -131,9 +332,26 @@ class CallSession:
         self._run_task = asyncio.create_task(self._runner.run(), name=f"call-{self.call_id[:8]}")
         await asyncio.wait_for(self._started.wait(), timeout=30)
         logger.info(f"call {self.call_id[:8]} started ({self.record.transport}, pipeline {self.config.name})")
-        if self._greet and self.config.greeting:
+        greet_now = self._greet and bool(self.config.greeting)
+        decision = self._recording
+        if decision is not None and self._listen:
+            self.record.flags["recording"] = "off"  # until a recording actually starts
+            if decision.start_immediately:
+                await self._start_recording(consent=None)
+                if decision.announcement:
+                    await self.say(decision.announcement, kind="notice", remember=False)
+            elif decision.ask_consent and decision.announcement:
+                if self.store is None:
+                    logger.warning(f"call {self.call_id[:8]}: no store to record into; recording consent not asked")
+                else:
+                    self._consent_pending = True
+                    self.record.flags["recording"] = "asked"
+                    await self.say(decision.announcement, kind="notice", remember=False)
+                    greet_now = False  # the greeting follows the caller's answer
+        if greet_now:
             await self.say(self.config.greeting, kind="greeting", cacheable=True)
-        self._prefill_task = asyncio.create_task(self._prefill(models.llm))
+        if self._listen:
+            self._prefill_task = asyncio.create_task(self._prefill(models.llm))
 
     async def _prefill(self, engine) -> None:
         """Put the system prompt (and greeting) in the KV cache before the caller's first turn."""
@@ -145,52 +363,155 @@ class CallSession:
         except Exception as e:  # only a head start: the first turn evaluates the prompt anyway
             logger.debug(f"call {self.call_id[:8]}: prefill skipped ({e!r})")
 
-    async def say(self, text: str, *, kind: str = "say", cacheable: bool = False) -> None:
-        """Speak fixed text as an agent turn (greeting, notices); it enters the model's history."""
-        self.conversation.add_agent(text)
+    async def say(self, text: str, *, kind: str = "say", cacheable: bool = False, remember: bool = True) -> None:
+        """Speak fixed text as an agent turn (greeting, notices). With ``remember`` it enters the
+        model's history (a greeting does; a recording notice or consent answer does not)."""
+        if remember:
+            self.conversation.add_agent(text)
+        self._said.setdefault(kind, asyncio.Event()).clear()
         await self.pipeline.worker.queue_frame(AgentSayFrame(text=text, kind=kind, cacheable=cacheable))
 
+    async def _said_done(self, kind: str, timeout: float) -> None:
+        """Wait until the last ``say`` of ``kind`` has played (or was cut by a barge-in)."""
+        try:
+            await asyncio.wait_for(self._said.setdefault(kind, asyncio.Event()).wait(), timeout)
+        except asyncio.TimeoutError:
+            logger.warning(f"call {self.call_id[:8]}: {kind} did not finish playing within {timeout:.0f} s")
+
+    def _job(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Storage work of the call; ``end`` waits for it before the record is handed off."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    def _speak_soon(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Fixed replies (and the hang-up after them); ``end`` cancels what has not played."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._speech.add(task)
+        task.add_done_callback(self._speech.discard)
+
+    async def say_and_end(self, text: str, reason: str, *, kind: str = "notice", timeout: float = 30.0) -> None:
+        """Speak ``text`` (kept out of the model's history), let it play out, then end the call."""
+        if not self._ended:
+            await self.say(text, kind=kind, remember=False)
+            await self._said_done(kind, timeout)
+        await self.end(reason)
+
     async def end(self, reason: str = "hangup") -> CallRecord:
-        """End the call (idempotent): stop the pipeline, close the record, hand it off."""
+        """End the call (idempotent): stop the pipeline, close the recording and the record, hand it off."""
         async with self._end_lock:
             if self._ended:
                 return self.record
             self._ended = True
-            if self._call is not None and self._run_task is not None:
-                try:
-                    if reason in ("completed",):
-                        await self._call.worker.queue_frame(EndFrame(reason=reason))
-                        await asyncio.wait_for(asyncio.shield(self._run_task), timeout=40)
-                    else:
-                        await self._call.worker.cancel(reason=reason)
-                        await asyncio.wait_for(asyncio.shield(self._run_task), timeout=10)
-                except (asyncio.TimeoutError, Exception) as e:  # the record is closed whatever happens
-                    logger.warning(f"call {self.call_id[:8]}: pipeline did not stop cleanly ({e!r})")
-                    self._run_task.cancel()
-                self.pool.llm(self.config.models.llm).forget(self.conversation.key)
-            # Replies still open were cut by the hang-up: keep what was said.
-            for reply_id, turn in list(self._agent_turns.items()):
-                turn.interrupted = True
-                self._agent_turns.pop(reply_id, None)
-            if self.recorder is not None:
-                self.recorder.close()
-            self.record.ended_at = time.time()
-            self.record.end_reason = reason
-            logger.info(
-                f"call {self.call_id[:8]} ended ({reason}) after {self.record.duration_s:.1f} s, "
-                f"{sum(1 for t in self.record.turns if t.role == 'caller')} caller turns"
-            )
-            if self._on_record is not None:
-                result = self._on_record(self.record)
+            try:
+                await self._finish(reason)
+            finally:
+                self.closed.set()
+            return self.record
+
+    async def _finish(self, reason: str) -> None:
+        me = asyncio.current_task()
+        for task in list(self._speech):
+            if task is not me:
+                task.cancel()
+        if self._call is not None and self._run_task is not None:
+            try:
+                if reason in ("completed",):
+                    await self._call.worker.queue_frame(EndFrame(reason=reason))
+                    await asyncio.wait_for(asyncio.shield(self._run_task), timeout=40)
+                else:
+                    await self._call.worker.cancel(reason=reason)
+                    await asyncio.wait_for(asyncio.shield(self._run_task), timeout=10)
+            except (asyncio.TimeoutError, Exception) as e:  # the record is closed whatever happens
+                logger.warning(f"call {self.call_id[:8]}: pipeline did not stop cleanly ({e!r})")
+                self._run_task.cancel()
+            self.pool.llm(self.config.models.llm).forget(self.conversation.key)
+        if self._prefill_task is not None and not self._prefill_task.done():
+            self._prefill_task.cancel()
+        # Storage work started during the call (opt-out, opening the recording) completes first.
+        jobs = [t for t in self._jobs if t is not me]
+        if jobs:
+            done, pending = await asyncio.wait(jobs, timeout=30)
+            for task in pending:
+                logger.error(f"call {self.call_id[:8]}: storage work did not finish; cancelled")
+                task.cancel()
+        # Replies still open were cut by the hang-up: keep what was said.
+        for reply_id, turn in list(self._agent_turns.items()):
+            turn.interrupted = True
+            self._agent_turns.pop(reply_id, None)
+        if self.recorder is not None:
+            try:
+                result = self.recorder.close()
                 if asyncio.iscoroutine(result):
                     await result
-            return self.record
+            except Exception as e:
+                logger.error(f"call {self.call_id[:8]}: recording not closed cleanly ({type(e).__name__})")
+        self.record.ended_at = time.time()
+        self.record.end_reason = reason
+        logger.info(
+            f"call {self.call_id[:8]} ended ({reason}) after {self.record.duration_s:.1f} s, "
+            f"{sum(1 for t in self.record.turns if t.role == 'caller')} caller turns"
+        )
+        if self._on_record is not None:
+            result = self._on_record(self.record)
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                await result
+
+    # -- recording ---------------------------------------------------------------------------
+
+    async def _start_recording(self, consent: bool | None) -> None:
+        """Open the encrypted recording (the store checks the policy once more) and start streaming."""
+        if self.store is None or self.policy is None or self.recorder is not None:
+            return
+        rate = self.transport.output_sample_rate
+        try:
+            writer = await asyncio.to_thread(
+                self.store.open_recording,
+                self.record.tenant,
+                self.call_id,
+                rate,
+                channels=2,
+                track=RECORDING_TRACK,
+                caller=self.record.caller,
+                policy=self.policy,
+                consent=consent,
+            )
+        except Exception as e:  # RecordingNotAllowed, a restricted caller, storage trouble
+            from voicecore.storage import RecordingNotAllowed
+
+            why = f"{type(e).__name__}: {e}" if isinstance(e, RecordingNotAllowed) else type(e).__name__
+            logger.warning(f"call {self.call_id[:8]}: recording not started ({why})")
+            self.record.flags["recording"] = "failed"
+            return
+        if self._ended:  # the call ended while the file was being opened: an empty recording
+            await asyncio.to_thread(writer.close)
+            return
+        self.recorder = CallRecorder(writer, rate)
+        self.record.flags["recording"] = "consent_given" if consent else "on"
+        logger.info(f"call {self.call_id[:8]}: recording started ({rate} Hz, caller left, agent right)")
+
+    def _resolve_consent(self, given: bool, via: str, *, answer_caller: bool = True) -> None:
+        self._consent_pending = False
+        self.consent = given
+        self.record.flags["recording"] = "consent_given" if given else "consent_refused"
+        logger.info(f"call {self.call_id[:8]}: recording consent {'given' if given else 'refused'} ({via})")
+        if given:
+            self._job(self._start_recording(consent=True))
+        if not answer_caller:
+            return
+
+        async def answer() -> None:
+            await self.say(CONSENT_GIVEN_REPLY if given else CONSENT_REFUSED_REPLY, kind="notice", remember=False)
+            if self._greet and self.config.greeting:
+                await self.say(self.config.greeting, kind="greeting", cacheable=True)
+
+        self._speak_soon(answer())
 
     # -- input from the transport -------------------------------------------------------
 
     async def feed_audio(self, pcm16: bytes, sample_rate: int, channels: int = 1) -> None:
         """Caller audio (int16 LE) at any rate; resampled to 16 kHz mono with state kept across chunks."""
-        if self._ended or not pcm16:
+        if self._ended or not pcm16 or not self._listen:
             return
         samples = np.frombuffer(pcm16, dtype=np.int16)
         if channels > 1:
@@ -209,9 +530,16 @@ class CallSession:
         )
 
     async def dtmf(self, digit: str) -> None:
-        """A keypad digit from the caller: logged into the transcript, mapped by the agent definition."""
-        action = self.config.dtmf.get(digit)
+        """A keypad digit from the caller: logged into the transcript, mapped by the agent definition
+        (or, while the recording question is open, the answer to it)."""
+        if self._ended or not self._listen:
+            return
         self.record.turns.append(Turn(role="event", text=digit, kind="dtmf"))
+        if self._consent_pending and self._recording is not None:
+            answer = consent_answer(dtmf=digit, consent_dtmf=self._recording.consent_dtmf)
+            self._resolve_consent(answer is True, "keypad")
+            return
+        action = self.config.dtmf.get(digit)
         if action:
             self.record.flags.setdefault("dtmf_actions", []).append(action)
             logger.info(f"call {self.call_id[:8]}: DTMF action {action!r}")
@@ -228,8 +556,49 @@ class CallSession:
 
     # -- transcript --------------------------------------------------------------------------
 
-    def _caller_said(self, text: str, timeline: TurnTimeline) -> None:
+    def _caller_said(self, text: str, timeline: TurnTimeline) -> bool:
+        """Every final caller transcript; ``False`` when the session answers the turn itself."""
         self.record.turns.append(Turn(role="caller", text=text, timeline=timeline))
+        policy = self.policy
+        if policy is None:
+            return True
+        if optout_requested(policy, text):  # a phrase matcher, not the model, decides
+            self._opt_out(text, policy)
+            return False
+        if self._consent_pending:
+            answer = consent_answer(text)
+            if answer is None:
+                # Not an answer to the question: no consent, and the model answers what was said.
+                self._resolve_consent(False, "no clear answer", answer_caller=False)
+                return True
+            self._resolve_consent(answer, "spoken")
+            return False
+        return True
+
+    def _opt_out(self, text: str, policy: Policy) -> None:
+        """The caller asked not to be called again: do-not-call list, flag, confirmation, hang up."""
+        self.record.flags["opt_out"] = True
+        logger.info(f"call {self.call_id[:8]}: the caller asked not to be called again")
+        if self._consent_pending:
+            self._resolve_consent(False, "opt-out", answer_caller=False)
+        self.conversation.add_caller(text)
+        if self.store is not None and self.record.caller:
+            self._job(self._store_optout())
+        else:
+            logger.warning(
+                f"call {self.call_id[:8]}: opt-out not put on a list "
+                f"({'no store' if self.store is None else 'no caller number'})"
+            )
+        self._speak_soon(self.say_and_end(policy.optout.confirmation, "optout", kind="optout"))
+
+    async def _store_optout(self) -> None:
+        assert self.store is not None and self.record.caller is not None
+        try:
+            await asyncio.to_thread(
+                self.store.add_optout, self.record.tenant, self.record.caller, source="call", call_id=self.call_id
+            )
+        except Exception as e:
+            logger.error(f"call {self.call_id[:8]}: opt-out could not be stored ({type(e).__name__})")
 
     def _reply_started(self, reply_id: str, kind: str, timeline: TurnTimeline | None) -> None:
         turn = Turn(role="agent", text="", timeline=timeline, kind=kind)
@@ -245,8 +614,14 @@ class CallSession:
         turn.generated_text = generated
         turn.interrupted = interrupted
         if interrupted:
-            self.conversation.agent_heard(reply_id, heard)
+            if kind == "reply":
+                self.conversation.agent_heard(reply_id, heard)
+            else:  # fixed text: the greeting keeps what was heard, notices stay out of the history
+                self.conversation.said_heard(generated, heard)
             logger.debug(f"call {self.call_id[:8]}: reply {reply_id} cut by barge-in")
+        done = self._said.get(kind)
+        if done is not None:
+            done.set()
         if not self._agent_turns:
             self.replies_finished.set()
 
@@ -268,6 +643,8 @@ class CallSession:
             or (c.llm._task is not None and not c.llm._task.done())
             or c.output.busy
             or self._agent_turns
+            or self._jobs  # a caller turn's storage work (opening the recording, an opt-out)
+            or self._speech  # fixed replies the session is about to speak
         )
 
     async def wait_until_idle(self, timeout: float = 60.0, settle: float = 0.3) -> bool:
@@ -285,15 +662,167 @@ class CallSession:
         return False
 
 
+# -- starting a call under a tenant policy ------------------------------------------------------
+
+
+def _policy_backends(pool: ModelPool, config: PipelineConfig) -> list[BackendInfo]:
+    """The pipeline's model backends as the policy's location check sees them (nothing is loaded)."""
+    out: list[BackendInfo] = []
+    for b in pool.backends(config):
+        if b.is_local:
+            out.append(BackendInfo(b.kind, True, b.region, None))
+        else:
+            out.append(BackendInfo.from_endpoint(b.kind, b.name, b.region))
+    return out
+
+
+def _caller_state(store: Store, tenant: str, caller: str, policy: Policy) -> tuple[bool, dict[str, Any] | None]:
+    """(restricted?, contact fields) for an identified caller; blocking (run in a thread)."""
+    try:
+        restricted = store.is_restricted(tenant, caller)
+    except ValueError:  # not a phone number (an anonymous or SIP caller id): nothing can be on file
+        return False, None
+    contact = None
+    if not restricted and policy.context.contact_fields and policy.retention.contacts > 0:
+        try:
+            contact = store.get_contact(tenant, caller)
+        except ValueError:
+            contact = None
+    return restricted, contact
+
+
+async def open_call(
+    *,
+    pool: ModelPool,
+    store: Store | None,
+    tenant: str,
+    config: PipelineConfig,
+    transport: CallTransport,
+    record: CallRecord | None = None,
+    realtime: bool = True,
+    on_prompt: Callable[[str], None] | None = None,
+) -> CallSession:
+    """Start a call under the tenant's policy and return the running session.
+
+    Loads the tenant's policy (``store.get_tenant_policy``; ``DEFAULT_POLICY`` when
+    ``store`` is None), checks the pipeline's backends against it and raises
+    :class:`CallRefused` (unknown tenant, invalid policy, a backend the policy does not
+    allow) before any model loads. A restricted caller (``store.is_restricted``) hears
+    :data:`RESTRICTED_NOTICE`, nothing of the call is processed or stored, and the
+    session ends itself (``session.closed``). Otherwise the session gets the policy's
+    context builder (with the caller's allow-listed contact fields), recording as the
+    policy allows (``consent``: asked first), opt-out handling, and ``on_record`` →
+    ``store.save_call(record, policy)`` in a worker thread. ``record.tenant`` is set to
+    ``tenant``. Finish the call with ``session.end(reason)``.
+    """
+    return await _open_call(
+        pool=pool, store=store, tenant=tenant, config=config, transport=transport, record=record,
+        realtime=realtime, on_prompt=on_prompt,
+    )  # fmt: skip
+
+
+async def _open_call(
+    *,
+    pool: ModelPool,
+    store: Store | None,
+    tenant: str,
+    config: PipelineConfig,
+    transport: CallTransport,
+    record: CallRecord | None = None,
+    realtime: bool = True,
+    on_prompt: Callable[[str], None] | None = None,
+    greet: bool = True,
+) -> CallSession:
+    record = record or CallRecord(pipeline=config.name, transport=transport.name)
+    record.tenant = tenant
+    if store is None:
+        policy = DEFAULT_POLICY
+    else:
+        from voicecore.storage import UnknownTenant
+
+        try:
+            policy = await asyncio.to_thread(store.get_tenant_policy, tenant)
+        except UnknownTenant:
+            raise CallRefused(f"unknown tenant {tenant!r}") from None
+        except PolicyError as e:
+            raise CallRefused(f"the policy of tenant {tenant!r} is invalid: {e}") from None
+    try:
+        backends = await asyncio.to_thread(_policy_backends, pool, config)
+        check_pipeline_location(policy, backends)
+    except LocationViolation as e:
+        raise CallRefused(
+            f"pipeline {config.name!r} may not run under the policy {policy.name!r} of tenant {tenant!r}: "
+            + "; ".join(e.reasons)
+        ) from None
+    except ConfigError as e:
+        raise CallRefused(f"pipeline {config.name!r}: {e}") from None
+
+    restricted, contact = False, None
+    if store is not None and record.caller:
+        restricted, contact = await asyncio.to_thread(_caller_state, store, tenant, record.caller, policy)
+    if restricted:
+        # Restriction of processing: a short notice, no listening, no recording, nothing stored.
+        record.flags["restricted"] = True
+        session = CallSession(
+            config, pool, transport, record=record, realtime=realtime, greet=False, listen=False, policy=None
+        )
+        await session.start()
+        logger.info(f"call {session.call_id[:8]}: the caller has restricted processing; notice only, nothing stored")
+        session._speak_soon(session.say_and_end(RESTRICTED_NOTICE, "restricted"))
+        return session
+
+    context = PolicyContext(policy, history_messages=2 * config.llm.history_turns, contact=contact)
+    on_record: RecordSink | None = None
+    if store is not None:
+
+        async def on_record(finished: CallRecord) -> None:
+            from voicecore.reports import schedule_report
+
+            try:
+                stored = await asyncio.to_thread(store.save_call, finished, policy)
+            except Exception as e:  # the call is over either way; say so loudly (no content in the message)
+                logger.error(f"call {finished.call_id[:8]}: the call record could not be stored ({type(e).__name__})")
+                return
+            if stored:
+                # The post-call report runs on the LLM's thread after the call, never during a live turn.
+                schedule_report(
+                    store, pool.llm(config.models.llm), tenant, finished.call_id, policy=policy, turns=finished.turns
+                )
+
+    session = CallSession(
+        config,
+        pool,
+        transport,
+        record=record,
+        context_builder=context,
+        realtime=realtime,
+        on_record=on_record,
+        on_prompt=on_prompt,
+        greet=greet,
+        policy=policy,
+        store=store,
+    )
+    await session.start()
+    return session
+
+
 class TextChat:
     """The LLM and policy path of a call without audio: typed caller text in, agent text out."""
 
-    def __init__(self, config: PipelineConfig, pool: ModelPool, *, context_builder: ContextBuilder | None = None):
+    def __init__(
+        self,
+        config: PipelineConfig,
+        pool: ModelPool,
+        *,
+        context_builder: ContextBuilder | None = None,
+        policy: Policy | None = None,
+    ):
         self.config = config
         self.engine = pool.llm(config.models.llm)
         self.conversation = Conversation(
             system_prompt=config.system_prompt,
-            context=context_builder or PassThroughContext(config.llm.history_turns),
+            context=context_builder
+            or PolicyContext(policy or DEFAULT_POLICY, history_messages=2 * config.llm.history_turns),
         )
         if config.greeting:
             self.conversation.add_agent(config.greeting)

@@ -14,8 +14,10 @@ import subprocess
 import tempfile
 import time
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -24,8 +26,11 @@ from loguru import logger
 from voicecore.config import PipelineConfig
 from voicecore.models import ModelPool
 from voicecore.records import CallRecord
-from voicecore.session import CallSession
+from voicecore.session import CallSession, _open_call
 from voicecore.transport import CallTransport
+
+if TYPE_CHECKING:
+    from voicecore.storage import Store
 
 CHUNK_MS = 20
 
@@ -143,10 +148,12 @@ class FileTransport(CallTransport):
 
 
 async def stream_audio(session: CallSession, audio: Audio, *, realtime: bool = True) -> None:
-    """Play caller audio into the session in 20 ms chunks."""
+    """Play caller audio into the session in 20 ms chunks (stops if the call ends)."""
     step = audio.sample_rate * CHUNK_MS // 1000
     t0 = time.monotonic()
     for i, start in enumerate(range(0, audio.samples.size, step)):
+        if session.ended:
+            return
         await session.feed_audio(audio.samples[start : start + step].tobytes(), audio.sample_rate)
         if realtime:
             delay = t0 + (i + 1) * CHUNK_MS / 1000 - time.monotonic()
@@ -177,6 +184,8 @@ async def stream_silence_until_idle(
     quiet_since: float | None = None
     i = 0
     while time.monotonic() < deadline:
+        if session.ended:
+            return True
         await session.feed_audio(silence, sample_rate)
         i += 1
         if session.agent_busy:
@@ -204,18 +213,47 @@ async def run_call(
     wait_for_replies: bool = True,
     greet: bool = True,
     session_kwargs: dict | None = None,
+    tenant: str | None = None,
+    store: Store | None = None,
+    record: CallRecord | None = None,
+    on_prompt: Callable[[str], None] | None = None,
 ) -> tuple[CallRecord, FileTransport, CallSession]:
-    """A whole call: greeting, then each utterance (waiting for the agent's answer in between)."""
+    """A whole call: greeting, then each utterance (waiting for the agent's answer in between).
+
+    With ``tenant`` the call starts through :func:`voicecore.session.open_call` under that
+    tenant's policy (``store`` None: the privacy-first default policy, nothing stored);
+    it may raise :class:`~voicecore.session.CallRefused`. A call the session ends itself
+    (an opt-out) stops the script early.
+    """
     transport = FileTransport(output_sample_rate, realtime=realtime)
-    session = CallSession(config, pool, transport, realtime=realtime, greet=greet, **(session_kwargs or {}))
-    await session.start()
+    if tenant is not None:
+        if session_kwargs:
+            raise ValueError("session_kwargs cannot be combined with tenant (the policy wires the session)")
+        session = await _open_call(
+            pool=pool, store=store, tenant=tenant, config=config, transport=transport, record=record,
+            realtime=realtime, on_prompt=on_prompt, greet=greet,
+        )  # fmt: skip
+    else:
+        if store is not None:
+            raise ValueError("a store needs a tenant")
+        kwargs = dict(session_kwargs or {})
+        if record is not None:
+            kwargs["record"] = record
+        if on_prompt is not None:
+            kwargs["on_prompt"] = on_prompt
+        session = CallSession(config, pool, transport, realtime=realtime, greet=greet, **kwargs)
+        await session.start()
     transport.start_clock()
     rate = utterances[0].sample_rate if utterances else 16000
-    if greet and config.greeting:
-        await stream_silence_until_idle(session, rate, realtime=realtime, timeout=30)
+    # the greeting (or the recording question, or a restricted caller's notice) plays out
+    await stream_silence_until_idle(session, rate, realtime=realtime, timeout=30)
     for utt in utterances:
         await stream_audio(session, utt, realtime=realtime)
         if wait_for_replies:
             await stream_silence_until_idle(session, utt.sample_rate, realtime=realtime, timeout=60)
     record = await session.end("completed")
+    if store is not None:
+        from voicecore.reports import drain_reports
+
+        await drain_reports()  # the post-call report finishes before the command exits
     return record, transport, session

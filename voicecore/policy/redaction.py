@@ -8,10 +8,15 @@ phone number" still makes sense.
 Detection order (a span found by an earlier step is masked for the later ones):
 
 1. ``email``: written (``ada@example.com``) and spoken (``ada dot lovelace at
-   example dot com``) addresses.
+   example dot com``) addresses, and the forms a speech recogniser makes of a
+   spoken address: the "at" dropped (``john.smith.example.com``: three or more
+   labels before the top-level domain), misheard or set off by punctuation
+   (``jon.mit. At. Example.com``), and after "my email is" / "e-mail me at"
+   everything up to the last domain ending within 60 characters.
 2. ``iban``: candidates validated with :mod:`stdnum.iban` (mod-97 check).
-3. ``card``: 13-19 digits, optionally grouped by spaces or dashes, passing the
-   Luhn check (:mod:`stdnum.luhn`).
+3. ``card``: 13-19 digits, optionally grouped by spaces, dashes or ", " / ". "
+   (how a recogniser writes read-out groups), passing the Luhn check
+   (:mod:`stdnum.luhn`).
 4. ``spoken_digits``: runs of digits said as words ("four one five", "oh",
    "double five", "triple seven", "twenty one", "eight hundred"), mixed with
    written digits. A run needs at least 4 digits (5 if it uses tens/teens/hundred
@@ -21,6 +26,11 @@ Detection order (a span found by an earlier step is masked for the later ones):
 5. ``phone``: :class:`phonenumbers.PhoneNumberMatcher` with the policy's default
    region, then a fallback for any remaining run of 6 or more digits (dates
    such as 2024-05-01 excepted), which becomes "[number]".
+
+A number announced as sensitive ("my card number is 4539", "my pin is one two
+three", "the last digits are 647") is redacted from 3 digits on: a recogniser
+drops digits or cuts a read-out number into pieces, and a caller's pause can
+end the turn in the middle of a number.
 
 Not redacted on purpose: times and small numbers ("at ten or eleven", "10:30"),
 years, amounts with few digits, a 16-digit number failing Luhn is not a card (it
@@ -50,6 +60,7 @@ PLACEHOLDERS: dict[str, str] = {
 MIN_FALLBACK_DIGITS = 6  # written digit runs at least this long are a "[number]"
 MIN_SPOKEN_DIGITS = 4  # spoken runs of single digits
 MIN_SPOKEN_DIGITS_WITH_TENS = 5  # spoken runs that use tens/teens/hundred words
+MIN_CUED_DIGITS = 3  # any digit run this long right after "card number is", "my pin is", ...
 
 _MASK = "#"
 
@@ -80,16 +91,62 @@ _EMAIL_WRITTEN = re.compile(
 )
 _LABEL = r"[A-Za-z0-9][A-Za-z0-9_+-]{0,62}"
 _SEP = r"(?:\.|\s+dot\s+)"
+# "at" as a speech recogniser writes it: "smith at example", "smith. At. Example", "smith, at example".
+_AT = r"(?:\s*@\s*|[.,]?\s+at[.,]?\s+)"
 _EMAIL_SPOKEN = re.compile(
-    rf"\b{_LABEL}(?:{_SEP}{_LABEL})*(?:\s*@\s*|\s+at\s+){_LABEL}(?:{_SEP}{_LABEL})*{_SEP}(?:{_TLDS})\b",
+    rf"\b{_LABEL}(?:{_SEP}{_LABEL})*{_AT}{_LABEL}(?:{_SEP}{_LABEL})*{_SEP}(?:{_TLDS})\b",
     re.IGNORECASE,
 )
+# The recogniser often drops the "at": "john.smith.example.com". Three or more labels
+# before the top-level domain ("www.example.com" has two and a "www" is a website).
+_EMAIL_DOTTED = re.compile(
+    rf"(?<![\w.@-])(?!www\.){_LABEL}(?:\.{_LABEL}){{2,}}\.(?:{_TLDS})\b",
+    re.IGNORECASE,
+)
+# After "my email is" / "e-mail me at" whatever follows up to the first top-level domain
+# is the address, however garbled ("jah.mit. And, example.com", "john dot miss and
+# example dot com", "jah-dot-mithen-emple-dot-com").
+_EMAIL_CUE = re.compile(
+    r"\be-?mail(?:\s+address)?(?:'s|\s+(?:is|was|it's|it is)|\s+me\s+(?:at|on)|\s+at|\s*:)?[\s,:]+",
+    re.IGNORECASE,
+)
+_EMAIL_CUE_WINDOW = 60  # characters after the cue searched for the end of the address
+# ".com", ". com", " dot com", "-dot-com" (after a ". " only long TLDs: ". In the morning" is a sentence).
+_TLD_END = re.compile(
+    rf"(?:\.(?:{_TLDS})|\.\s(?:com|org|net|edu|gov|info|biz)|[\s-]+dot[\s-]+(?:{_TLDS}))\b", re.IGNORECASE
+)
+_HANDLE = re.compile(r"[^\s,]*\w[.@_-]\w[^\s,]*")
+
+
+def _find_cued_emails(text: str) -> list[Finding]:
+    found: list[Finding] = []
+    for cue in _EMAIL_CUE.finditer(text):
+        start = cue.end()
+        if start >= len(text) or text[start] == _MASK:
+            continue
+        window = re.split(r"[?!]", text[start : start + _EMAIL_CUE_WINDOW], maxsplit=1)[0]
+        if _MASK in window:
+            window = window[: window.index(_MASK)]
+        ends = list(_TLD_END.finditer(window))
+        if ends:  # the last domain ending in the window: "jon.mit. At. Example.com"
+            found.append(Finding(start, start + ends[-1].end(), "email"))
+            continue
+        handle = _HANDLE.match(window)  # no domain heard: the first word, if it looks like a handle
+        if handle is not None:
+            found.append(Finding(start, start + handle.end(), "email"))
+    return found
 
 
 def _find_emails(text: str) -> list[Finding]:
-    found = [Finding(m.start(), m.end(), "email") for m in _EMAIL_WRITTEN.finditer(text)]
-    masked = _mask(text, found)
-    found += [Finding(m.start(), m.end(), "email") for m in _EMAIL_SPOKEN.finditer(masked)]
+    found: list[Finding] = []
+    masked = text
+    for pattern in (_EMAIL_WRITTEN, None, _EMAIL_SPOKEN, _EMAIL_DOTTED):
+        if pattern is None:
+            new = _find_cued_emails(masked)
+        else:
+            new = [Finding(m.start(), m.end(), "email") for m in pattern.finditer(masked)]
+        found += new
+        masked = _mask(masked, new)
     return found
 
 
@@ -117,7 +174,9 @@ def _find_ibans(text: str) -> list[Finding]:
 
 # --------------------------------------------------------------------------- cards
 
-_DIGIT_GROUPS = re.compile(r"(?<!\d)\d+(?:[ -]\d+)*(?!\d)")
+# Digit groups as written or as a speech recogniser writes read-out groups ("4539, 1488, 0343").
+_GROUP_SEP = r"(?:[ -]|[.,]\s+)"
+_DIGIT_GROUPS = re.compile(rf"(?<!\d)\d+(?:{_GROUP_SEP}\d+)*(?!\d)")
 
 
 def _best_card_window(groups: list[re.Match[str]]) -> tuple[int, int] | None:
@@ -304,12 +363,28 @@ def _looks_like_phone(digits: str, region: str) -> bool:
     return phonenumbers.is_possible_number(number)
 
 
+# A number the caller announces as sensitive: "my card number is 4539", "the last digits are 647".
+# A recogniser cuts read-out numbers into pieces (or the caller pauses and the turn ends),
+# so a short piece right after such words is redacted too.
+_NUMBER_CUE = re.compile(
+    r"\b(?:card|account|phone|mobile|cell|telephone|number|pin|passcode|password|cvv|cvc|security code|"
+    r"digits|ssn|social security|routing|sort code|iban|reference)\b[^\d.!?#]{0,24}$",
+    re.IGNORECASE,
+)
+
+
+def _cued(text: str, start: int) -> bool:
+    return _NUMBER_CUE.search(text[max(0, start - 60) : start]) is not None
+
+
 def _find_spoken(text: str, categories: frozenset[str], region: str) -> list[Finding]:
     found: list[Finding] = []
     for run in _spoken_runs(text):
         if not run.has_word:
             continue
         need = MIN_SPOKEN_DIGITS_WITH_TENS if run.uses_tens else MIN_SPOKEN_DIGITS
+        if _cued(text, run.start):
+            need = min(need, MIN_CUED_DIGITS)
         if len(run.digits) < need:
             continue
         start, digits = run.start, run.digits
@@ -329,7 +404,7 @@ def _find_spoken(text: str, categories: frozenset[str], region: str) -> list[Fin
 
 # --------------------------------------------------------------------------- phone numbers
 
-_DIGIT_RUN = re.compile(r"(?<![\w+])\+?\(?\d(?:(?:[ .\-]|\)\s?|\s?\()?\d)*\)?")
+_DIGIT_RUN = re.compile(r"(?<![\w+])\+?\(?\d(?:(?:[ .\-]|[.,]\s+|\)\s?|\s?\()?\d)*\)?")
 _DATE = re.compile(r"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})$")
 
 
@@ -341,12 +416,15 @@ def _find_phones(text: str, region: str) -> list[Finding]:
     return found
 
 
-def _find_digit_runs(text: str, min_digits: int = MIN_FALLBACK_DIGITS) -> list[Finding]:
+def _find_digit_runs(text: str, min_digits: int = MIN_FALLBACK_DIGITS, *, cued: bool = False) -> list[Finding]:
+    """Runs of at least ``min_digits`` digits; with ``cued`` also shorter runs (``MIN_CUED_DIGITS``)
+    announced as sensitive ("my card number is 4539")."""
     found: list[Finding] = []
     for m in _DIGIT_RUN.finditer(text):
         raw = m.group()
         digits = re.sub(r"\D", "", raw)
-        if len(digits) < min_digits or _DATE.match(raw):
+        need = min(min_digits, MIN_CUED_DIGITS) if cued and _cued(text, m.start()) else min_digits
+        if len(digits) < need or _DATE.match(raw):
             continue
         found.append(Finding(m.start(), m.end(), "number", ("+" if raw.startswith("+") else "") + digits))
     return found
@@ -383,7 +461,7 @@ def find_sensitive(text: str, categories: Iterable[str] = REDACTION_CATEGORIES, 
         ("card", _find_cards),
         ("spoken_digits", lambda t: _find_spoken(t, cats, region)),
         ("phone", lambda t: _find_phones(t, region)),
-        ("phone", _find_digit_runs),
+        ("phone", lambda t: _find_digit_runs(t, cued=True)),
     ]
     for category, step in steps:
         if category not in cats:

@@ -22,10 +22,10 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -43,6 +43,8 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voicecore.config import LLMParams, LLMPreset
+from voicecore.policy import ContextBuilder as PolicyContextBuilder
+from voicecore.policy import Policy
 from voicecore.records import TurnTimeline
 
 IM_START = "<|im_start|>"
@@ -277,15 +279,191 @@ class LlamaEngine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.generate_sync, owner, prompt, params, cancel, on_text)
 
+    # -- grammar-constrained completion (post-call reports) ---------------------------------
+
+    def complete_json_sync(
+        self,
+        owner: str,
+        prompt: list[int],
+        grammar: object,
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        repeat_penalty: float = 1.0,
+        no_repeat_words: bool = False,
+    ) -> Generation:
+        """Generate text that ``grammar`` (a ``llama_cpp.LlamaGrammar``, e.g. from
+        ``LlamaGrammar.from_json_schema``) accepts; blocking, on the engine's thread.
+
+        ``owner`` is a KV-cache owner like a call's conversation key: the state of the
+        call that used the model last is saved first and restored when it comes back,
+        so live calls keep their cached prefixes. ``async`` callers use :meth:`complete_json`.
+        The result stops at the end of the grammar or after ``max_tokens`` (then the
+        text is incomplete and fails the caller's validation). ``no_repeat_words`` keeps a
+        word from following itself ("at at"), which small models do when the grammar
+        leaves them nothing better."""
+        import re
+
+        import llama_cpp
+        import numpy as np
+
+        stats = GenerationStats(prompt_tokens=len(prompt))
+        t0 = time.monotonic()
+        stats.state_restored = self._switch_to(owner)
+        room = self.n_ctx - len(prompt)
+        if room < 8:
+            raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.n_ctx}")
+        limit = min(max_tokens, room - 1)
+        stats.evaluated_prompt_tokens = len(prompt) - min(self.cached_prefix(prompt), len(prompt) - 1)
+        if seed is not None:
+            self._llm.set_seed(seed)
+        vocab = self._llm._model.vocab
+        processors = None
+        if no_repeat_words:
+            words: dict[str, list[int]] | None = getattr(self, "_word_tokens", None)
+            if words is None:  # word -> the tokens that spell exactly it (" at", "At", "at.", ...), built once
+                words = {}
+                for i in range(self._llm.n_vocab()):
+                    m = re.fullmatch(r" ?([A-Za-z0-9']+)[.,]?", self._llm.detokenize([i]).decode("utf-8", "ignore"))
+                    if m:
+                        words.setdefault(m.group(1).lower(), []).append(i)
+                self._word_tokens = words
+            start = len(prompt)
+
+            def no_repeat(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+                text = self._llm.detokenize(list(input_ids[start:])).decode("utf-8", "ignore")
+                m = re.search(r"([A-Za-z0-9']+)[ ,]*$", text)
+                if m and words is not None:
+                    banned = words.get(m.group(1).lower())
+                    if banned:
+                        scores[banned] -= 100.0
+                return scores
+
+            processors = llama_cpp.LogitsProcessorList([no_repeat])
+        tokens: list[int] = []
+        gen = self._llm.generate(
+            prompt,
+            temp=temperature,
+            top_p=0.9,
+            repeat_penalty=repeat_penalty,
+            reset=True,
+            grammar=grammar,
+            logits_processor=processors,
+        )
+        try:
+            for tok in gen:
+                if stats.first_token_s is None:
+                    stats.first_token_s = time.monotonic() - t0
+                if tok in self._eos or llama_cpp.llama_vocab_is_eog(vocab, tok):
+                    break
+                tokens.append(tok)
+                if len(tokens) >= limit:
+                    break
+        finally:
+            gen.close()
+        stats.generated_tokens = len(tokens)
+        stats.total_s = time.monotonic() - t0
+        text = self._llm.detokenize(tokens).decode("utf-8", errors="replace")
+        return Generation(text=text, tokens=tokens, stats=stats)
+
+    async def complete_json(
+        self,
+        owner: str,
+        prompt: list[int],
+        grammar: object,
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        repeat_penalty: float = 1.0,
+        no_repeat_words: bool = False,
+        eval_chunk: int = 128,
+    ) -> Generation:
+        """:meth:`complete_json_sync` on the engine's inference thread, with the prompt's uncached
+        part evaluated in jobs of at most ``eval_chunk`` tokens first, so a live call's turn
+        queued meanwhile waits for one chunk, not for a whole transcript."""
+        loop = asyncio.get_running_loop()
+        for end in range(eval_chunk, len(prompt) - 1, eval_chunk):
+            await loop.run_in_executor(self._executor, self.prefill_sync, owner, prompt[:end])
+        return await loop.run_in_executor(
+            self._executor,
+            lambda: self.complete_json_sync(
+                owner,
+                prompt,
+                grammar,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                repeat_penalty=repeat_penalty,
+                no_repeat_words=no_repeat_words,
+            ),
+        )
+
+
+class PolicyContext:
+    """The tenant policy's context builder (:class:`voicecore.policy.ContextBuilder`) behind this seam.
+
+    * caller text is redacted once, when it enters the conversation (``caller_text``
+      returns a :class:`~voicecore.policy.RedactedText`, which ``build`` does not redact again);
+    * ``build`` asks the policy builder for the messages (system prompt plus the
+      allow-listed fields of ``contact``, history bounded by ``context.max_history_turns``),
+      further bounded by the agent's own ``history_messages``, and turns them back into
+      :class:`ChatMessage` with each agent reply's ``reply_id`` (barge-in truncation) and
+      its exact text (so the generated tokens still match the KV cache).
+    """
+
+    def __init__(
+        self, policy: Policy, *, history_messages: int | None = None, contact: Mapping[str, Any] | None = None
+    ):
+        self.policy = policy
+        self.builder = PolicyContextBuilder(policy)
+        self.history_messages = history_messages
+        self.contact = dict(contact) if contact else None
+
+    def caller_text(self, text: str) -> str:
+        return self.builder.redact_caller_text(text)
+
+    @property
+    def history_limit(self) -> int:
+        limit = self.policy.context.max_history_turns
+        return min(limit, self.history_messages) if self.history_messages is not None else limit
+
+    def build(self, system_prompt: str, history: list[ChatMessage]) -> list[ChatMessage]:
+        built = self.builder.build(
+            system_prompt, [{"role": m.role, "content": m.content} for m in history], contact=self.contact
+        )
+        system, rest = built[0], built[1:]
+        if self.history_messages is not None:
+            rest = rest[-self.history_messages :] if self.history_messages > 0 else []
+        # The builder keeps the most recent messages in order (a conversation holds only
+        # user and assistant messages), so ``rest`` lines up with the tail of ``history``.
+        tail = history[len(history) - len(rest) :] if rest else []
+        out = [ChatMessage("system", system["content"])]
+        for source, message in zip(tail, rest, strict=True):
+            if source.role != message["role"]:
+                raise RuntimeError("context builder reordered the conversation")
+            reply_id = source.reply_id if message["role"] == "assistant" else None
+            out.append(ChatMessage(message["role"], message["content"], reply_id))
+        return out
+
 
 class PassThroughContext:
-    """A context builder with no policy: caller text as heard, the last ``history_turns`` messages."""
+    """A context builder with no policy: caller text as heard, the last ``history_turns`` messages.
+
+    For tests of the model itself; calls use :class:`PolicyContext` (with the
+    privacy-first ``DEFAULT_POLICY`` when no tenant policy is given).
+    """
 
     def __init__(self, history_turns: int = 8):
         self.history_turns = history_turns
 
     def caller_text(self, text: str) -> str:
         return text
+
+    @property
+    def history_limit(self) -> int:
+        return 2 * self.history_turns
 
     def build(self, system_prompt: str, history: list[ChatMessage]) -> list[ChatMessage]:
         return [ChatMessage("system", system_prompt), *history[-2 * self.history_turns :]]
@@ -303,20 +481,33 @@ class Conversation:
     messages: list[ChatMessage] = field(default_factory=list)
     generated: dict[str, list[int]] = field(default_factory=dict)  # assistant text -> model tokens
     key: str = field(default_factory=lambda: f"conv-{next(_conversation_ids)}")
+    # What the caller said (unredacted) since the agent last spoke, to redact a message
+    # the caller adds to as a whole: a number read out across two turns is one number.
+    _pending_caller: str | None = field(default=None, init=False, repr=False)
+    _first: int = field(default=0, init=False, repr=False)  # first message still in the model's history
 
     def add_caller(self, text: str) -> str:
-        clean = self.context.caller_text(text)
         if self.messages and self.messages[-1].role == "user":
-            # The caller spoke again before the agent answered: one message.
-            self.messages[-1] = ChatMessage("user", f"{self.messages[-1].content} {clean}")
+            # The caller spoke again before the agent answered: one message, redacted as a whole.
+            if self._pending_caller is not None:
+                said: str | None = f"{self._pending_caller} {text}"
+                clean = self.context.caller_text(said)
+            else:  # the earlier part did not come through here: join to it as it stands
+                said = None
+                clean = self.context.caller_text(f"{self.messages[-1].content} {text}")
+            self.messages[-1] = ChatMessage("user", clean)
         else:
+            said = text
+            clean = self.context.caller_text(text)
             self.messages.append(ChatMessage("user", clean))
+        self._pending_caller = said
         return clean
 
     def add_agent(self, text: str, tokens: list[int] | None = None, reply_id: str | None = None) -> None:
         text = text.strip()
         if not text:
             return
+        self._pending_caller = None
         self.messages.append(ChatMessage("assistant", text, reply_id))
         if tokens is not None:
             self.generated = {text: tokens}  # only the latest reply can still be in the cache as generated
@@ -332,12 +523,43 @@ class Conversation:
                     self.messages[i] = ChatMessage("assistant", heard_text, reply_id)
                 else:
                     del self.messages[i]
+                    if i < self._first:
+                        self._first -= 1
                 return
         if heard_text:  # generation was cancelled before it finished: record what was heard
+            self._pending_caller = None
             self.messages.append(ChatMessage("assistant", heard_text, reply_id))
 
+    def said_heard(self, text: str, heard_text: str) -> None:
+        """A barge-in cut fixed agent text (a greeting) that was added with ``add_agent``:
+        keep only what the caller heard. Text that is not in the conversation stays out."""
+        words = text.split()
+        for i in range(len(self.messages) - 1, -1, -1):
+            m = self.messages[i]
+            if m.role == "assistant" and m.reply_id is None and m.content.split() == words:
+                heard_text = heard_text.strip()
+                if heard_text:
+                    self.messages[i] = ChatMessage("assistant", heard_text)
+                else:
+                    del self.messages[i]
+                    if i < self._first:
+                        self._first -= 1
+                self.generated.pop(m.content, None)
+                return
+
     def prompt_messages(self) -> list[ChatMessage]:
-        return self.context.build(self.system_prompt, list(self.messages))
+        """What the model sees now, through the context builder.
+
+        History is trimmed in steps, not one message per turn: once it outgrows the
+        builder's limit, the oldest half goes at once. The prompt's start then stays
+        the same for several turns, so the KV cache keeps serving it (dropping one old
+        message every turn would change the prefix and re-evaluate the whole history
+        each time).
+        """
+        limit = getattr(self.context, "history_limit", None)
+        if limit and len(self.messages) - self._first > limit:
+            self._first = len(self.messages) - max(1, limit // 2)
+        return self.context.build(self.system_prompt, list(self.messages[self._first :]))
 
 
 
@@ -351,10 +573,12 @@ class LlamaLLMProcessor(FrameProcessor):
         params: LLMParams,
         *,
         fallback_reply: str,
-        on_caller_text: Callable[[str, TurnTimeline], None] | None = None,
+        on_caller_text: Callable[[str, TurnTimeline], bool | None] | None = None,
         on_prompt: Callable[[str], None] | None = None,
         name: str | None = None,
     ):
+        """``on_caller_text`` sees every final caller transcript first; returning ``False``
+        means the session handles that turn itself and the model does not answer it."""
         super().__init__(name=name or "LlamaLLM")
         self._engine = engine
         self._conversation = conversation
@@ -376,10 +600,21 @@ class LlamaLLMProcessor(FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
+        if isinstance(frame, TranscriptionFrame) and direction == FrameDirection.DOWNSTREAM and not frame.text.strip():
+            # A turn with no words (noise, a cough). If an earlier caller message is still
+            # unanswered because the caller went on speaking, answer it now.
+            msgs = self._conversation.messages
+            if msgs and msgs[-1].role == "user" and not self._caller_speaking and self._task is None:
+                timeline = frame.metadata.get("timeline") or TurnTimeline()
+                self._cancel = threading.Event()
+                self._task = self.create_task(self._respond(timeline, self._cancel))
+            return
         if isinstance(frame, TranscriptionFrame) and direction == FrameDirection.DOWNSTREAM:
             timeline = frame.metadata.get("timeline") or TurnTimeline()
-            if self._on_caller_text is not None:
-                self._on_caller_text(frame.text, timeline)
+            if self._on_caller_text is not None and self._on_caller_text(frame.text, timeline) is False:
+                # The session answered this turn itself (a consent answer, an opt-out): no reply here.
+                await self._stop_generation()
+                return
             self._conversation.add_caller(frame.text)
             await self._stop_generation()
             if self._caller_speaking:

@@ -50,6 +50,7 @@ from voicecore.policy.redaction import scrub_number
 from voicecore.records import CallRecord
 from voicecore.storage.crypto import (
     KEYSTORE_FILENAME,
+    CryptoError,
     Keystore,
     TenantKeys,
     resolve_master_key,
@@ -58,9 +59,11 @@ from voicecore.storage.recording import RecordingWriter, read_recording_file
 
 DB_FILENAME = "voicecore.db"
 RECORDINGS_DIRNAME = "recordings"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROLES: tuple[str, ...] = ("admin", "analyst", "viewer")
 OUTBOX_TTL_DAYS = 7
+MAX_WEBHOOK_ENDPOINTS = 20  # per tenant
+WEBHOOK_SECRET_OVERLAP_S = 24 * 3600  # a rotated-out secret still signs deliveries this long
 EVENT_TYPES: tuple[str, ...] = ("call.ended", "report.ready", "optout.requested", "subject.erased")
 
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -238,6 +241,68 @@ class AuditCheck:
     entries: int
 
 
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """A tenant's webhook receiver (its signing secret is shown only when created or rotated)."""
+
+    id: str
+    tenant: str
+    url: str
+    events: tuple[str, ...]
+    description: str | None
+    active: bool
+    created_at: float
+    updated_at: float
+    secret_rotated_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["events"] = list(self.events)
+        return d
+
+
+@dataclass
+class WebhookDelivery:
+    """One claimed delivery attempt of an outbox event to one endpoint (for the webhook worker)."""
+
+    delivery_id: str
+    event_id: str
+    event_type: str
+    tenant: str
+    endpoint_id: str
+    url: str
+    secrets: list[str]  # the current secret first, then one rotated out less than a day ago
+    payload: dict[str, Any]
+    attempts: int  # including this one
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DeliveryInfo:
+    """The state of one event's delivery to one endpoint (no payload)."""
+
+    id: str
+    event_id: str
+    event_type: str
+    endpoint_id: str
+    status: str  # pending | delivered | dead
+    attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+    created_at: float
+    delivered_at: float | None
+
+
+@dataclass
+class SubjectExport:
+    """Everything a tenant holds about one data subject, in memory: the ``export.json`` document
+    and the recordings as WAV bytes keyed by their path in the document (``recordings/*.wav``)."""
+
+    document: dict[str, Any]
+    recordings: dict[str, bytes] = field(default_factory=dict)
+
+
 # --------------------------------------------------------------------------- schema
 
 _SCHEMA_V1: tuple[str, ...] = (
@@ -391,12 +456,53 @@ _SCHEMA_V1: tuple[str, ...] = (
     "CREATE INDEX outbox_expiry ON outbox(expires_at)",
 )
 
+# Version 2: webhook endpoints and per-endpoint deliveries of outbox events.
+_SCHEMA_V2: tuple[str, ...] = (
+    """CREATE TABLE webhook_endpoints (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        url TEXT NOT NULL,
+        events TEXT NOT NULL,
+        secret_enc BLOB NOT NULL,
+        previous_secret_enc BLOB,
+        previous_secret_until REAL,
+        secret_rotated_at REAL,
+        description TEXT,
+        active INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    "CREATE INDEX webhook_endpoints_tenant ON webhook_endpoints(tenant_id)",
+    """CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        event_id TEXT NOT NULL,
+        endpoint_id TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        delivered_at REAL,
+        expires_at REAL NOT NULL,
+        UNIQUE (event_id, endpoint_id)
+    )""",
+    "CREATE INDEX webhook_deliveries_due ON webhook_deliveries(status, next_attempt_at)",
+    "CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries(tenant_id, endpoint_id)",
+    # 1 once the event has been fanned out to the endpoints subscribed at that moment.
+    "ALTER TABLE outbox ADD COLUMN dispatched INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX outbox_dispatch ON outbox(dispatched, status)",
+)
+
 # MIGRATIONS[i] upgrades a database from user_version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # Tables holding tenant data (deleted with the tenant), children first.
 _TENANT_TABLES: tuple[str, ...] = (
+    "webhook_deliveries",
+    "webhook_endpoints",
     "turns",
     "reports",
     "recordings",
@@ -823,7 +929,7 @@ class Store:
             text_exp = policy_expires_at(policy, "transcripts", now)
             cid = record.call_id
             previous = self._one("SELECT ended_at FROM calls WHERE tenant_id = ? AND call_id = ?", (tid, cid))
-            opted_out = bool(record.flags.get("optout")) or (
+            opted_out = bool(record.flags.get("opt_out") or record.flags.get("optout")) or (
                 self._one("SELECT 1 AS x FROM opt_outs WHERE tenant_id = ? AND call_id = ?", (tid, cid)) is not None
             )
             caller_e164 = subject_key(record.caller, region) if record.caller else None
@@ -939,8 +1045,10 @@ class Store:
         end_reason: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        ended: bool | None = None,
     ) -> list[StoredCall]:
-        """The tenant's calls, newest first, metadata only (no transcript; not audited)."""
+        """The tenant's calls, newest first, metadata only (no transcript; not audited).
+        ``ended``: only calls that have (``True``) or have not (``False``) ended."""
         with self._lock:
             t = self._tenant(tenant)
             keys = self._keys(t)
@@ -959,6 +1067,8 @@ class Store:
             if end_reason is not None:
                 where.append("c.end_reason = ?")
                 params.append(end_reason)
+            if ended is not None:
+                where.append("c.ended_at IS NOT NULL" if ended else "c.ended_at IS NULL")
             params += [max(0, min(int(limit), 10000)), max(0, int(offset))]
             rows = self._rows(
                 f"SELECT {self._CALL_COLUMNS} FROM calls c WHERE {' AND '.join(where)} "
@@ -1307,6 +1417,16 @@ class Store:
                     self._audit(actor, tenant, "optout.removed", f"subject:{h[:16]}")
             return bool(n)
 
+    def remove_optout_hash(self, tenant: str, phone_hash: str, *, actor: str = "cli") -> bool:
+        """Take the opt-out with keyed hash ``phone_hash`` (as :meth:`list_optouts` shows it) off the list."""
+        with self._lock:
+            t = self._tenant(tenant)
+            with self._tx():
+                n = self._exec("DELETE FROM opt_outs WHERE tenant_id = ? AND phone_hash = ?", (t["id"], phone_hash))
+                if n:
+                    self._audit(actor, tenant, "optout.removed", f"subject:{phone_hash[:16]}")
+            return bool(n)
+
     def is_opted_out(self, tenant: str, phone: str) -> bool:
         """Whether outbound calls to ``phone`` must be refused."""
         with self._lock:
@@ -1364,102 +1484,132 @@ class Store:
 
     # ---------------------------------------------------------------- subject rights
 
+    def _subject_export(self, tenant: str, phone: str) -> tuple[SubjectExport, str]:
+        """Inside the lock: the export of one subject in memory, and its keyed hash."""
+        t, _policy, keys, e164, h = self._subject(tenant, phone)
+        tid = t["id"]
+        calls_out: list[dict[str, Any]] = []
+        call_rows = self._rows(
+            f"SELECT {self._CALL_COLUMNS} FROM calls c WHERE c.tenant_id = ? AND (c.caller_hash = ? OR "
+            "c.callee_hash = ?) ORDER BY c.started_at",
+            (tid, h, h),
+        )
+        call_ids = [r["call_id"] for r in call_rows]
+        for r in call_rows:
+            call = self._call_from_row(r, tenant, keys)
+            d = call.to_dict()
+            d["turns"] = []
+            for tr in self._rows(
+                "SELECT * FROM turns WHERE tenant_id = ? AND call_id = ? ORDER BY idx", (tid, call.call_id)
+            ):
+                row_key = f"{call.call_id}/{tr['idx']}"
+                d["turns"].append(
+                    {
+                        "idx": tr["idx"],
+                        "role": tr["role"],
+                        "kind": tr["kind"],
+                        "started_at": _iso(tr["started_at"]),
+                        "interrupted": bool(tr["interrupted"]),
+                        "text": keys.decrypt_text(tr["text_enc"], _aad("turns", tid, row_key, "text")),
+                        "generated_text": keys.decrypt_text(
+                            tr["generated_enc"], _aad("turns", tid, row_key, "generated")
+                        ),
+                        "timeline": json.loads(tr["timeline"]) if tr["timeline"] else None,
+                    }
+                )
+            d["recordings"] = []
+            calls_out.append(d)
+        report_rows = self._rows(
+            "SELECT * FROM reports WHERE tenant_id = ? AND (subject_hash = ? OR call_id IN "
+            "(SELECT call_id FROM calls WHERE tenant_id = ? AND (caller_hash = ? OR callee_hash = ?))) "
+            "ORDER BY created_at",
+            (tid, h, tid, h, h),
+        )
+        reports = [self._report_dict(tid, keys, r) for r in report_rows]
+        recordings: list[dict[str, Any]] = []
+        files: dict[str, bytes] = {}
+        for r in self._rows(
+            "SELECT * FROM recordings WHERE tenant_id = ? AND (subject_hash = ? OR call_id IN "
+            "(SELECT call_id FROM calls WHERE tenant_id = ? AND (caller_hash = ? OR callee_hash = ?))) "
+            "ORDER BY created_at",
+            (tid, h, tid, h, h),
+        ):
+            wav = self._load_recording(tid, keys, r)
+            if wav is None:
+                continue
+            entry = {"call_id": r["call_id"], "track": r["track"], "file": f"recordings/{r['call_id']}-{r['track']}.wav"}
+            files[entry["file"]] = wav
+            recordings.append(entry)
+            for d in calls_out:
+                if d["call_id"] == r["call_id"]:
+                    d["recordings"].append(entry["file"])
+        contacts = [
+            keys.decrypt_json(r["fields_enc"], _aad("contacts", tid, r["id"], "fields"))
+            for r in self._rows("SELECT id, fields_enc FROM contacts WHERE tenant_id = ? AND phone_hash = ?", (tid, h))
+        ]
+        document = {
+            "format": "voicecore-subject-export/1",
+            "tenant": tenant,
+            "subject": e164,
+            "exported_at": _iso(self._clock()),
+            "opted_out": self._one("SELECT 1 AS x FROM opt_outs WHERE tenant_id = ? AND phone_hash = ?", (tid, h))
+            is not None,
+            "restricted": self._is_restricted_hash(tid, h),
+            "calls": calls_out,
+            "reports": reports,
+            "contacts": contacts,
+            "recordings": recordings,
+            "call_ids": call_ids,
+        }
+        return SubjectExport(document, files), h
+
+    def export_data(self, tenant: str, phone: str, *, actor: str) -> SubjectExport:
+        """Everything the tenant holds about ``phone``, in memory (what :meth:`export` writes to
+        disk; the HTTP API sends it). Audited (``subject.exported``)."""
+        with self._lock:
+            data, h = self._subject_export(tenant, phone)
+            with self._tx():
+                self._audit(actor, tenant, "subject.exported", f"subject:{h[:16]}")
+        logger.info(
+            "subject export for tenant {}: {} calls, {} recordings",
+            tenant,
+            len(data.document["calls"]),
+            len(data.recordings),
+        )
+        return data
+
     def export(self, tenant: str, phone: str, out_dir: str | Path, *, actor: str = "cli") -> Path:
         """Write everything the tenant holds about ``phone`` to a new directory under ``out_dir``:
         ``export.json`` (calls with turns, reports, contacts, opt-out and restriction status) and
         ``recordings/*.wav``. Returns the directory (mode 0700). Audited (``subject.exported``)."""
         with self._lock:
-            t, _policy, keys, e164, h = self._subject(tenant, phone)
-            tid = t["id"]
+            data, h = self._subject_export(tenant, phone)
             stamp = datetime.fromtimestamp(self._clock(), UTC).strftime("%Y%m%dT%H%M%SZ")
-            target = Path(out_dir) / f"{tenant}-{h[:12]}-{stamp}"
-            target.mkdir(parents=True, mode=0o700)
-            calls_out: list[dict[str, Any]] = []
-            call_rows = self._rows(
-                f"SELECT {self._CALL_COLUMNS} FROM calls c WHERE c.tenant_id = ? AND (c.caller_hash = ? OR "
-                "c.callee_hash = ?) ORDER BY c.started_at",
-                (tid, h, h),
-            )
-            call_ids = [r["call_id"] for r in call_rows]
-            rec_dir = target / "recordings"
-            for r in call_rows:
-                call = self._call_from_row(r, tenant, keys)
-                d = call.to_dict()
-                d["turns"] = []
-                for tr in self._rows(
-                    "SELECT * FROM turns WHERE tenant_id = ? AND call_id = ? ORDER BY idx", (tid, call.call_id)
-                ):
-                    row_key = f"{call.call_id}/{tr['idx']}"
-                    d["turns"].append(
-                        {
-                            "idx": tr["idx"],
-                            "role": tr["role"],
-                            "kind": tr["kind"],
-                            "started_at": _iso(tr["started_at"]),
-                            "interrupted": bool(tr["interrupted"]),
-                            "text": keys.decrypt_text(tr["text_enc"], _aad("turns", tid, row_key, "text")),
-                            "generated_text": keys.decrypt_text(
-                                tr["generated_enc"], _aad("turns", tid, row_key, "generated")
-                            ),
-                            "timeline": json.loads(tr["timeline"]) if tr["timeline"] else None,
-                        }
-                    )
-                d["recordings"] = []
-                calls_out.append(d)
-            report_rows = self._rows(
-                "SELECT * FROM reports WHERE tenant_id = ? AND (subject_hash = ? OR call_id IN "
-                "(SELECT call_id FROM calls WHERE tenant_id = ? AND (caller_hash = ? OR callee_hash = ?))) "
-                "ORDER BY created_at",
-                (tid, h, tid, h, h),
-            )
-            reports = [self._report_dict(tid, keys, r) for r in report_rows]
-            recordings: list[dict[str, Any]] = []
-            for r in self._rows(
-                "SELECT * FROM recordings WHERE tenant_id = ? AND (subject_hash = ? OR call_id IN "
-                "(SELECT call_id FROM calls WHERE tenant_id = ? AND (caller_hash = ? OR callee_hash = ?))) "
-                "ORDER BY created_at",
-                (tid, h, tid, h, h),
-            ):
-                wav = self._load_recording(tid, keys, r)
-                if wav is None:
-                    continue
-                rec_dir.mkdir(exist_ok=True, mode=0o700)
-                name = f"{r['call_id']}-{r['track']}.wav"
-                fd = os.open(rec_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            base = Path(out_dir) / f"{tenant}-{h[:12]}-{stamp}"
+            target, n = base, 1
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            while True:  # a second export within the same second gets its own folder
+                try:
+                    target.mkdir(mode=0o700)
+                    break
+                except FileExistsError:
+                    n += 1
+                    target = base.with_name(f"{base.name}-{n}")
+            for rel, wav in data.recordings.items():
+                (target / "recordings").mkdir(exist_ok=True, mode=0o700)
+                fd = os.open(target / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as f:
                     f.write(wav)
-                entry = {"call_id": r["call_id"], "track": r["track"], "file": f"recordings/{name}"}
-                recordings.append(entry)
-                for d in calls_out:
-                    if d["call_id"] == r["call_id"]:
-                        d["recordings"].append(entry["file"])
-            contacts = [
-                keys.decrypt_json(r["fields_enc"], _aad("contacts", tid, r["id"], "fields"))
-                for r in self._rows(
-                    "SELECT id, fields_enc FROM contacts WHERE tenant_id = ? AND phone_hash = ?", (tid, h)
-                )
-            ]
-            document = {
-                "format": "voicecore-subject-export/1",
-                "tenant": tenant,
-                "subject": e164,
-                "exported_at": _iso(self._clock()),
-                "opted_out": self._one("SELECT 1 AS x FROM opt_outs WHERE tenant_id = ? AND phone_hash = ?", (tid, h))
-                is not None,
-                "restricted": self._is_restricted_hash(tid, h),
-                "calls": calls_out,
-                "reports": reports,
-                "contacts": contacts,
-                "recordings": recordings,
-                "call_ids": call_ids,
-            }
             fd = os.open(target / "export.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(document, f, indent=2, ensure_ascii=False)
+                json.dump(data.document, f, indent=2, ensure_ascii=False)
             with self._tx():
                 self._audit(actor, tenant, "subject.exported", f"subject:{h[:16]}")
             logger.info(
-                "subject export for tenant {}: {} calls, {} recordings", tenant, len(calls_out), len(recordings)
+                "subject export for tenant {}: {} calls, {} recordings",
+                tenant,
+                len(data.document["calls"]),
+                len(data.recordings),
             )
             return target
 
@@ -1496,6 +1646,11 @@ class Store:
                 res.outbox = self._exec(
                     f"DELETE FROM outbox WHERE tenant_id = ? AND (subject_hash = ? OR call_id IN ({subject_calls}))",
                     (tid, h, *sc),
+                )
+                self._exec(
+                    "DELETE FROM webhook_deliveries WHERE tenant_id = ? AND event_id NOT IN "
+                    "(SELECT event_id FROM outbox WHERE tenant_id = ?)",
+                    (tid, tid),
                 )
                 self._exec(
                     f"UPDATE opt_outs SET call_id = NULL WHERE tenant_id = ? AND call_id IN ({subject_calls})",
@@ -1608,6 +1763,10 @@ class Store:
                 result.deleted["calls"] = self._exec("DELETE FROM calls WHERE expires_at <= ?", (ts,))
                 result.deleted["contacts"] = self._exec("DELETE FROM contacts WHERE expires_at <= ?", (ts,))
                 result.deleted["outbox"] = self._exec("DELETE FROM outbox WHERE expires_at <= ?", (ts,))
+                self._exec(
+                    "DELETE FROM webhook_deliveries WHERE expires_at <= ? OR event_id NOT IN (SELECT event_id FROM outbox)",
+                    (ts,),
+                )
                 result.transcripts_cleared = self._exec(
                     "UPDATE turns SET text_enc = NULL, generated_enc = NULL, text_expires_at = NULL "
                     "WHERE text_expires_at IS NOT NULL AND text_expires_at <= ?",
@@ -1749,6 +1908,369 @@ class Store:
                     "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE event_id = ?",
                     (error[:500], retry_at, event_id),
                 )
+
+    # ---------------------------------------------------------------- webhooks
+
+    def _endpoint_from_row(self, r: dict[str, Any], tenant: str) -> WebhookEndpoint:
+        return WebhookEndpoint(
+            id=r["id"],
+            tenant=tenant,
+            url=r["url"],
+            events=tuple(json.loads(r["events"])),
+            description=r["description"],
+            active=bool(r["active"]),
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+            secret_rotated_at=r["secret_rotated_at"],
+        )
+
+    @staticmethod
+    def _check_webhook(url: str | None, events: list[str] | tuple[str, ...] | None) -> tuple[str | None, list[str] | None]:
+        from voicecore.webhooks import check_webhook_url  # the URL rules live with the delivery code
+
+        checked_url = check_webhook_url(url) if url is not None else None
+        checked_events: list[str] | None = None
+        if events is not None:
+            unknown = [e for e in events if e not in EVENT_TYPES]
+            if unknown:
+                raise StorageError(f"unknown event type {unknown[0]!r}; known: {', '.join(EVENT_TYPES)}")
+            checked_events = [e for e in EVENT_TYPES if e in events]
+            if not checked_events:
+                raise StorageError("subscribe the endpoint to at least one event type")
+        return checked_url, checked_events
+
+    def webhook_create(
+        self,
+        tenant: str,
+        url: str,
+        events: list[str] | tuple[str, ...] = EVENT_TYPES,
+        *,
+        description: str | None = None,
+        actor: str = "cli",
+    ) -> tuple[WebhookEndpoint, str]:
+        """Add a webhook endpoint (HTTPS; plain HTTP only to the loopback) subscribed to ``events``.
+        Returns the endpoint and its signing secret, which is shown this once (stored encrypted)."""
+        checked_url, checked_events = self._check_webhook(url, events)
+        if description is not None and len(description) > 200:
+            raise StorageError("description is longer than 200 characters")
+        secret = "whsec_" + secrets.token_urlsafe(32)
+        endpoint_id = "wh_" + secrets.token_hex(8)
+        with self._lock:
+            t = self._tenant(tenant)
+            tid = t["id"]
+            count = self._one("SELECT COUNT(*) AS n FROM webhook_endpoints WHERE tenant_id = ?", (tid,))
+            if count and count["n"] >= MAX_WEBHOOK_ENDPOINTS:
+                raise StorageError(f"a tenant may have at most {MAX_WEBHOOK_ENDPOINTS} webhook endpoints")
+            now = self._clock()
+            keys = self._keys(t)
+            with self._tx():
+                self.db.table("webhook_endpoints").insert(
+                    {
+                        "id": endpoint_id,
+                        "tenant_id": tid,
+                        "url": checked_url,
+                        "events": json.dumps(checked_events),
+                        "secret_enc": keys.encrypt_text(secret, _aad("webhook_endpoints", tid, endpoint_id, "secret")),
+                        "previous_secret_enc": None,
+                        "previous_secret_until": None,
+                        "secret_rotated_at": None,
+                        "description": description,
+                        "active": 1,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                self._audit(actor, tenant, "webhook.created", f"webhook:{endpoint_id}")
+            row = self._one("SELECT * FROM webhook_endpoints WHERE id = ?", (endpoint_id,))
+            assert row is not None
+            return self._endpoint_from_row(row, tenant), secret
+
+    def webhook_list(self, tenant: str) -> list[WebhookEndpoint]:
+        with self._lock:
+            t = self._tenant(tenant)
+            return [
+                self._endpoint_from_row(r, tenant)
+                for r in self._rows("SELECT * FROM webhook_endpoints WHERE tenant_id = ? ORDER BY created_at", (t["id"],))
+            ]
+
+    def webhook_get(self, tenant: str, endpoint_id: str) -> WebhookEndpoint | None:
+        """The endpoint, or ``None`` if it does not exist *for this tenant*."""
+        with self._lock:
+            t = self._tenant(tenant)
+            r = self._one("SELECT * FROM webhook_endpoints WHERE tenant_id = ? AND id = ?", (t["id"], endpoint_id))
+            return None if r is None else self._endpoint_from_row(r, tenant)
+
+    def webhook_update(
+        self,
+        tenant: str,
+        endpoint_id: str,
+        *,
+        url: str | None = None,
+        events: list[str] | tuple[str, ...] | None = None,
+        description: str | None = None,
+        active: bool | None = None,
+        rotate_secret: bool = False,
+        actor: str = "cli",
+    ) -> tuple[WebhookEndpoint, str | None] | None:
+        """Change an endpoint; ``None`` if it does not exist for this tenant. With ``rotate_secret``
+        a new secret is returned (shown once); the old one keeps signing for a day beside it."""
+        checked_url, checked_events = self._check_webhook(url, events)
+        if description is not None and len(description) > 200:
+            raise StorageError("description is longer than 200 characters")
+        with self._lock:
+            t = self._tenant(tenant)
+            tid = t["id"]
+            r = self._one("SELECT * FROM webhook_endpoints WHERE tenant_id = ? AND id = ?", (tid, endpoint_id))
+            if r is None:
+                return None
+            now = self._clock()
+            changes: dict[str, Any] = {"updated_at": now}
+            if checked_url is not None:
+                changes["url"] = checked_url
+            if checked_events is not None:
+                changes["events"] = json.dumps(checked_events)
+            if description is not None:
+                changes["description"] = description
+            if active is not None:
+                changes["active"] = int(active)
+            new_secret: str | None = None
+            if rotate_secret:
+                keys = self._keys(t)
+                aad = _aad("webhook_endpoints", tid, endpoint_id, "secret")
+                new_secret = "whsec_" + secrets.token_urlsafe(32)
+                changes["previous_secret_enc"] = keys.encrypt_text(keys.decrypt_text(r["secret_enc"], aad), aad + "|previous")
+                changes["previous_secret_until"] = now + WEBHOOK_SECRET_OVERLAP_S
+                changes["secret_enc"] = keys.encrypt_text(new_secret, aad)
+                changes["secret_rotated_at"] = now
+            assignments = ", ".join(f"{k} = ?" for k in changes)
+            with self._tx():
+                self._exec(f"UPDATE webhook_endpoints SET {assignments} WHERE id = ?", (*changes.values(), endpoint_id))
+                self._audit(
+                    actor, tenant, "webhook.secret_rotated" if rotate_secret else "webhook.updated", f"webhook:{endpoint_id}"
+                )
+            row = self._one("SELECT * FROM webhook_endpoints WHERE id = ?", (endpoint_id,))
+            assert row is not None
+            return self._endpoint_from_row(row, tenant), new_secret
+
+    def webhook_delete(self, tenant: str, endpoint_id: str, *, actor: str = "cli") -> bool:
+        """Remove an endpoint and its undelivered deliveries; events it alone was waiting on are settled."""
+        with self._lock:
+            t = self._tenant(tenant)
+            tid = t["id"]
+            with self._tx():
+                n = self._exec("DELETE FROM webhook_endpoints WHERE tenant_id = ? AND id = ?", (tid, endpoint_id))
+                if not n:
+                    return False
+                events = [
+                    r["event_id"]
+                    for r in self._rows(
+                        "SELECT DISTINCT event_id FROM webhook_deliveries WHERE tenant_id = ? AND endpoint_id = ?",
+                        (tid, endpoint_id),
+                    )
+                ]
+                self._exec("DELETE FROM webhook_deliveries WHERE tenant_id = ? AND endpoint_id = ?", (tid, endpoint_id))
+                for event_id in events:
+                    self._settle_event(event_id)
+                self._audit(actor, tenant, "webhook.deleted", f"webhook:{endpoint_id}")
+            return True
+
+    def webhook_dispatch(self, *, limit: int = 500) -> int:
+        """Fan new outbox events out to the endpoints subscribed to them right now (one pending
+        delivery per endpoint). An event no active endpoint wants is settled as delivered (to
+        nobody). Returns the number of deliveries created."""
+        with self._lock:
+            rows = self._rows(
+                "SELECT event_id, tenant_id, type, expires_at FROM outbox WHERE dispatched = 0 AND status = 'pending' "
+                "ORDER BY id LIMIT ?",
+                (int(limit),),
+            )
+            if not rows:
+                return 0
+            endpoints: dict[str, list[tuple[str, list[str]]]] = {}
+            for e in self._rows("SELECT id, tenant_id, events FROM webhook_endpoints WHERE active = 1 ORDER BY created_at"):
+                endpoints.setdefault(e["tenant_id"], []).append((e["id"], json.loads(e["events"])))
+            now = self._clock()
+            created = 0
+            with self._tx():
+                for r in rows:
+                    targets = [eid for eid, types in endpoints.get(r["tenant_id"], []) if r["type"] in types]
+                    for eid in targets:
+                        created += self._exec(
+                            "INSERT OR IGNORE INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, status, "
+                            "attempts, next_attempt_at, created_at, expires_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+                            ("dl_" + secrets.token_hex(10), r["tenant_id"], r["event_id"], eid, now, now, r["expires_at"]),
+                        )
+                    if targets:
+                        self._exec("UPDATE outbox SET dispatched = 1 WHERE event_id = ?", (r["event_id"],))
+                    else:
+                        self._exec(
+                            "UPDATE outbox SET dispatched = 1, status = 'delivered', delivered_at = ?, "
+                            "last_error = 'no endpoint subscribed' WHERE event_id = ?",
+                            (now, r["event_id"]),
+                        )
+            return created
+
+    def webhook_claim(self, *, limit: int = 20, lease_s: float = 30.0, now: float | None = None) -> list[WebhookDelivery]:
+        """Claim due deliveries for sending (all tenants), oldest first: each counts one attempt and is
+        leased for ``lease_s`` seconds, so a worker that dies mid-delivery leaves it to be retried
+        when the lease ends (by the next worker, after a restart)."""
+        ts = self._clock() if now is None else now
+        out: list[WebhookDelivery] = []
+        with self._lock:
+            rows = self._rows(
+                "SELECT d.id, d.event_id, d.endpoint_id, d.attempts, d.created_at, d.tenant_id, o.type, o.payload_enc, "
+                "t.name AS tenant, e.url, e.secret_enc, e.previous_secret_enc, e.previous_secret_until "
+                "FROM webhook_deliveries d JOIN outbox o ON o.event_id = d.event_id "
+                "JOIN webhook_endpoints e ON e.id = d.endpoint_id JOIN tenants t ON t.id = d.tenant_id "
+                "WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND e.active = 1 "
+                "ORDER BY d.next_attempt_at, d.created_at LIMIT ?",
+                (ts, int(limit)),
+            )
+            if not rows:
+                return out
+            with self._tx():
+                for r in rows:
+                    claimed = self._exec(
+                        "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ? "
+                        "WHERE id = ? AND status = 'pending' AND next_attempt_at <= ?",
+                        (ts + lease_s, r["id"], ts),
+                    )
+                    if not claimed:
+                        continue
+                    tid = r["tenant_id"]
+                    aad = _aad("webhook_endpoints", tid, r["endpoint_id"], "secret")
+                    try:
+                        keys = self.keystore.get(tid)
+                        secrets_ = [keys.decrypt_text(r["secret_enc"], aad)]
+                        if r["previous_secret_enc"] is not None and (r["previous_secret_until"] or 0) > ts:
+                            secrets_.append(keys.decrypt_text(r["previous_secret_enc"], aad + "|previous"))
+                        payload = keys.decrypt_json(r["payload_enc"], _aad("outbox", tid, r["event_id"], "payload"))
+                    except CryptoError:
+                        self._exec(
+                            "UPDATE webhook_deliveries SET status = 'dead', last_error = ? WHERE id = ?",
+                            ("the event or the endpoint secret cannot be decrypted", r["id"]),
+                        )
+                        self._settle_event(r["event_id"])
+                        continue
+                    out.append(
+                        WebhookDelivery(
+                            delivery_id=r["id"],
+                            event_id=r["event_id"],
+                            event_type=r["type"],
+                            tenant=r["tenant"],
+                            endpoint_id=r["endpoint_id"],
+                            url=r["url"],
+                            secrets=[x for x in secrets_ if x],
+                            payload=payload,
+                            attempts=r["attempts"] + 1,
+                            created_at=r["created_at"],
+                        )
+                    )
+        return out
+
+    def _settle_event(self, event_id: str) -> None:
+        """Inside a transaction: once no delivery of the event is pending, mark the outbox event
+        delivered (every endpoint took it) or dead (some endpoint never did)."""
+        r = self._one(
+            "SELECT SUM(status = 'pending') AS pending, SUM(status = 'dead') AS dead, COUNT(*) AS n "
+            "FROM webhook_deliveries WHERE event_id = ?",
+            (event_id,),
+        )
+        if r is None or (r["pending"] or 0) > 0:
+            return
+        if (r["dead"] or 0) > 0:
+            self._exec(
+                "UPDATE outbox SET status = 'dead', last_error = 'not delivered to every endpoint' WHERE event_id = ?",
+                (event_id,),
+            )
+        else:
+            self._exec(
+                "UPDATE outbox SET status = 'delivered', delivered_at = ? WHERE event_id = ? AND status = 'pending'",
+                (self._clock(), event_id),
+            )
+
+    def webhook_delivered(self, delivery_id: str, *, status_code: int | None = None) -> None:
+        with self._tx():
+            r = self._one("SELECT event_id FROM webhook_deliveries WHERE id = ?", (delivery_id,))
+            if r is None:  # erased or expired meanwhile
+                return
+            self._exec(
+                "UPDATE webhook_deliveries SET status = 'delivered', delivered_at = ?, last_status = ?, last_error = NULL "
+                "WHERE id = ?",
+                (self._clock(), status_code, delivery_id),
+            )
+            self._settle_event(r["event_id"])
+
+    def webhook_failed(
+        self, delivery_id: str, error: str, *, status_code: int | None = None, retry_at: float | None
+    ) -> None:
+        """Record a failed attempt: retry at ``retry_at``, or (``None``) move the delivery to ``dead``.
+        ``error`` says what went wrong (no response body, no call content)."""
+        with self._tx():
+            r = self._one("SELECT event_id FROM webhook_deliveries WHERE id = ?", (delivery_id,))
+            if r is None:
+                return
+            if retry_at is None:
+                self._exec(
+                    "UPDATE webhook_deliveries SET status = 'dead', last_status = ?, last_error = ? WHERE id = ?",
+                    (status_code, error[:300], delivery_id),
+                )
+                self._settle_event(r["event_id"])
+            else:
+                self._exec(
+                    "UPDATE webhook_deliveries SET next_attempt_at = ?, last_status = ?, last_error = ? WHERE id = ?",
+                    (retry_at, status_code, error[:300], delivery_id),
+                )
+
+    def webhook_deliveries(
+        self, tenant: str, endpoint_id: str, *, status: str | None = None, limit: int = 100
+    ) -> list[DeliveryInfo] | None:
+        """An endpoint's deliveries, newest first (``None`` if the endpoint is not this tenant's)."""
+        with self._lock:
+            t = self._tenant(tenant)
+            tid = t["id"]
+            if self._one("SELECT 1 AS x FROM webhook_endpoints WHERE tenant_id = ? AND id = ?", (tid, endpoint_id)) is None:
+                return None
+            sql = (
+                "SELECT d.*, o.type AS event_type FROM webhook_deliveries d JOIN outbox o ON o.event_id = d.event_id "
+                "WHERE d.tenant_id = ? AND d.endpoint_id = ?"
+            )
+            params: list[Any] = [tid, endpoint_id]
+            if status is not None:
+                sql += " AND d.status = ?"
+                params.append(status)
+            sql += " ORDER BY d.created_at DESC, d.id LIMIT ?"
+            params.append(max(1, min(int(limit), 1000)))
+            return [
+                DeliveryInfo(
+                    r["id"], r["event_id"], r["event_type"], r["endpoint_id"], r["status"], r["attempts"],
+                    r["next_attempt_at"], r["last_status"], r["last_error"], r["created_at"], r["delivered_at"],
+                )  # fmt: skip
+                for r in self._rows(sql, params)
+            ]
+
+    def webhook_redeliver(self, tenant: str, endpoint_id: str, delivery_id: str, *, actor: str = "cli") -> bool:
+        """Queue a delivery again now (a dead one gets a fresh set of attempts). ``False`` if there is
+        no such delivery for this tenant and endpoint (or its event expired)."""
+        with self._lock:
+            t = self._tenant(tenant)
+            tid = t["id"]
+            r = self._one(
+                "SELECT d.event_id FROM webhook_deliveries d JOIN outbox o ON o.event_id = d.event_id "
+                "WHERE d.tenant_id = ? AND d.endpoint_id = ? AND d.id = ?",
+                (tid, endpoint_id, delivery_id),
+            )
+            if r is None:
+                return False
+            with self._tx():
+                self._exec(
+                    "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, "
+                    "delivered_at = NULL WHERE id = ?",
+                    (self._clock(), delivery_id),
+                )
+                self._exec("UPDATE outbox SET status = 'pending' WHERE event_id = ?", (r["event_id"],))
+                self._audit(actor, tenant, "webhook.redelivered", f"delivery:{delivery_id}")
+            return True
 
     # ---------------------------------------------------------------- audit log
 

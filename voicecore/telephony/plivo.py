@@ -59,13 +59,16 @@ def parse_extra_headers(value: object, path: str) -> dict[str, str]:
     if not isinstance(value, str):
         raise ProtocolError(f"{path} must be a string or an object", CLOSE_INVALID_PAYLOAD)
     out: dict[str, str] = {}
-    for item in value.replace(";", ",").split(","):
+    for n, item in enumerate(value.replace(";", ",").split(",")):
         item = item.strip()
         if not item:
             continue
         key, sep, val = item.partition("=")
         if not sep or not key.strip():
-            raise ProtocolError(f"{path}: {item[:40]!r} is not a key=value pair", CLOSE_INVALID_PAYLOAD)
+            # The item itself is not quoted: it may be a mistyped token=KEY.
+            raise ProtocolError(
+                f"{path}: item {n + 1} ({len(item)} characters) is not a key=value pair", CLOSE_INVALID_PAYLOAD
+            )
         out[key.strip()] = val.strip()
     return out
 

@@ -1,0 +1,270 @@
+"""``voicecore bench concurrency``: N simultaneous Twilio callers against one ``voicecore serve``.
+
+The server runs as a subprocess (so its CPU and RSS are its own). For each level N
+(default 1, 2, 4, 8, 12, 16) N callers connect together, wait for the greeting, then
+for ``window_s`` seconds each one talks like a person: a random corpus utterance, the
+agent's answer (until it has played), a pause of 1–3 s, the next utterance. Per level:
+
+- voice-to-voice p50/p95/max over the answered turns, and the p95 counting every
+  unanswered turn (no agent audio within 15 s) as 15 s — the figure held against the
+  target (default 1.5 s): ``max_n_within_target`` is the largest N that meets it;
+- the server's CPU (% of one core, children included; psutil, else /proc) and the
+  machine's, sampled every 0.5 s while the level runs;
+- the server's RSS (max while the level runs), and per extra call:
+  (RSS at N − RSS at 1) / (N − 1), plus the least-squares slope over all levels;
+- late audio: ``underruns`` — the caller's emulated line ran dry for more than 60 ms in
+  the middle of a reply (audio that came late) — and ``arrival_gaps`` — more than 60 ms
+  between two agent media messages of one reply (jitter the line's buffer may hide);
+  Twilio media carry no sequence numbers outbound, so a dropped frame shows as a gap;
+- ``client_late_frames``: microphone frames the benchmark itself sent > 10 ms late (the
+  callers share the machine: a large number means the figures include a starved client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    ProcessSampler,
+    VoicecoreServer,
+    envelope,
+    http_get,
+    output_dir,
+    percentile,
+    pyplot,
+    save_figure,
+    stats,
+    text_table,
+    write_json,
+)
+from benchmarks.corpus import CORPUS, SAMPLE_RATE, Utterance, load_corpus
+from benchmarks.latency import ANSWER_TIMEOUT_S, _first
+from benchmarks.twilio_caller import TwilioCaller
+
+DEFAULT_LEVELS = (1, 2, 4, 8, 12, 16)
+PAUSE_S = (1.0, 3.0)
+
+
+async def one_caller(i: int, ws_url: str, key: str, corpus: list[Utterance], window_s: float,
+                     rng: random.Random) -> dict[str, Any]:
+    caller = TwilioCaller(ws_url, token=key, label=f"caller-{i}", caller=f"+1415555{1000 + i:04d}")
+    result: dict[str, Any] = {"caller": i, "turns": [], "greeting_ms": None, "closed_early": False}
+    try:
+        await caller.start()
+    except Exception as e:  # a refused connection is a finding at this level
+        result["error"] = repr(e)
+        return result
+    assert caller.start_sent_at is not None
+    greeting = await caller.wait_media_after(caller.start_sent_at, 20.0)
+    if greeting is not None:
+        result["greeting_ms"] = round((greeting.t - caller.start_sent_at) * 1000, 1)
+    await caller.wait_agent_quiet(quiet=0.6, timeout=20.0)
+    await asyncio.sleep(rng.uniform(0.0, PAUSE_S[1]))
+    deadline = time.monotonic() + window_s
+    while time.monotonic() < deadline:
+        if caller.closed.is_set():
+            result["closed_early"] = True
+            break
+        utt = rng.choice(corpus)
+        spoken = caller.say(utt.samples, SAMPLE_RATE, utt.voiced_start, utt.voiced_end, label=utt.id)
+        if not await _first(spoken.done, caller.closed, utt.seconds + 30) or spoken.speech_end_at is None:
+            result["closed_early"] = True
+            break
+        remaining = ANSWER_TIMEOUT_S - (time.monotonic() - spoken.speech_end_at)
+        answer = await caller.wait_media_after(spoken.speech_end_at, max(0.0, remaining))
+        if answer is not None and answer.t - spoken.speech_end_at > ANSWER_TIMEOUT_S:
+            answer = None
+        await caller.wait_agent_quiet(quiet=0.6, timeout=20.0)
+        gaps = caller.gaps(spoken.speech_end_at, time.monotonic())
+        result["turns"].append({
+            "utterance": utt.id,
+            "answered": answer is not None,
+            "voice_to_voice_ms": None if answer is None else round((answer.t - spoken.speech_end_at) * 1000, 1),
+            "media_messages": gaps["messages"],
+            "underruns_ms": [round(g, 1) for g in gaps["underruns"]],
+            "arrival_gaps_ms": [round(g, 1) for g in gaps["arrival_gaps"]],
+        })
+        await asyncio.sleep(rng.uniform(*PAUSE_S))
+    await caller.hangup()
+    result["client_late_frames"] = caller.late_sends
+    result["protocol_errors"] = caller.protocol_errors[:5]
+    return result
+
+
+async def _wait_idle(base_url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            health = json.loads(await asyncio.to_thread(http_get, f"{base_url}/healthz"))
+            if health.get("active_calls") == 0:
+                return
+        except Exception:
+            pass
+        await asyncio.sleep(0.25)
+
+
+async def run_level(n: int, server: VoicecoreServer, sampler: ProcessSampler, corpus: list[Utterance],
+                    window_s: float, seed: int, target_ms: float) -> dict[str, Any]:
+    await _wait_idle(server.base_url)
+    t0 = time.monotonic()
+    results = await asyncio.gather(*(
+        one_caller(i, server.ws_url, server.api_key, corpus, window_s, random.Random(seed * 1000 + i))
+        for i in range(n)
+    ))
+    t1 = time.monotonic()
+    turns = [t for r in results for t in r["turns"]]
+    answered = [t["voice_to_voice_ms"] for t in turns if t["answered"]]
+    censored = answered + [ANSWER_TIMEOUT_S * 1000] * sum(1 for t in turns if not t["answered"])
+    underruns = [g for t in turns for g in t["underruns_ms"]]
+    arrivals = [g for t in turns for g in t["arrival_gaps_ms"]]
+    p95_all = percentile(censored, 95) if censored else None
+    level = {
+        "n": n,
+        "window_s": window_s,
+        "elapsed_s": round(t1 - t0, 1),
+        "turns": len(turns),
+        "answered": len(answered),
+        "unanswered": len(turns) - len(answered),
+        "voice_to_voice_ms": stats(answered),
+        "voice_to_voice_p95_with_unanswered_ms": None if p95_all is None else round(p95_all, 1),
+        "within_target": bool(turns) and p95_all is not None and p95_all <= target_ms,
+        "greeting_ms": stats([r["greeting_ms"] for r in results]),
+        **sampler.window(t0, t1),
+        "underruns_over_60ms": len(underruns),
+        "max_underrun_ms": max(underruns) if underruns else 0.0,
+        "arrival_gaps_over_60ms": len(arrivals),
+        "max_arrival_gap_ms": max(arrivals) if arrivals else 0.0,
+        "client_late_frames": sum(r.get("client_late_frames", 0) for r in results),
+        "calls_closed_early": sum(1 for r in results if r["closed_early"]),
+        "call_errors": [r["error"] for r in results if r.get("error")][:5],
+        "protocol_errors": sorted({e for r in results for e in r.get("protocol_errors", [])})[:5],
+        "callers": [
+            {"caller": r["caller"], "greeting_ms": r["greeting_ms"], "closed_early": r["closed_early"],
+             "turns": [{k: t[k] for k in ("utterance", "answered", "voice_to_voice_ms", "media_messages")}
+                       for t in r["turns"]]}
+            for r in results
+        ],
+    }
+    return level
+
+
+def _slope(xs: list[float], ys: list[float]) -> float | None:
+    if len(xs) < 2:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return None if den == 0 else round(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den, 2)
+
+
+def run(*, smoke: bool = False, out: str | Path | None = None, levels: list[int] | None = None,
+        window_s: float = 40.0, target_ms: float = 1500.0, pipeline: str = "receptionist",
+        seed: int = 1) -> tuple[dict[str, Any], Path]:
+    return asyncio.run(_run(smoke=smoke, out=out, levels=levels, window_s=window_s, target_ms=target_ms,
+                            pipeline=pipeline, seed=seed))
+
+
+async def _run(*, smoke: bool, out: str | Path | None, levels: list[int] | None, window_s: float, target_ms: float,
+               pipeline: str, seed: int) -> tuple[dict[str, Any], Path]:
+    started = time.time()
+    folder = output_dir("concurrency", out)
+    ns = [1, 2] if smoke else list(levels or DEFAULT_LEVELS)
+    window = 5.0 if smoke else window_s
+    corpus = load_corpus([s.id for s in CORPUS])
+    doc = envelope("concurrency", smoke=smoke, started=started, config={
+        "pipeline": pipeline, "levels": ns, "window_s": window, "target_p95_ms": target_ms, "pause_s": list(PAUSE_S),
+        "answer_timeout_s": ANSWER_TIMEOUT_S, "gap_threshold_ms": 60, "seed": seed,
+        "server": "voicecore serve (subprocess)",
+    })
+    out_levels: list[dict[str, Any]] = []
+    with VoicecoreServer(folder, pipeline=pipeline) as server:
+        sampler = ProcessSampler(server.pid)
+        await asyncio.sleep(1.0)
+        rss_idle = sampler.rss_mb()
+        sampler.start()
+        try:
+            for n in ns:
+                out_levels.append(await run_level(n, server, sampler, corpus, window, seed, target_ms))
+        finally:
+            await sampler.stop()
+        doc["config"]["server_start_s"] = server.process.started_in_s
+    base = next((lv for lv in out_levels if lv["n"] == min(ns)), None)
+    for lv in out_levels:
+        lv["rss_per_extra_call_mb"] = None
+        if base is not None and lv["n"] > base["n"] and lv["rss_mb_max"] is not None and base["rss_mb_max"] is not None:
+            lv["rss_per_extra_call_mb"] = round((lv["rss_mb_max"] - base["rss_mb_max"]) / (lv["n"] - base["n"]), 2)
+    ok = [lv["n"] for lv in out_levels if lv["within_target"]]
+    pts = [(lv["n"], lv["rss_mb_max"]) for lv in out_levels if lv["rss_mb_max"] is not None]
+    doc["summary"] = {
+        "max_n_within_target": max(ok) if ok else 0,
+        "target_p95_ms": target_ms,
+        "rss_idle_mb": round(rss_idle, 1),
+        "rss_per_extra_call_mb": _slope([float(x) for x, _ in pts], [float(y) for _, y in pts]),
+        "underruns_over_60ms": sum(lv["underruns_over_60ms"] for lv in out_levels),
+    }
+    doc["levels"] = out_levels
+    doc["plots"] = plot_levels(out_levels, target_ms, folder)
+    doc["duration_s"] = round(time.time() - started, 1)
+    write_json(folder / "concurrency.json", doc)
+    return doc, folder
+
+
+def plot_levels(levels: list[dict[str, Any]], target_ms: float, out: Path) -> list[str]:
+    if not levels:
+        return []
+    plt = pyplot()
+    ns = [lv["n"] for lv in levels]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    ax = axes[0]
+    ax.plot(ns, [lv["voice_to_voice_ms"]["p50"] for lv in levels], "o-", label="p50")
+    ax.plot(ns, [lv["voice_to_voice_ms"]["p95"] for lv in levels], "s-", label="p95 (answered)")
+    ax.plot(ns, [lv["voice_to_voice_p95_with_unanswered_ms"] for lv in levels], "x:", label="p95 (unanswered = 15 s)")
+    ax.axhline(target_ms, color="r", linestyle="--", linewidth=1, label=f"target {target_ms:.0f} ms")
+    ax.set_xlabel("simultaneous calls")
+    ax.set_ylabel("voice-to-voice (ms)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    ax.plot(ns, [lv["cpu_percent_mean"] for lv in levels], "o-", label="server (mean)")
+    ax.plot(ns, [lv["cpu_percent_max"] for lv in levels], "s:", label="server (max)")
+    cores = os.cpu_count() or 1
+    ax.plot(ns, [(lv["system_cpu_percent_mean"] or 0) * cores for lv in levels], "x--", label="whole machine (mean)")
+    ax.set_xlabel("simultaneous calls")
+    ax.set_ylabel("CPU (% of one core)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[2]
+    ax.plot(ns, [lv["rss_mb_max"] for lv in levels], "o-", label="server RSS (max)")
+    ax2 = ax.twinx()
+    ax2.bar(ns, [lv["underruns_over_60ms"] for lv in levels], alpha=0.3, color="r", label="underruns > 60 ms")
+    ax.set_xlabel("simultaneous calls")
+    ax.set_ylabel("RSS (MB)")
+    ax2.set_ylabel("late-audio underruns")
+    ax.grid(alpha=0.3)
+    for a in axes:
+        a.set_xticks(ns)
+    fig.suptitle("voicecore under concurrent calls")
+    return [save_figure(fig, out / "concurrency.png")]
+
+
+def report(doc: dict[str, Any]) -> str:
+    header = ["N", "turns", "unans.", "v2v p50", "v2v p95", "p95+unans.", "CPU %", "RSS MB", "MB/extra call",
+              "underruns", "arr. gaps", "client late"]
+    rows = []
+    for lv in doc["levels"]:
+        rows.append([lv["n"], lv["turns"], lv["unanswered"], lv["voice_to_voice_ms"]["p50"],
+                     lv["voice_to_voice_ms"]["p95"], lv["voice_to_voice_p95_with_unanswered_ms"],
+                     lv["cpu_percent_mean"], lv["rss_mb_max"], lv["rss_per_extra_call_mb"],
+                     lv["underruns_over_60ms"], lv["arrival_gaps_over_60ms"], lv["client_late_frames"]])
+    s = doc["summary"]
+    return "\n".join([
+        "voicecore under concurrent Twilio calls (ms; CPU in % of one core)",
+        text_table(header, rows),
+        f"largest N with voice-to-voice p95 <= {s['target_p95_ms']:.0f} ms: {s['max_n_within_target']}; "
+        f"idle RSS {s['rss_idle_mb']} MB, {s['rss_per_extra_call_mb']} MB per extra call (slope)",
+    ])

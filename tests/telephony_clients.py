@@ -1,0 +1,1196 @@
+"""Test clients that play the telephony provider's side of a media WebSocket.
+
+Each client is written from the protocol reference
+(``/work/shared/docs/telephony-protocols.md``), *not* from ``voicecore.telephony``
+or ``voicecore.audio``: it has its own G.711 μ-law codec, builds the provider's
+messages field by field as the reference shows them, and checks what the server
+sends back against the provider's rules. A bug shared by our codec and our
+test would otherwise go unnoticed.
+
+What every client does, like the real provider:
+
+* connects with the provider's auth mechanism and sends its opening messages;
+* streams caller audio in real time ("the microphone"): silence between
+  utterances, the provider's frame size and pacing, increasing sequence
+  numbers / chunk counters / timestamps;
+* plays the agent's audio on an emulated line: received audio is queued and
+  "plays" at real time; marks / checkpoints / notify / REPORT_QUEUE_DRAINED are
+  answered when the audio sent before them has played; a clear drops the queued
+  audio (Twilio and Telnyx then return every pending mark at once);
+* records every agent media message with its arrival time, decodes it, and
+  notes every deviation from the provider's framing rules in ``violations``;
+* ends the call the provider's way.
+
+Times are ``time.monotonic()`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import numpy as np
+import soxr
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+# --------------------------------------------------------------------------- audio helpers
+
+_ULAW_BIAS = 0x84
+_ULAW_CLIP14 = 8159  # 14-bit magnitude clip of the reference implementation
+_ULAW_SEG_END = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
+
+
+def ulaw_encode(pcm: np.ndarray) -> bytes:
+    """G.711 μ-law encoding of int16 samples (the classic Sun/CCITT g711.c ``linear2ulaw``)."""
+    x = np.asarray(pcm, dtype=np.int16).astype(np.int32) >> 2  # 14-bit, arithmetic shift
+    mask = np.where(x < 0, 0x7F, 0xFF)
+    mag = np.minimum(np.abs(x), _ULAW_CLIP14) + (_ULAW_BIAS >> 2)
+    seg = np.searchsorted(_ULAW_SEG_END, mag)  # first segment whose end >= mag
+    uval = np.where(seg >= 8, 0x7F, (seg << 4) | ((mag >> (np.minimum(seg, 7) + 1)) & 0x0F))
+    return ((uval ^ mask) & 0xFF).astype(np.uint8).tobytes()
+
+
+def ulaw_decode(data: bytes) -> np.ndarray:
+    """G.711 μ-law bytes → int16 samples."""
+    u = (~np.frombuffer(data, dtype=np.uint8).astype(np.int32)) & 0xFF
+    exponent = (u >> 4) & 0x07
+    mantissa = u & 0x0F
+    mag = (((mantissa << 3) + _ULAW_BIAS) << exponent) - _ULAW_BIAS
+    return np.where(u & 0x80, -mag, mag).astype(np.int16)
+
+
+def pcm16le_decode(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype="<i2").astype(np.int16)
+
+
+def pcm16le_encode(pcm: np.ndarray) -> bytes:
+    return np.asarray(pcm, dtype=np.int16).astype("<i2").tobytes()
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """int16 mono resampled with soxr (one shot: the whole utterance is known)."""
+    samples = np.asarray(samples, dtype=np.int16)
+    if from_rate == to_rate:
+        return samples.copy()
+    return soxr.resample(samples, from_rate, to_rate).astype(np.int16)
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if samples.size else 0.0
+
+
+def voiced_bounds(samples: np.ndarray, rate: int, threshold: float = 300.0, window_ms: float = 5.0) -> tuple[int, int]:
+    """(first, last+1) sample of speech: the first and last window whose RMS exceeds ``threshold``."""
+    win = max(1, int(rate * window_ms / 1000))
+    n = samples.size // win
+    if n == 0:
+        raise ValueError("audio too short")
+    frames = samples[: n * win].astype(np.float64).reshape(n, win)
+    loud = np.nonzero(np.sqrt((frames**2).mean(axis=1)) > threshold)[0]
+    if loud.size == 0:
+        raise ValueError("no speech above the threshold")
+    return int(loud[0] * win), int((loud[-1] + 1) * win)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, int(np.ceil(q / 100 * len(ordered))))
+    return float(ordered[rank - 1])
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64_strict(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError(f"payload is {type(value).__name__}, not a base64 string")
+    return base64.b64decode(value, validate=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Utterance:
+    """Caller audio queued on the microphone, with the times it went out."""
+
+    pcm: np.ndarray  # int16 at the client's rate
+    rate: int
+    voiced_start: int  # first voiced sample (offset in pcm)
+    voiced_end: int  # one past the last voiced sample
+    stream_start: int = -1  # index of pcm[0] in the outgoing sample stream
+    onset_sent_at: float | None = None  # the frame holding the first voiced sample was sent
+    end_sent_at: float | None = None  # the frame holding the last voiced sample was sent
+    speech_end_at: float | None = None  # when the last voiced sample was "spoken" (captured)
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # every sample sent
+
+    @property
+    def seconds(self) -> float:
+        return self.pcm.size / self.rate
+
+
+@dataclass
+class AgentMedia:
+    """One agent media message as received."""
+
+    t: float  # arrival
+    pcm: np.ndarray  # decoded int16 at the client's rate
+    wire_bytes: int
+    play_start: float  # when the emulated line starts playing it
+
+
+@dataclass
+class MarkEcho:
+    due: float
+    name: str
+    messages: Callable[[], list[str]]  # built when sent: sequence numbers are assigned at send time
+
+
+# --------------------------------------------------------------------------- base client
+
+
+class ProviderClient:
+    """One call as a provider would make it. Subclasses give the provider's messages."""
+
+    provider: str = ""
+    sample_rate: int = 8000
+    frame_ms: int = 20
+    #: the provider returns pending marks when it clears (Twilio, Telnyx)
+    returns_marks_on_clear: bool = False
+
+    def __init__(
+        self,
+        ws_url: str,
+        *,
+        token: str | None = None,
+        caller: str = "+14155550100",
+        callee: str = "+14155550199",
+        headers: dict[str, str] | None = None,
+        label: str = "",
+    ):
+        self.ws_url = ws_url
+        self.token = token
+        self.caller = caller
+        self.callee = callee
+        self.headers = dict(headers or {})
+        self.label = label or self.provider
+        self.ws: Any = None
+        self.handshake_status: int | None = None
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.closed = asyncio.Event()
+        self.closed_at: float | None = None
+        self.violations: list[str] = []
+        self.media: list[AgentMedia] = []
+        self.media_event = asyncio.Event()  # set on every agent media message
+        self.clears: list[float] = []
+        self.marks_received: list[tuple[float, str]] = []
+        self.marks_echoed: list[tuple[float, str, bool]] = []  # (time, name, returned by a clear)
+        self.texts_received: list[tuple[float, str]] = []
+        self.connected_at: float | None = None
+        self._play_end = 0.0
+        self._pending_marks: list[MarkEcho] = []
+        self._send_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task] = []
+        # microphone
+        self._frame_samples = self.sample_rate * self.frame_ms // 1000
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._next_sample = 0  # stream index of the next sample the mic sends
+        self._utterances: list[Utterance] = []
+        self.frames_sent = 0
+        self.mic_running = False
+        self.send_errors = 0
+
+    # -- ids used to find the stored call ---------------------------------------------
+
+    @property
+    def ids(self) -> set[str]:
+        """Provider ids this client put in its start message (the stored call carries some of them)."""
+        return set()
+
+    # -- connection ---------------------------------------------------------------
+
+    def connect_headers(self) -> dict[str, str]:
+        return dict(self.headers)
+
+    async def connect(self, timeout: float = 10.0) -> bool:
+        """Open the WebSocket; False when the server refused the upgrade (``handshake_status``)."""
+        try:
+            self.ws = await asyncio.wait_for(
+                websockets.connect(
+                    self.ws_url,
+                    additional_headers=self.connect_headers() or None,
+                    max_size=None,  # we check sizes ourselves
+                    open_timeout=timeout,
+                    close_timeout=2,
+                    ping_interval=None,
+                    compression=None,
+                ),
+                timeout,
+            )
+        except InvalidStatus as e:
+            self.handshake_status = e.response.status_code
+            self.closed_at = time.monotonic()
+            self.closed.set()
+            return False
+        self.connected_at = time.monotonic()
+        self._tasks.append(asyncio.create_task(self._recv_loop(), name=f"{self.label}-recv"))
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name=f"{self.label}-tick"))
+        return True
+
+    async def open(self) -> None:
+        """Send the provider's opening messages (connected/start/...)."""
+        for m in self.opening_messages():
+            await self.send_raw(m)
+
+    def opening_messages(self) -> list[str | bytes]:
+        raise NotImplementedError
+
+    async def start(self, *, mic: bool = True, timeout: float = 10.0) -> bool:
+        """connect + open (+ start the microphone)."""
+        if not await self.connect(timeout):
+            return False
+        await self.open()
+        if mic:
+            self.start_mic()
+        return True
+
+    async def send_raw(self, message: str | bytes, *, text: bool | None = None) -> bool:
+        """Send one frame; False if the socket is already closed."""
+        if self.ws is None:
+            return False
+        try:
+            async with self._send_lock:
+                if text is None:
+                    await self.ws.send(message)
+                else:
+                    await self.ws.send(message, text=text)
+            return True
+        except ConnectionClosed:
+            self.send_errors += 1
+            return False
+
+    async def send_built(self, build: Callable[[], list[str | bytes]]) -> bool:
+        """Build messages and send them under the send lock, so sequence numbers go out in order."""
+        if self.ws is None:
+            return False
+        try:
+            async with self._send_lock:
+                for message in build():
+                    await self.ws.send(message)
+            return True
+        except ConnectionClosed:
+            self.send_errors += 1
+            return False
+
+    async def send_json(self, obj: Any) -> bool:
+        return await self.send_raw(json.dumps(obj))
+
+    async def wait_closed(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.closed.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def hangup(self, timeout: float = 5.0) -> None:
+        """End the call the provider's way (default: close the socket)."""
+        await self.close()
+
+    async def close(self, code: int = 1000, timeout: float = 5.0) -> None:
+        """Close our side (if still open) and stop the client's tasks."""
+        self.mic_running = False
+        if self.ws is not None and not self.closed.is_set():
+            try:
+                await asyncio.wait_for(self.ws.close(code), timeout)
+            except (TimeoutError, ConnectionClosed):
+                pass
+            await self.wait_closed(timeout)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await asyncio.wait_for(task, 2)
+            except (asyncio.CancelledError, TimeoutError, Exception):
+                pass
+        self._tasks.clear()
+
+    # -- microphone -----------------------------------------------------------------
+
+    def start_mic(self) -> None:
+        if not self.mic_running:
+            self.mic_running = True
+            self._tasks.append(asyncio.create_task(self._mic_loop(), name=f"{self.label}-mic"))
+
+    def prepare(self, samples: np.ndarray, rate: int) -> Utterance:
+        pcm = resample(samples, rate, self.sample_rate)
+        start, end = voiced_bounds(pcm, self.sample_rate)
+        return Utterance(pcm=pcm, rate=self.sample_rate, voiced_start=start, voiced_end=end)
+
+    def speak(self, audio: Any, *, rate: int | None = None) -> Utterance:
+        """Queue caller audio (``voicecore.simulate.Audio`` or int16 samples + ``rate``) after what is queued."""
+        samples = audio.samples if rate is None else audio
+        utt = self.prepare(samples, rate or audio.sample_rate)
+        utt.stream_start = self._next_sample + self._pending.size
+        self._pending = np.concatenate([self._pending, utt.pcm])
+        self._utterances.append(utt)
+        return utt
+
+    def _take_frame(self) -> np.ndarray:
+        n = self._frame_samples
+        frame = self._pending[:n]
+        self._pending = self._pending[n:]
+        if frame.size < n:
+            frame = np.concatenate([frame, np.zeros(n - frame.size, dtype=np.int16)])
+        return frame
+
+    async def _mic_loop(self) -> None:
+        dur = self.frame_ms / 1000
+        t0 = time.monotonic()
+        n = 0
+        while self.mic_running and not self.closed.is_set():
+            # frame n holds the audio captured in [t0 + n*dur, t0 + (n+1)*dur): it goes out at its end
+            delay = t0 + (n + 1) * dur - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            frame = self._take_frame()
+            s0 = self._next_sample
+            if not await self.send_built(lambda: self.media_messages(frame)):
+                break
+            sent = time.monotonic()
+            self._next_sample += frame.size
+            self.frames_sent += 1
+            self._note_sent(s0, s0 + frame.size, sent)
+            n += 1
+
+    def _note_sent(self, s0: int, s1: int, sent: float) -> None:
+        for utt in list(self._utterances):
+            first = utt.stream_start + utt.voiced_start
+            last = utt.stream_start + utt.voiced_end - 1
+            if utt.onset_sent_at is None and s0 <= first < s1:
+                utt.onset_sent_at = sent
+            if utt.end_sent_at is None and s0 <= last < s1:
+                utt.end_sent_at = sent
+                utt.speech_end_at = sent - (s1 - (last + 1)) / self.sample_rate
+            if utt.stream_start + utt.pcm.size <= s1:
+                utt.done.set()
+                self._utterances.remove(utt)
+
+    def media_messages(self, pcm: np.ndarray) -> list[str | bytes]:
+        """The provider's media message(s) carrying one frame of caller audio."""
+        raise NotImplementedError
+
+    def dtmf_message(self, digit: str) -> str:
+        """The provider's key-press message."""
+        raise NotImplementedError
+
+    async def say_and_wait(self, audio: Any, timeout: float = 30.0) -> Utterance:
+        utt = self.speak(audio)
+        await asyncio.wait_for(utt.done.wait(), timeout)
+        return utt
+
+    # -- agent audio: the emulated line ---------------------------------------------
+
+    def _play(self, pcm: np.ndarray, wire_bytes: int, t: float) -> None:
+        start = max(t, self._play_end)
+        self._play_end = start + pcm.size / self.sample_rate
+        self.media.append(AgentMedia(t, pcm, wire_bytes, start))
+        self.media_event.set()
+
+    @property
+    def queued_seconds(self) -> float:
+        """Agent audio received and not yet played."""
+        return max(0.0, self._play_end - time.monotonic())
+
+    def _schedule_mark(self, name: str, messages: Callable[[], list[str]], t: float) -> None:
+        """Answer a mark once the audio received before it has played."""
+        self.marks_received.append((t, name))
+        self._pending_marks.append(MarkEcho(max(t, self._play_end), name, messages))
+
+    def _clear(self, t: float) -> None:
+        """The provider empties its buffer: the rest of the queued audio is never heard."""
+        self.clears.append(t)
+        self._play_end = t
+        pending, self._pending_marks = self._pending_marks, []
+        if self.returns_marks_on_clear:
+            for echo in pending:
+                self._spawn_send(echo.messages, echo.name, cleared=True)
+
+    def _spawn_send(self, messages: Callable[[], list[str]], name: str, cleared: bool) -> None:
+        async def go() -> None:
+            await self.send_built(messages)
+            self.marks_echoed.append((time.monotonic(), name, cleared))
+
+        self._tasks.append(asyncio.create_task(go()))
+
+    async def _tick_loop(self) -> None:
+        while not self.closed.is_set():
+            now = time.monotonic()
+            due = [m for m in self._pending_marks if m.due <= now]
+            if due:
+                self._pending_marks = [m for m in self._pending_marks if m.due > now]
+                for echo in due:
+                    await self.send_built(echo.messages)
+                    self.marks_echoed.append((time.monotonic(), echo.name, False))
+            await self.tick(now)
+            await asyncio.sleep(0.005)
+
+    async def tick(self, now: float) -> None:
+        """Provider-specific periodic work (Asterisk: queue-drained reports, flow control)."""
+
+    # -- receiving ----------------------------------------------------------------
+
+    async def _recv_loop(self) -> None:
+        try:
+            async for message in self.ws:
+                t = time.monotonic()
+                try:
+                    if isinstance(message, str):
+                        self.texts_received.append((t, message))
+                        self.on_text(message, t)
+                    else:
+                        self.on_binary(message, t)
+                except Exception as e:  # a malformed server message is a finding, not a crash
+                    self.violations.append(f"{self.provider}: cannot handle server message ({e!r}): {message[:120]!r}")
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed_at = time.monotonic()
+            self.close_code = self.ws.close_code
+            self.close_reason = self.ws.close_reason
+            self.mic_running = False
+            self.closed.set()
+
+    def on_text(self, text: str, t: float) -> None:
+        self.violations.append(f"{self.provider}: unexpected text frame {text[:120]!r}")
+
+    def on_binary(self, data: bytes, t: float) -> None:
+        self.violations.append(f"{self.provider}: unexpected binary frame of {len(data)} bytes")
+
+    def _json(self, text: str) -> dict[str, Any]:
+        obj = json.loads(text)
+        if not isinstance(obj, dict):
+            raise ValueError("server message is not a JSON object")
+        return obj
+
+    # -- what arrived ----------------------------------------------------------------
+
+    def first_media_after(self, t: float) -> AgentMedia | None:
+        for m in self.media:
+            if m.t > t:
+                return m
+        return None
+
+    def agent_audio(self, since: float = 0.0, until: float = float("inf")) -> np.ndarray:
+        chunks = [m.pcm for m in self.media if since < m.t <= until]
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+
+    async def wait_media_after(self, t: float, timeout: float) -> AgentMedia | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.first_media_after(t)
+            if found is not None or self.closed.is_set():
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.media_event.clear()
+            found = self.first_media_after(t)
+            if found is not None:
+                return found
+            try:
+                await asyncio.wait_for(self.media_event.wait(), min(remaining, 0.5))
+            except TimeoutError:
+                pass
+
+    async def wait_agent_quiet(self, quiet: float = 0.8, timeout: float = 30.0) -> bool:
+        """Until no agent media arrived for ``quiet`` s and the line has played everything."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.closed.is_set():
+            now = time.monotonic()
+            last = self.media[-1].t if self.media else (self.connected_at or now)
+            if now - last >= quiet and self.queued_seconds == 0.0:
+                return True
+            await asyncio.sleep(0.02)
+        return self.closed.is_set()
+
+
+# --------------------------------------------------------------------------- Twilio
+
+
+def _sid(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+class TwilioClient(ProviderClient):
+    """Twilio Media Streams, bidirectional (<Connect><Stream>): JSON text frames, μ-law 8 kHz.
+
+    The tenant key goes in ``start.customParameters.token`` (a TwiML <Parameter>).
+    """
+
+    provider = "twilio"
+    returns_marks_on_clear = True
+
+    def __init__(self, ws_url: str, *, token: str | None = None, custom: dict[str, str] | None = None,
+                 call_sid: str | None = None, **kw: Any):
+        super().__init__(ws_url, token=token, **kw)
+        self.account_sid = _sid("AC")
+        self.stream_sid = _sid("MZ")
+        self.call_sid = call_sid or _sid("CA")
+        self.custom = custom
+        self.seq = 0
+        self.chunk = 0
+
+    @property
+    def ids(self) -> set[str]:
+        return {self.stream_sid, self.call_sid}
+
+    def next_seq(self) -> str:
+        self.seq += 1
+        return str(self.seq)
+
+    def custom_parameters(self) -> dict[str, str]:
+        if self.custom is not None:
+            return dict(self.custom)
+        params = {"from": self.caller, "to": self.callee}
+        if self.token is not None:
+            params["token"] = self.token
+        return params
+
+    def connected_message(self) -> str:
+        return json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+    def start_message(self, **start_overrides: Any) -> str:
+        start = {
+            "accountSid": self.account_sid,
+            "streamSid": self.stream_sid,
+            "callSid": self.call_sid,
+            "tracks": ["inbound"],
+            "customParameters": self.custom_parameters(),
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        } | start_overrides
+        return json.dumps({"event": "start", "sequenceNumber": self.next_seq(), "streamSid": self.stream_sid,
+                           "start": start})
+
+    def opening_messages(self) -> list[str | bytes]:
+        return [self.connected_message(), self.start_message()]
+
+    def media_message(self, payload: str, *, seq: str | None = None, stream_sid: str | None = None,
+                      track: str = "inbound") -> str:
+        self.chunk += 1
+        return json.dumps({
+            "event": "media",
+            "sequenceNumber": seq if seq is not None else self.next_seq(),
+            "streamSid": stream_sid or self.stream_sid,
+            "media": {"track": track, "chunk": str(self.chunk), "timestamp": str((self.chunk - 1) * 20),
+                      "payload": payload},
+        })
+
+    def media_messages(self, pcm: np.ndarray) -> list[str | bytes]:
+        return [self.media_message(b64(ulaw_encode(pcm)))]
+
+    def dtmf_message(self, digit: str) -> str:
+        return json.dumps({"event": "dtmf", "sequenceNumber": self.next_seq(), "streamSid": self.stream_sid,
+                           "dtmf": {"track": "inbound_track", "digit": digit}})
+
+    def mark_message(self, name: str, stream_sid: str | None = None) -> str:
+        return json.dumps({"event": "mark", "sequenceNumber": self.next_seq(),
+                           "streamSid": stream_sid or self.stream_sid, "mark": {"name": name}})
+
+    def stop_message(self) -> str:
+        return json.dumps({"event": "stop", "sequenceNumber": self.next_seq(), "streamSid": self.stream_sid,
+                           "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+
+    async def hangup(self, timeout: float = 5.0) -> None:
+        """``stop``, then the server should close; close ourselves if it does not."""
+        await self.send_raw(self.stop_message())
+        await self.wait_closed(timeout)
+        await self.close()
+
+    def on_text(self, text: str, t: float) -> None:
+        msg = self._json(text)
+        event = msg.get("event")
+        if msg.get("streamSid") != self.stream_sid:
+            self.violations.append(f"twilio: {event} with streamSid {msg.get('streamSid')!r} (expected ours)")
+        if event == "media":
+            extra = set(msg) - {"event", "streamSid", "media"}
+            media = msg.get("media")
+            if extra or not isinstance(media, dict) or set(media) != {"payload"}:
+                self.violations.append(f"twilio: media message with unknown fields: {text[:120]!r}")  # 31951
+            wire = b64_strict(media["payload"])
+            if not wire:
+                self.violations.append("twilio: empty media payload")
+            self._play(ulaw_decode(wire), len(wire), t)
+        elif event == "mark":
+            name = msg.get("mark", {}).get("name")
+            if not isinstance(name, str) or not name:
+                self.violations.append(f"twilio: mark without a name: {text[:120]!r}")
+                return
+            self._schedule_mark(name, lambda: [self.mark_message(name)], t)
+        elif event == "clear":
+            self._clear(t)
+        else:
+            self.violations.append(f"twilio: unknown event from server: {text[:120]!r}")
+
+    def on_binary(self, data: bytes, t: float) -> None:
+        self.violations.append(f"twilio: binary frame of {len(data)} bytes (Twilio warning 31950)")
+
+
+# --------------------------------------------------------------------------- Telnyx
+
+
+class TelnyxClient(ProviderClient):
+    """Telnyx media streaming, rtp bidirectional mode, PCMU 8 kHz.
+
+    The key goes in the ``x-telnyx-streaming-auth-token`` header (``stream_auth_token``)
+    and/or ``start.custom_parameters.token`` (``token_in``: "header", "custom" or "both").
+    """
+
+    provider = "telnyx"
+    returns_marks_on_clear = True
+
+    def __init__(self, ws_url: str, *, token: str | None = None, token_in: str = "header",
+                 custom_token: str | None = None, **kw: Any):
+        super().__init__(ws_url, token=token, **kw)
+        self.token_in = token_in
+        self.custom_token = custom_token
+        self.stream_id = secrets.token_hex(8) + "-" + secrets.token_hex(4)
+        self.call_control_id = "v3:" + secrets.token_urlsafe(24)
+        self.seq = 0
+        self.chunk = 0
+
+    @property
+    def ids(self) -> set[str]:
+        return {self.stream_id, self.call_control_id}
+
+    def connect_headers(self) -> dict[str, str]:
+        headers = dict(self.headers)
+        if self.token is not None and self.token_in in ("header", "both"):
+            headers["x-telnyx-streaming-auth-token"] = self.token
+        return headers
+
+    def next_seq(self) -> str:
+        self.seq += 1
+        return str(self.seq)
+
+    def start_message(self, media_format: dict[str, Any] | None = None) -> str:
+        custom: dict[str, str] = {}
+        if self.custom_token is not None:
+            custom["token"] = self.custom_token
+        elif self.token is not None and self.token_in in ("custom", "both"):
+            custom["token"] = self.token
+        start = {
+            "user_id": secrets.token_hex(8),
+            "call_control_id": self.call_control_id,
+            "call_session_id": secrets.token_hex(8),
+            "from": self.caller,
+            "to": self.callee,
+            "client_state": "",
+            "custom_parameters": custom,
+            "media_format": media_format or {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
+        }
+        return json.dumps({"event": "start", "sequence_number": self.next_seq(), "stream_id": self.stream_id,
+                           "start": start})
+
+    def opening_messages(self) -> list[str | bytes]:
+        return [json.dumps({"event": "connected", "version": "1.0.0"}), self.start_message()]
+
+    def media_message(self, payload: str, *, seq: int | None = None, chunk: int | None = None,
+                      stream_id: str | None = None) -> str:
+        if chunk is None:
+            self.chunk += 1
+            chunk = self.chunk
+        return json.dumps({
+            "event": "media",
+            "sequence_number": str(seq) if seq is not None else self.next_seq(),
+            "stream_id": stream_id or self.stream_id,
+            "media": {"track": "inbound", "chunk": str(chunk), "timestamp": str((chunk - 1) * 20),
+                      "payload": payload},
+        })
+
+    def media_messages(self, pcm: np.ndarray) -> list[str | bytes]:
+        return [self.media_message(b64(ulaw_encode(pcm)))]
+
+    def mark_message(self, name: str) -> str:
+        return json.dumps({"event": "mark", "sequence_number": self.next_seq(), "stream_id": self.stream_id,
+                           "mark": {"name": name}})
+
+    def dtmf_message(self, digit: str) -> str:
+        return json.dumps({"event": "dtmf", "sequence_number": self.next_seq(), "stream_id": self.stream_id,
+                           "dtmf": {"digit": digit}})
+
+    def stop_message(self) -> str:
+        return json.dumps({"event": "stop", "sequence_number": self.next_seq(), "stream_id": self.stream_id,
+                           "stop": {"call_control_id": self.call_control_id}})
+
+    async def hangup(self, timeout: float = 5.0) -> None:
+        await self.send_raw(self.stop_message())
+        await self.wait_closed(timeout)
+        await self.close()
+
+    def on_text(self, text: str, t: float) -> None:
+        msg = self._json(text)
+        event = msg.get("event")
+        if event == "media":
+            wire = b64_strict(msg["media"]["payload"])
+            if not wire:
+                self.violations.append("telnyx: empty media payload")
+            self._play(ulaw_decode(wire), len(wire), t)
+        elif event == "mark":
+            name = msg.get("mark", {}).get("name")
+            if not isinstance(name, str) or not name:
+                self.violations.append(f"telnyx: mark without a name: {text[:120]!r}")
+                return
+            self._schedule_mark(name, lambda: [self.mark_message(name)], t)
+        elif event == "clear":
+            self._clear(t)
+        else:
+            self.violations.append(f"telnyx: unknown event from server: {text[:120]!r}")
+
+    def on_binary(self, data: bytes, t: float) -> None:
+        self.violations.append(f"telnyx: binary frame of {len(data)} bytes")
+
+
+# --------------------------------------------------------------------------- Vonage
+
+
+class VonageClient(ProviderClient):
+    """Vonage Voice API WebSocket: a first text ``websocket:connected``, then binary L16 20 ms frames.
+
+    The key: ``token_in`` "top" (the NCCO headers echoed at the top level of
+    ``websocket:connected``), "headers" (under a ``headers`` object) or "query" (``?token=``).
+    """
+
+    provider = "vonage"
+
+    def __init__(self, ws_url: str, *, token: str | None = None, token_in: str = "top", rate: int = 16000,
+                 **kw: Any):
+        self.sample_rate = rate
+        super().__init__(ws_url, token=token, **kw)
+        self.token_in = token_in
+        self.uuid = secrets.token_hex(16)
+        self.conversation_uuid = "CON-" + secrets.token_hex(12)
+        if token is not None and token_in == "query":
+            sep = "&" if "?" in ws_url else "?"
+            self.ws_url = f"{ws_url}{sep}{urlencode({'token': token})}"
+
+    @property
+    def ids(self) -> set[str]:
+        return {self.uuid, self.conversation_uuid}
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.sample_rate * 2 * self.frame_ms // 1000
+
+    def connected_message(self, **extra: Any) -> str:
+        msg: dict[str, Any] = {
+            "event": "websocket:connected",
+            "content-type": f"audio/l16;rate={self.sample_rate}",
+            "uuid": self.uuid,
+            "conversation_uuid": self.conversation_uuid,
+            "from": self.caller,
+            "to": self.callee,
+        }
+        if self.token is not None and self.token_in == "top":
+            msg["token"] = self.token
+        if self.token is not None and self.token_in == "headers":
+            msg["headers"] = {"token": self.token}
+        return json.dumps(msg | extra)
+
+    def opening_messages(self) -> list[str | bytes]:
+        return [self.connected_message()]
+
+    def media_messages(self, pcm: np.ndarray) -> list[str | bytes]:
+        return [pcm16le_encode(pcm)]
+
+    def on_binary(self, data: bytes, t: float) -> None:
+        if len(data) != self.frame_bytes:
+            self.violations.append(f"vonage: binary frame of {len(data)} bytes, expected {self.frame_bytes}")
+        self._play(pcm16le_decode(data[: len(data) // 2 * 2]), len(data), t)
+
+    def on_text(self, text: str, t: float) -> None:
+        msg = self._json(text)
+        action = msg.get("action")
+        if action == "clear":
+            self._clear(t)
+            self._spawn_send(lambda: [json.dumps({"event": "websocket:cleared"})], "(cleared)", cleared=True)
+        elif action == "notify":
+            payload = msg.get("payload")
+            if not isinstance(payload, dict):
+                self.violations.append(f"vonage: notify without an object payload: {text[:120]!r}")
+                return
+            name = str(payload.get("name", payload))
+            self._schedule_mark(name, lambda: [json.dumps({"event": "websocket:notify", "payload": payload})], t)
+        else:
+            self.violations.append(f"vonage: unknown text command from server: {text[:120]!r}")
+
+    def dtmf_message(self, digit: str) -> str:
+        return json.dumps({"event": "websocket:dtmf", "digit": digit, "duration": 260})
+
+
+# --------------------------------------------------------------------------- Plivo
+
+
+class PlivoClient(ProviderClient):
+    """Plivo bidirectional audio stream: ``start``, ``media`` (base64), ``playedStream``, ``clearedAudio``.
+
+    ``content_type`` is the Stream's contentType: ``audio/x-l16;rate=8000`` (Plivo's default)
+    or ``audio/x-mulaw;rate=8000``. The key: ``token_in`` "extra_headers" (``extraHeaders="token=…"``)
+    or "query".
+    """
+
+    provider = "plivo"
+
+    def __init__(self, ws_url: str, *, token: str | None = None, token_in: str = "extra_headers",
+                 content_type: str = "audio/x-l16;rate=8000", **kw: Any):
+        mime, _, rate = content_type.partition(";rate=")
+        self.mime = mime
+        self.sample_rate = int(rate or 8000)
+        super().__init__(ws_url, token=token, **kw)
+        self.token_in = token_in
+        self.call_id = secrets.token_hex(4) + "-" + secrets.token_hex(8)
+        self.stream_id = secrets.token_hex(4) + "-" + secrets.token_hex(8)
+        self.account_id = "MA" + secrets.token_hex(9).upper()
+        self.seq = 0
+        self.chunk = 0
+        if token is not None and token_in == "query":
+            sep = "&" if "?" in ws_url else "?"
+            self.ws_url = f"{ws_url}{sep}{urlencode({'token': token})}"
+
+    @property
+    def ids(self) -> set[str]:
+        return {self.stream_id, self.call_id}
+
+    @property
+    def mulaw(self) -> bool:
+        return "mulaw" in self.mime
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def extra_headers(self) -> str:
+        pairs = [f"from={self.caller}", f"to={self.callee}"]
+        if self.token is not None and self.token_in == "extra_headers":
+            pairs.insert(0, f"token={self.token}")
+        return ",".join(pairs)
+
+    def start_message(self, media_format: dict[str, Any] | None = None, extra_headers: Any = None) -> str:
+        return json.dumps({
+            "event": "start",
+            "sequenceNumber": self.next_seq(),
+            "start": {
+                "callId": self.call_id,
+                "streamId": self.stream_id,
+                "accountId": self.account_id,
+                "tracks": ["inbound"],
+                "mediaFormat": media_format or {"encoding": self.mime, "sampleRate": self.sample_rate},
+            },
+            "extra_headers": self.extra_headers() if extra_headers is None else extra_headers,
+        })
+
+    def opening_messages(self) -> list[str | bytes]:
+        return [self.start_message()]
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        return ulaw_encode(pcm) if self.mulaw else pcm16le_encode(pcm)
+
+    def media_message(self, payload: str, *, seq: int | None = None, stream_id: str | None = None) -> str:
+        self.chunk += 1
+        return json.dumps({
+            "event": "media",
+            "sequenceNumber": seq if seq is not None else self.next_seq(),
+            "streamId": stream_id or self.stream_id,
+            "media": {"track": "inbound", "timestamp": str(int(time.time() * 1000)), "chunk": self.chunk,
+                      "payload": payload},
+        })
+
+    def media_messages(self, pcm: np.ndarray) -> list[str | bytes]:
+        return [self.media_message(b64(self.encode(pcm)))]
+
+    def dtmf_message(self, digit: str) -> str:
+        return json.dumps({"event": "dtmf", "sequenceNumber": self.next_seq(), "streamId": self.stream_id,
+                           "dtmf": {"track": "inbound", "digit": digit}})
+
+    def on_text(self, text: str, t: float) -> None:
+        msg = self._json(text)
+        event = msg.get("event")
+        if event == "playAudio":
+            media = msg.get("media", {})
+            expected_type = "audio/x-mulaw" if self.mulaw else "audio/x-l16"
+            if media.get("contentType") != expected_type or media.get("sampleRate") != self.sample_rate:
+                self.violations.append(
+                    f"plivo: playAudio {media.get('contentType')!r}/{media.get('sampleRate')!r}, "
+                    f"stream is {expected_type}/{self.sample_rate}")
+            wire = b64_strict(media.get("payload"))
+            if not self.mulaw and len(wire) % 2:
+                self.violations.append(f"plivo: odd-length l16 payload ({len(wire)} bytes)")
+            pcm = ulaw_decode(wire) if self.mulaw else pcm16le_decode(wire[: len(wire) // 2 * 2])
+            self._play(pcm, len(wire), t)
+        elif event == "checkpoint":
+            name = msg.get("name")
+            if msg.get("streamId") != self.stream_id or not isinstance(name, str) or not name:
+                self.violations.append(f"plivo: bad checkpoint {text[:120]!r}")
+                return
+            self._schedule_mark(name, lambda: [json.dumps({"event": "playedStream", "sequenceNumber": self.next_seq(),
+                                                           "streamId": self.stream_id, "name": name})], t)
+        elif event == "clearAudio":
+            if msg.get("streamId") != self.stream_id:
+                self.violations.append(f"plivo: clearAudio for another stream {text[:120]!r}")
+            self._clear(t)
+            self._spawn_send(lambda: [json.dumps({"event": "clearedAudio", "sequenceNumber": self.next_seq(),
+                                                  "streamId": self.stream_id})], "(cleared)", cleared=True)
+        else:
+            self.violations.append(f"plivo: unknown event from server: {text[:120]!r}")
+
+    def on_binary(self, data: bytes, t: float) -> None:
+        self.violations.append(f"plivo: binary frame of {len(data)} bytes")
+
+
+# --------------------------------------------------------------------------- Exotel
+
+
+class ExotelClient(ProviderClient):
+    """Exotel Voicebot stream: JSON text frames, PCM16LE (audio/x-raw) 8 kHz, media every ~100 ms.
+
+    The key: ``token_in`` "basic" (credentials in the stream URL → ``Authorization: Basic``),
+    "query" (``?token=``) or "custom" (``start.custom_parameters.token``).
+    """
+
+    provider = "exotel"
+    frame_ms = 100
+    MIN_CHUNK = 3200
+    MAX_CHUNK = 100_000
+
+    def __init__(self, ws_url: str, *, token: str | None = None, token_in: str = "basic", **kw: Any):
+        super().__init__(ws_url, token=token, **kw)
+        self.token_in = token_in
+        self.stream_sid = secrets.token_hex(16)
+        self.call_sid = secrets.token_hex(16)
+        self.account_sid = "exotel" + secrets.token_hex(4)
+        self.seq = 0
+        self.chunk = 0
+        if token is not None and token_in == "query":
+            sep = "&" if "?" in ws_url else "?"
+            self.ws_url = f"{ws_url}{sep}{urlencode({'token': token})}"
+
+    @property
+    def ids(self) -> set[str]:
+        return {self.stream_sid, self.call_sid}
+
+    def connect_headers(self) -> dict[str, str]:
+        headers = dict(self.headers)
+        if self.token is not None and self.token_in == "basic":
+            headers["Authorization"] = "Basic " + b64(f"{self.account_sid}:{self.token}".encode())
+        return headers
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def start_message(self, media_format: dict[str, Any] | None = None) -> str:
+        custom = {"token": self.token} if self.token is not None and self.token_in == "custom" else {}
+        return json.dumps({
+            "event": "start",
+            "sequence_number": self.next_seq(),
+            "stream_sid": self.stream_sid,
+            "start": {
+                "stream_sid": self.stream_sid,
+                "call_sid": self.call_sid,
+                "account_sid": self.account_sid,
+                "from": self.caller,
+                "to": self.callee,
+                "custom_parameters": custom,
+                "media_format": media_format or {"encoding": "audio/x-raw", "sample_rate": "8000", "bit_rate": "16"},
+            },
+        })
+
+    def opening_messages(self) -> list[str | bytes]:
+        return [json.dumps({"event": "connected"}), self.start_message()]
+
+    def media_message(self, payload: str, *, seq: int | None = None, stream_sid: str | None = None) -> str:
+        self.chunk += 1
+        return json.dumps({
+            "event": "media",
+            "sequence_number": seq if seq is not None else self.next_seq(),
+            "stream_sid": stream_sid or self.stream_sid,
+            "media": {"chunk": self.chunk, "timestamp": str((self.chunk - 1) * self.frame_ms), "payload": payload},
+        })
+
+    def media_messages(self, pcm: np.ndarray) -> list[str | bytes]:
+        return [self.media_message(b64(pcm16le_encode(pcm)))]
+
+    def mark_message(self, name: str) -> str:
+        return json.dumps({"event": "mark", "sequence_number": self.next_seq(), "stream_sid": self.stream_sid,
+                           "mark": {"name": name}})
+
+    def dtmf_message(self, digit: str) -> str:
+        return json.dumps({"event": "dtmf", "sequence_number": self.next_seq(), "stream_sid": self.stream_sid,
+                           "dtmf": {"digit": digit, "duration": "250"}})
+
+    def stop_message(self) -> str:
+        return json.dumps({"event": "stop", "sequence_number": self.next_seq(), "stream_sid": self.stream_sid,
+                           "stop": {"call_sid": self.call_sid, "account_sid": self.account_sid,
+                                    "reason": "callended"}})
+
+    async def hangup(self, timeout: float = 5.0) -> None:
+        await self.send_raw(self.stop_message())
+        await self.wait_closed(timeout)
+        await self.close()
+
+    def on_text(self, text: str, t: float) -> None:
+        msg = self._json(text)
+        event = msg.get("event")
+        if msg.get("stream_sid") != self.stream_sid:
+            self.violations.append(f"exotel: {event} with stream_sid {msg.get('stream_sid')!r} (expected ours)")
+        if event == "media":
+            wire = b64_strict(msg["media"]["payload"])
+            n = len(wire)
+            if n < self.MIN_CHUNK or n > self.MAX_CHUNK or n % 320:
+                self.violations.append(f"exotel: media chunk of {n} bytes (needs >= 3200, <= 100000, multiple of 320)")
+            self._play(pcm16le_decode(wire[: n // 2 * 2]), n, t)
+        elif event == "mark":
+            name = msg.get("mark", {}).get("name")
+            if not isinstance(name, str) or not name:
+                self.violations.append(f"exotel: mark without a name: {text[:120]!r}")
+                return
+            self._schedule_mark(name, lambda: [self.mark_message(name)], t)
+        elif event == "clear":
+            self._clear(t)  # whether Exotel returns pending marks is undocumented: it does not here
+        else:
+            self.violations.append(f"exotel: unknown event from server: {text[:120]!r}")
+
+    def on_binary(self, data: bytes, t: float) -> None:
+        self.violations.append(f"exotel: binary frame of {len(data)} bytes")
+
+
+# --------------------------------------------------------------------------- Asterisk
+
+
+class AsteriskClient(ProviderClient):
+    """Asterisk chan_websocket: ``MEDIA_START …`` text, then binary ulaw 160-byte frames.
+
+    The key is the ``token`` query parameter of the URL Asterisk connects to.
+    """
+
+    provider = "asterisk"
+    OPTIMAL_FRAME = 160
+    MAX_MESSAGE = 65500
+    XOFF_FRAMES = 900
+    XON_FRAMES = 800
+
+    def __init__(self, ws_url: str, *, token: str | None = None, **kw: Any):
+        super().__init__(ws_url, token=token, **kw)
+        self.connection_id = secrets.token_hex(16)
+        self.channel = f"WebSocket/voicecore-{secrets.token_hex(4)}"
+        query = {"from": self.caller, "to": self.callee}
+        if token is not None:
+            query = {"token": token} | query
+        sep = "&" if "?" in ws_url else "?"
+        self.ws_url = f"{ws_url}{sep}{urlencode(query)}"
+        self.drain_requested = False
+        self.drained_sent: list[float] = []
+        self.buffering = False
+        self.xoff = False
+        self.commands: list[tuple[float, str]] = []
+
+    @property
+    def ids(self) -> set[str]:
+        return {self.connection_id, self.channel}
+
+    def media_start(self, fmt: str = "ulaw", frame: int | None = None) -> str:
+        return (f"MEDIA_START connection_id:{self.connection_id} channel:{self.channel} "
+                f"format:{fmt} optimal_frame_size:{frame or self.OPTIMAL_FRAME}")
+
+    def opening_messages(self) -> list[str | bytes]:
+        return [self.media_start()]
+
+    def dtmf_message(self, digit: str) -> str:
+        return f"DTMF_END digit:{digit}"
+
+    def media_messages(self, pcm: np.ndarray) -> list[str | bytes]:
+        return [ulaw_encode(pcm)]
+
+    def on_binary(self, data: bytes, t: float) -> None:
+        if len(data) > self.MAX_MESSAGE:
+            self.violations.append(f"asterisk: message of {len(data)} bytes (> 65500: Asterisk hangs up)")
+        if not self.buffering and len(data) % self.OPTIMAL_FRAME:
+            self.violations.append(f"asterisk: frame of {len(data)} bytes, not a multiple of {self.OPTIMAL_FRAME}")
+        self._play(ulaw_decode(data), len(data), t)
+
+    def on_text(self, text: str, t: float) -> None:
+        words = text.split()
+        command = words[0] if words else ""
+        self.commands.append((t, text))
+        if command == "FLUSH_MEDIA":
+            self._clear(t)  # a pending drain report fires on the emptied queue (tick)
+        elif command == "REPORT_QUEUE_DRAINED":
+            self.drain_requested = True
+            self.marks_received.append((t, "REPORT_QUEUE_DRAINED"))
+        elif command == "HANGUP":
+            self._tasks.append(asyncio.create_task(self.close()))
+        elif command == "START_MEDIA_BUFFERING":
+            self.buffering = True
+        elif command == "STOP_MEDIA_BUFFERING":
+            self.buffering = False
+            self._spawn_send(lambda: [" ".join(["MEDIA_BUFFERING_COMPLETED", *words[1:2]])], "(buffering)",
+                             cleared=False)
+        elif command in ("ANSWER", "GET_STATUS", "PAUSE_MEDIA", "CONTINUE_MEDIA", "MARK_MEDIA"):
+            pass
+        else:
+            self.violations.append(f"asterisk: unknown command from server: {text[:120]!r}")
+
+    async def tick(self, now: float) -> None:
+        queued = self.queued_seconds / (self.frame_ms / 1000)
+        if not self.xoff and queued >= self.XOFF_FRAMES:
+            self.xoff = True
+            await self.send_raw("MEDIA_XOFF")
+        elif self.xoff and queued < self.XON_FRAMES:
+            self.xoff = False
+            await self.send_raw("MEDIA_XON")
+        if self.drain_requested and self.queued_seconds == 0.0:
+            self.drain_requested = False
+            if await self.send_raw("QUEUE_DRAINED"):
+                self.drained_sent.append(time.monotonic())
+                self.marks_echoed.append((time.monotonic(), "QUEUE_DRAINED", bool(self.clears)))
+
+
+CLIENTS: dict[str, Callable[..., ProviderClient]] = {
+    "twilio": TwilioClient,
+    "telnyx": TelnyxClient,
+    "vonage": VonageClient,
+    "plivo": PlivoClient,
+    "exotel": ExotelClient,
+    "asterisk": AsteriskClient,
+}
+
+
+def find_stored_call(store: Any, tenant: str, ids: set[str]) -> Any | None:
+    """The stored call (metadata) of ``tenant`` whose provider ids include one of ``ids``."""
+    for call in store.calls_list(tenant, limit=10000):
+        if ids & set(call.provider_ids.values()):
+            return call
+    return None
+
+
+async def wait_stored_call(store: Any, tenant: str, ids: set[str], timeout: float = 10.0,
+                           ended: bool = True) -> Any | None:
+    """Poll the store until the call is there (and closed, with ``ended``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        call = await asyncio.to_thread(find_stored_call, store, tenant, ids)
+        if call is not None and (not ended or call.ended_at is not None):
+            return call
+        if time.monotonic() >= deadline:
+            return call
+        await asyncio.sleep(0.1)

@@ -1,0 +1,646 @@
+"""The admin HTTP API's permission matrix: every /v1 route × role (admin, analyst, viewer) × own /
+other tenant's object, through the real app (``create_app``) and a real Store.
+
+What each cell checks:
+- a role below the route's least role gets 403 (before anything is looked up);
+- another tenant's call, webhook, delivery or opt-out is 404, as if it did not exist, and
+  collection routes answer only with the caller's own tenant's data;
+- an allowed request answers as documented and did what it says (checked in the Store);
+- no response of any cell contains the other tenant's identifiers or content, and no response
+  to a viewer contains transcript text or a full phone number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import itertools
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voicecore import api
+from voicecore.records import CallRecord, Turn
+from voicecore.storage import MASTER_KEY_ENV
+from voicecore.storage.db import Store
+
+ROLES = ("admin", "analyst", "viewer")
+RANK = {"viewer": 0, "analyst": 1, "admin": 2}
+MARK = "zebra-marmalade"  # planted in every transcript and report: content a viewer must never see
+
+POLICY = """version: 1
+name: {name}
+phone_region: US
+recording:
+  mode: "on"
+retention:
+  recordings: 30
+  transcripts: 30
+  reports: 30
+  metadata: 365
+  contacts: 30
+transcripts:
+  store_redacted: false
+"""
+
+
+# --------------------------------------------------------------------------- an in-process HTTP client
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class AsgiClient:
+    """Sends one HTTP request straight into an ASGI app (no sockets, no lifespan)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: str | None = None,
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+        auth_header: str | None = None,
+    ) -> Reply:
+        body = content if content is not None else (b"" if json_body is None else json.dumps(json_body).encode())
+        headers = [(b"host", b"testserver")]
+        if auth_header is not None:
+            headers.append((b"authorization", auth_header.encode()))
+        elif key is not None:
+            headers.append((b"authorization", f"Bearer {key}".encode()))
+        if json_body is not None or content is not None:
+            headers.append((b"content-type", (content_type or "application/json").encode()))
+            headers.append((b"content-length", str(len(body)).encode()))
+        raw_path = urllib.parse.quote(path)
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": raw_path.encode(),
+            "root_path": "",
+            "query_string": urllib.parse.urlencode(params or {}).encode(),
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+            "state": {},
+        }
+        sent = False
+        messages: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()  # the client never disconnects
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+
+        await self.app(scope, receive, send)
+        start = next(m for m in messages if m["type"] == "http.response.start")
+        return Reply(
+            start["status"],
+            {k.decode().lower(): v.decode() for k, v in start.get("headers", [])},
+            b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body"),
+        )
+
+
+def build_app(store: Store, data_dir: Path, receptionist: Any) -> Any:
+    """``serve``'s app (``create_app``) with the API router mounted (by create_app once the lead adds it)."""
+    from voicecore.server import create_app
+
+    from starlette.routing import NoMatchFound
+
+    app = create_app(data_dir=data_dir, store=store, preload=False, pipelines={receptionist.name: receptionist})
+    try:
+        app.url_path_for("me")
+    except NoMatchFound:
+        app.include_router(api.router)
+    return app
+
+
+# --------------------------------------------------------------------------- the world: two tenants
+
+
+@dataclass
+class TenantData:
+    name: str
+    keys: dict[str, str]
+    key_ids: dict[str, str]
+    phone: str  # caller of its call
+    call_id: str
+    optout_phone: str
+    optout_hash: str
+    webhook_id: str
+    delivery_id: str
+    wav: bytes
+    mark: str  # its planted content
+
+    def identifiers(self) -> list[str]:
+        """What must never appear in an answer to the other tenant."""
+        return [self.call_id, self.optout_hash, self.webhook_id, self.delivery_id, self.mark, self.phone,
+                self.optout_phone, *self.key_ids.values()]  # fmt: skip
+
+
+@dataclass
+class World:
+    store: Store
+    client: AsgiClient
+    tenants: dict[str, TenantData] = field(default_factory=dict)
+    numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
+
+    def fresh_phone(self) -> str:
+        """A number no test has used yet (one that was restricted or erased stays so)."""
+        return f"+1415556{next(self.numbers):04d}"
+
+    def add_call(self, tenant: str, phone: str) -> str:
+        rec = CallRecord(tenant=tenant, caller=phone, callee="+14155550000", pipeline="receptionist",
+                         transport="twilio", started_at=1_700_000_000.0)  # fmt: skip
+        rec.turns = [Turn("agent", "Hello, how can I help?", kind="greeting"), Turn("caller", f"{MARK} {tenant} says hi")]
+        rec.ended_at = rec.started_at + 30
+        rec.end_reason = "hangup"
+        assert self.store.save_call(rec)
+        return rec.call_id
+
+
+def make_tenant(store: Store, name: str, index: int) -> TenantData:
+    admin_key = store.create_tenant(name, policy_yaml=POLICY.format(name=f"{name}-policy"))
+    assert admin_key is not None
+    keys = {"admin": admin_key}
+    for role in ("analyst", "viewer"):
+        keys[role] = store.create_api_key(name, role=role)
+    key_ids = {role: key.split("_")[1] for role, key in keys.items()}
+    phone = f"+1415555{index}101"
+    rec = CallRecord(tenant=name, caller=phone, callee="+14155550000", pipeline="receptionist", transport="twilio",
+                     started_at=1_700_000_000.0 + index)  # fmt: skip
+    mark = f"{MARK}-{name}"
+    rec.turns = [Turn("agent", "Hello, how can I help?", kind="greeting"), Turn("caller", f"My secret is {mark}.")]
+    rec.ended_at = rec.started_at + 42
+    rec.end_reason = "hangup"
+    assert store.save_call(rec)
+    pcm = bytes(range(256)) * 64
+    with store.open_recording(name, rec.call_id, 8000, caller=phone) as writer:
+        writer.write(pcm)
+    wav = store.read_recording(name, rec.call_id, actor="setup")
+    assert wav is not None and wav.startswith(b"RIFF")
+    store.save_report(name, rec.call_id, {"summary": f"report of {mark}", "purpose": "other"})
+    optout_phone = f"+1415555{index}202"
+    store.add_optout(name, optout_phone, source="setup")
+    (entry,) = [e for e in store.list_optouts(name) if e.phone == optout_phone]
+    endpoint, _secret = store.webhook_create(name, "http://127.0.0.1:9/hook", description=f"hook of {name}")
+    store.webhook_dispatch()
+    deliveries = store.webhook_deliveries(name, endpoint.id)
+    assert deliveries
+    return TenantData(name, keys, key_ids, phone, rec.call_id, optout_phone, entry.phone_hash, endpoint.id,
+                      deliveries[0].id, wav, mark)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, receptionist: Any) -> World:
+    import os
+
+    saved = os.environ.pop(MASTER_KEY_ENV, None)
+    data_dir = tmp_path_factory.mktemp("api-data")
+    store = Store(data_dir)
+    w = World(store, AsgiClient(build_app(store, data_dir, receptionist)))
+    for i, name in enumerate(("acme", "globex"), start=1):
+        w.tenants[name] = make_tenant(store, name, i)
+    yield w
+    store.close()
+    if saved is not None:
+        os.environ[MASTER_KEY_ENV] = saved
+
+
+# --------------------------------------------------------------------------- one request per route
+
+
+@dataclass
+class Req:
+    method: str
+    path: str
+    params: dict[str, str] | None = None
+    json_body: Any = None
+    content: bytes | None = None
+    content_type: str | None = None
+
+
+@dataclass
+class Spec:
+    """How to call one route for tenant ``me`` about ``target``'s object, and what success means.
+
+    kind: "object" (another tenant's object is 404), "collection" (answers with ``me``'s data
+    only), "subject" (a phone number is looked up in ``me``'s data only).
+    """
+
+    kind: str
+    ok: int
+    build: Callable[[World, TenantData, TenantData], Req]
+    check: Callable[[World, TenantData, TenantData, Reply], None] = lambda w, me, target, r: None
+    check_other: Callable[[World, TenantData, TenantData, Reply], None] | None = None  # after a 404
+
+
+def _calls_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    ids = [c["call_id"] for c in r.json()["calls"]]
+    assert me.call_id in ids
+
+
+def _call_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    body = r.json()
+    assert body["call_id"] == me.call_id and body["status"] == "ended" and body["has_recording"]
+    assert all("text" not in t for t in body["turns"])
+
+
+def _transcript_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    body = r.json()
+    assert body["stored"] and any(me.mark in (t["text"] or "") for t in body["turns"])
+
+
+def _recording_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert r.headers["content-type"] == "audio/wav" and r.body == me.wav
+
+
+def _report_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    body = r.json()
+    assert body["status"] == "ready" and body["report"]["summary"] == f"report of {me.mark}"
+
+
+def _export_build(w: World, me: TenantData, target: TenantData) -> Req:
+    return Req("POST", "/v1/subjects/export", json_body={"phone": target.phone})
+
+
+def _export_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    doc = r.json()
+    if me is target:
+        assert doc["call_ids"] == [me.call_id] and doc["files"] and doc["reports"]
+    else:  # the other tenant's subject: this tenant holds nothing about it
+        assert doc["calls"] == [] and doc["reports"] == [] and doc["files"] == {}
+
+
+def _erase_build(w: World, me: TenantData, target: TenantData) -> Req:
+    phone = w.fresh_phone()
+    call_id = w.add_call(target.name, phone)
+    target.__dict__.setdefault("disposable_calls", []).append((phone, call_id))
+    return Req("POST", "/v1/subjects/erase", json_body={"phone": phone})
+
+
+def _erase_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    phone, call_id = target.__dict__["disposable_calls"][-1]
+    if me is target:
+        assert r.json()["calls"] == 1
+        assert w.store.call_get(me.name, call_id, include_transcript=False) is None
+    else:
+        assert r.json()["calls"] == 0
+        assert w.store.call_get(target.name, call_id, include_transcript=False) is not None
+
+
+def _restrict_build(w: World, me: TenantData, target: TenantData) -> Req:
+    phone = w.fresh_phone()
+    target.__dict__["restricted_phone"] = phone
+    return Req("POST", "/v1/subjects/restrict", json_body={"phone": phone, "restricted": True})
+
+
+def _restrict_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    phone = target.__dict__["restricted_phone"]
+    assert r.json() == {"restricted": True, "changed": True}
+    assert w.store.is_restricted(me.name, phone)
+    if me is not target:
+        assert not w.store.is_restricted(target.name, phone)
+
+
+def _optouts_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert me.optout_hash in [e["phone_hash"] for e in r.json()]
+
+
+def _optout_add_build(w: World, me: TenantData, target: TenantData) -> Req:
+    # "other": a number that is on the other tenant's list
+    phone = w.fresh_phone() if me is target else target.optout_phone
+    target.__dict__["added_optout"] = phone
+    return Req("POST", "/v1/optouts", json_body={"phone": phone})
+
+
+def _optout_add_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    phone = target.__dict__["added_optout"]
+    assert r.json()["added"] is True and w.store.is_opted_out(me.name, phone)
+    w.store.remove_optout(me.name, phone)
+    if me is not target:
+        assert w.store.is_opted_out(target.name, phone)
+
+
+def _optout_delete_build(w: World, me: TenantData, target: TenantData) -> Req:
+    if me is target:
+        phone = w.fresh_phone()
+        w.store.add_optout(me.name, phone)
+        h = next(e.phone_hash for e in w.store.list_optouts(me.name) if e.phone == phone)
+        return Req("DELETE", f"/v1/optouts/{h}")
+    return Req("DELETE", f"/v1/optouts/{target.optout_hash}")
+
+
+def _optout_delete_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert target.optout_hash in [e.phone_hash for e in w.store.list_optouts(target.name)]
+
+
+def _policy_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert r.json()["name"] == f"{me.name}-policy"
+
+
+def _policy_put_build(w: World, me: TenantData, target: TenantData) -> Req:
+    return Req("PUT", "/v1/policy", content=POLICY.format(name=f"{me.name}-policy").encode(),
+               content_type="application/yaml")  # fmt: skip
+
+
+def _policy_put_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert w.store.get_tenant_policy(me.name).name == f"{me.name}-policy"
+    assert w.store.get_tenant_policy(target.name).name == f"{target.name}-policy"
+
+
+def _webhooks_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    ids = [e["id"] for e in r.json()]
+    assert me.webhook_id in ids
+    assert all("secret" not in e for e in r.json())
+
+
+def _webhook_create_build(w: World, me: TenantData, target: TenantData) -> Req:
+    return Req("POST", "/v1/webhooks", json_body={"url": "https://127.0.0.1:9/voicecore", "events": ["report.ready"]})
+
+
+def _webhook_create_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    body = r.json()
+    assert body["secret"].startswith("whsec_") and body["events"] == ["report.ready"]
+    assert w.store.webhook_get(me.name, body["id"]) is not None
+    assert w.store.webhook_get(target.name, body["id"]) is None or me is target
+    assert w.store.webhook_delete(me.name, body["id"])
+
+
+def _webhook_get_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert r.json()["id"] == me.webhook_id and "secret" not in r.json()
+
+
+def _webhook_patch_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert r.json()["description"] == "patched" and r.json()["secret"] is None
+    w.store.webhook_update(me.name, me.webhook_id, description=f"hook of {me.name}")
+
+
+def _webhook_delete_build(w: World, me: TenantData, target: TenantData) -> Req:
+    if me is target:
+        endpoint, _ = w.store.webhook_create(me.name, "https://127.0.0.1:9/gone")
+        return Req("DELETE", f"/v1/webhooks/{endpoint.id}")
+    return Req("DELETE", f"/v1/webhooks/{target.webhook_id}")
+
+
+def _webhook_delete_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert w.store.webhook_get(target.name, target.webhook_id) is not None
+
+
+def _deliveries_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert me.delivery_id in [d["id"] for d in r.json()]
+
+
+def _audit_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    entries = r.json()
+    assert entries and entries[0]["action"] == "audit.read"
+    assert entries[0]["actor"] == f"apikey:{me.key_ids['admin']}"
+
+
+SPECS: dict[tuple[str, str], Spec] = {
+    ("GET", "/v1/me"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/me"),
+                            lambda w, me, t, r: None),  # fmt: skip
+    ("GET", "/v1/calls"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/calls"), _calls_check),
+    ("GET", "/v1/calls/{call_id}"): Spec("object", 200, lambda w, me, t: Req("GET", f"/v1/calls/{t.call_id}"), _call_check),
+    ("GET", "/v1/calls/{call_id}/transcript"): Spec(
+        "object", 200, lambda w, me, t: Req("GET", f"/v1/calls/{t.call_id}/transcript"), _transcript_check
+    ),
+    ("GET", "/v1/calls/{call_id}/recording"): Spec(
+        "object", 200, lambda w, me, t: Req("GET", f"/v1/calls/{t.call_id}/recording"), _recording_check
+    ),
+    ("GET", "/v1/calls/{call_id}/report"): Spec(
+        "object", 200, lambda w, me, t: Req("GET", f"/v1/calls/{t.call_id}/report"), _report_check
+    ),
+    ("POST", "/v1/subjects/export"): Spec("subject", 200, _export_build, _export_check),
+    ("POST", "/v1/subjects/erase"): Spec("subject", 200, _erase_build, _erase_check),
+    ("POST", "/v1/subjects/restrict"): Spec("subject", 200, _restrict_build, _restrict_check),
+    ("GET", "/v1/optouts"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/optouts"), _optouts_check),
+    ("POST", "/v1/optouts"): Spec("subject", 201, _optout_add_build, _optout_add_check),
+    ("DELETE", "/v1/optouts/{phone_hash}"): Spec(
+        "object", 204, _optout_delete_build, check_other=_optout_delete_check
+    ),
+    ("GET", "/v1/policy"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/policy"), _policy_check),
+    ("PUT", "/v1/policy"): Spec("collection", 200, _policy_put_build, _policy_put_check),
+    ("GET", "/v1/webhooks"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/webhooks"), _webhooks_check),
+    ("POST", "/v1/webhooks"): Spec("collection", 201, _webhook_create_build, _webhook_create_check),
+    ("GET", "/v1/webhooks/{endpoint_id}"): Spec(
+        "object", 200, lambda w, me, t: Req("GET", f"/v1/webhooks/{t.webhook_id}"), _webhook_get_check
+    ),
+    ("PATCH", "/v1/webhooks/{endpoint_id}"): Spec(
+        "object", 200,
+        lambda w, me, t: Req("PATCH", f"/v1/webhooks/{t.webhook_id}", json_body={"description": "patched"}),
+        _webhook_patch_check,
+    ),  # fmt: skip
+    ("DELETE", "/v1/webhooks/{endpoint_id}"): Spec(
+        "object", 204, _webhook_delete_build, check_other=_webhook_delete_check
+    ),
+    ("GET", "/v1/webhooks/{endpoint_id}/deliveries"): Spec(
+        "object", 200, lambda w, me, t: Req("GET", f"/v1/webhooks/{t.webhook_id}/deliveries"), _deliveries_check
+    ),
+    ("POST", "/v1/webhooks/{endpoint_id}/deliveries/{delivery_id}/retry"): Spec(
+        "object", 202,
+        lambda w, me, t: Req("POST", f"/v1/webhooks/{t.webhook_id}/deliveries/{t.delivery_id}/retry"),
+    ),  # fmt: skip
+    ("GET", "/v1/audit"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/audit"), _audit_check),
+}
+
+
+def test_every_route_is_in_the_matrix(world: World) -> None:
+    paths = world.client.app.openapi()["paths"]
+    mounted = {(method.upper(), path) for path, ops in paths.items() if path.startswith("/v1/") for method in ops}
+    declared = {(m, p) for m, p, _ in api.ROUTES}
+    assert mounted == declared == set(SPECS)
+
+
+async def send(w: World, req: Req, key: str | None) -> Reply:
+    return await w.client.request(
+        req.method, req.path, key=key, params=req.params, json_body=req.json_body, content=req.content,
+        content_type=req.content_type,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("whose", ["own", "other"])
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("route", api.ROUTES, ids=[f"{m} {p}" for m, p, _ in api.ROUTES])
+async def test_permission_matrix(world: World, route: tuple[str, str, str], role: str, whose: str) -> None:
+    method, path, least = route
+    spec = SPECS[(method, path)]
+    me = world.tenants["acme"]
+    other = world.tenants["globex"]
+    target = me if whose == "own" else other
+    req = spec.build(world, me, target)
+    reply = await send(world, req, me.keys[role])
+    if RANK[role] < RANK[least]:
+        assert reply.status == 403, reply.text
+    elif whose == "other" and spec.kind == "object":
+        assert reply.status == 404, reply.text
+        if spec.check_other is not None:
+            spec.check_other(world, me, target, reply)
+    else:
+        assert reply.status == spec.ok, reply.text
+        spec.check(world, me, target, reply)
+    # Nothing of the other tenant leaks into any answer (a number the request itself names aside).
+    asked = json.dumps(req.json_body) if req.json_body is not None else ""
+    for ident in other.identifiers():
+        if ident not in asked:
+            assert ident not in reply.text, f"{ident!r} of the other tenant in the answer"
+    if role == "viewer":
+        assert MARK not in reply.text
+        assert me.phone not in reply.text and me.optout_phone not in reply.text
+
+
+@pytest.mark.parametrize("route", api.ROUTES, ids=[f"{m} {p}" for m, p, _ in api.ROUTES])
+async def test_without_a_valid_key_every_route_is_401(world: World, route: tuple[str, str, str]) -> None:
+    method, path, _ = route
+    me = world.tenants["acme"]
+    req = SPECS[(method, path)].build(world, me, me)
+    revoked = world.store.create_api_key("acme", role="admin")
+    assert world.store.revoke_api_key("acme", revoked.split("_")[1])
+    for auth in (None, "Bearer nonsense", f"Bearer {revoked}", f"Basic {me.keys['admin']}", "Bearer vck_000000000000_" + "x" * 43):
+        reply = await world.client.request(
+            req.method, req.path, auth_header=auth, params=req.params, json_body=req.json_body, content=req.content,
+            content_type=req.content_type,
+        )  # fmt: skip
+        assert reply.status == 401, (auth, reply.text)
+        assert reply.headers.get("www-authenticate") == "Bearer"
+        assert MARK not in reply.text
+
+
+async def test_viewer_sees_masked_numbers_and_cannot_filter_by_number(world: World) -> None:
+    me = world.tenants["acme"]
+    reply = await world.client.request("GET", "/v1/calls", key=me.keys["viewer"])
+    (call,) = [c for c in reply.json()["calls"] if c["call_id"] == me.call_id]
+    assert call["caller"] == me.phone[:2] + "*" * (len(me.phone) - 4) + me.phone[-2:]
+    reply = await world.client.request("GET", "/v1/calls", key=me.keys["viewer"], params={"phone": me.phone})
+    assert reply.status == 403
+    reply = await world.client.request("GET", "/v1/calls", key=me.keys["analyst"], params={"phone": me.phone})
+    assert [c["call_id"] for c in reply.json()["calls"]] == [me.call_id]
+    assert reply.json()["calls"][0]["caller"] == me.phone
+
+
+async def test_call_filters(world: World) -> None:
+    me = world.tenants["acme"]
+    key = me.keys["analyst"]
+
+    async def ids(**params: str) -> list[str]:
+        reply = await world.client.request("GET", "/v1/calls", key=key, params=params)
+        assert reply.status == 200, reply.text
+        return [c["call_id"] for c in reply.json()["calls"]]
+
+    assert me.call_id in await ids(since="2023-11-14T00:00:00Z", until="2023-11-16T00:00:00+00:00")
+    assert me.call_id not in await ids(since="2023-11-15T00:00:00Z")
+    assert me.call_id in await ids(status="ended", end_reason="hangup")
+    assert me.call_id not in await ids(status="in_progress")
+    assert me.call_id not in await ids(end_reason="completed")
+    bad = await world.client.request("GET", "/v1/calls", key=key, params={"since": "yesterday"})
+    assert bad.status == 422
+
+
+async def test_content_reads_and_changes_are_audited_with_the_key_id(world: World) -> None:
+    me = world.tenants["acme"]
+    analyst, admin = me.keys["analyst"], me.keys["admin"]
+    actor = f"apikey:{me.key_ids['analyst']}"
+    before = world.store.audit_list("acme", limit=1)[0].id
+    for path in (f"/v1/calls/{me.call_id}/transcript", f"/v1/calls/{me.call_id}/recording", f"/v1/calls/{me.call_id}/report"):
+        assert (await world.client.request("GET", path, key=analyst)).status == 200
+    assert (await world.client.request("POST", "/v1/subjects/export", key=analyst, json_body={"phone": me.phone})).status == 200
+    # metadata reads are not content: not audited
+    assert (await world.client.request("GET", f"/v1/calls/{me.call_id}", key=analyst)).status == 200
+    phone = world.fresh_phone()
+    assert (await world.client.request("POST", "/v1/optouts", key=admin, json_body={"phone": phone})).status == 201
+    entries = [e for e in world.store.audit_list("acme", limit=50) if e.id > before]
+    mine = [(e.action, e.object_id) for e in reversed(entries) if e.actor == actor]
+    assert [a for a, _ in mine] == ["transcript.read", "recording.read", "report.read", "subject.exported"]
+    assert ("optout.added", f"apikey:{me.key_ids['admin']}") in [(e.action, e.actor) for e in entries]
+    # the audit log holds no number and no content
+    assert all(phone not in (e.object_id or "") and me.phone not in (e.object_id or "") for e in entries)
+    assert world.store.audit_verify().ok
+    world.store.remove_optout("acme", phone)
+
+
+async def test_policy_replace_is_validated_and_names_the_field(world: World) -> None:
+    key = world.tenants["acme"].keys["admin"]
+    bad = await world.client.request(
+        "PUT", "/v1/policy", key=key, json_body={"retention": {"transcripts": -1}}
+    )
+    assert bad.status == 422
+    detail = bad.json()["detail"]
+    assert detail[0]["field"] == "retention.transcripts" and "retention.transcripts" in detail[0]["msg"]
+    bad = await world.client.request(
+        "PUT", "/v1/policy", key=key, content=b"retention:\n  transcript: 3\n", content_type="application/yaml"
+    )
+    assert bad.status == 422 and bad.json()["detail"][0]["field"] == "retention.transcript"
+    bad = await world.client.request("PUT", "/v1/policy", key=key, content=b"{not json", content_type="application/json")
+    assert bad.status == 422
+    wrong_type = await world.client.request("PUT", "/v1/policy", key=key, content=b"x", content_type="text/plain")
+    assert wrong_type.status == 415
+    assert world.store.get_tenant_policy("acme").name == "acme-policy"  # unchanged by the rejected ones
+    good = await world.client.request(
+        "PUT", "/v1/policy", key=key,
+        json_body={**world.store.get_tenant_policy("acme").model_dump(mode="json"), "description": "via JSON"},
+    )  # fmt: skip
+    assert good.status == 200 and good.json()["policy"]["description"] == "via JSON"
+    assert world.store.get_tenant_policy("acme").description == "via JSON"
+
+
+async def test_webhook_url_rules_and_secret_rotation(world: World) -> None:
+    key = world.tenants["acme"].keys["admin"]
+    for url in ("http://hooks.example.com/x", "ftp://127.0.0.1/x", "https://user:pw@example.com/x",
+                "https://169.254.169.254/latest", "not a url"):  # fmt: skip
+        reply = await world.client.request("POST", "/v1/webhooks", key=key, json_body={"url": url})
+        assert reply.status == 422, (url, reply.text)
+    reply = await world.client.request("POST", "/v1/webhooks", key=key, json_body={"url": "https://a.example/x", "events": ["nope"]})
+    assert reply.status == 422
+    created = (await world.client.request("POST", "/v1/webhooks", key=key, json_body={"url": "http://localhost:9/x"})).json()
+    rotated = await world.client.request("PATCH", f"/v1/webhooks/{created['id']}", key=key, json_body={"rotate_secret": True})
+    assert rotated.status == 200
+    assert rotated.json()["secret"].startswith("whsec_") and rotated.json()["secret"] != created["secret"]
+    assert rotated.json()["secret_rotated_at"] is not None
+    assert (await world.client.request("DELETE", f"/v1/webhooks/{created['id']}", key=key)).status == 204
+    assert (await world.client.request("GET", f"/v1/webhooks/{created['id']}", key=key)).status == 404
+
+
+async def test_subject_export_as_zip_holds_the_recording(world: World) -> None:
+    import io
+    import zipfile
+
+    me = world.tenants["acme"]
+    reply = await world.client.request(
+        "POST", "/v1/subjects/export", key=me.keys["admin"], json_body={"phone": me.phone, "format": "zip"}
+    )
+    assert reply.status == 200 and reply.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(reply.body)) as z:
+        doc = json.loads(z.read("export.json"))
+        assert doc["call_ids"] == [me.call_id]
+        (rec,) = doc["recordings"]
+        assert z.read(rec["file"]) == me.wav

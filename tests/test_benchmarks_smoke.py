@@ -1,0 +1,151 @@
+"""The four benchmarks in their ``--smoke`` form, through the ``voicecore bench`` command.
+
+Each one runs for seconds on the real embedded models (the compare benchmark also starts
+llama-cpp-python's server and the stock Pipecat bot) and must write the JSON its README
+documents, and its plots. Figures are not checked: a loaded CI machine makes any timing
+assertion flaky, and the smoke runs are too short to mean anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import voicecore.bench  # noqa: F401  (attaches `bench` to the cli group)
+from voicecore.cli import cli
+
+pytestmark = pytest.mark.models
+
+STAT_KEYS = {"n", "p50", "p95", "max", "mean"}
+STAGES = ("stt_final", "llm_first_token", "first_clause", "first_audio_out")
+
+
+def run_bench(name: str, out: Path, *args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(cli, ["bench", name, "--smoke", "--out", str(out), *args],
+                                env={"VOICECORE_LOG_LEVEL": "WARNING"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    path = out / f"{name}.json"
+    assert str(path) in result.output, result.output  # the command says where the results are
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == "voicecore.bench/1"
+    assert doc["benchmark"] == name
+    assert doc["smoke"] is True
+    assert isinstance(doc["duration_s"], float)
+    assert {"cpus", "platform", "python", "versions"} <= set(doc["environment"])
+    assert isinstance(doc["config"], dict)
+    assert doc["plots"], "no plot written"
+    for plot in doc["plots"]:
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return doc
+
+
+def assert_stats(s: Any, *, min_n: int = 0) -> None:
+    assert isinstance(s, dict) and set(s) == STAT_KEYS, s
+    assert isinstance(s["n"], int) and s["n"] >= min_n, s
+    for k in ("p50", "p95", "max", "mean"):
+        assert s[k] is None if s["n"] == 0 else isinstance(s[k], float), s
+    if s["n"]:
+        assert s["p50"] <= s["p95"] <= s["max"]
+
+
+def assert_latency_summary(s: dict[str, Any], turns: int) -> None:
+    assert s["turns"] == turns
+    assert s["answered"] + s["unanswered"] == turns
+    assert_stats(s["voice_to_voice_ms"])
+    assert set(s["server_stages_ms"]) == set(STAGES) == set(s["client_aligned_stages_ms"])
+    for st in STAGES:
+        assert_stats(s["server_stages_ms"][st])
+        assert_stats(s["client_aligned_stages_ms"][st])
+    assert_stats(s["speech_end_skew_ms"])
+    assert_stats(s["greeting_ms"])
+    wer = s["wer"]
+    assert set(wer) == {"overall", "clean", "noisy"}
+    assert set(wer["overall"]) == {"wer", "errors", "words", "utterances"}
+    assert wer["overall"]["words"] > 0
+    assert s["protocol_errors"] == []
+
+
+def assert_turn_rows(rows: list[dict[str, Any]], system: str) -> None:
+    for r in rows:
+        assert r["system"] == system
+        assert {"call", "utterance", "text", "voice", "speed_wpm", "noise", "duration_s", "answered",
+                "voice_to_voice_ms", "transcript", "word_errors", "ref_words", "server_ms",
+                "client_aligned_ms", "speech_end_skew_ms"} <= set(r)
+        assert isinstance(r["transcript"], str)  # the stored caller text came back
+        if r["answered"]:
+            assert r["voice_to_voice_ms"] > 0
+
+
+def test_bench_latency_smoke(tmp_path):
+    doc = run_bench("latency", tmp_path)
+    assert len(doc["corpus"]) == 2 and doc["config"]["utterances"] == 2
+    assert_latency_summary(doc["summary"], 2)
+    assert len(doc["turns"]) == 2
+    assert_turn_rows(doc["turns"], "voicecore")
+    assert any(r["server_ms"] for r in doc["turns"]), "no server-side timeline matched a turn"
+    assert (tmp_path / "voicecore-serve.log").exists()
+
+
+def test_bench_compare_smoke(tmp_path):
+    doc = run_bench("compare", tmp_path)
+    assert set(doc["systems"]) == {"voicecore", "pipecat"}
+    assert_latency_summary(doc["systems"]["voicecore"], 2)
+    assert_latency_summary(doc["systems"]["pipecat"], 2)
+    assert_stats(doc["systems"]["pipecat"]["turn_end_ms"])
+    assert_turn_rows(doc["turns"]["voicecore"], "voicecore")
+    assert_turn_rows(doc["turns"]["pipecat"], "pipecat")
+    ratios = doc["ratios"]
+    for key in ("voice_to_voice_p50", "voice_to_voice_p95", "greeting_p50", "answered",
+                *(f"{s}_p50" for s in STAGES)):
+        assert key in ratios and (ratios[key] is None or isinstance(ratios[key], float))
+    assert [p["utterance"] for p in doc["pairs"]] == [r["utterance"] for r in doc["turns"]["voicecore"]]
+    for p in doc["pairs"]:
+        assert set(p) == {"call", "utterance", "voicecore_ms", "pipecat_ms", "ratio", "stages"}
+        assert set(p["stages"]) == set(STAGES)
+        for v in p["stages"].values():
+            assert set(v) == {"voicecore_ms", "pipecat_ms", "ratio"}
+    assert_stats(doc["pair_ratio"])
+    assert set(doc["pair_ratio_stages"]) == set(STAGES)
+    for v in doc["pair_ratio_stages"].values():
+        assert_stats(v)
+    assert doc["systems"]["pipecat"]["greeting_ms"]["n"] == 1  # the stock bot answered the call
+
+
+def test_bench_concurrency_smoke(tmp_path):
+    doc = run_bench("concurrency", tmp_path)
+    assert [lv["n"] for lv in doc["levels"]] == [1, 2]
+    for lv in doc["levels"]:
+        assert lv["turns"] >= lv["n"] and lv["answered"] + lv["unanswered"] == lv["turns"]
+        assert_stats(lv["voice_to_voice_ms"])
+        assert_stats(lv["greeting_ms"], min_n=lv["n"])
+        assert isinstance(lv["within_target"], bool)
+        for k in ("cpu_percent_mean", "cpu_percent_max", "rss_mb_mean", "rss_mb_max", "system_cpu_percent_mean"):
+            assert isinstance(lv[k], float), k
+        for k in ("underruns_over_60ms", "arrival_gaps_over_60ms", "client_late_frames", "calls_closed_early"):
+            assert isinstance(lv[k], int), k
+    assert doc["levels"][0]["rss_per_extra_call_mb"] is None
+    assert isinstance(doc["levels"][1]["rss_per_extra_call_mb"], float)
+    s = doc["summary"]
+    assert s["max_n_within_target"] in (0, 1, 2)
+    assert s["rss_idle_mb"] > 0 and isinstance(s["rss_per_extra_call_mb"], float)
+
+
+def test_bench_overhead_smoke(tmp_path):
+    doc = run_bench("overhead", tmp_path)
+    s = doc["summary"]
+    assert s["turns"] == 2 and s["answered"] == 2  # instant models answer every turn
+    assert_stats(s["runtime_ms"], min_n=1)
+    assert set(s["after_stt_final_ms"]) == {"llm_first_token", "first_clause", "first_audio_out"}
+    for v in s["after_stt_final_ms"].values():
+        assert_stats(v)
+    for k in ("pause_detection_ms", "voice_to_voice_ms", "greeting_ms"):
+        assert_stats(s[k])
+    assert_stats(s["storage_ms_per_call"], min_n=1)
+    assert_stats(s["storage_ms_per_turn"], min_n=1)
+    for r in doc["turns"]:
+        assert {"call", "utterance", "answered", "split", "runtime_ms", "pause_detection_ms",
+                "voice_to_voice_ms", "after_stt_final_ms"} <= set(r)

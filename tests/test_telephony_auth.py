@@ -1,0 +1,318 @@
+"""Tenant authentication on the media WebSockets: no key, no pipeline.
+
+Every provider carries the tenant's API key its own way (see the protocol
+reference): Twilio ``start.customParameters.token``; Telnyx the
+``x-telnyx-streaming-auth-token`` header or ``start.custom_parameters.token``;
+Vonage the NCCO headers echoed in ``websocket:connected`` (top level or under
+``headers``) or ``?token=``; Plivo ``extraHeaders="token=…"`` or ``?token=``;
+Exotel Basic auth (credentials in the stream URL), ``?token=`` or
+``custom_parameters.token``; Asterisk ``?token=`` on the URL it connects to.
+
+For each path: a missing or wrong key (or a revoked one, or two that disagree)
+closes the socket with 1008 and starts no pipeline; the right key starts the
+call and stores it under its own tenant, and only there. Twilio's webhook
+hands out one-time call tokens: they work once, for the call they were made
+for, under the tenant that asked for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from telephony_clients import (
+    AsteriskClient,
+    ExotelClient,
+    PlivoClient,
+    ProviderClient,
+    TelnyxClient,
+    TwilioClient,
+    VonageClient,
+    find_stored_call,
+    wait_stored_call,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+WRONG_KEY = "vck_0123456789ab_" + "x" * 43  # well-formed, unknown
+
+
+def tampered(key: str) -> str:
+    """The tenant's real key with its secret's last character changed."""
+    return key[:-1] + ("A" if key[-1] != "A" else "B")
+
+
+@dataclass
+class AuthCase:
+    id: str
+    make: Callable[[Any], ProviderClient]  # server → client
+    accepted_for: str | None = None  # tenant that owns the call; None → rejected with 1008
+    note: str = ""
+
+
+def url(server, provider: str, **query: str) -> str:
+    return server.ws_url(provider, **query)
+
+
+REJECTED: list[AuthCase] = [
+    # Twilio
+    AuthCase("twilio-no-token", lambda s: TwilioClient(url(s, "twilio"), token=None)),
+    AuthCase("twilio-empty-token", lambda s: TwilioClient(url(s, "twilio"), token="")),
+    AuthCase("twilio-unknown-key", lambda s: TwilioClient(url(s, "twilio"), token=WRONG_KEY)),
+    AuthCase("twilio-tampered-key", lambda s: TwilioClient(url(s, "twilio"), token=tampered(s.keys["acme"]))),
+    AuthCase("twilio-garbage-token", lambda s: TwilioClient(url(s, "twilio"), token="hello' OR 1=1 --")),
+    AuthCase("twilio-unknown-call-token", lambda s: TwilioClient(url(s, "twilio"), token="ct_" + "A" * 32)),
+    AuthCase("twilio-key-in-query-is-not-accepted", lambda s: TwilioClient(url(s, "twilio", token=s.keys["acme"]),
+                                                                           token=None),
+             note="Twilio strips query strings from Stream URLs; the key must come as a <Parameter>"),
+    # Telnyx
+    AuthCase("telnyx-no-token", lambda s: TelnyxClient(url(s, "telnyx"), token=None)),
+    AuthCase("telnyx-wrong-header", lambda s: TelnyxClient(url(s, "telnyx"), token=WRONG_KEY, token_in="header")),
+    AuthCase("telnyx-wrong-custom-parameter", lambda s: TelnyxClient(url(s, "telnyx"), token=tampered(s.keys["acme"]),
+                                                                     token_in="custom")),
+    AuthCase("telnyx-header-and-custom-disagree",
+             lambda s: TelnyxClient(url(s, "telnyx"), token=s.keys["acme"], token_in="header",
+                                    custom_token=s.keys["globex"])),
+    # Vonage
+    AuthCase("vonage-no-token", lambda s: VonageClient(url(s, "vonage"), token=None)),
+    AuthCase("vonage-wrong-top-level-token", lambda s: VonageClient(url(s, "vonage"), token=WRONG_KEY, token_in="top")),
+    AuthCase("vonage-wrong-headers-token", lambda s: VonageClient(url(s, "vonage"), token=tampered(s.keys["globex"]),
+                                                                  token_in="headers")),
+    AuthCase("vonage-wrong-query-token", lambda s: VonageClient(url(s, "vonage"), token=WRONG_KEY, token_in="query")),
+    # Plivo
+    AuthCase("plivo-no-token", lambda s: PlivoClient(url(s, "plivo"), token=None)),
+    AuthCase("plivo-wrong-extra-headers-token", lambda s: PlivoClient(url(s, "plivo"), token=WRONG_KEY)),
+    AuthCase("plivo-wrong-query-token", lambda s: PlivoClient(url(s, "plivo"), token=tampered(s.keys["acme"]),
+                                                              token_in="query")),
+    # Exotel
+    AuthCase("exotel-no-token", lambda s: ExotelClient(url(s, "exotel"), token=None)),
+    AuthCase("exotel-wrong-basic-password", lambda s: ExotelClient(url(s, "exotel"), token=WRONG_KEY,
+                                                                   token_in="basic")),
+    AuthCase("exotel-malformed-basic-header",
+             lambda s: ExotelClient(url(s, "exotel"), token=None, headers={"Authorization": "Basic !!!not-base64"})),
+    AuthCase("exotel-unsupported-auth-scheme",
+             lambda s: ExotelClient(url(s, "exotel"), token=None, headers={"Authorization": f"Digest {s.keys['acme']}"})),
+    AuthCase("exotel-wrong-query-token", lambda s: ExotelClient(url(s, "exotel"), token=WRONG_KEY, token_in="query")),
+    AuthCase("exotel-wrong-custom-parameter", lambda s: ExotelClient(url(s, "exotel"), token=WRONG_KEY,
+                                                                     token_in="custom")),
+    # Asterisk
+    AuthCase("asterisk-no-token", lambda s: AsteriskClient(url(s, "asterisk"), token=None)),
+    AuthCase("asterisk-wrong-token", lambda s: AsteriskClient(url(s, "asterisk"), token=tampered(s.keys["acme"]))),
+    AuthCase("asterisk-query-and-basic-disagree",
+             lambda s: AsteriskClient(url(s, "asterisk"), token=s.keys["acme"], headers={
+                 "Authorization": "Basic " + base64.b64encode(f"asterisk:{s.keys['globex']}".encode()).decode()})),
+]
+
+ACCEPTED: list[AuthCase] = [
+    AuthCase("twilio-custom-parameters", lambda s: TwilioClient(url(s, "twilio"), token=s.keys["acme"]), "acme"),
+    AuthCase("telnyx-header", lambda s: TelnyxClient(url(s, "telnyx"), token=s.keys["globex"], token_in="header"),
+             "globex"),
+    AuthCase("telnyx-custom-parameters", lambda s: TelnyxClient(url(s, "telnyx"), token=s.keys["acme"],
+                                                                token_in="custom"), "acme"),
+    AuthCase("vonage-top-level", lambda s: VonageClient(url(s, "vonage"), token=s.keys["globex"], token_in="top"),
+             "globex"),
+    AuthCase("vonage-headers", lambda s: VonageClient(url(s, "vonage"), token=s.keys["acme"], token_in="headers"),
+             "acme"),
+    AuthCase("vonage-query", lambda s: VonageClient(url(s, "vonage"), token=s.keys["globex"], token_in="query"),
+             "globex"),
+    AuthCase("plivo-extra-headers", lambda s: PlivoClient(url(s, "plivo"), token=s.keys["acme"]), "acme"),
+    AuthCase("plivo-query", lambda s: PlivoClient(url(s, "plivo"), token=s.keys["globex"], token_in="query"), "globex"),
+    AuthCase("exotel-basic", lambda s: ExotelClient(url(s, "exotel"), token=s.keys["globex"], token_in="basic"),
+             "globex"),
+    AuthCase("exotel-query", lambda s: ExotelClient(url(s, "exotel"), token=s.keys["acme"], token_in="query"), "acme"),
+    AuthCase("exotel-custom-parameters", lambda s: ExotelClient(url(s, "exotel"), token=s.keys["acme"],
+                                                                token_in="custom"), "acme"),
+    AuthCase("asterisk-query", lambda s: AsteriskClient(url(s, "asterisk"), token=s.keys["globex"]), "globex"),
+]
+
+OTHER = {"acme": "globex", "globex": "acme"}
+
+
+async def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def _nothing_stored(server, client: ProviderClient, ids: set[str] | None = None) -> None:
+    for tenant in ("acme", "globex"):
+        found = await asyncio.to_thread(find_stored_call, server.store, tenant, ids or client.ids)
+        assert found is None, f"{client.label}: a call was stored for {tenant} without a valid key"
+
+
+async def assert_rejected(server, client: ProviderClient, ids: set[str] | None = None) -> None:
+    """Connect, open the stream the provider's way, expect 1008 and no pipeline (nothing stored under ``ids``)."""
+    started_before = server.calls_started
+    try:
+        connected = await client.connect()
+        if connected:
+            await client.open()
+            await asyncio.sleep(0.05)
+            await client.send_raw(client.media_messages(_silence(client))[0])
+            assert await client.wait_closed(10), f"{client.label}: the server accepted the stream (not closed in 10 s)"
+    finally:
+        await client.close()
+    assert connected, f"{client.label}: upgrade refused with HTTP {client.handshake_status}; expected a 1008 close"
+    assert client.close_code == 1008, f"{client.label}: closed with {client.close_code} {client.close_reason!r}"
+    assert not client.media, f"{client.label}: an unauthenticated caller heard the agent"
+    await asyncio.sleep(0.2)
+    assert server.calls_started == started_before, f"{client.label}: a pipeline started without a valid key"
+    await _nothing_stored(server, client, ids)
+
+
+def _silence(client: ProviderClient):
+    import numpy as np
+
+    return np.zeros(client.sample_rate * client.frame_ms // 1000, dtype=np.int16)
+
+
+@pytest.mark.parametrize("case", REJECTED, ids=[c.id for c in REJECTED])
+async def test_stream_without_a_valid_key_is_closed_1008(case: AuthCase, telephony_server):
+    client = case.make(telephony_server)
+    client.label = case.id
+    await assert_rejected(telephony_server, client)
+
+
+@pytest.mark.parametrize("case", ACCEPTED, ids=[c.id for c in ACCEPTED])
+async def test_stream_with_the_tenant_key_starts_and_is_stored_for_that_tenant(case: AuthCase, telephony_server):
+    server = telephony_server
+    client = case.make(server)
+    client.label = case.id
+    started_before = server.calls_started
+    try:
+        assert await client.start(), f"upgrade refused with HTTP {client.handshake_status}"
+        assert await _wait(lambda: server.calls_started == started_before + 1, 15), (
+            f"{case.id}: no pipeline started (closed={client.closed.is_set()} code={client.close_code} "
+            f"{client.close_reason!r})"
+        )
+        assert await client.wait_media_after(0.0, 15) is not None, f"{case.id}: no greeting"
+        await client.hangup()
+    finally:
+        await client.close()
+    call = await wait_stored_call(server.store, case.accepted_for, client.ids)
+    assert call is not None, f"{case.id}: not stored for {case.accepted_for}"
+    assert call.transport == client.provider
+    other = await asyncio.to_thread(find_stored_call, server.store, OTHER[case.accepted_for], client.ids)
+    assert other is None, f"{case.id}: the call also shows up under {OTHER[case.accepted_for]}"
+
+
+async def test_revoked_key_is_refused(telephony_server):
+    server = telephony_server
+    key = await asyncio.to_thread(server.store.create_api_key, "acme", label="to-revoke", actor="test")
+    key_id = key.split("_")[1]
+    assert await asyncio.to_thread(server.store.revoke_api_key, "acme", key_id, actor="test")
+    await assert_rejected(server, TwilioClient(server.ws_url("twilio"), token=key, label="revoked-key"))
+
+
+# --------------------------------------------------------------------------- Twilio webhook and call tokens
+
+
+def _post(url: str, form: dict[str, str]) -> tuple[int, str, str]:
+    data = urllib.parse.urlencode(form).encode()
+    req = urllib.request.Request(url, data=data, method="POST",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers.get("content-type", ""), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("content-type", ""), e.read().decode()
+
+
+def _twilio_form(call_sid: str, caller: str = "+14155550123") -> dict[str, str]:
+    return {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller, "To": "+14155550999",
+            "Direction": "inbound", "CallStatus": "ringing"}
+
+
+async def webhook(server, api_key: str | None, call_sid: str, caller: str = "+14155550123") -> tuple[int, str, str]:
+    target = server.base_url + "/twilio/voice" + (f"?token={urllib.parse.quote(api_key)}" if api_key else "")
+    return await asyncio.to_thread(_post, target, _twilio_form(call_sid, caller))
+
+
+def parse_twiml(body: str) -> tuple[str, dict[str, str]]:
+    """(stream url, parameters) of a <Response><Connect><Stream> document."""
+    root = ET.fromstring(body)
+    assert root.tag == "Response", body
+    stream = root.find("./Connect/Stream")
+    assert stream is not None, f"no <Connect><Stream> (a <Start><Stream> would be one-way): {body}"
+    params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    return stream.get("url"), params
+
+
+async def test_twilio_webhook_without_a_key_is_refused(telephony_server):
+    status, _ctype, body = await webhook(telephony_server, None, "CA" + "1" * 32)
+    assert status in (401, 403), (status, body)
+    assert "<Stream" not in body
+    status, _ctype, body = await webhook(telephony_server, WRONG_KEY, "CA" + "2" * 32)
+    assert status in (401, 403), (status, body)
+
+
+async def test_twilio_call_token_works_once_for_its_tenant(telephony_server):
+    server = telephony_server
+    call_sid = "CA" + "3" * 32
+    status, ctype, body = await webhook(server, server.keys["globex"], call_sid, caller="+14155550123")
+    assert status == 200, body
+    assert "xml" in ctype, ctype
+    stream_url, params = parse_twiml(body)
+    parts = urllib.parse.urlsplit(stream_url)
+    assert parts.path == "/ws/twilio" and not parts.query, f"stream URL {stream_url!r} (no query allowed: 31922)"
+    assert params.get("from") == "+14155550123" and params.get("to") == "+14155550999", params
+    token = params.get("token")
+    assert token and token != server.keys["globex"], "the webhook must not echo the tenant's API key into TwiML"
+    for name, value in params.items():
+        assert len(name) + len(value) < 500, f"<Parameter> {name} too long for Twilio"
+
+    # Twilio connects to the URL it was given, with the parameters as customParameters
+    ws = server.ws_url("twilio")
+    first = TwilioClient(ws, custom=params, call_sid=call_sid, caller="+14155550123", label="call-token")
+    started_before = server.calls_started
+    try:
+        assert await first.start()
+        assert await _wait(lambda: server.calls_started == started_before + 1, 15), (
+            f"call token refused: {first.close_code} {first.close_reason!r}")
+        await first.hangup()
+    finally:
+        await first.close()
+    call = await wait_stored_call(server.store, "globex", first.ids)
+    assert call is not None, "the call of a globex call token is not stored under globex"
+    assert call.caller == "+14155550123"
+    assert await asyncio.to_thread(find_stored_call, server.store, "acme", first.ids) is None
+
+    # one-time: the same token again is refused
+    again = TwilioClient(ws, custom=params, call_sid=call_sid, label="call-token-reused")
+    await assert_rejected(server, again, ids={again.stream_sid})
+
+
+async def test_twilio_call_token_is_bound_to_its_call(telephony_server):
+    """A call token minted by globex's webhook for one CallSid opens no stream for another call."""
+    server = telephony_server
+    globex_call = "CA" + "4" * 32
+    status, _ctype, body = await webhook(server, server.keys["globex"], globex_call)
+    assert status == 200, body
+    _url, params = parse_twiml(body)
+    other_call = "CA" + "5" * 32
+    client = TwilioClient(server.ws_url("twilio"), custom=params, call_sid=other_call, label="token-other-call")
+    await assert_rejected(server, client)
+
+
+async def test_other_tenants_key_cannot_take_over_a_call_announced_for_a_tenant(telephony_server):
+    """globex's webhook announced CallSid X; acme's key on a stream claiming CallSid X is refused."""
+    server = telephony_server
+    globex_call = "CA" + "6" * 32
+    status, _ctype, body = await webhook(server, server.keys["globex"], globex_call)
+    assert status == 200, body
+    client = TwilioClient(server.ws_url("twilio"), token=server.keys["acme"], call_sid=globex_call,
+                          label="acme-key-globex-call")
+    await assert_rejected(server, client)

@@ -1,0 +1,439 @@
+"""Signed webhooks from the outbox: a real HTTP receiver on 127.0.0.1 that checks every signature.
+
+Covers: signing and verification (the documented snippet), URL rules, the policy filter on
+payloads, fan-out to subscribed endpoints only (and never across tenants), retries with
+backoff into the dead-letter state and back, and a restart mid-delivery (the worker process
+is killed with SIGKILL while the receiver holds the request; a new worker on the same data
+directory delivers the event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from voicecore.records import CallRecord, Turn
+from voicecore.storage import MASTER_KEY_ENV
+from voicecore.storage.db import SCHEMA_VERSION, Store
+from voicecore.webhooks import (
+    SIGNATURE_HEADER,
+    InvalidWebhookUrl,
+    WebhookWorker,
+    check_webhook_url,
+    deliverable_payload,
+    encode_body,
+    signature_header,
+    verify_signature,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+NO_CONTACTS_POLICY = """version: 1
+name: no-contacts
+retention:
+  recordings: 0
+  transcripts: 0
+  reports: 30
+  metadata: 90
+  contacts: 0
+"""
+
+
+@pytest.fixture(autouse=True)
+def _no_env_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
+
+
+def verify(secret: str, body: bytes, header: str, tolerance_s: int = 300) -> bool:
+    """The verification snippet of the voicecore.webhooks docstring, verbatim."""
+    fields = [item.split("=", 1) for item in header.split(",") if "=" in item]
+    t = next((v for k, v in fields if k == "t"), None)
+    if t is None or not t.isdigit() or abs(time.time() - int(t)) > tolerance_s:
+        return False
+    expected = hmac.new(secret.encode(), t.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, v) for k, v in fields if k == "v1")
+
+
+# --------------------------------------------------------------------------- a receiver
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """An HTTP endpoint on 127.0.0.1 (ephemeral port) in its own threads, whatever event loop the test
+    runs in: ``mode`` ok (204) | fail (500) | hang (no answer until the test ends)."""
+
+    mode: str = "ok"
+    received: list[Received] = field(default_factory=list)
+    url: str = ""
+    arrived: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def events(self, kind: str | None = None) -> list[Received]:
+        return [r for r in self.received if kind is None or r.headers.get("X-Voicecore-Event") == kind]
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.received.append(Received(dict(self.headers.items()), body))
+                receiver.arrived.set()
+                if receiver.mode == "hang":
+                    receiver.release.wait(120)
+                    return
+                self.send_response(500 if receiver.mode == "fail" else 204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), r.handler())
+    server.daemon_threads = True
+    server.block_on_close = False
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    r.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    yield r
+    r.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "data")
+    s.create_tenant("acme")
+    s.create_tenant("globex")
+    yield s
+    s.close()
+
+
+def ended_call(tenant: str, caller: str = "+14155552671") -> CallRecord:
+    rec = CallRecord(tenant=tenant, caller=caller, callee="+14155550000", pipeline="receptionist", transport="twilio",
+                     provider_ids={"callSid": "CA123"}, started_at=1_700_000_000.0)  # fmt: skip
+    rec.turns = [Turn("agent", "Hi, how can I help?", kind="greeting"), Turn("caller", "I need a cleaning please")]
+    rec.ended_at = rec.started_at + 61
+    rec.end_reason = "hangup"
+    return rec
+
+
+def status_of(store: Store, endpoint_id: str, tenant: str = "acme") -> str | None:
+    deliveries = store.webhook_deliveries(tenant, endpoint_id)
+    return deliveries[0].status if deliveries else None
+
+
+async def deliver_until(worker: WebhookWorker, done: Any, timeout: float = 20.0) -> None:
+    async with aiohttp.ClientSession() as session:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, "webhook not delivered in time"
+            await worker.run_once(session)
+            await asyncio.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_signature_scheme() -> None:
+    secret = "whsec_test-secret"
+    body = encode_body({"type": "report.ready", "data": {"x": "é"}})
+    now = int(time.time())
+    header = signature_header([secret], body, now)
+    assert header == f"t={now},v1=" + hmac.new(secret.encode(), f"{now}.".encode() + body, hashlib.sha256).hexdigest()
+    assert verify(secret, body, header) and verify_signature(secret, body, header)
+    assert not verify(secret, body + b" ", header)  # body changed
+    assert not verify("whsec_other", body, header)  # wrong secret
+    old = signature_header([secret], body, now - 3600)
+    assert not verify(secret, body, old)  # replayed an hour later
+    assert not verify(secret, body, "v1=" + header.split("v1=")[1])  # no timestamp
+    rotated = signature_header(["whsec_new", secret], body, now)  # during a rotation both verify
+    assert verify("whsec_new", body, rotated) and verify(secret, body, rotated)
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://hooks.example.com/voicecore", True),
+        ("https://hooks.example.com:8443/v?x=1", True),
+        ("http://127.0.0.1:8080/hook", True),
+        ("http://localhost/hook", True),
+        ("http://[::1]:9000/hook", True),
+        ("HTTPS://Hooks.Example.com/x", True),
+        ("http://hooks.example.com/hook", False),  # plain HTTP off the loopback
+        ("http://10.0.0.5/hook", False),
+        ("ftp://127.0.0.1/hook", False),
+        ("https://user:pass@hooks.example.com/x", False),
+        ("https://169.254.169.254/latest/meta-data", False),  # link-local (cloud metadata)
+        ("https://0.0.0.0/x", False),
+        ("https:///nohost", False),
+        ("https://example.com/x#frag", False),
+        ("https://example.com:99999/x", False),
+        ("https://exa mple.com/x", False),
+        ("", False),
+        ("https://example.com/" + "a" * 3000, False),
+    ],
+)
+def test_webhook_url_rules(url: str, ok: bool) -> None:
+    if ok:
+        assert check_webhook_url(url).lower() == url.lower()
+    else:
+        with pytest.raises(InvalidWebhookUrl):
+            check_webhook_url(url)
+
+
+def test_payloads_carry_only_what_the_policy_allows() -> None:
+    from voicecore.policy.models import load_policy_text
+
+    keep_all = load_policy_text("version: 1\n")
+    strict = load_policy_text(NO_CONTACTS_POLICY)
+    ended = {"type": "call.ended", "data": {"call_id": "c1", "caller": "+14155552671", "callee": "+14155550000"}}
+    assert deliverable_payload(ended, keep_all) == ended
+    out = deliverable_payload(ended, strict)
+    assert out["data"] == {"call_id": "c1", "caller": None, "callee": None}
+    assert out["withheld_by_policy"] == ["caller", "callee"]
+    report = {
+        "type": "report.ready",
+        "data": {
+            "call_id": "c1",
+            "report": {
+                "purpose": "book an appointment",
+                "contact": {"name": "Maria Lopez", "phone": "+14155552671", "email": None},
+                "need": "I'd like a cleaning.",
+                "summary": "Maria Lopez called to book a cleaning.",
+                "appointment": {"requested": "next Tuesday at ten", "slot": "2024-05-21T10:00:00"},
+                "optout_requested": False,
+            },
+        },
+    }
+    assert deliverable_payload(report, keep_all) == report
+    filtered = deliverable_payload(report, strict)["data"]["report"]
+    assert filtered["contact"] == {"name": None, "phone": None, "email": None}
+    assert filtered["need"] is None and filtered["summary"] is None
+    assert filtered["appointment"] == {"requested": None, "slot": "2024-05-21T10:00:00"}
+    assert filtered["purpose"] == "book an appointment"
+    assert "Maria" not in json.dumps(deliverable_payload(report, strict))
+    optout = {"type": "optout.requested", "data": {"phone": "+14155552671"}}
+    assert deliverable_payload(optout, strict) == optout  # the number is what the tenant must act on
+    assert report["data"]["report"]["need"] == "I'd like a cleaning."  # the stored event is not changed
+
+
+def test_backoff_is_exponential_with_jitter(store: Store) -> None:
+    low = WebhookWorker(store, base_delay_s=5, max_delay_s=3600, rng=lambda: 0.0)
+    high = WebhookWorker(store, base_delay_s=5, max_delay_s=3600, rng=lambda: 0.999999)
+    assert [low.backoff(n) for n in (1, 2, 3, 4)] == [2.5, 5.0, 10.0, 20.0]
+    assert high.backoff(1) == pytest.approx(7.5, rel=1e-4) and high.backoff(4) == pytest.approx(60, rel=1e-4)
+    assert low.backoff(30) == 1800.0  # capped at max_delay_s (times the jitter)
+    spread = {WebhookWorker(store).backoff(3) for _ in range(20)}
+    assert len(spread) > 1 and all(20.0 <= d < 60.0 for d in spread)  # defaults: 10 s base, 3rd retry
+
+
+def test_schema_migrates_from_version_1(tmp_path: Path) -> None:
+    s = Store(tmp_path / "d")
+    s.create_tenant("acme")
+    assert s.save_call(ended_call("acme"))
+    # Turn it back into a version-1 database.
+    s.db.execute("DROP TABLE webhook_deliveries")
+    s.db.execute("DROP TABLE webhook_endpoints")
+    s.db.execute("DROP INDEX outbox_dispatch")
+    s.db.execute("ALTER TABLE outbox DROP COLUMN dispatched")
+    s.db.execute("PRAGMA user_version=1")
+    s.close()
+    s = Store(tmp_path / "d")
+    assert s.schema_version() == SCHEMA_VERSION == 2
+    assert len(s.calls_list("acme")) == 1
+    assert [e.type for e in s.outbox_list("acme")] == ["call.ended"]
+    endpoint, _ = s.webhook_create("acme", "https://127.0.0.1:9/x")
+    assert s.webhook_dispatch() == 1  # the event written before the upgrade is delivered too
+    assert s.webhook_deliveries("acme", endpoint.id)[0].status == "pending"
+    s.close()
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+async def test_events_arrive_signed_at_subscribed_endpoints_only(store: Store, receiver: Receiver) -> None:
+    everything, secret = store.webhook_create("acme", receiver.url, description="all events")
+    reports_only, secret2 = store.webhook_create("acme", receiver.url.replace("/hook", "/hook?only=reports"), ["report.ready"])
+    other, _ = store.webhook_create("globex", "https://127.0.0.1:9/globex")
+    rec = ended_call("acme")
+    assert store.save_call(rec)
+    store.save_report("acme", rec.call_id, {"purpose": "other", "summary": "Call."})
+    store.add_optout("acme", "+14155552671", call_id=rec.call_id)
+    assert store.save_call(ended_call("globex"))  # globex's event goes to globex's endpoint only
+    worker = WebhookWorker(store)
+    await deliver_until(worker, lambda: len(receiver.received) == 4)
+    await asyncio.sleep(0.1)
+    assert len(receiver.received) == 4
+    by_secret = {everything.id: secret, reports_only.id: secret2}
+    endpoint_of = {d.id: e.id for e in (everything, reports_only) for d in store.webhook_deliveries("acme", e.id)}
+    kinds: list[tuple[str, str]] = []
+    for r in receiver.received:
+        endpoint = endpoint_of[r.headers["X-Voicecore-Delivery"]]
+        assert verify(by_secret[endpoint], r.body, r.headers[SIGNATURE_HEADER])
+        assert r.headers["Content-Type"] == "application/json"
+        payload = r.payload
+        assert payload["tenant"] == "acme" and payload["event_id"] == r.headers["X-Voicecore-Event-Id"]
+        assert payload["type"] == r.headers["X-Voicecore-Event"] and r.headers["X-Voicecore-Attempt"] == "1"
+        kinds.append((endpoint, payload["type"]))
+    assert sorted(kinds) == sorted(
+        [(everything.id, "call.ended"), (everything.id, "report.ready"), (everything.id, "optout.requested"),
+         (reports_only.id, "report.ready")]  # fmt: skip
+    )
+    ended = next(r.payload for r in receiver.events("call.ended"))
+    assert ended["data"]["call_id"] == rec.call_id and ended["data"]["caller"] == "+14155552671"
+    assert ended["data"]["duration_s"] == 61.0 and ended["data"]["end_reason"] == "hangup"
+    assert next(r.payload for r in receiver.events("optout.requested"))["data"]["phone"] == "+14155552671"
+    assert {e.status for e in store.outbox_list("acme")} == {"delivered"}
+    assert [d.status for d in store.webhook_deliveries("globex", other.id)] == ["pending"]  # not sent anywhere else
+    assert worker.delivered == 4 and worker.failed_attempts == 1  # globex's endpoint (nobody listens)
+
+
+async def test_payloads_follow_the_tenant_policy(store: Store, receiver: Receiver) -> None:
+    store.create_tenant("private", policy_yaml=NO_CONTACTS_POLICY)
+    _, secret = store.webhook_create("private", receiver.url)
+    rec = ended_call("private")
+    assert store.save_call(rec)
+    store.save_report("private", rec.call_id, {"purpose": "other", "need": "a cleaning", "summary": "Asked.",
+                                               "contact": {"name": "Maria", "phone": None, "email": None},
+                                               "appointment": {"requested": "Friday", "slot": "2024-05-17"}})  # fmt: skip
+    await deliver_until(WebhookWorker(store), lambda: len(receiver.received) == 2)
+    for r in receiver.received:
+        assert verify(secret, r.body, r.headers[SIGNATURE_HEADER])
+        assert b"+1415555" not in r.body and b"Maria" not in r.body and b"cleaning" not in r.body
+    report = receiver.events("report.ready")[0].payload
+    assert report["data"]["report"]["appointment"]["slot"] == "2024-05-17"
+    assert "report.need" in report["withheld_by_policy"]
+
+
+async def test_failing_endpoint_is_retried_then_dead_lettered_and_can_be_retried(store: Store, receiver: Receiver) -> None:
+    endpoint, secret = store.webhook_create("acme", receiver.url)
+    store.add_optout("acme", "+14155552671")
+    receiver.mode = "fail"
+    worker = WebhookWorker(store, max_attempts=3, base_delay_s=0.05, max_delay_s=1.0, rng=lambda: 0.5)
+    await deliver_until(worker, lambda: status_of(store, endpoint.id) == "dead")
+    (delivery,) = store.webhook_deliveries("acme", endpoint.id)
+    assert delivery.attempts == 3 and delivery.last_status == 500 and delivery.last_error == "HTTP 500"
+    assert len(receiver.received) == 3
+    assert [r.headers["X-Voicecore-Attempt"] for r in receiver.received] == ["1", "2", "3"]
+    assert all(verify(secret, r.body, r.headers[SIGNATURE_HEADER]) for r in receiver.received)
+    assert len({r.payload["event_id"] for r in receiver.received}) == 1  # the same event each time
+    assert [e.status for e in store.outbox_list("acme")] == ["dead"]
+    assert worker.dead == 1
+    # Dead letters stay dead...
+    async with aiohttp.ClientSession() as session:
+        assert await worker.run_once(session) == 0
+    # ...until someone queues them again.
+    assert store.webhook_redeliver("acme", endpoint.id, delivery.id, actor="test")
+    receiver.mode = "ok"
+    await deliver_until(worker, lambda: status_of(store, endpoint.id) == "delivered")
+    assert [e.status for e in store.outbox_list("acme")] == ["delivered"]
+    assert len(receiver.received) == 4
+
+
+async def test_unreachable_endpoint_counts_as_a_failed_attempt(store: Store) -> None:
+    endpoint, _ = store.webhook_create("acme", "http://127.0.0.1:9/nobody-listens")
+    store.add_optout("acme", "+14155552671")
+    worker = WebhookWorker(store, max_attempts=2, base_delay_s=0.01, timeout_s=2)
+    await deliver_until(worker, lambda: status_of(store, endpoint.id) == "dead")
+    (d,) = store.webhook_deliveries("acme", endpoint.id)
+    assert d.attempts == 2 and d.last_error.startswith("connection failed")
+
+
+async def test_a_killed_worker_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
+    data = tmp_path / "data"
+    store = Store(data)
+    store.create_tenant("acme")
+    endpoint, secret = store.webhook_create("acme", receiver.url)
+    rec = ended_call("acme")
+    assert store.save_call(rec)
+    store.close()
+    receiver.mode = "hang"  # the first attempt never gets an answer
+    script = (
+        "import asyncio, sys\n"
+        "from voicecore.storage.db import Store\n"
+        "from voicecore.webhooks import WebhookWorker\n"
+        "asyncio.run(WebhookWorker(Store(sys.argv[1]), timeout_s=60, lease_s=2.0, poll_interval_s=0.1).run())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != MASTER_KEY_ENV}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(data)], cwd=ROOT, env=env)
+    try:
+        assert await asyncio.to_thread(receiver.arrived.wait, 60), "the worker process sent nothing"
+    finally:
+        proc.send_signal(signal.SIGKILL)  # "serve" dies mid-delivery
+        proc.wait(timeout=10)
+    assert len(receiver.received) == 1
+    first = receiver.received[0]
+    assert first.headers["X-Voicecore-Event"] == "call.ended"
+
+    # While nothing runs, another event is written.
+    store = Store(data)
+    store.add_optout("acme", "+14155550199")
+    receiver.mode = "ok"
+    worker = WebhookWorker(store, poll_interval_s=0.1)  # a new process' worker, same data directory
+    task = asyncio.create_task(worker.run())
+    try:
+        deadline = time.monotonic() + 30
+        while {e.status for e in store.outbox_list("acme")} != {"delivered"}:
+            assert time.monotonic() < deadline, "events not delivered after the restart"
+            await asyncio.sleep(0.1)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=10)
+    again = [r for r in receiver.events("call.ended") if r is not first]
+    assert len(again) == 1
+    assert again[0].payload["event_id"] == first.payload["event_id"]  # the same event, sent again
+    assert again[0].headers["X-Voicecore-Attempt"] == "2"
+    assert verify(secret, again[0].body, again[0].headers[SIGNATURE_HEADER])
+    assert len(receiver.events("optout.requested")) == 1
+    deliveries = {d.event_type: d for d in store.webhook_deliveries("acme", endpoint.id)}
+    assert deliveries["call.ended"].status == "delivered" and deliveries["call.ended"].attempts == 2
+    store.close()
+
+
+async def test_erasure_drops_undelivered_events_of_the_subject(store: Store, receiver: Receiver) -> None:
+    endpoint, _ = store.webhook_create("acme", receiver.url)
+    assert store.save_call(ended_call("acme", caller="+14155552671"))
+    store.webhook_dispatch()
+    assert len(store.webhook_deliveries("acme", endpoint.id)) == 1
+    store.erase("acme", "+14155552671", actor="test")
+    await deliver_until(WebhookWorker(store), lambda: len(receiver.received) == 1)
+    await asyncio.sleep(0.1)
+    (only,) = receiver.received
+    assert only.payload["type"] == "subject.erased" and b"+1415555" not in only.body
+    with sqlite3.connect(store.db_path) as raw:
+        events = {r[0] for r in raw.execute("SELECT event_id FROM webhook_deliveries")}
+    assert events == {only.payload["event_id"]}

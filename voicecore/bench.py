@@ -1,0 +1,121 @@
+"""``voicecore bench ...``: the latency, side-by-side, concurrency and overhead benchmarks.
+
+Each verb is a thin call into ``benchmarks/<name>.py``'s ``run()`` (the same function
+the smoke tests call): it prints a table and writes ``<name>.json`` and PNG plots to
+``--out`` (default ``benchmarks/results/<name>-<timestamp>/``). ``--smoke`` runs a
+seconds-long version with the same output schema. The benchmarks live in the checkout's
+``benchmarks/`` folder (see its README.md) and need the ``bench`` extra (matplotlib,
+psutil, ``llama-cpp-python[server]``) and espeak-ng and sox.
+
+Importing this module attaches the ``bench`` group to the ``cli`` group of :mod:`voicecore.cli`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import click
+
+from voicecore.cli import cli
+from voicecore.config import PROJECT_ROOT
+
+
+def _benchmark(name: str) -> ModuleType:
+    """``benchmarks.<name>`` from the checkout (the folder is not part of the installed package)."""
+    if not (PROJECT_ROOT / "benchmarks" / "__init__.py").exists():
+        raise click.ClickException(f"the benchmarks need a voicecore checkout ({PROJECT_ROOT / 'benchmarks'} not found)")
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    except ImportError as e:
+        raise click.ClickException(f"cannot load benchmarks.{name}: {e} (pip install -e '.[bench]')") from None
+
+
+def _finish(module: ModuleType, doc: dict[str, Any], folder: Path) -> None:
+    click.echo(module.report(doc))
+    click.echo(f"\nResults: {folder / (doc['benchmark'] + '.json')}")
+    for plot in doc.get("plots") or []:
+        click.echo(f"Plot:    {folder / plot}")
+
+
+def _run(name: str, **kwargs: Any) -> None:
+    module = _benchmark(name)
+    try:
+        doc, folder = module.run(**kwargs)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    _finish(module, doc, folder)
+
+
+def out_option(f):
+    return click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help="Output folder (default: benchmarks/results/<name>-<timestamp>/).")(f)
+
+
+def smoke_option(f):
+    return click.option("--smoke", is_flag=True,
+                        help="A seconds-long run with the same output schema (CI; figures are not meaningful).")(f)
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks on the embedded default models, over the Twilio protocol on 127.0.0.1.
+
+    \b
+    latency      per-stage turn latency, voice-to-voice and STT word error rate
+    compare      the same corpus against a stock Pipecat pipeline, as voicecore/Pipecat ratios
+    concurrency  N simultaneous callers: voice-to-voice, CPU, RSS, late audio
+    overhead     instant fake models: what the runtime itself adds per turn
+    """
+
+
+@bench.command()
+@smoke_option
+@out_option
+@click.option("--per-call", default=4, show_default=True, help="Utterances per call.")
+@click.option("--pipeline", default="receptionist", show_default=True, help="Agent the server answers with.")
+def latency(smoke: bool, out: Path | None, per_call: int, pipeline: str) -> None:
+    """Turn latency per stage and voice-to-voice (p50/p95/max), and STT word error rate."""
+    _run("latency", smoke=smoke, out=out, per_call=per_call, pipeline=pipeline)
+
+
+@bench.command()
+@smoke_option
+@out_option
+@click.option("--per-call", default=4, show_default=True, help="Utterances per call.")
+def compare(smoke: bool, out: Path | None, per_call: int) -> None:
+    """voicecore against a stock Pipecat pipeline on the same models, call by call, as ratios."""
+    _run("compare", smoke=smoke, out=out, per_call=per_call)
+
+
+@bench.command()
+@smoke_option
+@out_option
+@click.option("--levels", default="1,2,4,8,12,16", show_default=True, help="Numbers of simultaneous callers.")
+@click.option("--window", "window_s", default=40.0, show_default=True, type=float,
+              help="Seconds of calling per level.")
+@click.option("--target-ms", default=1500.0, show_default=True, type=float,
+              help="The voice-to-voice p95 a level must stay under to count as sustained.")
+def concurrency(smoke: bool, out: Path | None, levels: str, window_s: float, target_ms: float) -> None:
+    """N simultaneous Twilio callers: voice-to-voice p50/p95, CPU, RSS per call, late audio."""
+    try:
+        ns = [int(x) for x in levels.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"not a comma-separated list of integers: {levels!r}", param_hint="--levels") from None
+    if not ns or min(ns) < 1:
+        raise click.BadParameter("levels must be positive integers", param_hint="--levels")
+    _run("concurrency", smoke=smoke, out=out, levels=ns, window_s=window_s, target_ms=target_ms)
+
+
+@bench.command()
+@smoke_option
+@out_option
+@click.option("--turns", default=20, show_default=True, help="Caller turns to time.")
+def overhead(smoke: bool, out: Path | None, turns: int) -> None:
+    """Instant fake models: the time the runtime itself adds per turn (p50/p95)."""
+    _run("overhead", smoke=smoke, out=out, turns=turns)

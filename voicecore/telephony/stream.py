@@ -1,0 +1,322 @@
+"""The asyncio shell around a provider codec: one telephony media WebSocket = one call.
+
+``MediaStreamCall.run()`` owns the socket for the call's whole life:
+
+1. the upgrade request's headers and query go to ``codec.handshake``;
+2. frames go through the codec; the first ``CallStart`` is authenticated
+   (tenant API key or one-time call token) *before* any pipeline starts — a
+   missing or wrong key closes the socket with 1008 and nothing else happens;
+3. caller audio, DTMF and mark acknowledgements go to the ``CallSession``;
+   agent audio, marks and clears come back through :class:`MediaStreamTransport`;
+4. a ``ProtocolError`` (or a message flood) closes this call with the codec's
+   close code and a logged reason; the record of what was said is kept; the
+   server and every other call go on;
+5. ``stop``, hang-up, socket close or server shutdown end the call and close
+   its record, with the reason.
+
+Sockets are reached through the small :class:`MediaSocket` protocol, so the
+same shell serves Starlette WebSockets and anything else that can send and
+receive frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from loguru import logger
+
+from voicecore.records import CallRecord
+from voicecore.session import CallSession
+from voicecore.telephony.base import (
+    CLOSE_POLICY_VIOLATION,
+    CallStart,
+    CallStop,
+    Dtmf,
+    MarkPlayed,
+    MediaIn,
+    Message,
+    ProtocolError,
+    ProviderCodec,
+)
+from voicecore.transport import CallTransport
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+class SocketClosed(Exception):
+    """The peer closed the socket (or it broke)."""
+
+
+class MediaSocket(Protocol):
+    """What the shell needs from a WebSocket."""
+
+    async def receive(self) -> str | bytes:
+        """The next frame; raises SocketClosed when the peer is gone."""
+        ...
+
+    async def send(self, message: Message) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class FloodGuard:
+    """Counts messages per second; a sustained rate over ``limit`` is a flood."""
+
+    def __init__(self, limit_per_s: int = 400, window_s: float = 1.0):
+        self.limit = limit_per_s
+        self.window = window_s
+        self._start = time.monotonic()
+        self._count = 0
+
+    def hit(self) -> None:
+        now = time.monotonic()
+        if now - self._start >= self.window:
+            self._start = now
+            self._count = 0
+        self._count += 1
+        if self._count > self.limit * self.window:
+            raise ProtocolError(
+                f"message flood: more than {self.limit} messages per second", CLOSE_POLICY_VIOLATION
+            )
+
+
+class MediaStreamTransport(CallTransport):
+    """Agent audio, marks and clears through a provider codec onto the socket."""
+
+    acknowledges_marks = True
+
+    def __init__(self, codec: ProviderCodec, send: Callable[[list[Message]], Awaitable[None]]):
+        self.codec = codec
+        self.name = codec.name
+        self._send_raw = send
+        self.clears = 0
+
+    async def _send(self, messages: list[Message]) -> None:
+        try:
+            await self._send_raw(messages)
+        except SocketClosed:
+            pass  # the receive loop sees the close and ends the call
+
+    @property
+    def output_sample_rate(self) -> int:
+        return self.codec.output_sample_rate
+
+    async def write_audio(self, pcm16: bytes) -> None:
+        await self._send(self.codec.encode_media(pcm16))
+
+    async def end_of_reply(self) -> None:
+        await self._send(self.codec.flush_media())
+
+    async def send_mark(self, name: str) -> None:
+        await self._send(self.codec.encode_mark(name))
+
+    async def clear(self) -> None:
+        self.clears += 1
+        await self._send(self.codec.encode_clear())
+
+
+@dataclass
+class CallAuth:
+    """Who a call belongs to, once its key or token was accepted."""
+
+    tenant: str
+    pipeline: str | None = None
+
+
+Authenticate = Callable[[CallStart], Awaitable[CallAuth | None]]
+OpenSession = Callable[[CallAuth, CallRecord, MediaStreamTransport], Awaitable[CallSession]]
+
+
+class CallRefusedError(Exception):
+    """The call is authenticated but may not run (policy); ``reason`` is logged and sent."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MediaStreamCall:
+    """One provider media stream, from the upgrade to the stored record."""
+
+    def __init__(
+        self,
+        codec: ProviderCodec,
+        socket: MediaSocket,
+        *,
+        authenticate: Authenticate,
+        open_session: OpenSession,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+        flood_limit_per_s: int = 400,
+        on_session: Callable[[CallSession | None], None] | None = None,
+    ):
+        self.codec = codec
+        self.socket = socket
+        self._authenticate = authenticate
+        self._open_session = open_session
+        self._headers = headers
+        self._query = query
+        self._flood = FloodGuard(flood_limit_per_s)
+        self._on_session = on_session
+        self.session: CallSession | None = None
+        self._watcher: asyncio.Future | None = None
+        self.end_reason: str | None = None
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def provider(self) -> str:
+        return self.codec.name
+
+    async def _send(self, messages: list[Message]) -> None:
+        if not messages or self._closed:
+            return
+        async with self._send_lock:
+            for m in messages:
+                try:
+                    await self.socket.send(m)
+                except Exception as e:  # the peer went away mid-send: the call is over
+                    self._closed = True
+                    raise SocketClosed(str(e)) from e
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.socket.close(code, reason[:120])
+        except Exception:
+            pass
+
+    async def run(self, shutting_down: Callable[[], bool] = lambda: False) -> str:
+        """Serve the call until it ends; returns the end reason."""
+        reason = "socket_closed"
+        close_code = CLOSE_NORMAL
+        try:
+            self.codec.handshake(self._headers, self._query)
+            while True:
+                frame = await self.socket.receive()
+                self._flood.hit()
+                events = self.codec.receive_text(frame) if isinstance(frame, str) else self.codec.receive_bytes(frame)
+                stop = False
+                for event in events:
+                    if await self._handle(event):
+                        stop = True
+                if stop:
+                    reason = "stop"
+                    break
+        except SocketClosed:
+            reason = "server_shutdown" if shutting_down() else "hangup"
+            for event in self._safe_receive_close():
+                await self._handle_quietly(event)
+        except ProtocolError as e:
+            logger.warning(f"{self.provider} call closed: protocol error: {e.reason} (close code {e.close_code})")
+            reason = f"protocol_error: {e.reason}"
+            close_code = e.close_code
+        except CallRefusedError as e:
+            logger.warning(f"{self.provider} call refused: {e.reason}")
+            reason = f"refused: {e.reason}"
+            close_code = CLOSE_POLICY_VIOLATION
+        except _Unauthenticated as e:
+            logger.warning(f"{self.provider} stream rejected: {e}")
+            reason = f"unauthenticated: {e}"
+            close_code = CLOSE_POLICY_VIOLATION
+        except asyncio.CancelledError:
+            reason = "server_shutdown"
+            close_code = CLOSE_GOING_AWAY
+            await self._finish(reason, close_code)
+            raise
+        except Exception as e:  # a bug must end this call only, with its record kept
+            logger.exception(f"{self.provider} call failed: {e!r}")
+            reason = f"internal_error: {type(e).__name__}"
+            close_code = CLOSE_INTERNAL_ERROR
+        await self._finish(reason, close_code)
+        return reason
+
+    def _safe_receive_close(self) -> list:
+        try:
+            return self.codec.receive_close()
+        except Exception:
+            return []
+
+    async def _handle_quietly(self, event: object) -> None:
+        try:
+            await self._handle(event)
+        except Exception:
+            pass
+
+    async def _finish(self, reason: str, close_code: int) -> None:
+        if self.session is not None and self.session.record.end_reason:
+            reason = self.session.record.end_reason  # the agent ended the call first
+        self.end_reason = reason
+        watcher = getattr(self, "_watcher", None)
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+        if self.session is not None:
+            try:
+                await self.session.end(reason)
+            except Exception as e:
+                logger.exception(f"{self.provider} call: closing the record failed: {e!r}")
+        if close_code == CLOSE_NORMAL and reason == "stop":
+            hangup = self.codec.encode_hangup() if self.codec.started else []
+            try:
+                await self._send(hangup)
+            except SocketClosed:
+                pass
+        await self._close(close_code, reason)
+
+    async def _handle(self, event: object) -> bool:
+        """Act on one codec event; True when the provider stopped the call."""
+        if isinstance(event, MediaIn):
+            if self.session is not None:
+                await self.session.feed_audio(event.pcm16, self.codec.sample_rate)
+        elif isinstance(event, MarkPlayed):
+            if self.session is not None and not event.cleared:
+                self.session.mark_played(event.name)
+        elif isinstance(event, CallStart):
+            await self._start(event)
+        elif isinstance(event, Dtmf):
+            if self.session is not None:
+                await self.session.dtmf(event.digit)
+        elif isinstance(event, CallStop):
+            return True
+        return False
+
+    async def _start(self, start: CallStart) -> None:
+        auth = await self._authenticate(start)
+        if auth is None:
+            raise _Unauthenticated("missing or invalid API key")
+        record = CallRecord(
+            tenant=auth.tenant,
+            transport=self.provider,
+            caller=start.caller,
+            callee=start.callee,
+            provider_ids={k: v for k, v in (("stream_id", start.stream_id), ("call_id", start.call_id)) if v},
+        )
+        transport = MediaStreamTransport(self.codec, self._send)
+        self.session = await self._open_session(auth, record, transport)
+        self._watcher = asyncio.ensure_future(self._hang_up_when_session_ends(self.session))
+        if self._on_session is not None:
+            self._on_session(self.session)
+
+    async def _hang_up_when_session_ends(self, session: CallSession) -> None:
+        """The agent ended the call (opt-out confirmed, restricted caller): hang up the stream."""
+        await session.closed.wait()
+        if self._closed:
+            return
+        try:
+            await self._send(self.codec.encode_hangup())
+        except SocketClosed:
+            pass
+        await self._close(CLOSE_NORMAL, session.record.end_reason or "completed")
+
+
+class _Unauthenticated(Exception):
+    pass
