@@ -783,8 +783,8 @@ async def _open_call(
             except Exception as e:  # the call is over either way; say so loudly (no content in the message)
                 logger.error(f"call {finished.call_id[:8]}: the call record could not be stored ({type(e).__name__})")
                 return
-            if stored:
-                # The post-call report runs on the LLM's thread after the call, never during a live turn.
+            if stored and any(t.role == "caller" and t.text.strip() for t in finished.turns):
+                # The post-call report runs on the LLM's thread, yielding to live turns.
                 schedule_report(
                     store, pool.llm(config.models.llm), tenant, finished.call_id, policy=policy, turns=finished.turns
                 )

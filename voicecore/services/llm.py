@@ -107,6 +107,8 @@ class LlamaEngine:
             verbose=False,
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+        self._live_turns = 0  # live generations queued or running (background work waits for them)
+        self._last_live_at = 0.0
         self._owner: str | None = None  # conversation whose tokens are in the KV cache
         self._saved: OrderedDict[str, object] = OrderedDict()
         self._token_cache: dict[tuple[str, str], list[int]] = {}
@@ -276,8 +278,19 @@ class LlamaEngine:
         cancel: threading.Event,
         on_text: Callable[[str], None] | None = None,
     ) -> Generation:
+        """A live turn: background work (post-call reports) waits while any is queued or running."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.generate_sync, owner, prompt, params, cancel, on_text)
+        self._live_turns += 1
+        try:
+            return await loop.run_in_executor(self._executor, self.generate_sync, owner, prompt, params, cancel, on_text)
+        finally:
+            self._live_turns -= 1
+            self._last_live_at = time.monotonic()
+
+    async def wait_until_no_live_turn(self, quiet_s: float = 0.5, poll_s: float = 0.05) -> None:
+        """Background work yields to live calls: wait until no live turn has run for ``quiet_s``."""
+        while self._live_turns > 0 or time.monotonic() - self._last_live_at < quiet_s:
+            await asyncio.sleep(poll_s)
 
     # -- grammar-constrained completion (post-call reports) ---------------------------------
 
@@ -385,7 +398,9 @@ class LlamaEngine:
         queued meanwhile waits for one chunk, not for a whole transcript."""
         loop = asyncio.get_running_loop()
         for end in range(eval_chunk, len(prompt) - 1, eval_chunk):
+            await self.wait_until_no_live_turn()
             await loop.run_in_executor(self._executor, self.prefill_sync, owner, prompt[:end])
+        await self.wait_until_no_live_turn()
         return await loop.run_in_executor(
             self._executor,
             lambda: self.complete_json_sync(
