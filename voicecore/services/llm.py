@@ -92,6 +92,7 @@ class LlamaEngine:
     """One llama.cpp model per process; one inference thread shared by every call."""
 
     MAX_SAVED_STATES = 32
+    ACTIVE_CALL_S = 20.0  # a conversation that generated this recently counts as a call in progress
 
     def __init__(self, gguf_path: str, preset: LLMPreset):
         from llama_cpp import Llama
@@ -108,6 +109,8 @@ class LlamaEngine:
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
         self._live_turns = 0  # live generations queued or running (background work waits for them)
+        # conversation -> when it last generated: calls still in progress (background work waits)
+        self._active_owners: dict[str, float] = {}
         self._last_live_at = 0.0
         self._owner: str | None = None  # conversation whose tokens are in the KV cache
         self._saved: OrderedDict[str, object] = OrderedDict()
@@ -199,6 +202,7 @@ class LlamaEngine:
 
     def forget(self, owner: str) -> None:
         """Drop a finished conversation's saved state."""
+        self._active_owners.pop(owner, None)
         self._saved.pop(owner, None)
         if self._owner == owner:
             self._owner = None
@@ -281,15 +285,23 @@ class LlamaEngine:
         """A live turn: background work (post-call reports) waits while any is queued or running."""
         loop = asyncio.get_running_loop()
         self._live_turns += 1
+        self._active_owners[owner] = time.monotonic()
         try:
             return await loop.run_in_executor(self._executor, self.generate_sync, owner, prompt, params, cancel, on_text)
         finally:
             self._live_turns -= 1
             self._last_live_at = time.monotonic()
 
-    async def wait_until_no_live_turn(self, quiet_s: float = 0.5, poll_s: float = 0.05) -> None:
-        """Background work yields to live calls: wait until no live turn has run for ``quiet_s``."""
-        while self._live_turns > 0 or time.monotonic() - self._last_live_at < quiet_s:
+    async def wait_until_no_live_turn(self, quiet_s: float = 0.5, poll_s: float = 0.05, max_wait_s: float = 120.0) -> None:
+        """Background work yields to live calls: it waits while a call that used the model is
+        still in progress (until ``forget``) and until no live turn ran for ``quiet_s`` — but
+        never longer than ``max_wait_s``, so a busy server still gets its reports."""
+        deadline = time.monotonic() + max_wait_s
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            in_call = any(now - t < self.ACTIVE_CALL_S for t in self._active_owners.values())
+            if not in_call and self._live_turns == 0 and now - self._last_live_at >= quiet_s:
+                return
             await asyncio.sleep(poll_s)
 
     # -- grammar-constrained completion (post-call reports) ---------------------------------
