@@ -438,7 +438,7 @@ async def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -
     finally:
         state.shutting_down = True
         server.should_exit = True
-        await asyncio.wait_for(task, timeout=30)
+        await asyncio.wait_for(task, timeout=90)  # calls, then reports (30 s) and webhooks (15 s) drain
 
 
 def serve(host: str, port: int, data_dir: Path, pipeline: str) -> None:
