@@ -28,7 +28,9 @@ async def test_spoken_call_is_transcribed_answered_and_timed(pool, receptionist,
     assert greeting and greeting[0].text == receptionist.greeting
 
     heard = " ".join(t.text.lower() for t in caller)
-    for word in ("hours", "saturday", "appointment"):
+    # Whisper tiny.en on espeak's robotic voice mishears the small words ("hours" came back as
+    # "our" on CI); these content words survived every variant we saw, so losing one is a real fault.
+    for word in ("open", "saturday", "cleaning"):
         assert word in heard, f"{word!r} missing from transcript {heard!r}"
 
     assert len(replies) >= 2
