@@ -91,3 +91,31 @@ def test_history_is_trimmed_in_steps_so_the_prefix_stays_cached():
     changes = sum(1 for a, b in zip(prefixes, prefixes[1:]) if a != b)
     assert changes <= 4
     assert len(conv.prompt_messages()) <= 1 + 8  # system + at most 2 x history_turns
+
+
+async def test_generation_pauses_for_urgent_work_after_the_first_token(engine):
+    """While a caller waits for recognition or a first clause, the rest of another reply waits."""
+    conv = conversation()
+    conv.add_caller("Tell me a long story about teeth.")
+    prompt = engine.prompt_tokens(conv.prompt_messages())
+    pieces: list[str] = []
+    release = threading.Event()
+    held = threading.Event()
+
+    def hold_cpu():
+        with engine.cpu.urgent():
+            held.set()
+            release.wait(5)
+
+    def on_text(piece: str) -> None:
+        pieces.append(piece)
+        if len(pieces) == 1:
+            threading.Thread(target=hold_cpu, daemon=True).start()
+            held.wait(2)
+            threading.Timer(0.15, release.set).start()
+
+    result = await engine.generate(conv.key, prompt, LLMParams(max_tokens=12, temperature=0.0),
+                                   threading.Event(), on_text)
+    assert result.stats.generated_tokens > 1
+    assert result.stats.paused_s >= 0.1, result.stats
+    engine.forget(conv.key)

@@ -51,3 +51,14 @@ class AgentReplyStartFrame(DataFrame):
     reply_id: str
     kind: str = "reply"
     timeline: TurnTimeline | None = None
+
+
+@dataclass
+class PauseTranscriptFrame(DataFrame):
+    """Upstream, STT → turn detector: what the caller said up to pause ``pause_id``.
+
+    The turn detector uses it as the semantic end-of-turn cue (a finished sentence
+    ends the turn after a shorter silence); stale pauses are ignored."""
+
+    pause_id: int
+    text: str

@@ -15,6 +15,7 @@ from typing import Any
 from loguru import logger
 
 from voicecore.config import ModelPresets, PipelineConfig, load_presets, resolve_llm, resolve_stt, resolve_tts
+from voicecore.services.cpu import CpuPriority
 from voicecore.services.llm import LlamaEngine
 from voicecore.services.stt import WhisperEngine
 from voicecore.services.tts import PiperEngine
@@ -46,6 +47,7 @@ class ModelPool:
         self._presets = presets
         self._models: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
+        self.cpu = CpuPriority()  # one arbiter for every model of the process
 
     @property
     def presets(self) -> ModelPresets:
@@ -81,16 +83,17 @@ class ModelPool:
 
     def stt(self, ref: str) -> WhisperEngine:
         preset, path = resolve_stt(ref, self.presets)
-        return self._get(("stt", path, preset.compute_type, str(preset.cpu_threads)), f"STT {path}",
-                         lambda: WhisperEngine(path, preset))
+        key = ("stt", path, preset.compute_type, str(preset.cpu_threads), str(preset.beam_size),
+               str(preset.encoder_window_s))
+        return self._get(key, f"STT {path}", lambda: WhisperEngine(path, preset, self.cpu))
 
     def llm(self, ref: str) -> LlamaEngine:
         preset, path = resolve_llm(ref, self.presets)
-        return self._get(("llm", path, str(preset.n_ctx)), f"LLM {path}", lambda: LlamaEngine(path, preset))
+        return self._get(("llm", path, str(preset.n_ctx)), f"LLM {path}", lambda: LlamaEngine(path, preset, self.cpu))
 
     def tts(self, ref: str) -> PiperEngine:
         preset, model, cfg = resolve_tts(ref, self.presets)
-        return self._get(("tts", model), f"TTS {model}", lambda: PiperEngine(model, cfg, preset.threads))
+        return self._get(("tts", model), f"TTS {model}", lambda: PiperEngine(model, cfg, preset.threads, self.cpu))
 
     def smart_turn(self) -> SmartTurnEngine:
         return self._get(("turn", SmartTurnEngine.MODEL_FILE), "smart-turn v3", SmartTurnEngine)

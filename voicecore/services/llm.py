@@ -46,6 +46,7 @@ from voicecore.config import LLMParams, LLMPreset
 from voicecore.policy import ContextBuilder as PolicyContextBuilder
 from voicecore.policy import Policy
 from voicecore.records import TurnTimeline
+from voicecore.services.cpu import CpuPriority
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -79,6 +80,7 @@ class GenerationStats:
     total_s: float = 0.0
     state_restored: bool = False
     cancelled: bool = False
+    paused_s: float = 0.0  # time spent waiting for urgent model work of calls (CpuPriority)
 
 
 @dataclass
@@ -94,11 +96,12 @@ class LlamaEngine:
     MAX_SAVED_STATES = 32
     ACTIVE_CALL_S = 20.0  # a conversation that generated this recently counts as a call in progress
 
-    def __init__(self, gguf_path: str, preset: LLMPreset):
+    def __init__(self, gguf_path: str, preset: LLMPreset, cpu: CpuPriority | None = None):
         from llama_cpp import Llama
 
         self.path = gguf_path
         self.preset = preset
+        self.cpu = cpu or CpuPriority()
         self._llm = Llama(
             model_path=gguf_path,
             n_ctx=preset.n_ctx,
@@ -263,6 +266,8 @@ class LlamaEngine:
                     break
                 if len(tokens) >= max_tokens:
                     break
+                # The rest of the reply can wait while a caller waits for recognition or first audio.
+                stats.paused_s += self.cpu.yield_to_urgent()
         finally:
             gen.close()
         tail = decoder.decode(b"", final=True)
@@ -385,6 +390,7 @@ class LlamaEngine:
                 tokens.append(tok)
                 if len(tokens) >= limit:
                     break
+                stats.paused_s += self.cpu.yield_to_urgent()  # background work: calls come first
         finally:
             gen.close()
         stats.generated_tokens = len(tokens)

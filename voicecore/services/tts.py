@@ -123,7 +123,7 @@ class PiperEngine:
 
     CACHE_SIZE = 64
 
-    def __init__(self, model_path: str, config_path: str, threads: int = 2):
+    def __init__(self, model_path: str, config_path: str, threads: int = 2, cpu: CpuPriority | None = None):
         import json
         from pathlib import Path
 
@@ -133,6 +133,7 @@ class PiperEngine:
         from piper.voice import ESPEAK_DATA_DIR
 
         self.model_path = model_path
+        self.cpu = cpu or CpuPriority()
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -147,22 +148,36 @@ class PiperEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts")
         self._cache: OrderedDict[tuple[str, float, int | None], bytes] = OrderedDict()
 
-    def synthesize_sync(self, text: str, length_scale: float = 1.0, speaker_id: int | None = None) -> bytes:
+    def synthesize_sync(
+        self, text: str, length_scale: float = 1.0, speaker_id: int | None = None, urgent: bool = False
+    ) -> bytes:
         from piper import SynthesisConfig
 
         cfg = SynthesisConfig(length_scale=length_scale, speaker_id=speaker_id)
+        if urgent:
+            with self.cpu.urgent():
+                return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text, syn_config=cfg))
         return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text, syn_config=cfg))
 
     async def synthesize(
-        self, text: str, length_scale: float = 1.0, speaker_id: int | None = None, *, cache: bool = False
+        self,
+        text: str,
+        length_scale: float = 1.0,
+        speaker_id: int | None = None,
+        *,
+        cache: bool = False,
+        urgent: bool = False,
     ) -> bytes:
-        """int16 mono audio at ``sample_rate``; ``cache`` keeps it for the next call (greetings)."""
+        """int16 mono audio at ``sample_rate``; ``cache`` keeps it for the next call (greetings);
+        ``urgent`` (a reply's first clause: the caller is waiting) pauses LLM generation meanwhile."""
         key = (text, length_scale, speaker_id)
         if cache and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         loop = asyncio.get_running_loop()
-        audio = await loop.run_in_executor(self._executor, self.synthesize_sync, text, length_scale, speaker_id)
+        audio = await loop.run_in_executor(
+            self._executor, self.synthesize_sync, text, length_scale, speaker_id, urgent
+        )
         if cache:
             self._cache[key] = audio
             while len(self._cache) > self.CACHE_SIZE:
@@ -265,11 +280,12 @@ class PiperTTSProcessor(FrameProcessor):
         await self.push_frame(
             AgentClauseFrame(reply_id=self._reply_id, index=self._clause_index, text=clause, timeline=self._timeline)
         )
+        first = self._clause_index == 0
         self._clause_index += 1
         self._spoken.append(clause)
         try:
             audio = await self._engine.synthesize(
-                clause, self._voice.length_scale, self._voice.speaker_id, cache=cache
+                clause, self._voice.length_scale, self._voice.speaker_id, cache=cache, urgent=first
             )
         except asyncio.CancelledError:
             raise

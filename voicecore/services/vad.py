@@ -8,7 +8,9 @@ caller audio into Pipecat's speaking frames:
 - ``UserStartedSpeakingFrame`` when a caller turn begins, preceded by an
   ``InterruptionFrame`` broadcast when the agent is speaking (barge-in);
 - ``UserStoppedSpeakingFrame`` when the turn ends: smart-turn v3 judged the
-  pause to be the end of a thought, or the silence reached
+  pause to be the end of a thought; or the STT's transcript at the pause
+  (``PauseTranscriptFrame``, sent upstream) reads as a finished sentence and
+  the silence reached ``semantic_silence_ms``; or the silence reached
   ``end_of_turn_silence_ms``. Its ``metadata["timeline"]`` opens the turn's
   :class:`~voicecore.records.TurnTimeline` with the end of speech.
 
@@ -19,6 +21,7 @@ streamed faster than real time takes the same decisions as a live call.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voicecore.config import TurnTaking
+from voicecore.frames import PauseTranscriptFrame
 from voicecore.records import TurnTimeline
 
 PIPELINE_SAMPLE_RATE = 16000
@@ -141,6 +145,36 @@ class SmartTurnEngine:
         return await loop.run_in_executor(self._executor, self.probability, audio_16k)
 
 
+# A transcript ending in one of these words is mid-thought whatever its punctuation.
+CONTINUATION_WORDS = frozenset(
+    "and but or so because then if that which who to of for with at on in from by about "
+    "the a an my your our their his her its is are was were am be i we you it "
+    "um uh er erm hmm like".split()
+)
+
+
+def transcript_looks_complete(text: str) -> bool:
+    """The semantic end-of-turn cue: does the transcript at a pause read as finished?
+
+    Whisper punctuates what it hears: a finished sentence ends in ``.``, ``?`` or
+    ``!``, a trailing-off one in ``...`` or a comma. A sentence still ends
+    mid-thought on a continuation word ("...and."), and a caller reading out a
+    number pauses between groups of digits, so text that ends in a digit group
+    after other digits is not finished either.
+    """
+    t = text.strip()
+    if not t or t.endswith(("...", "…", ",", "-", ";", ":")) or t[-1] not in ".?!":
+        return False
+    words = re.findall(r"[\w']+", t.lower())
+    if not words:
+        return False
+    if words[-1] in CONTINUATION_WORDS:
+        return False
+    if any(c.isdigit() for c in words[-1]) and sum(c.isdigit() for c in t) >= 3:
+        return False
+    return True
+
+
 class TurnEvent(Enum):
     SPEECH_STARTED = "speech_started"  # a new caller turn starts
     SPEECH_RESUMED = "speech_resumed"  # speech again after a pause, same turn
@@ -158,6 +192,13 @@ class TurnState:
     voiced_samples: int = 0  # voiced audio in this turn
     last_voiced_end: int = 0  # sample index where the last voiced frame of the turn ended
     pause_id: int = 0  # increases at every pause; a smart-turn answer names its pause
+    complete_text_pause: int = -1  # the pause whose transcript reads as a finished sentence
+    end_reason: str = ""  # why the last END_OF_TURN came: "silence" or "semantic"
+
+    def _silence_needed_ms(self) -> int:
+        if self.complete_text_pause == self.pause_id and self.params.semantic_end_of_turn:
+            return min(self.params.semantic_silence_ms, self.params.end_of_turn_silence_ms)
+        return self.params.end_of_turn_silence_ms
 
     def on_vad(self, state: VADState, now_sample: int, voiced_end_sample: int) -> list[TurnEvent]:
         """Feed the analyzer state after the audio up to ``now_sample``."""
@@ -176,12 +217,26 @@ class TurnState:
             events.append(TurnEvent.PAUSE)
         if self.in_turn:
             self.last_voiced_end = max(self.last_voiced_end, voiced_end_sample)
+        events.extend(self._check_silence(now_sample))
+        return events
+
+    def _check_silence(self, now_sample: int) -> list[TurnEvent]:
         if self.in_turn and not self.speaking:
             silence_ms = (now_sample - self.last_voiced_end) * 1000 / PIPELINE_SAMPLE_RATE
-            if silence_ms >= self.params.end_of_turn_silence_ms:
-                events.append(TurnEvent.END_OF_TURN)
+            if silence_ms >= self._silence_needed_ms():
                 self.in_turn = False
-        return events
+                self.end_reason = "semantic" if self.complete_text_pause == self.pause_id else "silence"
+                return [TurnEvent.END_OF_TURN]
+        return []
+
+    def transcript_at_pause(self, pause_id: int, text: str, now_sample: int) -> list[TurnEvent]:
+        """The STT's transcript of the turn up to pause ``pause_id``: a finished sentence
+        shortens the silence that ends the turn (if still in that pause)."""
+        if (self.params.semantic_end_of_turn and self.in_turn and not self.speaking
+                and pause_id == self.pause_id and transcript_looks_complete(text)):
+            self.complete_text_pause = pause_id
+            return self._check_silence(now_sample)
+        return []
 
     def smart_turn_says_complete(self, pause_id: int) -> bool:
         """Smart-turn judged pause ``pause_id`` complete: end the turn if still in that pause."""
@@ -236,6 +291,10 @@ class VADTurnProcessor(FrameProcessor):
             await self._on_audio(frame)
             await self.push_frame(frame, direction)
             return
+        if isinstance(frame, PauseTranscriptFrame):
+            for event in self._turn.transcript_at_pause(frame.pause_id, frame.text, self._samples):
+                await self._on_turn_event(event)
+            return  # consumed: nothing upstream of the turn detector needs it
         if isinstance(frame, BotStartedSpeakingFrame):
             self._bot_speaking = True
         elif isinstance(frame, BotStoppedSpeakingFrame):
@@ -294,14 +353,16 @@ class VADTurnProcessor(FrameProcessor):
             await self._cancel_smart_turn()
             await self.push_frame(VADUserStartedSpeakingFrame(start_secs=self._params.speech_start_ms / 1000))
         elif event == TurnEvent.PAUSE:
-            await self.push_frame(VADUserStoppedSpeakingFrame(stop_secs=self._params.pause_ms / 1000))
+            stopped = VADUserStoppedSpeakingFrame(stop_secs=self._params.pause_ms / 1000)
+            stopped.metadata["pause_id"] = self._turn.pause_id  # the STT names it in PauseTranscriptFrame
+            await self.push_frame(stopped)
             if self._smart_turn is not None:
                 pause_id = self._turn.pause_id
                 audio = np.concatenate(self._turn_audio) if self._turn_audio else np.zeros(0, np.int16)
                 self._smart_task = self.create_task(self._ask_smart_turn(pause_id, audio))
         elif event == TurnEvent.END_OF_TURN:
             await self._cancel_smart_turn()
-            await self._end_turn("silence")
+            await self._end_turn(self._turn.end_reason or "silence")
 
     async def _ask_smart_turn(self, pause_id: int, audio: np.ndarray) -> None:
         assert self._smart_turn is not None

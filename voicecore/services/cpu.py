@@ -1,0 +1,57 @@
+"""Who gets the CPU when a caller is waiting.
+
+On two cores, the LLM generating the rest of a reply and Piper synthesising its
+first clause slow each other down by 2–2.5× (a 100 ms clause took 250 ms while
+llama.cpp generated beside it). Model work a caller is waiting for right now —
+speech recognition of a finished turn, the first clause of a reply — is
+*urgent*; token generation past the first token is not (a reply's first clause
+plays for a second or more, far longer than the rest takes to generate). The
+LLM checks between tokens and pauses while urgent work runs, for a bounded time
+so it never starves when urgent work never stops (many concurrent calls).
+
+One arbiter per process, shared by every model through the model pool.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class CpuPriority:
+    def __init__(self, max_pause_s: float = 0.3):
+        self.max_pause_s = max_pause_s
+        self._urgent = 0
+        self._cond = threading.Condition()
+        self.pauses = 0  # times a background step waited (for benchmarks and tests)
+
+    @property
+    def urgent_running(self) -> int:
+        return self._urgent
+
+    @contextmanager
+    def urgent(self) -> Iterator[None]:
+        """Run the block as urgent work (thread-safe, re-entrant)."""
+        with self._cond:
+            self._urgent += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._urgent -= 1
+                if self._urgent == 0:
+                    self._cond.notify_all()
+
+    def yield_to_urgent(self) -> float:
+        """Called by interruptible work between steps: wait while urgent work runs, at
+        most ``max_pause_s``. Returns the seconds waited (0.0 on the fast path)."""
+        if not self._urgent:  # unlocked read: a stale value costs one step at most
+            return 0.0
+        t0 = time.monotonic()
+        with self._cond:
+            if self._urgent:
+                self.pauses += 1
+                self._cond.wait_for(lambda: self._urgent == 0, timeout=self.max_pause_s)
+        return time.monotonic() - t0
