@@ -380,7 +380,14 @@ def test_optout_add_list_remove(data: Path) -> None:
         assert store.is_opted_out("acme", CALLER)
     assert "[erased]" in ok(vc(data, "optout", "list", "--tenant", "acme")).stdout
 
+    # Outbound calls to the number are refused (exit status 1), for this tenant only.
+    refused = vc(data, "optout", "check", CALLER, "--tenant", "acme", "--json")
+    assert refused.exit_code == 1, refused.stderr
+    assert json.loads(refused.stdout)["allowed"] is False and "opt-out" in json.loads(refused.stdout)["reason"]
+    assert json.loads(ok(vc(data, "optout", "check", CALLER, "--tenant", "beta", "--json")).stdout)["allowed"]
+
     ok(vc(data, "optout", "remove", CALLER, "--tenant", "acme"))
+    assert "may call" in ok(vc(data, "optout", "check", CALLER, "--tenant", "acme")).stdout
     assert json.loads(ok(vc(data, "optout", "list", "--tenant", "acme", "--json")).stdout) == []
     again = vc(data, "optout", "remove", CALLER, "--tenant", "acme")
     assert again.exit_code == 1 and "not on the opt-out list" in again.stderr

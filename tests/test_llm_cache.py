@@ -119,3 +119,23 @@ async def test_generation_pauses_for_urgent_work_after_the_first_token(engine):
     assert result.stats.generated_tokens > 1
     assert result.stats.paused_s >= 0.1, result.stats
     engine.forget(conv.key)
+
+
+async def test_a_restored_state_answers_like_a_fresh_evaluation(engine):
+    """The KV cells saved for a call and loaded back hold the call's context: the greedy answer
+    after a restore starts like the answer to the same prompt evaluated from scratch."""
+    a, b = conversation(), conversation("You are agent B, a travel agent.")
+    await turn(engine, a, "My name is Zelda. What are your opening hours?")
+    await turn(engine, b, "I want to fly to Paris.")  # A's state is saved, B's computed
+    a.add_caller("What is my name?")
+    prompt = engine.prompt_tokens(a.prompt_messages(), a.generated)
+    restored = await engine.generate(a.key, prompt, PARAMS, threading.Event())
+    assert restored.stats.state_restored and restored.stats.evaluated_prompt_tokens < 30
+    fresh_owner = "fresh-" + a.key
+    engine.forget(b.key)
+    await engine.generate(b.key, engine.prompt_tokens(b.prompt_messages()), PARAMS, threading.Event())
+    fresh = await engine.generate(fresh_owner, prompt, PARAMS, threading.Event())  # no saved state: from scratch
+    assert not fresh.stats.state_restored and fresh.stats.evaluated_prompt_tokens > len(prompt) // 2
+    assert restored.tokens[:3] == fresh.tokens[:3], (restored.text, fresh.text)
+    for key in (a.key, b.key, fresh_owner):
+        engine.forget(key)

@@ -466,7 +466,9 @@ async def test_recording_off_leaves_no_audio_on_disk(pool, receptionist, say, st
     assert db_leaks(store, windows) == []
     # The system temp directory is shared with other processes (their WAVs, their databases):
     # no file changed during the call may hold this call's PCM bytes, and no WAV there the tone.
-    shared = [p for p in files_under(system_tmp, since=started) if tmp_path not in p.parents]
+    # (other tests of this session write their own fixtures, tones included, under pytest's basetemp)
+    session_tmp = tmp_path.parent
+    shared = [p for p in files_under(system_tmp, since=started) if session_tmp not in p.parents]
     leaks = {str(p): audio_leaks(p, windows, any_riff=False, spectrum=False) for p in shared}
     assert not any(leaks.values()), {p: what for p, what in leaks.items() if what}
 
@@ -684,3 +686,23 @@ async def test_policy_context_keeps_the_kv_cache_prefix(pool):
         stats.append(result.stats)
     engine.forget(conv.key)
     assert stats[1].evaluated_prompt_tokens < 30 < stats[1].prompt_tokens
+
+
+@models
+async def test_only_the_callers_allow_listed_contact_fields_reach_the_model(pool, receptionist, say, store):
+    """Minimisation (rule 3): with three contacts on file, the prompts of a call hold the caller's
+    name (allow-listed by the default policy) and nothing else from the tenant's contact base."""
+    tenant(store, "acme", POLICIES / "default.yaml")
+    store.upsert_contact("acme", CALLER, {"name": "Zelda Quist", "notes": "owes 740 dollars", "email": "zq@example.org"})
+    store.upsert_contact("acme", "+14155550188", {"name": "Orwell Brandt"})
+    store.upsert_contact("acme", "+14155550199", {"name": "Priya Vantongeren"})
+    prompts: list[str] = []
+    record, _transport, _session = await run_call(
+        receptionist, pool, [say("Hello, can you help me?")], realtime=False, tenant="acme", store=store,
+        record=CallRecord(caller=CALLER), on_prompt=prompts.append,
+    )  # fmt: skip
+    assert prompts, "the caller's turn never reached the model"
+    text = "\n".join(prompts)
+    assert "Zelda Quist" in text  # the allow-listed field of the caller's own contact, so the test can fail
+    for leaked in ("owes 740", "zq@example.org", "Orwell", "Brandt", "Priya", "Vantongeren"):
+        assert leaked not in text, f"{leaked!r} reached the model"

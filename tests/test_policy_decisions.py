@@ -121,3 +121,11 @@ def test_allowed_regions() -> None:
     # no region list: any remote backend is fine
     anywhere = load_policy_text("processing:\n  local_only: false\n")
     assert location_violations(anywhere, [us, unknown]) == []
+
+
+def test_outbound_refusal():
+    from voicecore.policy import outbound_refusal
+
+    assert outbound_refusal(opted_out=False, restricted=False) is None
+    assert "opt-out" in outbound_refusal(opted_out=True, restricted=False)
+    assert "restricted" in outbound_refusal(opted_out=False, restricted=True)

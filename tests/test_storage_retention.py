@@ -164,3 +164,19 @@ def test_naive_now_is_utc(tmp_path: Path) -> None:
     naive = datetime.fromtimestamp(T0 + 11 * DAY, UTC).replace(tzinfo=None)
     assert store.retention_sweep(naive).deleted["calls"] == 1
     store.close()
+
+
+def test_opt_outs_outlive_every_retention_period_until_the_tenant_removes_them(tmp_path: Path) -> None:
+    """Privacy rule 2: opt-outs are kept until the tenant removes them, whatever the lifetimes."""
+    clock = Clock(T0)
+    store = Store(tmp_path / "data", clock=clock)
+    store.create_tenant("a", policy_yaml=POLICY)
+    rec = planted_call("a")
+    store.save_call(rec)
+    assert store.add_optout("a", rec.caller, call_id=rec.call_id)
+    ten_years = datetime.fromtimestamp(T0 + 3650 * DAY, UTC)
+    store.retention_sweep(ten_years)
+    assert store.call_get("a", rec.call_id, actor="test") is None  # the call itself is gone
+    assert store.is_opted_out("a", rec.caller)  # the opt-out is not
+    assert store.remove_optout("a", rec.caller, actor="test")
+    assert not store.is_opted_out("a", rec.caller)

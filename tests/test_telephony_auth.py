@@ -47,6 +47,24 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 WRONG_KEY = "vck_0123456789ab_" + "x" * 43  # well-formed, unknown
 
 
+@pytest.fixture(autouse=True)
+def no_key_in_logs(telephony_server):
+    """Privacy rule 8: API keys never reach the logs — every message of every level, for every
+    test here (refused and accepted streams, webhooks), is searched for the secret part of a key."""
+    from loguru import logger
+
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="TRACE", format="{message} {extra} {exception}")
+    try:
+        yield lines
+    finally:
+        logger.remove(sink)
+    secrets = [k.rsplit("_", 1)[-1] for k in (*telephony_server.keys.values(), WRONG_KEY)]
+    for line in lines:
+        for secret in secrets:
+            assert secret not in line, f"an API key reached the log: {line[:200]!r}"
+
+
 def tampered(key: str) -> str:
     """The tenant's real key with its secret's last character changed."""
     return key[:-1] + ("A" if key[-1] != "A" else "B")
@@ -316,3 +334,32 @@ async def test_other_tenants_key_cannot_take_over_a_call_announced_for_a_tenant(
     client = TwilioClient(server.ws_url("twilio"), token=server.keys["acme"], call_sid=globex_call,
                           label="acme-key-globex-call")
     await assert_rejected(server, client)
+
+
+async def test_outbound_call_to_an_opted_out_number_is_hung_up_before_any_stream(telephony_server):
+    """Privacy rule 5: a number on the opt-out list is never called again. When Twilio asks for
+    instructions on an answered outbound call, serve hangs up instead of connecting a stream."""
+    server = telephony_server
+    key = server.keys["globex"]
+    callee = "+14155550777"
+    await asyncio.to_thread(server.store.add_optout, "globex", callee, source="test", actor="test")
+    started = server.app.state.vc.calls_started
+    target = server.base_url + "/twilio/voice?token=" + urllib.parse.quote(key)
+
+    def form(direction: str, to: str, sid: str) -> dict[str, str]:
+        return {"CallSid": sid, "AccountSid": "AC" + "0" * 32, "From": "+14155550999", "To": to,
+                "Direction": direction, "CallStatus": "in-progress"}
+
+    status, ctype, body = await asyncio.to_thread(_post, target, form("outbound-api", callee, "CA" + "7" * 32))
+    assert status == 200 and "xml" in ctype, (status, body)
+    root = ET.fromstring(body)
+    assert root.find("./Hangup") is not None and "<Stream" not in body, body
+    # an outbound call to a number that is not on the list connects as usual
+    status, _ctype, body = await asyncio.to_thread(_post, target, form("outbound-api", "+14155550778", "CA" + "8" * 32))
+    assert status == 200 and parse_twiml(body)[0].endswith("/ws/twilio"), body
+    # the list binds the tenant that holds it only
+    other = server.base_url + "/twilio/voice?token=" + urllib.parse.quote(server.keys["acme"])
+    status, _ctype, body = await asyncio.to_thread(_post, other, form("outbound-dial", callee, "CA" + "9" * 32))
+    assert status == 200 and "<Stream" in body, body
+    assert server.app.state.vc.calls_started == started  # nothing was started by the refused call
+    await asyncio.to_thread(server.store.remove_optout, "globex", callee, actor="test")

@@ -476,6 +476,31 @@ def optout_remove(phone: str, tenant: str, data_dir: Path | None, as_json: bool)
     click.echo(f"{e164} removed from the opt-out list of tenant {tenant}.")
 
 
+@optout.command("check")
+@click.argument("phone")
+@tenant_option(required=True)
+@data_dir_option
+@json_option
+def optout_check(phone: str, tenant: str, data_dir: Path | None, as_json: bool) -> None:
+    """May tenant T place an outbound call to PHONE? Exit status 1 when not (opt-out or restriction).
+
+    `voicecore serve` asks the same question when Twilio reports an outbound call
+    (Direction outbound-*) and hangs up on a refused number before any audio flows."""
+    from voicecore.session import outbound_check
+
+    with open_store(data_dir, phone=phone) as store:
+        refusal = outbound_check(store, tenant, phone)
+        e164 = store.normalize_phone(phone, store.get_tenant_policy(tenant).phone_region)
+    if as_json:
+        _echo_json({"tenant": tenant, "phone": e164, "allowed": refusal is None, "reason": refusal})
+    elif refusal is None:
+        click.echo(f"Tenant {tenant} may call {e164}.")
+    else:
+        click.echo(f"Tenant {tenant} must not call {e164}: {refusal}.")
+    if refusal is not None:
+        raise SystemExit(1)
+
+
 # --------------------------------------------------------------------------- retention
 
 

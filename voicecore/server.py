@@ -35,7 +35,7 @@ from voicecore.metrics import Metrics
 from voicecore.models import ModelPool
 from voicecore.records import CallRecord
 from voicecore.reports import drain_reports
-from voicecore.session import CallRefused, CallSession, open_call
+from voicecore.session import CallRefused, CallSession, open_call, outbound_check
 from voicecore.storage import Store
 from voicecore.telephony import CODECS, create_codec
 from voicecore.telephony.base import CallStart, Message, ProtocolError
@@ -46,7 +46,7 @@ from voicecore.telephony.stream import (
     MediaStreamTransport,
     SocketClosed,
 )
-from voicecore.telephony.twilio import twiml_connect_stream
+from voicecore.telephony.twilio import twiml_connect_stream, twiml_hangup
 from voicecore.webhooks import WebhookWorker
 
 CALL_TOKEN_TTL_S = 120.0
@@ -223,6 +223,16 @@ def create_app(
         pipeline_name = request.query_params.get("pipeline")
         if pipeline_name is not None and pipeline_name not in state.pipelines:
             return PlainTextResponse(f"unknown pipeline {pipeline_name!r}", status_code=404)
+        direction = str(form.get("Direction") or "")
+        if direction.startswith("outbound"):
+            # Twilio asks for instructions when an outbound call is answered: the callee is "To".
+            try:
+                refusal = await asyncio.to_thread(outbound_check, state.store, tenant, str(form.get("To") or ""))
+            except ValueError as e:
+                refusal = f"no valid callee number ({e})"
+            if refusal is not None:
+                logger.warning(f"twilio voice webhook: outbound call for tenant {tenant!r} refused: {refusal}")
+                return Response(twiml_hangup(), media_type="application/xml")
         call_token = state.mint_call_token(tenant, pipeline_name, str(form.get("CallSid") or "") or None)
         proto = request.headers.get("x-forwarded-proto", request.url.scheme)
         host = request.headers.get("x-forwarded-host", request.headers.get("host", request.url.netloc))

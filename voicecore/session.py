@@ -54,6 +54,7 @@ from voicecore.policy import (
     check_pipeline_location,
     consent_answer,
     optout_requested,
+    outbound_refusal,
     recording_decision,
 )
 from voicecore.records import CallRecord, Turn, TurnTimeline
@@ -674,6 +675,15 @@ def _policy_backends(pool: ModelPool, config: PipelineConfig) -> list[BackendInf
         else:
             out.append(BackendInfo.from_endpoint(b.kind, b.name, b.region))
     return out
+
+
+def outbound_check(store: Store, tenant: str, callee: str) -> str | None:
+    """Why tenant ``tenant`` must not place (or go on with) an outbound call to ``callee``,
+    or ``None`` when it may; blocking (run it in a thread). A bad number raises ``ValueError``."""
+    if not callee:
+        raise ValueError("an outbound call needs the number it goes to")
+    return outbound_refusal(opted_out=store.is_opted_out(tenant, callee),
+                            restricted=store.is_restricted(tenant, callee))
 
 
 def _caller_state(store: Store, tenant: str, caller: str, policy: Policy) -> tuple[bool, dict[str, Any] | None]:

@@ -15,6 +15,7 @@ from voicecore.policy.decisions import (
     is_stored,
     location_violations,
     may_record,
+    outbound_refusal,
     recording_decision,
 )
 from voicecore.policy.models import (
@@ -35,6 +36,7 @@ from voicecore.policy.phone import InvalidPhoneNumber, normalize_phone, try_norm
 from voicecore.policy.redaction import PLACEHOLDERS, Finding, find_sensitive, redact
 
 __all__ = [
+    "outbound_refusal",
     "DATA_CLASSES",
     "DEFAULT_POLICY",
     "KNOWN_REGIONS",

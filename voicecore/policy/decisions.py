@@ -176,6 +176,21 @@ def check_pipeline_location(policy: Policy, backends: Iterable[BackendInfo]) -> 
         raise LocationViolation(reasons)
 
 
+# --------------------------------------------------------------------------- outbound calls
+
+
+def outbound_refusal(*, opted_out: bool, restricted: bool) -> str | None:
+    """Why an outbound call to a number must not be placed, or ``None`` when it may.
+
+    A number on the tenant's opt-out list is never called again (until the tenant
+    removes it), and a restricted subject is not processed at all."""
+    if opted_out:
+        return "the number asked not to be called again (opt-out list)"
+    if restricted:
+        return "the number's owner restricted processing of their data"
+    return None
+
+
 __all__ = [
     "DATA_CLASSES",
     "BackendInfo",
@@ -187,5 +202,6 @@ __all__ = [
     "is_stored",
     "location_violations",
     "may_record",
+    "outbound_refusal",
     "recording_decision",
 ]

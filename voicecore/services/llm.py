@@ -84,6 +84,15 @@ class GenerationStats:
 
 
 @dataclass
+class _KVState:
+    """One conversation's KV cache cells (llama.cpp sequence state) and the tokens they hold."""
+
+    kv: bytes
+    input_ids: Any
+    n_tokens: int
+
+
+@dataclass
 class Generation:
     text: str
     tokens: list[int]
@@ -178,16 +187,46 @@ class LlamaEngine:
         if self._owner == owner:
             return False
         if self._owner is not None and self._llm.n_tokens > 0:
-            self._saved[self._owner] = self._llm.save_state()
+            self._saved[self._owner] = self._save_kv()
             self._saved.move_to_end(self._owner)
             while len(self._saved) > self.MAX_SAVED_STATES:
                 self._saved.popitem(last=False)
         self._owner = owner
         state = self._saved.pop(owner, None)
         if state is not None:
-            self._llm.load_state(state)
+            self._load_kv(state)
             return True
         return False
+
+    def _save_kv(self) -> _KVState:
+        """The current conversation's KV cells and tokens — not ``Llama.save_state``, which also
+        copies the logits of a whole batch (256 × 49k floats, ~50 MB per call): the next turn
+        always decodes at least one token, so no old logits are ever needed."""
+        import ctypes
+
+        import llama_cpp
+
+        ctx = self._llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        n_tokens = self._llm.n_tokens
+        return _KVState(ctypes.string_at(buf, n), self._llm.input_ids[:n_tokens].copy(), n_tokens)
+
+    def _load_kv(self, state: _KVState) -> None:
+        import ctypes
+
+        import llama_cpp
+
+        self._llm._ctx.kv_cache_clear()
+        buf = (ctypes.c_uint8 * len(state.kv)).from_buffer_copy(state.kv)
+        if llama_cpp.llama_state_seq_set_data(self._llm._ctx.ctx, buf, len(state.kv), 0) == 0:
+            self._llm.n_tokens = 0  # start this conversation over rather than decode on a broken cache
+            logger.warning("LLM: a saved KV state did not load; the prompt is evaluated again")
+            return
+        self._llm.input_ids[: state.n_tokens] = state.input_ids
+        self._llm.n_tokens = state.n_tokens
+        self._llm._requires_eval = True
 
     def prefill_sync(self, owner: str, prompt: list[int]) -> int:
         """Evaluate ``prompt`` into ``owner``'s KV cache ahead of its first turn; returns tokens evaluated."""

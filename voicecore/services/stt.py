@@ -62,6 +62,7 @@ class WhisperEngine:
     MIN_WINDOW_S = 10.0
     NO_SPEECH_THRESHOLD = 0.6
     LOGPROB_THRESHOLD = -1.0
+    LONGEST_PIECE_S = 28.0  # audio longer than this is transcribed in pieces
     MAX_HINT_TOKENS = 111  # Whisper keeps at most half of its 224-token context for the prompt
 
     def __init__(self, model_dir: str, preset: STTPreset, cpu: CpuPriority | None = None):
@@ -99,13 +100,14 @@ class WhisperEngine:
         """
         import ctranslate2
 
+        longest = int(self.LONGEST_PIECE_S * SAMPLE_RATE)
+        if audio.size > longest:  # a monologue longer than Whisper's window: piece by piece
+            pieces = [self.transcribe_sync(audio[i : i + longest], prompt) for i in range(0, audio.size, longest)]
+            return " ".join(p for p in pieces if p)
         features = self._model.feature_extractor(audio, padding=0)
         n = features.shape[-1]
-        frames = self._window_frames(n)
-        if n > frames:  # longer than the window: keep the end (a turn over 25 s is rare)
-            features = features[:, -frames:]
-        else:
-            features = np.pad(features, ((0, 0), (0, frames - n)))
+        frames = max(n, self._window_frames(n)) if n <= 3000 else 3000
+        features = np.pad(features[:, :frames], ((0, 0), (0, frames - min(n, frames))))
         x = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None].astype(np.float32)))
         tokens = self._prompt_tokens(prompt)
         with self.cpu.urgent():  # a caller is waiting for this transcript

@@ -123,6 +123,13 @@ class TwilioCodec(JsonEventCodec):
         return [dumps({"event": "clear", "streamSid": self.stream_id})]
 
 
+def twiml_hangup() -> str:
+    """TwiML that ends the call at once (an outbound call the policy refuses)."""
+    response = ET.Element("Response")
+    ET.SubElement(response, "Hangup")
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(response, encoding="unicode")
+
+
 def twiml_connect_stream(ws_url: str, parameters: Mapping[str, str]) -> str:
     """TwiML that connects the call to a bidirectional media stream at ``ws_url``.
 
