@@ -139,3 +139,32 @@ async def test_a_restored_state_answers_like_a_fresh_evaluation(engine):
     assert restored.tokens[:3] == fresh.tokens[:3], (restored.text, fresh.text)
     for key in (a.key, b.key, fresh_owner):
         engine.forget(key)
+
+
+async def test_a_long_reply_yields_to_a_waiting_turn_at_a_clause_end_and_continues(engine):
+    """Another call's turn waits for one clause of a running reply, not for all of it."""
+    import asyncio
+
+    a, b = conversation(), conversation("You are agent B, a travel agent.")
+    a.add_caller("Tell me a long story about teeth, in many short sentences.")
+    b.add_caller("Hello.")
+    pa = engine.prompt_tokens(a.prompt_messages())
+    pb = engine.prompt_tokens(b.prompt_messages())
+    long = LLMParams(max_tokens=150, temperature=0.0)
+    first_piece = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    running = asyncio.ensure_future(engine.generate(
+        a.key, pa, long, threading.Event(), lambda _p: loop.call_soon_threadsafe(first_piece.set), yield_after=1))
+    await asyncio.wait_for(first_piece.wait(), 10)  # A is generating
+    answer_b = await engine.generate(b.key, pb, PARAMS, threading.Event())
+    part = await running
+    assert answer_b.text.strip()
+    assert part.stats.yielded, part.text
+    assert 1 <= part.stats.generated_tokens < 150
+    assert part.text.rstrip()[-1] in ".,!?;:", part.text
+    # A continues where it stopped: its saved state holds the reply so far
+    rest = await engine.generate(a.key, pa + part.tokens, PARAMS, threading.Event(), said=part.tokens)
+    assert rest.stats.state_restored and rest.stats.evaluated_prompt_tokens <= 2
+    assert rest.text.strip() and not rest.stats.yielded
+    for key in (a.key, b.key):
+        engine.forget(key)

@@ -48,6 +48,7 @@ from voicecore.policy import Policy
 from voicecore.records import TurnTimeline
 from voicecore.services.cpu import CpuPriority
 
+CLAUSE_ENDS = (".", ",", "!", "?", ";", ":")
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 
@@ -81,6 +82,8 @@ class GenerationStats:
     state_restored: bool = False
     cancelled: bool = False
     paused_s: float = 0.0  # time spent waiting for urgent model work of calls (CpuPriority)
+    yielded: bool = False  # stopped at a clause end because another call's turn was waiting
+    yields: int = 0  # times a reply gave the model to other calls' turns and continued
 
 
 @dataclass
@@ -121,6 +124,8 @@ class LlamaEngine:
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
         self._live_turns = 0  # live generations queued or running (background work waits for them)
+        self._waiting_turns = 0  # live generations queued behind the running one
+        self._count_lock = threading.Lock()
         # conversation -> when it last generated: calls still in progress (background work waits)
         self._active_owners: dict[str, float] = {}
         self._last_live_at = 0.0
@@ -265,8 +270,17 @@ class LlamaEngine:
         params: LLMParams,
         cancel: threading.Event,
         on_text: Callable[[str], None] | None = None,
+        *,
+        said: list[int] | None = None,
+        yield_after: int | None = None,
     ) -> Generation:
-        """Generate a reply; blocking (runs on the engine's thread)."""
+        """Generate a reply; blocking (runs on the engine's thread).
+
+        ``said``: tokens of this reply generated before (a continuation; ``prompt`` ends with
+        them), for detokenising. ``yield_after``: once this many tokens are out, stop at the
+        next clause end when another call's turn is waiting (``stats.yielded``); the caller
+        continues later with ``prompt + tokens``. A waiting caller then hears its first
+        clause after one clause of the other reply, not after all of it."""
         stats = GenerationStats(prompt_tokens=len(prompt))
         t0 = time.monotonic()
         stats.state_restored = self._switch_to(owner)
@@ -279,6 +293,7 @@ class LlamaEngine:
         if params.seed is not None:
             self._llm.set_seed(params.seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        before = list(said or [])
         tokens: list[int] = []
         pieces: list[str] = []
         gen = self._llm.generate(
@@ -295,7 +310,7 @@ class LlamaEngine:
                 if tok in self._eos:
                     break
                 tokens.append(tok)
-                piece = decoder.decode(self._llm.detokenize([tok], prev_tokens=tokens[:-1] or None))
+                piece = decoder.decode(self._llm.detokenize([tok], prev_tokens=(before + tokens[:-1]) or None))
                 if piece:
                     pieces.append(piece)
                     if on_text is not None:
@@ -304,6 +319,10 @@ class LlamaEngine:
                     stats.cancelled = True
                     break
                 if len(tokens) >= max_tokens:
+                    break
+                if (yield_after is not None and len(tokens) >= yield_after and self._waiting_turns > 0
+                        and piece.rstrip().endswith(CLAUSE_ENDS)):
+                    stats.yielded = True
                     break
                 # The rest of the reply can wait while a caller waits for recognition or first audio.
                 stats.paused_s += self.cpu.yield_to_urgent()
@@ -325,14 +344,31 @@ class LlamaEngine:
         params: LLMParams,
         cancel: threading.Event,
         on_text: Callable[[str], None] | None = None,
+        *,
+        said: list[int] | None = None,
+        yield_after: int | None = None,
     ) -> Generation:
         """A live turn: background work (post-call reports) waits while any is queued or running."""
         loop = asyncio.get_running_loop()
         self._live_turns += 1
         self._active_owners[owner] = time.monotonic()
+        with self._count_lock:
+            self._waiting_turns += 1
+        started = False
+
+        def run() -> Generation:
+            nonlocal started
+            with self._count_lock:
+                self._waiting_turns -= 1
+                started = True
+            return self.generate_sync(owner, prompt, params, cancel, on_text, said=said, yield_after=yield_after)
+
         try:
-            return await loop.run_in_executor(self._executor, self.generate_sync, owner, prompt, params, cancel, on_text)
+            return await loop.run_in_executor(self._executor, run)
         finally:
+            if not started:  # cancelled while queued
+                with self._count_lock:
+                    self._waiting_turns -= 1
             self._live_turns -= 1
             self._last_live_at = time.monotonic()
 
@@ -711,6 +747,32 @@ class LlamaLLMProcessor(FrameProcessor):
             self.generations_cancelled += 1
             await self.cancel_task(task)
 
+    # A reply yields the model to another call's waiting turn at a clause end once this many
+    # tokens are out (its first clause is then in the TTS), and continues after it.
+    YIELD_AFTER_TOKENS = 6
+
+    async def _generate_reply(
+        self, prompt: list[int], cancel: threading.Event, on_text: Callable[[str], None]
+    ) -> Generation:
+        """The whole reply, in one generation or — when other calls' turns are waiting —
+        in several, each continuing from the tokens the previous one produced."""
+        key = self._conversation.key
+        result = await self._engine.generate(key, prompt, self._params, cancel, on_text,
+                                             yield_after=self.YIELD_AFTER_TOKENS)
+        tokens, texts, stats = list(result.tokens), [result.text], result.stats
+        while result.stats.yielded and not cancel.is_set():
+            params = self._params.model_copy(update={"max_tokens": self._params.max_tokens - len(tokens)})
+            result = await self._engine.generate(key, prompt + tokens, params, cancel, on_text, said=tokens,
+                                                 yield_after=self.YIELD_AFTER_TOKENS)
+            tokens += result.tokens
+            texts.append(result.text)
+            stats.yields += 1
+            stats.cancelled = result.stats.cancelled
+            stats.paused_s += result.stats.paused_s
+            stats.total_s += result.stats.total_s
+        stats.generated_tokens = len(tokens)
+        return Generation(text="".join(texts), tokens=tokens, stats=stats)
+
     async def _respond(self, timeline: TurnTimeline, cancel: threading.Event) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -728,9 +790,7 @@ class LlamaLLMProcessor(FrameProcessor):
         start.metadata["timeline"] = timeline
         start.metadata["reply_id"] = reply_id
         await self.push_frame(start)
-        job = asyncio.ensure_future(
-            self._engine.generate(self._conversation.key, prompt, self._params, cancel, on_text)
-        )
+        job = asyncio.ensure_future(self._generate_reply(prompt, cancel, on_text))
         job.add_done_callback(lambda _f: loop.call_soon_threadsafe(queue.put_nowait, None))
         try:
             while True:

@@ -60,7 +60,10 @@ class WhisperEngine:
 
     PAD_S = 5.0
     MIN_WINDOW_S = 10.0
-    NO_SPEECH_THRESHOLD = 0.6
+    # Higher than Whisper's 0.6: the VAD already gated the turn on voiced audio, and dropping a
+    # caller's words (a noisy "Are you closed on Sunday?" scored 0.63 / -1.15) is worse than
+    # passing low-confidence text to the LLM.
+    NO_SPEECH_THRESHOLD = 0.8
     LOGPROB_THRESHOLD = -1.0
     LONGEST_PIECE_S = 28.0  # audio longer than this is transcribed in pieces
     MAX_HINT_TOKENS = 111  # Whisper keeps at most half of its 224-token context for the prompt
@@ -125,6 +128,8 @@ class WhisperEngine:
         # Whisper's rule (as in faster-whisper): silence only when the no-speech token is
         # likely *and* the decoded text is improbable; words heard through noise stay.
         avg_logprob = result.scores[0] if result.scores else 0.0
+        logger.debug(f"STT: {n / 100:.2f} s, window {frames / 100:.0f} s, p(no speech)={result.no_speech_prob:.2f}, "
+                     f"avg logprob {avg_logprob:.2f}")
         if result.no_speech_prob > self.NO_SPEECH_THRESHOLD and avg_logprob < self.LOGPROB_THRESHOLD:
             return ""
         text = self._model.hf_tokenizer.decode(result.sequences_ids[0]).strip()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -143,9 +144,20 @@ class PiperEngine:
             espeak_data_dir=Path(ESPEAK_DATA_DIR),
             download_dir=Path(model_path).parent,
         )
+        # espeak-ng (Piper's phonemizer) keeps global state: one phonemization at a time. The
+        # ONNX run itself may go on in two threads at once (onnxruntime sessions are thread-safe).
+        phonemize, lock = self._voice.phonemize, threading.Lock()
+
+        def phonemize_one_at_a_time(text: str):
+            with lock:
+                return phonemize(text)
+
+        self._voice.phonemize = phonemize_one_at_a_time  # type: ignore[method-assign]
         self.synthesize_sync("Hello there.")  # the first inference is slow: pay it at load
         self.sample_rate: int = int(self._voice.config.sample_rate)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts")
+        # A reply's first clause (a caller is waiting) never queues behind other calls' later clauses.
+        self._urgent_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-first")
         self._cache: OrderedDict[tuple[str, float, int | None], bytes] = OrderedDict()
 
     def synthesize_sync(
@@ -175,9 +187,8 @@ class PiperEngine:
             self._cache.move_to_end(key)
             return self._cache[key]
         loop = asyncio.get_running_loop()
-        audio = await loop.run_in_executor(
-            self._executor, self.synthesize_sync, text, length_scale, speaker_id, urgent
-        )
+        executor = self._urgent_executor if urgent else self._executor
+        audio = await loop.run_in_executor(executor, self.synthesize_sync, text, length_scale, speaker_id, urgent)
         if cache:
             self._cache[key] = audio
             while len(self._cache) > self.CACHE_SIZE:
