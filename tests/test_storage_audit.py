@@ -96,3 +96,16 @@ def test_appending_after_verification_keeps_the_chain(store: Store) -> None:
     again.audit_append("cli", None, "retention.swept", "rows:0")
     assert again.audit_verify().ok
     again.close()
+
+
+def test_entries_record_actor_tenant_what_and_when(tmp_path: Path) -> None:
+    """Privacy rule 7: who, for which tenant, what and when — the time from the store's clock."""
+    now = [1_800_000_000.0]
+    s = Store(tmp_path / "d", clock=lambda: now[0])
+    s.create_tenant("acme")
+    now[0] += 3600.0
+    s.audit_append("analyst-key-1", "acme", "transcript.read", "call-42")
+    entry = next(e for e in s.audit_list("acme") if e.action == "transcript.read")
+    assert (entry.actor, entry.tenant, entry.action, entry.object_id) == ("analyst-key-1", "acme", "transcript.read", "call-42")
+    assert entry.at == pytest.approx(1_800_003_600.0)
+    s.close()

@@ -130,3 +130,32 @@ def test_recording_cut_short_keeps_audio_up_to_the_last_chunk(store: Store) -> N
     path.write_bytes(data[: len(data) - (4 + 12 + 16)])
     got = read_recording_file(path, keys, row[0])
     assert not got.complete and got.pcm == pcm
+
+
+def test_a_copied_recording_cannot_be_decrypted_once_the_tenant_key_is_destroyed(tmp_path: Path) -> None:
+    """Privacy rule 9: destroying the tenant's key makes every copy of its recordings unreadable."""
+    import shutil
+
+    data = tmp_path / "data"
+    s = Store(data)
+    s.create_tenant("gone", policy_yaml=ON)
+    pcm = tone()
+    with s.open_recording("gone", "call-1", 16000) as w:
+        w.write(pcm)
+    backup = tmp_path / "backup"
+    shutil.copytree(data, backup)  # database, keystore, master key and the .vcrec files
+    b = Store(backup)
+    assert b.read_recording("gone", "call-1", actor="t")  # readable with the keys (so the test can fail)
+    b.close()
+
+    s.delete_tenant("gone", actor="ops")
+    shutil.copy(data / "keystore.bin", backup / "keystore.bin")  # the backup meets today's keystore
+    b = Store(backup)
+    from voicecore.storage import TenantKeyMissing
+
+    with pytest.raises(TenantKeyMissing):
+        b.read_recording("gone", "call-1", actor="t")
+    raw = b"".join(p.read_bytes() for p in (backup / "recordings").rglob("*.vcrec"))
+    assert raw and pcm[1000:1064] not in raw  # the copied file is there, and only ciphertext
+    b.close()
+    s.close()
