@@ -112,7 +112,8 @@ class InstantLlama(LlamaEngine):
     def cached_prefix(self, tokens: list[int]) -> int:
         return 0
 
-    def generate_sync(self, owner: str, prompt: list[int], params: Any, cancel: Any, on_text: Any = None) -> Generation:
+    def generate_sync(self, owner: str, prompt: list[int], params: Any, cancel: Any, on_text: Any = None, *,
+                      said: list[int] | None = None, yield_after: int | None = None) -> Generation:
         t0 = time.monotonic()
         words = self.reply.split(" ")
         pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
@@ -126,7 +127,8 @@ class InstantLlama(LlamaEngine):
         return Generation(text="".join(pieces), tokens=list(range(len(pieces))), stats=st)
 
     async def generate(self, owner: str, prompt: list[int], params: Any, cancel: Any,
-                       on_text: Any = None) -> Generation:
+                       on_text: Any = None, *, said: list[int] | None = None,
+                       yield_after: int | None = None) -> Generation:
         return self.generate_sync(owner, prompt, params, cancel, on_text)
 
 
@@ -138,12 +140,13 @@ class InstantPiper(PiperEngine):
         self.sample_rate = sample_rate
         self.syntheses = 0
 
-    def synthesize_sync(self, text: str, length_scale: float = 1.0, speaker_id: int | None = None) -> bytes:
+    def synthesize_sync(self, text: str, length_scale: float = 1.0, speaker_id: int | None = None,
+                        urgent: bool = False) -> bytes:
         self.syntheses += 1
         return bytes(2 * int(self.sample_rate * SPEECH_S_PER_CHAR * max(1, len(text))))
 
     async def synthesize(self, text: str, length_scale: float = 1.0, speaker_id: int | None = None, *,
-                         cache: bool = False) -> bytes:
+                         cache: bool = False, urgent: bool = False) -> bytes:
         return self.synthesize_sync(text, length_scale, speaker_id)
 
 
@@ -259,7 +262,9 @@ async def _run(*, smoke: bool, out: str | Path | None, turns: int, pipeline: str
     pool = InstantModelPool()
     data_dir = folder / "voicecore-data"
     store = TimedStore(data_dir)
-    key = store.create_tenant("bench", policy_yaml=BENCH_POLICY_YAML, actor="bench")
+    # no post-call reports: the instant LLM cannot write one, and they run after the call anyway
+    key = store.create_tenant("bench", policy_yaml=BENCH_POLICY_YAML.replace("  reports: 1", "  reports: 0"),
+                              actor="bench")
     app = create_app(data_dir=data_dir, pool=pool, store=store, pipeline=pipeline, sweep_interval_s=3600)
     calls: list[PlayedCall] = []
     rows: list[dict[str, Any]] = []
