@@ -649,6 +649,33 @@ async def test_a_crashing_llm_turn_speaks_the_fallback_and_the_call_goes_on(pool
 
 
 @models
+async def test_a_crashing_stt_turn_speaks_the_fallback_and_the_call_goes_on(pool, receptionist, say, monkeypatch):
+    """Bad input: a speech-recognition crash is a spoken fallback ("please say that again"), not silence."""
+    engine = pool.stt(receptionist.models.stt)
+    real = engine.transcribe_sync
+    crashes = []
+
+    def crash_once(*args, **kwargs):
+        if not crashes:
+            crashes.append(1)
+            raise RuntimeError("CUDA-less CTranslate2 went away")  # any backend error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "transcribe_sync", crash_once)
+    record, transport, _session = await run_call(
+        receptionist, pool,
+        [say("Can I come in on Friday afternoon at three?"), say("Where is your office?", voice="en-us+m3")],
+        realtime=False, tenant="dev", store=None,
+    )  # fmt: skip
+
+    agent = [t for t in record.turns if t.role == "agent" and t.kind != "greeting"]
+    assert crashes
+    assert agent and agent[0].text == receptionist.fallback_reply, [(t.kind, t.text) for t in agent]
+    assert any(t.kind == "reply" and t.text and t.text != receptionist.fallback_reply for t in agent[1:])
+    assert record.end_reason == "completed"
+
+
+@models
 async def test_a_restricted_caller_hears_a_notice_and_nothing_is_stored(pool, receptionist, say, store):
     tenant(store, "acme", POLICIES / "default.yaml")
     store.restrict("acme", CALLER)

@@ -357,3 +357,30 @@ async def test_server_survives_the_bad_input_and_takes_a_fresh_call(telephony_se
     call = await wait_stored_call(server.store, "acme", client.ids)
     assert call is not None and call.end_reason == "stop"
     assert await _wait(lambda: not server.active_calls, 5), f"calls still active: {list(server.active_calls)}"
+
+
+@pytest.mark.models
+async def test_bad_input_after_speech_keeps_what_was_said(telephony_server, say):
+    """Privacy doc, bad input: a malformed message ends the call with a clear reason and what the
+    caller said up to then (and the agent's answer) is stored as the policy allows."""
+    server = telephony_server
+    client = TwilioClient(server.ws_url("twilio"), token=server.keys["acme"], label="bad-after-speech")
+    try:
+        assert await client.start(), f"upgrade refused: HTTP {client.handshake_status}"
+        assert await client.wait_media_after(0.0, 15) is not None, "no greeting"
+        utt = client.speak(say("Can I come in on Friday afternoon at three?", voice="en-us+f3", speed=130))
+        await asyncio.wait_for(utt.done.wait(), utt.seconds + 10)
+        assert await client.wait_media_after(utt.speech_end_at, 30) is not None, "no reply to the question"
+        assert await client.wait_agent_quiet(quiet=1.5, timeout=60), "the reply never finished"
+        await _send(client, [tw_media(client, payload="@@not base64@@")])
+        assert await client.wait_closed(10), "the server did not close the call"
+        assert client.close_code == 1007, (client.close_code, client.close_reason)
+    finally:
+        await client.close()
+    call = await wait_stored_call(server.store, "acme", client.ids, timeout=10)
+    assert call is not None and call.ended_at is not None
+    assert "base64" in (call.end_reason or "").lower(), call.end_reason
+    stored = server.store.call_get("acme", call.call_id, actor="test")
+    heard = " ".join(t.text or "" for t in stored.turns if t.role == "caller").lower()
+    assert "friday" in heard or "afternoon" in heard, heard
+    assert any(t.role == "agent" and t.kind == "reply" and t.text for t in stored.turns)

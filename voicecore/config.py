@@ -46,8 +46,9 @@ class TurnTaking(_Strict):
     # Semantic end of turn: when the transcript at a pause reads as a finished sentence
     # ("What are your opening hours?" — not "My number is 415..." or "I'd like to book and"),
     # this much silence ends the turn (smart-turn alone misjudges many complete questions).
+    # Not much shorter: the pause between two sentences of one turn is often 300-450 ms.
     semantic_end_of_turn: bool = True
-    semantic_silence_ms: Annotated[int, Field(ge=100, le=5000)] = 300
+    semantic_silence_ms: Annotated[int, Field(ge=100, le=5000)] = 500
     barge_in: bool = True
     # Caller turns with less voiced audio than this are ignored (coughs, clicks).
     min_utterance_ms: Annotated[int, Field(ge=0, le=2000)] = 200
