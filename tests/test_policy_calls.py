@@ -733,3 +733,27 @@ async def test_only_the_callers_allow_listed_contact_fields_reach_the_model(pool
     assert "Zelda Quist" in text  # the allow-listed field of the caller's own contact, so the test can fail
     for leaked in ("owes 740", "zq@example.org", "Orwell", "Brandt", "Priya", "Vantongeren"):
         assert leaked not in text, f"{leaked!r} reached the model"
+
+
+@models
+async def test_a_failing_synthesis_is_retried_so_the_reply_is_still_heard(pool, receptionist, say, monkeypatch):
+    """Bad input: a TTS backend error on a clause does not leave a silent line."""
+    engine = pool.tts(receptionist.models.tts)
+    real = engine.synthesize_sync
+    failures = []
+
+    def fail_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("onnxruntime: Non-zero status code returned")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "synthesize_sync", fail_once)
+    record, transport, _session = await run_call(
+        receptionist, pool, [say("Can I come in on Friday afternoon at three?")], realtime=False, tenant="dev",
+        store=None, greet=False,
+    )  # fmt: skip
+    replies = turns(record, "agent", "reply")
+    assert failures and replies and replies[0].text
+    assert replies[0].timeline is not None and replies[0].timeline.first_audio_out is not None
+    assert transport.audio().size > transport.output_sample_rate // 2  # the reply was heard

@@ -294,14 +294,18 @@ class PiperTTSProcessor(FrameProcessor):
         first = self._clause_index == 0
         self._clause_index += 1
         self._spoken.append(clause)
-        try:
-            audio = await self._engine.synthesize(
-                clause, self._voice.length_scale, self._voice.speaker_id, cache=cache, urgent=first
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            logger.error(f"{self}: synthesis failed: {e!r}")
+        audio = None
+        for attempt in (1, 2):  # a failed synthesis is tried once more: the caller must not hear a gap
+            try:
+                audio = await self._engine.synthesize(
+                    clause, self._voice.length_scale, self._voice.speaker_id, cache=cache, urgent=first
+                )
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.error(f"{self}: synthesis failed (attempt {attempt}): {e!r}")
+        if audio is None:
             return
         pcm = np.frombuffer(audio, dtype=np.int16)
         if self._resampler is not None:
