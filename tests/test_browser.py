@@ -355,7 +355,7 @@ def caller_then_reply(snap: dict) -> bool:
     turns = snap["turns"]
     for i, t in enumerate(turns):
         words = t["text"].lower()
-        if t["role"] == "caller" and "caller" in t["cls"] and ("saturday" in words or "hours" in words):
+        if t["role"] == "caller" and "caller" in t["cls"] and any(w in words for w in ("saturday", "hours", "opening")):
             replies = [a for a in turns[i + 1:] if a["role"] == "agent" and "agent" in a["cls"] and a["text"]]
             rows = [r for r in snap["latency"] if r and r[-1].strip() not in ("", "—")]
             return bool(replies) and bool(rows)
@@ -404,7 +404,7 @@ async def _place_call(page: Page, server, tenant: str, shot: Path):
     call = calls[0]
     assert call.transport == "webrtc" and call.turn_count >= 3, call
     full = store.call_get(tenant, call.call_id, actor="test")
-    assert any(t.role == "caller" and t.text and ("saturday" in t.text.lower() or "hours" in t.text.lower())
+    assert any(t.role == "caller" and t.text and any(w in t.text.lower() for w in ("saturday", "hours", "opening"))
                for t in full.turns), full.turns
     return call, snap, reply_after_s
 
