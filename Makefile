@@ -9,7 +9,9 @@ demo: setup
 	.venv/bin/voicecore demo
 
 test: setup
+	.venv/bin/lint-imports
 	.venv/bin/python -m pytest -q
 
 test-fast: setup
+	.venv/bin/lint-imports
 	.venv/bin/python -m pytest -q -m "not models"

@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from voicecore.reporting import percentile
+from voicecore.views import percentile
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
@@ -351,7 +351,7 @@ class VoicecoreServer:
         self.data_dir = work_dir / "voicecore-data"
         self.store = Store(self.data_dir)
         self.tenant = "bench"
-        self.api_key = self.store.create_tenant(self.tenant, policy_yaml=BENCH_POLICY_YAML, actor="bench")
+        self.api_key = self.store.tenants.create(self.tenant, policy_yaml=BENCH_POLICY_YAML, actor="bench")
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws/twilio"
@@ -374,19 +374,6 @@ class VoicecoreServer:
     @property
     def pid(self) -> int:
         return self.process.pid
-
-
-async def wait_stored_call(store: Any, tenant: str, ids: set[str], timeout: float = 20.0) -> Any | None:
-    """The stored (and closed) call whose provider ids include one of ``ids``, with its turns."""
-    deadline = time.monotonic() + timeout
-    while True:
-        calls = await asyncio.to_thread(store.calls_list, tenant, limit=10000)
-        for c in calls:
-            if ids & {str(v) for v in c.provider_ids.values()} and c.ended_at is not None:
-                return await asyncio.to_thread(store.call_get, tenant, c.call_id, actor="bench")
-        if time.monotonic() >= deadline:
-            return None
-        await asyncio.sleep(0.2)
 
 
 # --------------------------------------------------------------------------- process CPU and memory

@@ -45,7 +45,7 @@ from benchmarks.common import (
 )
 from benchmarks.corpus import CORPUS, SAMPLE_RATE, Utterance, load_corpus
 from benchmarks.latency import ANSWER_TIMEOUT_S, _first
-from benchmarks.twilio_caller import TwilioCaller
+from voicecore.testing.callers import TwilioClient
 
 DEFAULT_LEVELS = (1, 2, 4, 8, 12, 16)
 PAUSE_S = (1.0, 3.0)
@@ -53,17 +53,17 @@ PAUSE_S = (1.0, 3.0)
 
 async def one_caller(i: int, ws_url: str, key: str, corpus: list[Utterance], window_s: float,
                      rng: random.Random) -> dict[str, Any]:
-    caller = TwilioCaller(ws_url, token=key, label=f"caller-{i}", caller=f"+1415555{1000 + i:04d}")
+    caller = TwilioClient(ws_url, token=key, label=f"caller-{i}", caller=f"+1415555{1000 + i:04d}")
     result: dict[str, Any] = {"caller": i, "turns": [], "greeting_ms": None, "closed_early": False}
     try:
         await caller.start()
     except Exception as e:  # a refused connection is a finding at this level
         result["error"] = repr(e)
         return result
-    assert caller.start_sent_at is not None
-    greeting = await caller.wait_media_after(caller.start_sent_at, 20.0)
+    assert caller.opened_at is not None
+    greeting = await caller.wait_media_after(caller.opened_at, 20.0)
     if greeting is not None:
-        result["greeting_ms"] = round((greeting.t - caller.start_sent_at) * 1000, 1)
+        result["greeting_ms"] = round((greeting.t - caller.opened_at) * 1000, 1)
     await caller.wait_agent_quiet(quiet=0.6, timeout=20.0)
     await asyncio.sleep(rng.uniform(0.0, PAUSE_S[1]))
     deadline = time.monotonic() + window_s
@@ -72,7 +72,7 @@ async def one_caller(i: int, ws_url: str, key: str, corpus: list[Utterance], win
             result["closed_early"] = True
             break
         utt = rng.choice(corpus)
-        spoken = caller.say(utt.samples, SAMPLE_RATE, utt.voiced_start, utt.voiced_end, label=utt.id)
+        spoken = caller.speak(utt.samples, rate=SAMPLE_RATE, voiced=(utt.voiced_start, utt.voiced_end), label=utt.id)
         if not await _first(spoken.done, caller.closed, utt.seconds + 30) or spoken.speech_end_at is None:
             result["closed_early"] = True
             break
@@ -93,7 +93,7 @@ async def one_caller(i: int, ws_url: str, key: str, corpus: list[Utterance], win
         await asyncio.sleep(rng.uniform(*PAUSE_S))
     await caller.hangup()
     result["client_late_frames"] = caller.late_sends
-    result["protocol_errors"] = caller.protocol_errors[:5]
+    result["protocol_errors"] = caller.violations[:5]
     return result
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR
-from voicecore.simulate import read_audio, write_wav
+from voicecore.transports.file import read_audio, write_wav
 
 SAMPLE_RATE = 16000
 PAD_S = 0.3

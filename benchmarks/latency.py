@@ -1,6 +1,6 @@
 """``voicecore bench latency``: turn latency and word error rate over the Twilio protocol.
 
-The corpus (``corpus.py``) is played in real time by :class:`TwilioCaller` to a real
+The corpus (``corpus.py``) is played in real time by :class:`~voicecore.testing.callers.TwilioClient` to a real
 ``voicecore serve`` subprocess on 127.0.0.1, a few utterances per call; after each
 utterance the caller waits for the agent's answer to finish playing, then pauses.
 
@@ -9,7 +9,7 @@ Per turn:
 - **voice-to-voice** (client clock): end of caller speech — the last voiced sample of the
   utterance, by energy, mapped to the time the frame holding it was sent — to the first
   agent media message received after it;
-- **server stages** (from the stored call record's turn timelines, ``store.call_get``):
+- **server stages** (from the stored call record's turn timelines, ``store.calls.get``):
   STT final, LLM first token, first clause, first audio out, in ms after the *server's*
   end of speech (the arrival of the last audio frame its VAD judged voiced);
 - **speech-end skew**: the server's end of speech minus the client's, on the shared wall
@@ -37,13 +37,13 @@ from benchmarks.common import (
     stats,
     stats_row,
     text_table,
-    wait_stored_call,
     wer_summary,
     word_errors,
     write_json,
 )
 from benchmarks.corpus import CORPUS, SMOKE_IDS, SAMPLE_RATE, Utterance, load_corpus
-from benchmarks.twilio_caller import AgentMedia, Spoken, TwilioCaller
+from voicecore.testing.callers import AgentMedia, TwilioClient, wait_stored_call
+from voicecore.testing.callers import Utterance as Spoken
 
 STAGES = ("stt_final", "llm_first_token", "first_clause", "first_audio_out")
 STAGE_LABELS = {
@@ -72,7 +72,7 @@ class PlayedTurn:
 class PlayedCall:
     system: str
     index: int
-    caller: TwilioCaller
+    caller: TwilioClient
     greeting: AgentMedia | None
     turns: list[PlayedTurn] = field(default_factory=list)
     started_at: float = 0.0
@@ -97,18 +97,18 @@ async def play_call(system: str, index: int, ws_url: str, token: str | None, utt
                     rng: random.Random | None = None) -> PlayedCall:
     """One call: wait for the greeting, then each utterance, each time until the answer has played."""
     rng = rng or random.Random(index)
-    caller = TwilioCaller(ws_url, token=token, label=f"{system}-{index}")
+    caller = TwilioClient(ws_url, token=token, label=f"{system}-{index}")
     call = PlayedCall(system, index, caller, None, started_at=time.monotonic())
     await caller.start()
-    assert caller.start_sent_at is not None
-    call.greeting = await caller.wait_media_after(caller.start_sent_at, 20.0)
+    assert caller.opened_at is not None
+    call.greeting = await caller.wait_media_after(caller.opened_at, 20.0)
     await caller.wait_agent_quiet(quiet=0.8, timeout=30.0)
     pending: PlayedTurn | None = None
     for utt in utterances:
         if caller.closed.is_set():
             call.closed_early = True
             break
-        spoken = caller.say(utt.samples, SAMPLE_RATE, utt.voiced_start, utt.voiced_end, label=utt.id)
+        spoken = caller.speak(utt.samples, rate=SAMPLE_RATE, voiced=(utt.voiced_start, utt.voiced_end), label=utt.id)
         if not await _first(spoken.done, caller.closed, utt.seconds + 30) or spoken.speech_end_at is None:
             call.closed_early = True  # the server closed the call (or the microphone stalled)
             break
@@ -202,8 +202,8 @@ def attach_stored(call: PlayedCall, rows: list[dict[str, Any]], stored: Any) -> 
 
 def summarise(rows: list[dict[str, Any]], calls: list[PlayedCall]) -> dict[str, Any]:
     greetings = [
-        round((c.greeting.t - c.caller.start_sent_at) * 1000, 1)
-        for c in calls if c.greeting is not None and c.caller.start_sent_at is not None
+        round((c.greeting.t - c.caller.opened_at) * 1000, 1)
+        for c in calls if c.greeting is not None and c.caller.opened_at is not None
     ]
     wer_pairs = [(r["text"], r["transcript"], r["noise"] is not None) for r in rows if r["transcript"] is not None]
     return {
@@ -216,7 +216,7 @@ def summarise(rows: list[dict[str, Any]], calls: list[PlayedCall]) -> dict[str, 
         "speech_end_skew_ms": stats([r["speech_end_skew_ms"] for r in rows]),
         "greeting_ms": stats(greetings),
         "wer": wer_summary(wer_pairs) if wer_pairs else None,
-        "protocol_errors": sorted({e for c in calls for e in c.caller.protocol_errors})[:20],
+        "protocol_errors": sorted({e for c in calls for e in c.caller.violations})[:20],
         "client_late_frames": sum(c.caller.late_sends for c in calls),
         "calls_closed_early": sum(1 for c in calls if c.closed_early),
     }
@@ -290,7 +290,7 @@ async def voicecore_call(server: VoicecoreServer, index: int, group: list[Uttera
                          ) -> tuple[PlayedCall, list[dict[str, Any]]]:
     call = await play_call("voicecore", index, server.ws_url, server.api_key, group)
     rows = call_rows(call)
-    stored = await wait_stored_call(server.store, server.tenant, call.caller.ids)
+    stored = await wait_stored_call(server.store, server.tenant, call.caller.ids, timeout=20, with_turns=True, actor="bench")
     attach_stored(call, rows, stored)
     return call, rows
 

@@ -49,17 +49,17 @@ from benchmarks.common import (
     stats,
     stats_row,
     text_table,
-    wait_stored_call,
     write_json,
 )
 from benchmarks.corpus import CORPUS, load_corpus
 from benchmarks.latency import PlayedCall, play_call, split_calls
-from voicecore.models import ModelPool
+from voicecore.model_pool import ModelPool
 from voicecore.services.llm import Generation, GenerationStats, LlamaEngine
 from voicecore.services.stt import WhisperEngine
 from voicecore.services.tts import PiperEngine
 from voicecore.services.vad import SmartTurnEngine
 from voicecore.storage import Store
+from voicecore.testing.callers import wait_stored_call
 
 FAKE_TRANSCRIPT = "What are your opening hours on Saturday?"
 FAKE_REPLY = "We are open on Saturday from nine to one. Can I book you in?"
@@ -194,13 +194,16 @@ class TimedStore(Store):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.save_times: list[tuple[float, int]] = []  # (seconds, turns)
+        save = self.calls.save
 
-    def save_call(self, record: Any, policy: Any = None) -> bool:
-        t0 = time.perf_counter()
-        try:
-            return super().save_call(record, policy)
-        finally:
-            self.save_times.append((time.perf_counter() - t0, len(record.turns)))
+        def timed_save(record: Any, policy: Any = None) -> bool:
+            t0 = time.perf_counter()
+            try:
+                return save(record, policy)
+            finally:
+                self.save_times.append((time.perf_counter() - t0, len(record.turns)))
+
+        self.calls.save = timed_save  # type: ignore[method-assign]
 
 
 def turn_rows(call: PlayedCall, decisions: list[float], stored: Any) -> list[dict[str, Any]]:
@@ -263,7 +266,7 @@ async def _run(*, smoke: bool, out: str | Path | None, turns: int, pipeline: str
     data_dir = folder / "voicecore-data"
     store = TimedStore(data_dir)
     # no post-call reports: the instant LLM cannot write one, and they run after the call anyway
-    key = store.create_tenant("bench", policy_yaml=BENCH_POLICY_YAML.replace("  reports: 1", "  reports: 0"),
+    key = store.tenants.create("bench", policy_yaml=BENCH_POLICY_YAML.replace("  reports: 1", "  reports: 0"),
                               actor="bench")
     app = create_app(data_dir=data_dir, pool=pool, store=store, pipeline=pipeline, sweep_interval_s=3600)
     calls: list[PlayedCall] = []
@@ -273,11 +276,11 @@ async def _run(*, smoke: bool, out: str | Path | None, turns: int, pipeline: str
         for i, group in enumerate(groups):
             call = await play_call("voicecore", i, ws_url, key, group, pause=(0.3, 0.6))
             calls.append(call)
-            stored = await wait_stored_call(store, "bench", call.caller.ids)
+            stored = await wait_stored_call(store, "bench", call.caller.ids, timeout=20, with_turns=True, actor="bench")
             rows += turn_rows(call, pool.fake_turn.decisions, stored)
     store.close()
-    greetings = [round((c.greeting.t - c.caller.start_sent_at) * 1000, 1)
-                 for c in calls if c.greeting is not None and c.caller.start_sent_at is not None]
+    greetings = [round((c.greeting.t - c.caller.opened_at) * 1000, 1)
+                 for c in calls if c.greeting is not None and c.caller.opened_at is not None]
     saves = store.save_times
     doc["summary"] = {
         "turns": len(rows),

@@ -17,9 +17,30 @@ def pytest_configure(config):
     logger.add(sys.stderr, level="WARNING")
 
 
+@pytest.fixture(autouse=True)
+def _no_env_master_key(monkeypatch):
+    """Stores keep their master key in a key file unless a test sets VOICECORE_MASTER_KEY itself."""
+    from voicecore.storage import MASTER_KEY_ENV
+
+    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
+
+
+@pytest.fixture
+def store(tmp_path, request):
+    """A fresh Store in ``tmp_path/data`` holding the test module's ``TENANTS``
+    (tenant name → policy YAML, ``None`` for the privacy-first default policy)."""
+    from voicecore.storage import Store
+
+    s = Store(tmp_path / "data")
+    for name, policy_yaml in getattr(request.module, "TENANTS", {}).items():
+        s.tenants.create(name, policy_yaml=policy_yaml, actor="test")
+    yield s
+    s.close()
+
+
 @pytest.fixture(scope="session")
 def pool():
-    from voicecore.models import ModelPool
+    from voicecore.model_pool import ModelPool
 
     return ModelPool()
 
@@ -37,7 +58,7 @@ def say():
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is required for the spoken-audio tests (apt-get install espeak-ng); "
                     "the README test command installs it")
-    from voicecore.simulate import espeak
+    from voicecore.transports.file import espeak
 
     def _say(text: str, voice: str = "en-us", speed: int = 140):
         return espeak(text, voice=voice, speed=speed)
@@ -67,15 +88,11 @@ class TelephonyServer:
     @property
     def calls_started(self) -> int:
         """Pipelines actually started so far (after auth)."""
-        state = self.app.state
-        try:
-            return state.calls_started
-        except AttributeError:  # TEMP: server keeps the counter on app.state.vc (reported to the lead)
-            return state.vc.calls_started
+        return self.app.state.vc.calls_started
 
     @property
     def active_calls(self) -> dict:
-        return self.app.state.calls
+        return self.app.state.vc.calls
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +105,7 @@ async def telephony_server(pool, tmp_path_factory):
 
     data_dir = tmp_path_factory.mktemp("telephony-data")
     store = Store(data_dir)
-    keys = {name: store.create_tenant(name) for name in ("acme", "globex")}
+    keys = {name: store.tenants.create(name, actor="test") for name in ("acme", "globex")}
     app = create_app(data_dir=data_dir, pool=pool, store=store)
     async with running_server(app) as base_url:
         yield TelephonyServer(base_url, app, store, keys, data_dir)

@@ -27,9 +27,9 @@ from schemathesis.specs.openapi.checks import (
 
 from test_api_permissions import build_app, make_tenant
 
-from voicecore import api
+from voicecore.server import api
 from voicecore.storage import MASTER_KEY_ENV
-from voicecore.storage.db import Store
+from voicecore.storage import Store
 
 MAX_EXAMPLES = int(os.environ.get("VOICECORE_FUZZ_EXAMPLES", "25"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

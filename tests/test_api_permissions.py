@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from voicecore import api
+from voicecore.server import api
 from voicecore.records import CallRecord, Turn
 from voicecore.storage import MASTER_KEY_ENV
-from voicecore.storage.db import Store
+from voicecore.storage import Store
 
 ROLES = ("admin", "analyst", "viewer")
 RANK = {"viewer": 0, "analyst": 1, "admin": 2}
@@ -185,16 +185,16 @@ class World:
         rec.turns = [Turn("agent", "Hello, how can I help?", kind="greeting"), Turn("caller", f"{MARK} {tenant} says hi")]
         rec.ended_at = rec.started_at + 30
         rec.end_reason = "hangup"
-        assert self.store.save_call(rec)
+        assert self.store.calls.save(rec)
         return rec.call_id
 
 
 def make_tenant(store: Store, name: str, index: int) -> TenantData:
-    admin_key = store.create_tenant(name, policy_yaml=POLICY.format(name=f"{name}-policy"))
+    admin_key = store.tenants.create(name, policy_yaml=POLICY.format(name=f"{name}-policy"), actor="test")
     assert admin_key is not None
     keys = {"admin": admin_key}
     for role in ("analyst", "viewer"):
-        keys[role] = store.create_api_key(name, role=role)
+        keys[role] = store.tenants.create_api_key(name, role=role, actor="test")
     key_ids = {role: key.split("_")[1] for role, key in keys.items()}
     phone = f"+1415555{index}101"
     rec = CallRecord(tenant=name, caller=phone, callee="+14155550000", pipeline="receptionist", transport="twilio",
@@ -203,19 +203,19 @@ def make_tenant(store: Store, name: str, index: int) -> TenantData:
     rec.turns = [Turn("agent", "Hello, how can I help?", kind="greeting"), Turn("caller", f"My secret is {mark}.")]
     rec.ended_at = rec.started_at + 42
     rec.end_reason = "hangup"
-    assert store.save_call(rec)
+    assert store.calls.save(rec)
     pcm = bytes(range(256)) * 64
-    with store.open_recording(name, rec.call_id, 8000, caller=phone) as writer:
+    with store.calls.open_recording(name, rec.call_id, 8000, caller=phone) as writer:
         writer.write(pcm)
-    wav = store.read_recording(name, rec.call_id, actor="setup")
+    wav = store.calls.read_recording(name, rec.call_id, actor="setup")
     assert wav is not None and wav.startswith(b"RIFF")
-    store.save_report(name, rec.call_id, {"summary": f"report of {mark}", "purpose": "other"})
+    store.calls.save_report(name, rec.call_id, {"summary": f"report of {mark}", "purpose": "other"})
     optout_phone = f"+1415555{index}202"
-    store.add_optout(name, optout_phone, source="setup")
-    (entry,) = [e for e in store.list_optouts(name) if e.phone == optout_phone]
-    endpoint, _secret = store.webhook_create(name, "http://127.0.0.1:9/hook", description=f"hook of {name}")
-    store.webhook_dispatch()
-    deliveries = store.webhook_deliveries(name, endpoint.id)
+    store.subjects.add_optout(name, optout_phone, source="setup", actor="test")
+    (entry,) = [e for e in store.subjects.optouts(name, actor="test") if e.phone == optout_phone]
+    endpoint, _secret = store.outbox.create_webhook(name, "http://127.0.0.1:9/hook", description=f"hook of {name}", actor="test")
+    store.outbox.dispatch()
+    deliveries = store.outbox.deliveries(name, endpoint.id)
     assert deliveries
     return TenantData(name, keys, key_ids, phone, rec.call_id, optout_phone, entry.phone_hash, endpoint.id,
                       deliveries[0].id, wav, mark)  # fmt: skip
@@ -313,10 +313,10 @@ def _erase_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None
     phone, call_id = target.__dict__["disposable_calls"][-1]
     if me is target:
         assert r.json()["calls"] == 1
-        assert w.store.call_get(me.name, call_id, include_transcript=False) is None
+        assert w.store.calls.get(me.name, call_id, include_transcript=False, actor="test") is None
     else:
         assert r.json()["calls"] == 0
-        assert w.store.call_get(target.name, call_id, include_transcript=False) is not None
+        assert w.store.calls.get(target.name, call_id, include_transcript=False, actor="test") is not None
 
 
 def _restrict_build(w: World, me: TenantData, target: TenantData) -> Req:
@@ -328,9 +328,9 @@ def _restrict_build(w: World, me: TenantData, target: TenantData) -> Req:
 def _restrict_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
     phone = target.__dict__["restricted_phone"]
     assert r.json() == {"restricted": True, "changed": True}
-    assert w.store.is_restricted(me.name, phone)
+    assert w.store.subjects.is_restricted(me.name, phone)
     if me is not target:
-        assert not w.store.is_restricted(target.name, phone)
+        assert not w.store.subjects.is_restricted(target.name, phone)
 
 
 def _optouts_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
@@ -346,23 +346,23 @@ def _optout_add_build(w: World, me: TenantData, target: TenantData) -> Req:
 
 def _optout_add_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
     phone = target.__dict__["added_optout"]
-    assert r.json()["added"] is True and w.store.is_opted_out(me.name, phone)
-    w.store.remove_optout(me.name, phone)
+    assert r.json()["added"] is True and w.store.subjects.is_opted_out(me.name, phone)
+    w.store.subjects.remove_optout(me.name, phone, actor="test")
     if me is not target:
-        assert w.store.is_opted_out(target.name, phone)
+        assert w.store.subjects.is_opted_out(target.name, phone)
 
 
 def _optout_delete_build(w: World, me: TenantData, target: TenantData) -> Req:
     if me is target:
         phone = w.fresh_phone()
-        w.store.add_optout(me.name, phone)
-        h = next(e.phone_hash for e in w.store.list_optouts(me.name) if e.phone == phone)
+        w.store.subjects.add_optout(me.name, phone, actor="test")
+        h = next(e.phone_hash for e in w.store.subjects.optouts(me.name, actor="test") if e.phone == phone)
         return Req("DELETE", f"/v1/optouts/{h}")
     return Req("DELETE", f"/v1/optouts/{target.optout_hash}")
 
 
 def _optout_delete_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
-    assert target.optout_hash in [e.phone_hash for e in w.store.list_optouts(target.name)]
+    assert target.optout_hash in [e.phone_hash for e in w.store.subjects.optouts(target.name, actor="test")]
 
 
 def _policy_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
@@ -375,8 +375,8 @@ def _policy_put_build(w: World, me: TenantData, target: TenantData) -> Req:
 
 
 def _policy_put_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
-    assert w.store.get_tenant_policy(me.name).name == f"{me.name}-policy"
-    assert w.store.get_tenant_policy(target.name).name == f"{target.name}-policy"
+    assert w.store.tenants.policy(me.name).name == f"{me.name}-policy"
+    assert w.store.tenants.policy(target.name).name == f"{target.name}-policy"
 
 
 def _webhooks_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
@@ -392,9 +392,9 @@ def _webhook_create_build(w: World, me: TenantData, target: TenantData) -> Req:
 def _webhook_create_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
     body = r.json()
     assert body["secret"].startswith("whsec_") and body["events"] == ["report.ready"]
-    assert w.store.webhook_get(me.name, body["id"]) is not None
-    assert w.store.webhook_get(target.name, body["id"]) is None or me is target
-    assert w.store.webhook_delete(me.name, body["id"])
+    assert w.store.outbox.webhook(me.name, body["id"]) is not None
+    assert w.store.outbox.webhook(target.name, body["id"]) is None or me is target
+    assert w.store.outbox.delete_webhook(me.name, body["id"], actor="test")
 
 
 def _webhook_get_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
@@ -403,18 +403,18 @@ def _webhook_get_check(w: World, me: TenantData, target: TenantData, r: Reply) -
 
 def _webhook_patch_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
     assert r.json()["description"] == "patched" and r.json()["secret"] is None
-    w.store.webhook_update(me.name, me.webhook_id, description=f"hook of {me.name}")
+    w.store.outbox.update_webhook(me.name, me.webhook_id, description=f"hook of {me.name}", actor="test")
 
 
 def _webhook_delete_build(w: World, me: TenantData, target: TenantData) -> Req:
     if me is target:
-        endpoint, _ = w.store.webhook_create(me.name, "https://127.0.0.1:9/gone")
+        endpoint, _ = w.store.outbox.create_webhook(me.name, "https://127.0.0.1:9/gone", actor="test")
         return Req("DELETE", f"/v1/webhooks/{endpoint.id}")
     return Req("DELETE", f"/v1/webhooks/{target.webhook_id}")
 
 
 def _webhook_delete_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
-    assert w.store.webhook_get(target.name, target.webhook_id) is not None
+    assert w.store.outbox.webhook(target.name, target.webhook_id) is not None
 
 
 def _deliveries_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
@@ -524,8 +524,8 @@ async def test_without_a_valid_key_every_route_is_401(world: World, route: tuple
     method, path, _ = route
     me = world.tenants["acme"]
     req = SPECS[(method, path)].build(world, me, me)
-    revoked = world.store.create_api_key("acme", role="admin")
-    assert world.store.revoke_api_key("acme", revoked.split("_")[1])
+    revoked = world.store.tenants.create_api_key("acme", role="admin", actor="test")
+    assert world.store.tenants.revoke_api_key("acme", revoked.split("_")[1], actor="test")
     for auth in (None, "Bearer nonsense", f"Bearer {revoked}", f"Basic {me.keys['admin']}", "Bearer vck_000000000000_" + "x" * 43):
         reply = await world.client.request(
             req.method, req.path, auth_header=auth, params=req.params, json_body=req.json_body, content=req.content,
@@ -570,7 +570,7 @@ async def test_content_reads_and_changes_are_audited_with_the_key_id(world: Worl
     me = world.tenants["acme"]
     analyst, admin = me.keys["analyst"], me.keys["admin"]
     actor = f"apikey:{me.key_ids['analyst']}"
-    before = world.store.audit_list("acme", limit=1)[0].id
+    before = world.store.audit.list("acme", limit=1)[0].id
     for path in (f"/v1/calls/{me.call_id}/transcript", f"/v1/calls/{me.call_id}/recording", f"/v1/calls/{me.call_id}/report"):
         assert (await world.client.request("GET", path, key=analyst)).status == 200
     assert (await world.client.request("POST", "/v1/subjects/export", key=analyst, json_body={"phone": me.phone})).status == 200
@@ -578,14 +578,14 @@ async def test_content_reads_and_changes_are_audited_with_the_key_id(world: Worl
     assert (await world.client.request("GET", f"/v1/calls/{me.call_id}", key=analyst)).status == 200
     phone = world.fresh_phone()
     assert (await world.client.request("POST", "/v1/optouts", key=admin, json_body={"phone": phone})).status == 201
-    entries = [e for e in world.store.audit_list("acme", limit=50) if e.id > before]
+    entries = [e for e in world.store.audit.list("acme", limit=50) if e.id > before]
     mine = [(e.action, e.object_id) for e in reversed(entries) if e.actor == actor]
     assert [a for a, _ in mine] == ["transcript.read", "recording.read", "report.read", "subject.exported"]
     assert ("optout.added", f"apikey:{me.key_ids['admin']}") in [(e.action, e.actor) for e in entries]
     # the audit log holds no number and no content
     assert all(phone not in (e.object_id or "") and me.phone not in (e.object_id or "") for e in entries)
-    assert world.store.audit_verify().ok
-    world.store.remove_optout("acme", phone)
+    assert world.store.audit.verify().ok
+    world.store.subjects.remove_optout("acme", phone, actor="test")
 
 
 async def test_policy_replace_is_validated_and_names_the_field(world: World) -> None:
@@ -604,13 +604,13 @@ async def test_policy_replace_is_validated_and_names_the_field(world: World) -> 
     assert bad.status == 422
     wrong_type = await world.client.request("PUT", "/v1/policy", key=key, content=b"x", content_type="text/plain")
     assert wrong_type.status == 415
-    assert world.store.get_tenant_policy("acme").name == "acme-policy"  # unchanged by the rejected ones
+    assert world.store.tenants.policy("acme").name == "acme-policy"  # unchanged by the rejected ones
     good = await world.client.request(
         "PUT", "/v1/policy", key=key,
-        json_body={**world.store.get_tenant_policy("acme").model_dump(mode="json"), "description": "via JSON"},
+        json_body={**world.store.tenants.policy("acme").model_dump(mode="json"), "description": "via JSON"},
     )  # fmt: skip
     assert good.status == 200 and good.json()["policy"]["description"] == "via JSON"
-    assert world.store.get_tenant_policy("acme").description == "via JSON"
+    assert world.store.tenants.policy("acme").description == "via JSON"
 
 
 async def test_webhook_url_rules_and_secret_rotation(world: World) -> None:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from voicecore.session import CallSession
-from voicecore.simulate import FileTransport, stream_audio
+from voicecore.transports.file import FileTransport, stream_audio
 
 pytestmark = pytest.mark.models
 

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import voicecore.bench  # noqa: F401  (attaches `bench` to the cli group)
 from voicecore.cli import cli
 
 pytestmark = pytest.mark.models

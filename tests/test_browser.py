@@ -63,10 +63,10 @@ def browser_tenant(store) -> tuple[str, str]:
 
     import yaml
 
-    policy = yaml.safe_load(store.get_tenant_policy_yaml("acme"))
+    policy = yaml.safe_load(store.tenants.policy_yaml("acme"))
     policy["retention"]["reports"] = 0
     name = f"browser-{uuid.uuid4().hex[:8]}"
-    return name, store.create_tenant(name, policy_yaml=yaml.safe_dump(policy), actor="test")
+    return name, store.tenants.create(name, policy_yaml=yaml.safe_dump(policy), actor="test")
 
 
 def write_caller_wav(path: Path, samples: np.ndarray, rate: int) -> float:
@@ -393,7 +393,7 @@ async def _place_call(page: Page, server, tenant: str, shot: Path):
     assert "ended" in snap["status"] and snap["callEnabled"], context(snap)
 
     async def stored():
-        return store.calls_list(tenant)
+        return store.calls.list(tenant, actor="test")
 
     def finished(cs) -> bool:  # stored as ended, and the server let go of it
         return bool(cs) and all(c.ended_at is not None and c.call_id not in server.active_calls
@@ -403,7 +403,7 @@ async def _place_call(page: Page, server, tenant: str, shot: Path):
     assert len(calls) == 1 and finished(calls), f"stored: {calls}" + context(snap)
     call = calls[0]
     assert call.transport == "webrtc" and call.turn_count >= 3, call
-    full = store.call_get(tenant, call.call_id, actor="test")
+    full = store.calls.get(tenant, call.call_id, actor="test")
     assert any(t.role == "caller" and t.text and any(w in t.text.lower() for w in ("saturday", "hours", "opening"))
                for t in full.turns), full.turns
     return call, snap, reply_after_s

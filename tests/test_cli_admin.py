@@ -85,9 +85,9 @@ def make_call(tenant: str, caller: str = CALLER, *, started: float | None = None
 def save(data: Path, *records: CallRecord, report: dict | None = None) -> None:
     with Store(data) as store:
         for rec in records:
-            assert store.save_call(rec)
+            assert store.calls.save(rec)
             if report is not None:
-                store.save_report(rec.tenant, rec.call_id, report)
+                store.calls.save_report(rec.tenant, rec.call_id, report)
 
 
 def every_command(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
@@ -134,7 +134,7 @@ def test_tenants_add_prints_the_key_once_and_stores_only_a_hash(data: Path) -> N
     assert key.startswith("vck_") and "only this once" in out.stdout
     secret = key.split("_", 2)[2]
     with Store(data) as store:
-        assert store.authenticate(key) == "acme"
+        assert store.tenants.authenticate(key).tenant == "acme"
     raw = b"".join(p.read_bytes() for p in data.rglob("*") if p.is_file())
     assert secret.encode() not in raw and key.encode() not in raw
 
@@ -156,14 +156,14 @@ def test_tenants_json_list_and_key_lifecycle(data: Path) -> None:
 
     added = json.loads(ok(vc(data, "tenants", "key-add", "acme", "--role", "viewer", "--json")).stdout)
     with Store(data) as store:
-        info = store.authenticate_key(added["api_key"])
+        info = store.tenants.authenticate(added["api_key"])
         assert info is not None and (info.tenant, info.role) == ("acme", "viewer")
     assert {k["role"] for k in json.loads(ok(vc(data, "tenants", "keys", "acme", "--json")).stdout)} == {
         "analyst", "viewer"}  # fmt: skip
 
     ok(vc(data, "tenants", "key-revoke", "acme", added["key_id"]))
     with Store(data) as store:
-        assert store.authenticate(added["api_key"]) is None
+        assert store.tenants.authenticate(added["api_key"]) is None
     again = vc(data, "tenants", "key-revoke", "acme", added["key_id"])
     assert again.exit_code == 1 and added["key_id"] in again.stderr
     other = vc(data, "tenants", "key-revoke", "beta", added["key_id"])  # another tenant's key id
@@ -208,10 +208,10 @@ def test_tenants_delete_asks_then_destroys_the_tenant_and_its_key(data: Path) ->
     refused = vc(data, "tenants", "delete", "acme", input="n\n")
     assert refused.exit_code == 1
     with Store(data) as store:
-        assert store.authenticate(key) == "acme"
+        assert store.tenants.authenticate(key).tenant == "acme"
     ok(vc(data, "tenants", "delete", "acme", "--yes"))
     with Store(data) as store:
-        assert store.authenticate(key) is None and not store.tenant_exists("acme")
+        assert store.tenants.authenticate(key) is None and not store.tenants.exists("acme")
     assert "No tenants" in ok(vc(data, "tenants", "list")).stdout
     gone = vc(data, "calls", "list", "--tenant", "acme")
     assert gone.exit_code == 1 and "unknown tenant 'acme'" in gone.stderr
@@ -326,11 +326,11 @@ def test_subject_export_restrict_erase_round_trip(data: Path, tmp_path: Path) ->
     ok(vc(data, "subjects", "restrict", CALLER, "--tenant", "acme"))
     assert "already restricted" in ok(vc(data, "subjects", "restrict", CALLER, "--tenant", "acme")).stdout
     with Store(data) as store:
-        assert store.is_restricted("acme", CALLER) and not store.is_restricted("beta", CALLER)
-        assert store.save_call(make_call("acme")) is False  # a restricted caller's call is not stored
+        assert store.subjects.is_restricted("acme", CALLER) and not store.subjects.is_restricted("beta", CALLER)
+        assert store.calls.save(make_call("acme")) is False  # a restricted caller's call is not stored
     ok(vc(data, "subjects", "restrict", CALLER, "--tenant", "acme", "--undo"))
     with Store(data) as store:
-        assert not store.is_restricted("acme", CALLER)
+        assert not store.subjects.is_restricted("acme", CALLER)
 
     refused = vc(data, "subjects", "erase", CALLER, "--tenant", "acme", input="n\n")
     assert refused.exit_code == 1
@@ -377,7 +377,7 @@ def test_optout_add_list_remove(data: Path) -> None:
     # Survives erasure as a keyed hash.
     ok(vc(data, "subjects", "erase", CALLER, "--tenant", "acme", "--yes"))
     with Store(data) as store:
-        assert store.is_opted_out("acme", CALLER)
+        assert store.subjects.is_opted_out("acme", CALLER)
     assert "[erased]" in ok(vc(data, "optout", "list", "--tenant", "acme")).stdout
 
     # Outbound calls to the number are refused (exit status 1), for this tenant only.
@@ -444,8 +444,8 @@ def test_process_tenant_key_and_call_show(data: Path) -> None:
     key = json.loads(out.stdout)["api_key"]
     rec = make_call("acme")
     with Store(data) as store:
-        assert store.authenticate(key) == "acme"
-        store.save_call(rec)
+        assert store.tenants.authenticate(key).tenant == "acme"
+        store.calls.save(rec)
     shown = voicecore("calls", "show", rec.call_id, "--tenant", "acme", "--data-dir", str(data))
     assert shown.returncode == 0, shown.stderr
     assert "Of course, what day [cut by barge-in]" in shown.stdout
@@ -460,7 +460,7 @@ def test_process_audit_verify_detects_a_modified_entry(data: Path) -> None:
     good = voicecore("audit", "verify", "--data-dir", str(data))
     assert good.returncode == 0 and "OK" in good.stdout, good.stderr
     with Store(data) as store:
-        second = sorted(e.id for e in store.audit_list())[1]
+        second = sorted(e.id for e in store.audit.list())[1]
     conn = sqlite3.connect(data / DB_FILENAME)
     with conn:
         conn.execute("UPDATE audit_log SET actor = 'someone-else' WHERE id = ?", (second,))
@@ -486,7 +486,7 @@ def test_process_policy_check_names_the_field(tmp_path: Path) -> None:
 def test_two_exports_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
     # Store.export named its folder by the second: a second export used to crash (FileExistsError).
     with Store(tmp_path / "data", clock=lambda: 1_750_000_000.0) as store:
-        store.create_tenant("acme")
-        first = store.export("acme", CALLER, tmp_path / "out")
-        second = store.export("acme", CALLER, tmp_path / "out")
+        store.tenants.create("acme", actor="test")
+        first = store.subjects.export("acme", CALLER, tmp_path / "out", actor="test")
+        second = store.subjects.export("acme", CALLER, tmp_path / "out", actor="test")
     assert first != second and (first / "export.json").exists() and (second / "export.json").exists()

@@ -1,6 +1,6 @@
 """What the caller heard of a reply, from marks or the playback clock."""
 
-from voicecore.transport import _Clause, heard_text
+from voicecore.transports.base import _Clause, heard_text
 
 
 def clauses():

@@ -19,7 +19,7 @@ import pytest
 import soxr
 
 from voicecore.config import LLMPreset, ModelRefs, load_presets
-from voicecore.models import ModelPool
+from voicecore.model_pool import ModelPool
 from voicecore.policy import DEFAULT_POLICY, RedactedText, load_policy, policy_from_data, policy_to_yaml
 from voicecore.records import CallRecord, Turn
 from voicecore.services.llm import ChatMessage, Conversation, PolicyContext
@@ -32,8 +32,9 @@ from voicecore.session import (
     CallSession,
     open_call,
 )
-from voicecore.simulate import Audio, FileTransport, run_call, stream_audio, stream_silence_until_idle
-from voicecore.storage import MASTER_KEY_ENV, Store, generate_master_key
+from voicecore.simulate import run_call
+from voicecore.transports.file import Audio, FileTransport, stream_audio, stream_silence_until_idle
+from voicecore.storage import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -48,23 +49,15 @@ models = pytest.mark.models
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv(MASTER_KEY_ENV, generate_master_key())
-    s = Store(tmp_path / "data")
-    yield s
-    s.close()
-
-
 def tenant(store: Store, name: str = "acme", policy: str | Path | None = None, **sections) -> str:
     """A tenant with a policy file, or the default policy with ``sections`` replaced."""
     if policy is not None:
-        store.create_tenant(name, policy, with_key=False)
+        store.tenants.create(name, policy, with_key=False, actor="test")
     else:
         data = DEFAULT_POLICY.model_dump(mode="json")
         for section, values in sections.items():
             data[section] = {**data[section], **values}
-        store.create_tenant(name, policy_yaml=policy_to_yaml(policy_from_data(data)), with_key=False)
+        store.tenants.create(name, policy_yaml=policy_to_yaml(policy_from_data(data)), with_key=False, actor="test")
     return name
 
 
@@ -175,9 +168,9 @@ def db_leaks(store: Store, windows: list[bytes]) -> list[str]:
     """Every value in every table of the store's database (through SQL, WAL included):
     no caller PCM, no WAV, no tone in any blob."""
     found = []
-    tables = [r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()]
+    tables = [r[0] for r in store.db.sqlite.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()]
     for table in tables:
-        for row in store.db.execute(f'SELECT * FROM "{table}"').fetchall():
+        for row in store.db.sqlite.execute(f'SELECT * FROM "{table}"').fetchall():
             for value in row:
                 data = value.encode() if isinstance(value, str) else value
                 if not isinstance(data, bytes) or len(data) < 64:
@@ -258,7 +251,7 @@ async def test_remote_backend_under_local_only_policy_is_refused_before_models_l
     with pytest.raises(CallRefused, match="declares no region; the policy allows only eu, uk"):
         await open_call(pool=pool, store=store, tenant="eu", config=config, transport=FileTransport())
     assert pool._models == {}, "a model was loaded for a call that was refused"
-    assert store.calls_list("acme") == [] and store.calls_list("eu") == []
+    assert store.calls.list("acme", actor="test") == [] and store.calls.list("eu", actor="test") == []
 
 
 async def test_unknown_tenant_is_refused(store, receptionist):
@@ -364,20 +357,20 @@ def test_the_leak_scan_finds_call_audio_in_any_form_and_not_in_ciphertext(store,
     assert audio_leaks(dump, windows) == [f"{TONE_HZ:.0f} Hz tone"]
 
     tenant(store, "acme", recording={"mode": "on"}, retention={"recordings": 30})
-    writer = store.open_recording("acme", "call-1", RATE)
+    writer = store.calls.open_recording("acme", "call-1", RATE)
     for i in range(0, caller.size, 320):
         writer.write(caller[i : i + 320].tobytes())
     writer.close()
     record = CallRecord(tenant="acme", caller=CALLER, ended_at=time.time())
     record.turns = [Turn(role="caller", text="What are your opening hours on Saturday? " * 20)] * 30
-    store.save_call(record)
+    store.calls.save(record)
     for path in files_under(store.data_dir):
         assert audio_leaks(path, windows) == [], path
     assert db_leaks(store, windows) == []
-    assert store.read_recording("acme", "call-1", actor="test") is not None
+    assert store.calls.read_recording("acme", "call-1", actor="test") is not None
     # audio that did get into the database (in clear, resampled) would be found
-    store.db.execute("CREATE TABLE leak (b BLOB)")
-    store.db.execute("INSERT INTO leak VALUES (?)", (at_8k.tobytes(),))
+    store.db.sqlite.execute("CREATE TABLE leak (b BLOB)")
+    store.db.sqlite.execute("INSERT INTO leak VALUES (?)", (at_8k.tobytes(),))
     assert db_leaks(store, windows) == [f"leak: {TONE_HZ:.0f} Hz tone"]
     # a WAV at another rate, stereo, found by decoding its header, also where raw scans are off
     other = tmp_path / "b.wav"
@@ -422,7 +415,7 @@ async def test_prompts_never_hold_the_card_number_email_or_phone_number(pool, re
     assert "[email address]" in last and ("[card number]" in last or "[number]" in last)
     assert "[phone number]" in last or last.count("[number]") >= 2
     # stored transcripts are redacted too (default policy: transcripts.store_redacted)
-    stored = store.call_get("acme", record.call_id, actor="test")
+    stored = store.calls.get("acme", record.call_id, actor="test")
     assert stored is not None
     for t in stored.turns:
         if t.role == "caller":
@@ -458,7 +451,7 @@ async def test_recording_off_leaves_no_audio_on_disk(pool, receptionist, say, st
     caller_audio = fed.samples()
     windows = pcm_windows(caller_audio)
     assert len(windows) > 50 and has_tone(caller_audio.tobytes()), "the planted tone is not detectable"
-    assert len(turns(record, "caller")) == 2 and store.call_get("acme", record.call_id, actor="t") is not None
+    assert len(turns(record, "caller")) == 2 and store.calls.get("acme", record.call_id, actor="t") is not None
 
     assert not store.recordings_dir.exists() or files_under(store.recordings_dir) == []
     leaks = {str(p): audio_leaks(p, windows) for p in files_under(store.data_dir) + files_under(private_tmp)}
@@ -499,7 +492,7 @@ async def test_recording_on_streams_encrypted_and_decrypts_to_the_call_audio(poo
     assert not raw.startswith(b"RIFF") and b"WAVE" not in raw
     assert audio_leaks(path, pcm_windows(caller_audio)) == []
 
-    wav = store.read_recording("acme", record.call_id, actor="test")
+    wav = store.calls.read_recording("acme", record.call_id, actor="test")
     assert wav is not None and wav.startswith(b"RIFF")
     frames, rate, channels = read_wav(wav)
     assert (rate, channels) == (RATE, 2)
@@ -539,7 +532,7 @@ async def test_consent_policy_records_only_after_a_spoken_yes(pool, receptionist
     agent = [t.text for t in turns(record, "agent")]
     assert agent[0] == announcement  # asked before anything else, and before any recording
     assert turns(record, "agent", "reply"), "the question after the answer was not answered"
-    wav = store.read_recording("acme", record.call_id, actor="test")
+    wav = store.calls.read_recording("acme", record.call_id, actor="test")
     if answer == "yes":
         assert record.flags["recording"] == "consent_given"
         assert CONSENT_GIVEN_REPLY in agent and receptionist.greeting in agent
@@ -570,7 +563,7 @@ async def test_consent_by_keypad_1_starts_the_recording(pool, receptionist, say,
     record = await session.end("completed")
     assert record.flags["recording"] == "consent_given" and session.consent is True
     assert "transfer" not in str(record.flags.get("dtmf_actions"))
-    wav = store.read_recording("acme", record.call_id, actor="test")
+    wav = store.calls.read_recording("acme", record.call_id, actor="test")
     assert wav is not None and tone_strength(read_wav(wav)[0][:, 0], TONE_HZ / RATE) > 60
 
 
@@ -587,13 +580,13 @@ async def test_spoken_opt_out_goes_on_the_list_with_an_outbox_event(pool, recept
     (confirmation,) = turns(record, "agent", "optout")
     assert confirmation.text == DEFAULT_POLICY.optout.confirmation and not confirmation.interrupted
     assert not turns(record, "agent", "reply"), "the model answered the opt-out request"
-    assert store.is_opted_out("acme", CALLER)
-    (entry,) = store.list_optouts("acme")
+    assert store.subjects.is_opted_out("acme", CALLER)
+    (entry,) = store.subjects.optouts("acme", actor="test")
     assert entry.source == "call"
-    events = [e for e in store.outbox_list("acme") if e.type == "optout.requested"]
+    events = [e for e in store.outbox.events("acme", actor="test") if e.type == "optout.requested"]
     assert len(events) == 1 and events[0].status == "pending"  # the tenant is told at once (outbox)
     assert events[0].payload["data"]["call_id"] == record.call_id and events[0].payload["data"]["phone"] == CALLER
-    stored = store.call_get("acme", record.call_id, actor="test")
+    stored = store.calls.get("acme", record.call_id, actor="test")
     assert stored is not None and stored.optout and stored.end_reason == "optout"
     assert session.closed.is_set() and transport.audio().size > RATE
 
@@ -607,14 +600,14 @@ async def test_no_storage_policy_keeps_only_call_metadata(pool, receptionist, sa
     )  # fmt: skip
     assert turns(record, "caller") and turns(record, "agent", "reply")
 
-    (call,) = store.calls_list("acme")
+    (call,) = store.calls.list("acme", actor="test")
     assert call.call_id == record.call_id and call.end_reason == "completed" and call.duration_s
-    stored = store.call_get("acme", record.call_id, actor="test")
+    stored = store.calls.get("acme", record.call_id, actor="test")
     assert stored is not None and len(stored.turns) == len(record.turns)
     assert all(t.text is None and t.generated_text is None for t in stored.turns)
     assert any(t.timeline for t in stored.turns)  # per-turn latency is metadata
     assert not stored.has_recording
-    (event,) = [e for e in store.outbox_list("acme") if e.type == "call.ended"]
+    (event,) = [e for e in store.outbox.events("acme", actor="test") if e.type == "call.ended"]
     assert event.payload["data"]["transcript_stored"] is False
     db = b"".join(p.read_bytes() for p in files_under(store.data_dir))
     for word in (b"phone number", b"Bright Smile", b"0132"):
@@ -678,8 +671,8 @@ async def test_a_crashing_stt_turn_speaks_the_fallback_and_the_call_goes_on(pool
 @models
 async def test_a_restricted_caller_hears_a_notice_and_nothing_is_stored(pool, receptionist, say, store):
     tenant(store, "acme", POLICIES / "default.yaml")
-    store.restrict("acme", CALLER)
-    audit_before = len(store.audit_list("acme"))
+    store.subjects.restrict("acme", CALLER, actor="test")
+    audit_before = len(store.audit.list("acme"))
     record, transport, session = await run_call(
         receptionist, pool, [say("My card number is 4 5 3 9, 1 4 8 8.")], realtime=False, tenant="acme",
         store=store, record=CallRecord(caller="+1 415-555-0132"),
@@ -689,8 +682,8 @@ async def test_a_restricted_caller_hears_a_notice_and_nothing_is_stored(pool, re
     assert [t.text for t in record.turns if t.role == "agent"] == [RESTRICTED_NOTICE]
     assert not turns(record, "caller"), "a restricted caller's speech was processed"
     assert transport.audio().size > RATE  # the notice was spoken
-    assert store.calls_list("acme") == [] and store.outbox_list("acme") == []
-    assert len(store.audit_list("acme")) == audit_before
+    assert len(store.audit.list("acme")) == audit_before  # the call itself read and wrote nothing
+    assert store.calls.list("acme", actor="test") == [] and store.outbox.events("acme", actor="test") == []
     assert not store.recordings_dir.exists() or files_under(store.recordings_dir) == []
 
 
@@ -720,9 +713,9 @@ async def test_only_the_callers_allow_listed_contact_fields_reach_the_model(pool
     """Minimisation (rule 3): with three contacts on file, the prompts of a call hold the caller's
     name (allow-listed by the default policy) and nothing else from the tenant's contact base."""
     tenant(store, "acme", POLICIES / "default.yaml")
-    store.upsert_contact("acme", CALLER, {"name": "Zelda Quist", "notes": "owes 740 dollars", "email": "zq@example.org"})
-    store.upsert_contact("acme", "+14155550188", {"name": "Orwell Brandt"})
-    store.upsert_contact("acme", "+14155550199", {"name": "Priya Vantongeren"})
+    store.subjects.upsert_contact("acme", CALLER, {"name": "Zelda Quist", "notes": "owes 740 dollars", "email": "zq@example.org"})
+    store.subjects.upsert_contact("acme", "+14155550188", {"name": "Orwell Brandt"})
+    store.subjects.upsert_contact("acme", "+14155550199", {"name": "Priya Vantongeren"})
     prompts: list[str] = []
     record, _transport, _session = await run_call(
         receptionist, pool, [say("Hello, can you help me?")], realtime=False, tenant="acme", store=store,

@@ -13,9 +13,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,28 +21,24 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
-from voicecore.policy.models import load_policy_text
 from voicecore.records import CallRecord, Turn
 from voicecore.reports import (
     PURPOSE_QUESTION,
     PURPOSES,
     QUESTIONS,
-    ModelAnswers,
+    ReportScheduler,
     answer_schema,
     build_report,
-    drain_reports,
     find_candidates,
     fit_transcript,
     generate_report,
     resolve_day,
     resolve_slot,
     resolve_time,
-    schedule_report,
 )
 from voicecore.services.llm import ChatMessage, Generation, GenerationStats
-from voicecore.storage import MASTER_KEY_ENV
-from voicecore.storage.db import Store
-from voicecore.webhooks import SIGNATURE_HEADER, WebhookWorker, verify_signature
+from voicecore.storage import Store
+from voicecore.server.webhooks import SIGNATURE_HEADER, WebhookWorker, verify_signature
 
 WEDNESDAY = date(2024, 5, 15)
 CALL_START = datetime(2024, 5, 15, 14, 3, tzinfo=UTC).timestamp()
@@ -86,19 +80,8 @@ OPTOUT = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _no_env_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
 
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "data")
-    s.create_tenant("acme")
-    s.create_tenant("plain", policy_yaml=KEEP_NUMBERS)
-    s.create_tenant("quiet", policy_yaml=NO_REPORTS)
-    yield s
-    s.close()
+TENANTS = {"acme": None, "plain": KEEP_NUMBERS, "quiet": NO_REPORTS}
 
 
 def scripted_call(tenant: str, lines: list[tuple[str, str]], caller: str = "+14155559876") -> CallRecord:
@@ -310,23 +293,23 @@ GOOD_ANSWERS = {
 
 async def test_a_valid_answer_is_stored_with_a_report_ready_event(store: Store) -> None:
     rec = scripted_call("plain", BOOKING)
-    assert store.save_call(rec)
+    assert store.calls.save(rec)
     engine = ScriptedEngine([GOOD_ANSWERS])
     result = await generate_report(store, engine, "plain", rec.call_id)  # the stored transcript is read
     assert result.status == "ready" and result.attempts == 1, result.error
     assert engine.forgotten == [f"report:{rec.call_id}"] and set(engine.owners) == {f"report:{rec.call_id}"}
-    stored = store.get_report("plain", rec.call_id, actor="test")
-    assert stored["status"] == "ready" and stored["report"] == result.report
-    assert stored["report"]["call_date"] == "2024-05-15"  # from the call's start, UTC
-    assert stored["report"]["model"] == "scripted.gguf"
-    (event,) = [e for e in store.outbox_list("plain") if e.type == "report.ready"]
+    stored = store.calls.get_report("plain", rec.call_id, actor="test")
+    assert stored is not None and stored.status == "ready" and stored.body == result.report
+    assert stored.body["call_date"] == "2024-05-15"  # from the call's start, UTC
+    assert stored.body["model"] == "scripted.gguf"
+    (event,) = [e for e in store.outbox.events("plain", actor="test") if e.type == "report.ready"]
     assert event.payload["data"]["report"] == result.report and event.payload["data"]["report_id"] == result.report_id
-    assert any(e.action == "transcript.read" and e.actor == "reports" for e in store.audit_list("plain"))
+    assert any(e.action == "transcript.read" and e.actor == "reports" for e in store.audit.list("plain"))
 
 
 async def test_an_invalid_answer_is_retried_once(store: Store) -> None:
     rec = scripted_call("plain", BOOKING)
-    store.save_call(rec)
+    store.calls.save(rec)
     truncated = {**GOOD_ANSWERS, "summary": 'RAW:{"summary": "Maria Lopez called to book a'}
     engine = ScriptedEngine([truncated, GOOD_ANSWERS])
     result = await generate_report(store, engine, "plain", rec.call_id, turns=rec.turns, call_date=WEDNESDAY)
@@ -336,7 +319,7 @@ async def test_an_invalid_answer_is_retried_once(store: Store) -> None:
 
 async def test_a_report_that_stays_invalid_is_stored_as_failed_never_invented(store: Store) -> None:
     rec = scripted_call("plain", BOOKING)
-    store.save_call(rec)
+    store.calls.save(rec)
     invented = {**GOOD_ANSWERS, "caller_name": "John Parker"}
     unfinished = {**GOOD_ANSWERS, "summary": "Maria Lopez called to book a teeth cleaning"}
     engine = ScriptedEngine([invented, unfinished])
@@ -344,16 +327,16 @@ async def test_a_report_that_stays_invalid_is_stored_as_failed_never_invented(st
     assert result.status == "failed" and result.attempts == 2 and result.report is None
     assert "attempt 1: caller_name: is not something said in the transcript" in result.error
     assert "attempt 2: summary: is not a finished sentence" in result.error
-    stored = store.get_report("plain", rec.call_id, actor="test")
-    assert stored["status"] == "failed" and stored["report"] is None and stored["error"] == result.error
-    assert "Maria" not in stored["error"] and "John" not in stored["error"]  # no call content in the reason
-    assert not [e for e in store.outbox_list("plain") if e.type == "report.ready"]
+    stored = store.calls.get_report("plain", rec.call_id, actor="test")
+    assert stored is not None and stored.status == "failed" and stored.body is None and stored.error == result.error
+    assert "Maria" not in stored.error and "John" not in stored.error  # no call content in the reason
+    assert not [e for e in store.outbox.events("plain", actor="test") if e.type == "report.ready"]
     assert engine.forgotten == [f"report:{rec.call_id}"]
 
 
 async def test_nothing_is_generated_when_the_policy_keeps_no_reports_or_the_call_is_not_stored(store: Store) -> None:
     rec = scripted_call("quiet", BOOKING)
-    store.save_call(rec)
+    store.calls.save(rec)
     engine = ScriptedEngine([GOOD_ANSWERS])
     result = await generate_report(store, engine, "quiet", rec.call_id, turns=rec.turns)
     assert result.status == "skipped" and "retention.reports" in (result.error or "")
@@ -364,20 +347,21 @@ async def test_nothing_is_generated_when_the_policy_keeps_no_reports_or_the_call
 
 async def test_a_call_without_caller_speech_gets_a_failed_report(store: Store) -> None:
     rec = scripted_call("plain", [("agent", "Hello? Is anyone there?")])
-    store.save_call(rec)
+    store.calls.save(rec)
     result = await generate_report(store, ScriptedEngine([GOOD_ANSWERS]), "plain", rec.call_id, turns=rec.turns)
     assert result.status == "failed" and "no caller speech" in (result.error or "")
 
 
 async def test_reports_scheduled_in_the_background_are_drained(store: Store) -> None:
     rec = scripted_call("plain", BOOKING)
-    store.save_call(rec)
-    task = schedule_report(store, ScriptedEngine([GOOD_ANSWERS]), "plain", rec.call_id, turns=rec.turns)
-    broken = schedule_report(store, None, "plain", rec.call_id, turns=rec.turns)  # type: ignore[arg-type]
-    assert await drain_reports(timeout=10) == 0
+    store.calls.save(rec)
+    reports = ReportScheduler()
+    task = reports.schedule(store, ScriptedEngine([GOOD_ANSWERS]), "plain", rec.call_id, turns=rec.turns)
+    broken = reports.schedule(store, None, "plain", rec.call_id, turns=rec.turns)  # type: ignore[arg-type]
+    assert await reports.drain(timeout=10) == 0
     assert task.result().status == "ready"
     assert broken.result().status == "failed"  # logged, never raised into the call
-    assert store.get_report("plain", rec.call_id, actor="test")["status"] == "ready"
+    assert store.calls.get_report("plain", rec.call_id, actor="test").status == "ready"  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- the real model
@@ -424,7 +408,7 @@ async def receive_report_webhook(store: Store, tenant: str) -> tuple[dict[str, A
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        _endpoint, secret = store.webhook_create(tenant, f"http://127.0.0.1:{port}/voicecore", ["report.ready"])
+        _endpoint, secret = store.outbox.create_webhook(tenant, f"http://127.0.0.1:{port}/voicecore", ["report.ready"], actor="test")
         worker = WebhookWorker(store)
         async with aiohttp.ClientSession() as session:
             deadline = time.monotonic() + 20
@@ -442,7 +426,7 @@ async def receive_report_webhook(store: Store, tenant: str) -> tuple[dict[str, A
 async def test_booking_call_report_reaches_the_tenant_signed(store: Store, llm: Any) -> None:
     """A Twilio call: "Maria Lopez ... teeth cleaning ... next Tuesday at ten ... 415 555 2671", on Wednesday 15 May 2024."""
     rec = scripted_call("plain", BOOKING)
-    assert store.save_call(rec)
+    assert store.calls.save(rec)
     result = await generate_report(store, llm, "plain", rec.call_id, turns=rec.turns, call_date=WEDNESDAY)
     assert result.status == "ready", result.error
     r = result.report
@@ -463,7 +447,7 @@ async def test_booking_call_report_reaches_the_tenant_signed(store: Store, llm: 
 async def test_the_model_never_sees_what_the_policy_redacts(store: Store, llm: Any) -> None:
     """The default policy redacts phone numbers before the model: the report has no number, says it was withheld."""
     rec = scripted_call("acme", BOOKING)
-    assert store.save_call(rec)
+    assert store.calls.save(rec)
     engine = CapturingEngine(llm)
     result = await generate_report(store, engine, "acme", rec.call_id, turns=rec.turns, call_date=WEDNESDAY)
     assert result.status == "ready", result.error
@@ -477,7 +461,7 @@ async def test_the_model_never_sees_what_the_policy_redacts(store: Store, llm: A
 @pytest.mark.models
 async def test_cancellation_call_report(store: Store, llm: Any) -> None:
     rec = scripted_call("plain", CANCEL)
-    assert store.save_call(rec)
+    assert store.calls.save(rec)
     result = await generate_report(store, llm, "plain", rec.call_id, turns=rec.turns, call_date=WEDNESDAY)
     assert result.status == "ready", result.error
     r = result.report
@@ -490,7 +474,7 @@ async def test_cancellation_call_report(store: Store, llm: Any) -> None:
 @pytest.mark.models
 async def test_optout_comes_from_the_matcher(store: Store, llm: Any) -> None:
     rec = scripted_call("plain", OPTOUT)
-    assert store.save_call(rec)
+    assert store.calls.save(rec)
     result = await generate_report(store, llm, "plain", rec.call_id, turns=rec.turns, call_date=WEDNESDAY)
     assert result.status == "ready", result.error
     r = result.report
@@ -529,7 +513,7 @@ async def test_a_report_does_not_disturb_a_live_calls_cached_conversation(store:
     live = new_conversation()
     await turn(live, "Do you cut children's hair?")
     rec = scripted_call("plain", BOOKING)
-    assert store.save_call(rec)
+    assert store.calls.save(rec)
     report, second = await asyncio.gather(
         generate_report(store, llm, "plain", rec.call_id, turns=rec.turns, call_date=WEDNESDAY),
         turn(live, "And on Saturday?"),

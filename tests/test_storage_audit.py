@@ -10,27 +10,26 @@ from pathlib import Path
 import pytest
 
 from voicecore.records import CallRecord, Turn
-from voicecore.storage import MASTER_KEY_ENV, Store
+from voicecore.storage import Store
+
+
+
+TENANTS = {"acme": None}  # tenant.created, apikey.created
 
 
 @pytest.fixture(autouse=True)
-def _no_env_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "data")
-    s.create_tenant("acme")  # tenant.created, apikey.created
+def _activity(request: pytest.FixtureRequest) -> None:
+    """Three more audited actions in the log of every test that uses the store."""
+    if "store" not in request.fixturenames:
+        return
+    s: Store = request.getfixturevalue("store")
     rec = CallRecord(tenant="acme", caller="+14155552671")
     rec.turns = [Turn("caller", "my secret is tangerine")]
     rec.ended_at = rec.started_at + 1
-    s.save_call(rec)
-    s.call_get("acme", rec.call_id, actor="analyst")  # transcript.read
-    s.add_optout("acme", "+14155552671")  # optout.added
-    s.audit_append("api:key1", "acme", "webhook.created", "webhook:1")
-    yield s
-    s.close()
+    s.calls.save(rec)
+    s.calls.get("acme", rec.call_id, actor="analyst")  # transcript.read
+    s.subjects.add_optout("acme", "+14155552671", actor="test")  # optout.added
+    s.audit.append("api:key1", "acme", "webhook.created", "webhook:1")
 
 
 def raw(store: Store) -> sqlite3.Connection:
@@ -39,14 +38,14 @@ def raw(store: Store) -> sqlite3.Connection:
 
 
 def test_intact_log_verifies(store: Store) -> None:
-    check = store.audit_verify()
+    check = store.audit.verify()
     assert check.ok and check.first_bad_id is None and check.entries == 5
-    actions = [e.action for e in reversed(store.audit_list())]
+    actions = [e.action for e in reversed(store.audit.list())]
     assert actions == ["tenant.created", "apikey.created", "transcript.read", "optout.added", "webhook.created"]
 
 
 def test_log_holds_no_content_and_no_clear_number(store: Store) -> None:
-    text = json.dumps([e.__dict__ for e in store.audit_list()])
+    text = json.dumps([e.__dict__ for e in store.audit.list()])
     assert "tangerine" not in text
     assert "4155552671" not in text and "2671" not in text
 
@@ -54,7 +53,7 @@ def test_log_holds_no_content_and_no_clear_number(store: Store) -> None:
 def test_modified_entry_is_detected(store: Store) -> None:
     with raw(store) as c:
         c.execute("UPDATE audit_log SET action = 'transcript.listed' WHERE id = 3")
-    check = store.audit_verify()
+    check = store.audit.verify()
     assert not check.ok and check.first_bad_id == 3 and "modified" in (check.reason or "")
 
 
@@ -64,21 +63,21 @@ def test_modified_entry_with_recomputed_sha256_is_still_detected(store: Store) -
         prev = c.execute("SELECT prev_hash FROM audit_log WHERE id = 3").fetchone()[0]
         forged = hashlib.sha256((prev + "3|forged").encode()).hexdigest()
         c.execute("UPDATE audit_log SET actor = 'nobody', hash = ? WHERE id = 3", (forged,))
-    check = store.audit_verify()
+    check = store.audit.verify()
     assert not check.ok and check.first_bad_id == 3
 
 
 def test_deleted_entry_in_the_middle_is_detected(store: Store) -> None:
     with raw(store) as c:
         c.execute("DELETE FROM audit_log WHERE id = 2")
-    check = store.audit_verify()
+    check = store.audit.verify()
     assert not check.ok and check.first_bad_id == 2 and "missing" in (check.reason or "")
 
 
 def test_deleted_last_entry_is_detected(store: Store) -> None:
     with raw(store) as c:
         c.execute("DELETE FROM audit_log WHERE id = 5")
-    check = store.audit_verify()
+    check = store.audit.verify()
     assert not check.ok and check.first_bad_id == 5
 
 
@@ -86,15 +85,15 @@ def test_renumbered_entries_are_detected(store: Store) -> None:
     with raw(store) as c:
         c.execute("DELETE FROM audit_log WHERE id = 2")
         c.execute("UPDATE audit_log SET id = id - 1 WHERE id > 2")
-    assert not store.audit_verify().ok
+    assert not store.audit.verify().ok
 
 
 def test_appending_after_verification_keeps_the_chain(store: Store) -> None:
-    store.audit_append("cli", "acme", "subject.exported", "subject:abc")
+    store.audit.append("cli", "acme", "subject.exported", "subject:abc")
     store.close()
     again = Store(store.data_dir)
-    again.audit_append("cli", None, "retention.swept", "rows:0")
-    assert again.audit_verify().ok
+    again.audit.append("cli", None, "retention.swept", "rows:0")
+    assert again.audit.verify().ok
     again.close()
 
 
@@ -102,10 +101,10 @@ def test_entries_record_actor_tenant_what_and_when(tmp_path: Path) -> None:
     """Privacy rule 7: who, for which tenant, what and when — the time from the store's clock."""
     now = [1_800_000_000.0]
     s = Store(tmp_path / "d", clock=lambda: now[0])
-    s.create_tenant("acme")
+    s.tenants.create("acme", actor="test")
     now[0] += 3600.0
-    s.audit_append("analyst-key-1", "acme", "transcript.read", "call-42")
-    entry = next(e for e in s.audit_list("acme") if e.action == "transcript.read")
+    s.audit.append("analyst-key-1", "acme", "transcript.read", "call-42")
+    entry = next(e for e in s.audit.list("acme") if e.action == "transcript.read")
     assert (entry.actor, entry.tenant, entry.action, entry.object_id) == ("analyst-key-1", "acme", "transcript.read", "call-42")
     assert entry.at == pytest.approx(1_800_003_600.0)
     s.close()

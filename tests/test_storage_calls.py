@@ -8,24 +8,14 @@ from pathlib import Path
 import pytest
 
 from voicecore.records import CallRecord, Turn, TurnTimeline
-from voicecore.storage import MASTER_KEY_ENV, Store
+from voicecore.storage import Store
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 CARD = "4111 1111 1111 1111"
 
 
-@pytest.fixture(autouse=True)
-def _no_env_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
 
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "data")
-    s.create_tenant("a")
-    s.create_tenant("b")
-    yield s
-    s.close()
+TENANTS = {"a": None, "b": None}
 
 
 def all_bytes(directory: Path) -> bytes:
@@ -54,11 +44,11 @@ def make_call(
 
 def test_save_list_get(store: Store) -> None:
     rec = make_call("a", text="I'd like to book a table")
-    assert store.save_call(rec)
-    (listed,) = store.calls_list("a")
+    assert store.calls.save(rec)
+    (listed,) = store.calls.list("a", actor="test")
     assert listed.call_id == rec.call_id and listed.turns is None
     assert listed.caller == "+14155552671" and listed.duration_s == 42.5 and listed.end_reason == "hangup"
-    got = store.call_get("a", rec.call_id, actor="analyst-1")
+    got = store.calls.get("a", rec.call_id, actor="analyst-1")
     assert got is not None and got.turns is not None
     assert [t.role for t in got.turns] == ["agent", "caller", "agent", "event"]
     assert got.turns[1].text == "I'd like to book a table"
@@ -71,40 +61,40 @@ def test_save_list_get(store: Store) -> None:
 
 def test_reading_a_transcript_is_audited_metadata_is_not(store: Store) -> None:
     rec = make_call("a")
-    store.save_call(rec)
-    store.call_get("a", rec.call_id, actor="viewer-key", include_transcript=False)
-    assert not [e for e in store.audit_list("a") if e.action == "transcript.read"]
-    store.call_get("a", rec.call_id, actor="analyst-key")
-    (entry,) = [e for e in store.audit_list("a") if e.action == "transcript.read"]
+    store.calls.save(rec)
+    store.calls.get("a", rec.call_id, actor="viewer-key", include_transcript=False)
+    assert not [e for e in store.audit.list("a") if e.action == "transcript.read"]
+    store.calls.get("a", rec.call_id, actor="analyst-key")
+    (entry,) = [e for e in store.audit.list("a") if e.action == "transcript.read"]
     assert entry.actor == "analyst-key" and entry.object_id == f"call:{rec.call_id}"
 
 
 def test_other_tenants_call_is_not_found(store: Store) -> None:
     rec = make_call("a")
-    store.save_call(rec)
-    assert store.call_get("b", rec.call_id, actor="b-key") is None
-    assert store.calls_list("b") == []
-    assert store.calls_list("b", phone="+14155552671") == []
-    assert store.get_report("b", rec.call_id, actor="b") is None
-    assert store.read_recording("b", rec.call_id, actor="b") is None
+    store.calls.save(rec)
+    assert store.calls.get("b", rec.call_id, actor="b-key") is None
+    assert store.calls.list("b", actor="test") == []
+    assert store.calls.list("b", phone="+14155552671", actor="test") == []
+    assert store.calls.get_report("b", rec.call_id, actor="b") is None
+    assert store.calls.read_recording("b", rec.call_id, actor="b") is None
 
 
 def test_list_filters(store: Store) -> None:
-    store.save_call(make_call("a", caller="+14155552671", started=1000.0))
-    store.save_call(make_call("a", caller="+442079460958", started=2000.0))
-    store.save_call(make_call("a", caller="+14155552671", started=3000.0))
-    assert len(store.calls_list("a")) == 3
-    assert [c.started_at for c in store.calls_list("a")] == [3000.0, 2000.0, 1000.0]
-    assert len(store.calls_list("a", phone="(415) 555-2671")) == 2
-    assert len(store.calls_list("a", since=1500.0, until=2500.0)) == 1
-    assert len(store.calls_list("a", limit=1, offset=1)) == 1
+    store.calls.save(make_call("a", caller="+14155552671", started=1000.0))
+    store.calls.save(make_call("a", caller="+442079460958", started=2000.0))
+    store.calls.save(make_call("a", caller="+14155552671", started=3000.0))
+    assert len(store.calls.list("a", actor="test")) == 3
+    assert [c.started_at for c in store.calls.list("a", actor="test")] == [3000.0, 2000.0, 1000.0]
+    assert len(store.calls.list("a", phone="(415) 555-2671", actor="test")) == 2
+    assert len(store.calls.list("a", since=1500.0, until=2500.0, actor="test")) == 1
+    assert len(store.calls.list("a", limit=1, offset=1, actor="test")) == 1
 
 
 def test_transcript_is_encrypted_and_redacted_per_policy(store: Store) -> None:
     marker = "zebra crossing"
     rec = make_call("a", text=f"{marker}, my card is {CARD}")
-    store.save_call(rec)
-    got = store.call_get("a", rec.call_id, actor="t")
+    store.calls.save(rec)
+    got = store.calls.get("a", rec.call_id, actor="t")
     assert got.turns[1].text == f"{marker}, my card is [card number]"  # type: ignore[index,union-attr]
     raw = all_bytes(store.data_dir)
     assert marker.encode() not in raw
@@ -115,137 +105,122 @@ def test_transcript_is_encrypted_and_redacted_per_policy(store: Store) -> None:
 
 
 def test_verbatim_transcript_when_policy_says_so(store: Store) -> None:
-    store.set_tenant_policy("b", "transcripts:\n  store_redacted: false\n")
+    store.tenants.set_policy("b", "transcripts:\n  store_redacted: false\n", actor="test")
     rec = make_call("b", text=f"card {CARD}")
-    store.save_call(rec)
-    got = store.call_get("b", rec.call_id, actor="t")
+    store.calls.save(rec)
+    got = store.calls.get("b", rec.call_id, actor="t")
     assert got.turns[1].text == f"card {CARD}"  # type: ignore[index,union-attr]
     assert not got.transcript_redacted  # type: ignore[union-attr]
     assert CARD.encode() not in all_bytes(store.data_dir)  # still encrypted at rest
 
 
 def test_no_storage_policy_keeps_metadata_and_timelines_only(store: Store) -> None:
-    store.set_tenant_policy("b", (POLICIES / "no-storage.yaml").read_text())
+    store.tenants.set_policy("b", (POLICIES / "no-storage.yaml").read_text(), actor="test")
     rec = make_call("b", text="do not keep this")
-    assert store.save_call(rec)
-    got = store.call_get("b", rec.call_id, actor="t")
+    assert store.calls.save(rec)
+    got = store.calls.get("b", rec.call_id, actor="t")
     assert got is not None and got.turns is not None
     assert all(t.text is None and t.generated_text is None for t in got.turns)
     assert got.turns[1].timeline is not None
-    count = store.db.execute(
+    count = store.db.sqlite.execute(
         "SELECT COUNT(*) FROM turns WHERE text_enc IS NOT NULL OR generated_enc IS NOT NULL"
     ).fetchone()[0]
     assert count == 0
-    assert store.save_report("b", rec.call_id, {"summary": "x"}) is None
-    assert store.upsert_contact("b", "+14155552671", {"name": "Ada"}) is None
+    assert store.calls.save_report("b", rec.call_id, {"summary": "x"}) is None
+    assert store.subjects.upsert_contact("b", "+14155552671", {"name": "Ada"}) is None
 
 
 def test_metadata_retention_zero_stores_nothing(store: Store) -> None:
-    store.set_tenant_policy("b", "retention: {recordings: 0, transcripts: 0, reports: 0, metadata: 0, contacts: 0}\n")
-    assert not store.save_call(make_call("b"))
-    assert store.calls_list("b") == []
-    assert store.outbox_list("b") == []
+    store.tenants.set_policy("b", "retention: {recordings: 0, transcripts: 0, reports: 0, metadata: 0, contacts: 0}\n", actor="test")
+    assert not store.calls.save(make_call("b"))
+    assert store.calls.list("b", actor="test") == []
+    assert store.outbox.events("b", actor="test") == []
 
 
 def test_restricted_subject_is_not_stored(store: Store) -> None:
-    store.restrict("a", "(415) 555-2671", actor="dpo")
-    assert store.is_restricted("a", "+14155552671")
-    assert not store.is_restricted("b", "+14155552671")
-    assert not store.save_call(make_call("a"))
-    assert store.calls_list("a") == []
-    assert store.save_call(make_call("b"))
-    store.unrestrict("a", "+14155552671", actor="dpo")
-    assert store.save_call(make_call("a"))
+    store.subjects.restrict("a", "(415) 555-2671", actor="dpo")
+    assert store.subjects.is_restricted("a", "+14155552671")
+    assert not store.subjects.is_restricted("b", "+14155552671")
+    assert not store.calls.save(make_call("a"))
+    assert store.calls.list("a", actor="test") == []
+    assert store.calls.save(make_call("b"))
+    store.subjects.unrestrict("a", "+14155552671", actor="dpo")
+    assert store.calls.save(make_call("a"))
 
 
 def test_call_ended_event_in_the_same_transaction(store: Store) -> None:
     rec = make_call("a")
-    store.save_call(rec)
-    (event,) = store.outbox_list("a")
+    store.calls.save(rec)
+    (event,) = store.outbox.events("a", actor="test")
     assert event.type == "call.ended" and event.status == "pending"
     assert event.payload["data"]["call_id"] == rec.call_id
     assert event.payload["data"]["duration_s"] == 42.5
     # saving the same call again replaces it and does not announce it twice
-    store.save_call(rec)
-    assert len(store.outbox_list("a")) == 1
-    assert len(store.calls_list("a")) == 1
+    store.calls.save(rec)
+    assert len(store.outbox.events("a", actor="test")) == 1
+    assert len(store.calls.list("a", actor="test")) == 1
     # a call saved before it ended announces itself when it is saved again, ended
     live = make_call("a")
     live.ended_at = None
-    store.save_call(live)
-    assert len(store.outbox_list("a")) == 1
+    store.calls.save(live)
+    assert len(store.outbox.events("a", actor="test")) == 1
     live.ended_at = live.started_at + 3
-    store.save_call(live)
-    assert len(store.outbox_list("a")) == 2
+    store.calls.save(live)
+    assert len(store.outbox.events("a", actor="test")) == 2
 
 
 def test_event_is_rolled_back_with_the_call(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     rec = make_call("a")
-    real_insert = store._outbox_add
+    real_insert = store.outbox.add_in_tx
 
     def failing(*args: object, **kwargs: object) -> str:
         real_insert(*args, **kwargs)  # type: ignore[arg-type]
         raise sqlite3.OperationalError("disk full")
 
-    monkeypatch.setattr(store, "_outbox_add", failing)
+    monkeypatch.setattr(store.outbox, "add_in_tx", failing)
     with pytest.raises(sqlite3.OperationalError):
-        store.save_call(rec)
+        store.calls.save(rec)
     monkeypatch.undo()
-    assert store.calls_list("a") == []
-    assert store.outbox_list("a") == []
-
-
-def test_outbox_delivery_states(store: Store) -> None:
-    store.save_call(make_call("a"))
-    store.save_call(make_call("b"))
-    pending = store.outbox_pending()
-    assert {e.tenant for e in pending} == {"a", "b"}
-    first, second = pending
-    store.outbox_mark_delivered(first.event_id)
-    store.outbox_mark_failed(second.event_id, "HTTP 500", retry_at=second.next_attempt_at + 60)
-    assert store.outbox_pending(now=second.next_attempt_at + 1) == []
-    (retry,) = store.outbox_pending(now=second.next_attempt_at + 61)
-    assert retry.attempts == 1 and retry.last_error == "HTTP 500"
-    store.outbox_mark_failed(second.event_id, "HTTP 500", retry_at=None)
-    assert [e.status for e in store.outbox_list(second.tenant)] == ["dead"]
+    assert store.calls.list("a", actor="test") == []
+    assert store.outbox.events("a", actor="test") == []
 
 
 def test_reports_are_encrypted_and_scoped(store: Store) -> None:
     rec = make_call("a")
-    store.save_call(rec)
-    rid = store.save_report("a", rec.call_id, {"purpose": "booking", "summary": "wants a quokka tour"})
+    store.calls.save(rec)
+    rid = store.calls.save_report("a", rec.call_id, {"purpose": "booking", "summary": "wants a quokka tour"})
     assert rid is not None
     assert b"quokka" not in all_bytes(store.data_dir)
-    got = store.get_report("a", rec.call_id, actor="analyst")
-    assert got is not None and got["report"]["purpose"] == "booking"
-    assert any(e.action == "report.read" for e in store.audit_list("a"))
-    assert [e.type for e in store.outbox_list("a")] == ["call.ended", "report.ready"]
-    failed = store.save_report("a", rec.call_id, None, status="failed", error="invalid JSON twice")
+    got = store.calls.get_report("a", rec.call_id, actor="analyst")
+    assert got is not None and got.body is not None and got.body["purpose"] == "booking"
+    assert any(e.action == "report.read" for e in store.audit.list("a"))
+    assert [e.type for e in store.outbox.events("a", actor="test")] == ["call.ended", "report.ready"]
+    failed = store.calls.save_report("a", rec.call_id, None, status="failed", error="invalid JSON twice")
     assert failed is not None
 
 
 def test_contacts_round_trip_encrypted(store: Store) -> None:
-    store.upsert_contact("a", "(415) 555-2671", {"name": "Ada Lovelace", "email": "ada@example.com"})
-    contact = store.get_contact("a", "+14155552671")
+    store.subjects.upsert_contact("a", "(415) 555-2671", {"name": "Ada Lovelace", "email": "ada@example.com"})
+    contact = store.subjects.contact("a", "+14155552671", actor="test")
     assert contact == {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+14155552671"}
-    assert store.get_contact("b", "+14155552671") is None
+    assert store.subjects.contact("b", "+14155552671", actor="test") is None
     assert b"Lovelace" not in all_bytes(store.data_dir)
-    store.upsert_contact("a", "+14155552671", {"name": "Ada King"})
-    assert store.get_contact("a", "415-555-2671")["name"] == "Ada King"  # type: ignore[index]
-    assert store.delete_contact("a", "+14155552671", actor="ops")
-    assert store.get_contact("a", "+14155552671") is None
+    store.subjects.upsert_contact("a", "+14155552671", {"name": "Ada King"})
+    assert store.subjects.contact("a", "415-555-2671", actor="test")["name"] == "Ada King"  # type: ignore[index]
+    assert store.subjects.delete_contact("a", "+14155552671", actor="ops")
+    assert store.subjects.contact("a", "+14155552671", actor="test") is None
 
 
 def test_every_row_carries_an_expiry(store: Store) -> None:
     rec = make_call("a")
-    store.save_call(rec)
-    store.save_report("a", rec.call_id, {"x": 1})
-    store.upsert_contact("a", "+14155552671", {"name": "A"})
+    store.calls.save(rec)
+    store.calls.save_report("a", rec.call_id, {"x": 1})
+    store.subjects.upsert_contact("a", "+14155552671", {"name": "A"})
     for table in ("calls", "turns", "reports", "contacts", "outbox"):
-        nulls = store.db.execute(f"SELECT COUNT(*) FROM {table} WHERE expires_at IS NULL").fetchone()[0]
-        total = store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        nulls = store.db.sqlite.execute(f"SELECT COUNT(*) FROM {table} WHERE expires_at IS NULL").fetchone()[0]
+        total = store.db.sqlite.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
         assert total > 0 and nulls == 0, table
-    call_exp = store.db.execute("SELECT expires_at - stored_at FROM calls").fetchone()[0]
+    call_exp = store.db.sqlite.execute("SELECT expires_at - stored_at FROM calls").fetchone()[0]
     assert call_exp == pytest.approx(365 * 86400)
-    text_exp = store.db.execute("SELECT MAX(text_expires_at) - MAX(expires_at) FROM turns").fetchone()[0]
+    text_exp = store.db.sqlite.execute("SELECT MAX(text_expires_at) - MAX(expires_at) FROM turns").fetchone()[0]
     assert text_exp == pytest.approx((30 - 365) * 86400)

@@ -10,26 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from voicecore.storage import MASTER_KEY_ENV, RecordingError, RecordingNotAllowed, StorageError, Store
+from voicecore.storage import RecordingError, RecordingNotAllowed, StorageError, Store
 from voicecore.storage.recording import read_recording_file
 
 ON = "recording: {mode: on}\nretention: {recordings: 30}\n"
 CONSENT = "recording: {mode: consent, announcement: 'May we record?'}\nretention: {recordings: 30}\n"
 
 
-@pytest.fixture(autouse=True)
-def _no_env_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
 
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "data")
-    s.create_tenant("on", policy_yaml=ON)
-    s.create_tenant("consent", policy_yaml=CONSENT)
-    s.create_tenant("off")
-    yield s
-    s.close()
+TENANTS = {"on": ON, "consent": CONSENT, "off": None}
 
 
 def tone(freq: float = 1234.0, seconds: float = 3.0, rate: int = 16000) -> bytes:
@@ -43,7 +32,7 @@ def recording_files(store: Store) -> list[Path]:
 
 def test_recording_is_encrypted_on_disk_and_decrypts_to_the_same_pcm(store: Store) -> None:
     pcm = tone()
-    w = store.open_recording("on", "call-1", 16000)
+    w = store.calls.open_recording("on", "call-1", 16000)
     for i in range(0, len(pcm), 640):  # 20 ms frames, as the pipeline delivers them
         w.write(pcm[i : i + 640])
         if i == 32000 * 2:
@@ -56,53 +45,53 @@ def test_recording_is_encrypted_on_disk_and_decrypts_to_the_same_pcm(store: Stor
     for offset in range(0, len(pcm) - 64, 16000):
         assert pcm[offset : offset + 64] not in raw  # no window of the tone is on disk
     assert len(raw) > len(pcm)
-    wav = store.read_recording("on", "call-1", actor="analyst")
+    wav = store.calls.read_recording("on", "call-1", actor="analyst")
     assert wav is not None and wav.startswith(b"RIFF")
     with wave.open(io.BytesIO(wav)) as r:
         assert (r.getframerate(), r.getnchannels(), r.getsampwidth()) == (16000, 1, 2)
         assert r.readframes(r.getnframes()) == pcm
-    (entry,) = [e for e in store.audit_list("on") if e.action == "recording.read"]
+    (entry,) = [e for e in store.audit.list("on") if e.action == "recording.read"]
     assert entry.actor == "analyst" and entry.object_id == "recording:call-1/mixed"
-    call_bytes = store.db.execute("SELECT bytes, complete FROM recordings").fetchone()
+    call_bytes = store.db.sqlite.execute("SELECT bytes, complete FROM recordings").fetchone()
     assert tuple(call_bytes) == (len(pcm), 1)
 
 
 def test_recording_off_is_refused_and_writes_nothing(store: Store) -> None:
     with pytest.raises(RecordingNotAllowed, match="mode='off'"):
-        store.open_recording("off", "call-1", 8000)
+        store.calls.open_recording("off", "call-1", 8000)
     with pytest.raises(RecordingNotAllowed):
-        store.open_recording("off", "call-1", 8000, consent=True)
+        store.calls.open_recording("off", "call-1", 8000, consent=True)
     assert recording_files(store) == []
 
 
 def test_consent_policy_records_only_after_yes(store: Store) -> None:
     for answer in (None, False):
         with pytest.raises(RecordingNotAllowed):
-            store.open_recording("consent", "call-1", 8000, consent=answer)
+            store.calls.open_recording("consent", "call-1", 8000, consent=answer)
     assert recording_files(store) == []
-    with store.open_recording("consent", "call-1", 8000, consent=True) as w:
+    with store.calls.open_recording("consent", "call-1", 8000, consent=True) as w:
         w.write(b"\0\1" * 800)
     assert len(recording_files(store)) == 1
 
 
 def test_restricted_caller_is_not_recorded(store: Store) -> None:
-    store.restrict("on", "+14155552671")
+    store.subjects.restrict("on", "+14155552671", actor="test")
     with pytest.raises(RecordingNotAllowed, match="restricted"):
-        store.open_recording("on", "call-1", 8000, caller="(415) 555-2671")
+        store.calls.open_recording("on", "call-1", 8000, caller="(415) 555-2671")
 
 
 def test_one_recording_per_call_and_track(store: Store) -> None:
-    store.open_recording("on", "call-1", 8000).close()
-    store.open_recording("on", "call-1", 8000, track="caller").close()
+    store.calls.open_recording("on", "call-1", 8000).close()
+    store.calls.open_recording("on", "call-1", 8000, track="caller").close()
     with pytest.raises(StorageError, match="already has"):
-        store.open_recording("on", "call-1", 8000)
+        store.calls.open_recording("on", "call-1", 8000)
 
 
 def test_tampered_or_moved_recording_does_not_decrypt(store: Store) -> None:
-    with store.open_recording("on", "call-1", 8000, chunk_bytes=1600) as w:
+    with store.calls.open_recording("on", "call-1", 8000, chunk_bytes=1600) as w:
         w.write(tone(seconds=1.0, rate=8000))
     (path,) = recording_files(store)
-    row = store.db.execute("SELECT id, tenant_id FROM recordings").fetchone()
+    row = store.db.sqlite.execute("SELECT id, tenant_id FROM recordings").fetchone()
     keys = store.keystore.get(row[1])
     assert read_recording_file(path, keys, row[0]).complete
     data = bytearray(path.read_bytes())
@@ -111,7 +100,7 @@ def test_tampered_or_moved_recording_does_not_decrypt(store: Store) -> None:
     with pytest.raises(RecordingError, match="authenticate"):
         read_recording_file(path, keys, row[0])
     # another tenant's key cannot read it either
-    other = store.db.execute("SELECT id FROM tenants WHERE name = 'consent'").fetchone()[0]
+    other = store.db.sqlite.execute("SELECT id FROM tenants WHERE name = 'consent'").fetchone()[0]
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(RecordingError):
@@ -120,10 +109,10 @@ def test_tampered_or_moved_recording_does_not_decrypt(store: Store) -> None:
 
 def test_recording_cut_short_keeps_audio_up_to_the_last_chunk(store: Store) -> None:
     pcm = tone(seconds=1.0, rate=8000)
-    with store.open_recording("on", "call-1", 8000, chunk_bytes=1600) as w:
+    with store.calls.open_recording("on", "call-1", 8000, chunk_bytes=1600) as w:
         w.write(pcm)
     (path,) = recording_files(store)
-    row = store.db.execute("SELECT id, tenant_id FROM recordings").fetchone()
+    row = store.db.sqlite.execute("SELECT id, tenant_id FROM recordings").fetchone()
     keys = store.keystore.get(row[1])
     data = path.read_bytes()
     # drop the final chunk (a crash before close): 28 bytes of framing + an empty final chunk
@@ -138,23 +127,23 @@ def test_a_copied_recording_cannot_be_decrypted_once_the_tenant_key_is_destroyed
 
     data = tmp_path / "data"
     s = Store(data)
-    s.create_tenant("gone", policy_yaml=ON)
+    s.tenants.create("gone", policy_yaml=ON, actor="test")
     pcm = tone()
-    with s.open_recording("gone", "call-1", 16000) as w:
+    with s.calls.open_recording("gone", "call-1", 16000) as w:
         w.write(pcm)
     backup = tmp_path / "backup"
     shutil.copytree(data, backup)  # database, keystore, master key and the .vcrec files
     b = Store(backup)
-    assert b.read_recording("gone", "call-1", actor="t")  # readable with the keys (so the test can fail)
+    assert b.calls.read_recording("gone", "call-1", actor="t")  # readable with the keys (so the test can fail)
     b.close()
 
-    s.delete_tenant("gone", actor="ops")
+    s.tenants.delete("gone", actor="ops")
     shutil.copy(data / "keystore.bin", backup / "keystore.bin")  # the backup meets today's keystore
     b = Store(backup)
     from voicecore.storage import TenantKeyMissing
 
     with pytest.raises(TenantKeyMissing):
-        b.read_recording("gone", "call-1", actor="t")
+        b.calls.read_recording("gone", "call-1", actor="t")
     raw = b"".join(p.read_bytes() for p in (backup / "recordings").rglob("*.vcrec"))
     assert raw and pcm[1000:1064] not in raw  # the copied file is there, and only ciphertext
     b.close()

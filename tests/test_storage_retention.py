@@ -7,10 +7,9 @@ import struct
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 
 from voicecore.records import CallRecord, Turn, TurnTimeline
-from voicecore.storage import MASTER_KEY_ENV, Store
+from voicecore.storage import Store
 
 DAY = 86400.0
 T0 = 1_800_000_000.0
@@ -29,10 +28,6 @@ class Clock:
     def __call__(self) -> float:
         return self.now
 
-
-@pytest.fixture(autouse=True)
-def _no_env_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
 
 
 def tone(freq: float = 1234.0, seconds: float = 2.0, rate: int = 16000) -> bytes:
@@ -64,21 +59,21 @@ def planted_call(tenant: str) -> CallRecord:
 def test_sweep_removes_expired_data_and_leaves_no_bytes(tmp_path: Path) -> None:
     clock = Clock(T0)
     store = Store(tmp_path / "data", clock=clock)
-    store.create_tenant("a", policy_yaml=POLICY)
-    store.create_tenant("keeper", policy_yaml=POLICY.replace("metadata: 10", "metadata: 3000"))
+    store.tenants.create("a", policy_yaml=POLICY, actor="test")
+    store.tenants.create("keeper", policy_yaml=POLICY.replace("metadata: 10", "metadata: 3000"), actor="test")
     rec = planted_call("a")
-    store.save_call(rec)
-    store.save_report("a", rec.call_id, {"summary": PHRASE})
-    store.upsert_contact("a", "+14155552671", {"name": PHRASE})
+    store.calls.save(rec)
+    store.calls.save_report("a", rec.call_id, {"summary": PHRASE})
+    store.subjects.upsert_contact("a", "+14155552671", {"name": PHRASE})
     pcm = tone()
-    with store.open_recording("a", rec.call_id, 16000, caller=rec.caller) as w:
+    with store.calls.open_recording("a", rec.call_id, 16000, caller=rec.caller) as w:
         for i in range(0, len(pcm), 640):
             w.write(pcm[i : i + 640])
     keep = planted_call("keeper")
     keep.end_reason = "hangup"
     keep.pipeline = keep.provider_ids["callSid"] = "kept"
     keep.flags = {}
-    store.save_call(keep)
+    store.calls.save(keep)
 
     # What the encrypted rows look like on disk: these exact bytes must vanish too.
     blobs: list[bytes] = []
@@ -90,7 +85,7 @@ def test_sweep_removes_expired_data_and_leaves_no_bytes(tmp_path: Path) -> None:
         "SELECT fields_enc FROM contacts",
         "SELECT payload_enc FROM outbox o JOIN tenants n ON n.id = o.tenant_id WHERE n.name = 'a'",
     ):
-        blobs += [row[0][1:40] for row in store.db.execute(sql).fetchall() if row[0] is not None]
+        blobs += [row[0][1:40] for row in store.db.sqlite.execute(sql).fetchall() if row[0] is not None]
     assert len(blobs) >= 6
     recording_bytes = [p.read_bytes() for p in store.recordings_dir.rglob("*.vcrec")]
     assert len(recording_bytes) == 1
@@ -101,31 +96,31 @@ def test_sweep_removes_expired_data_and_leaves_no_bytes(tmp_path: Path) -> None:
     assert count_hits(db_and_recording_files(store), blobs) >= len(blobs)
 
     # Nothing has expired after one day.
-    r = store.retention_sweep(datetime.fromtimestamp(T0 + DAY, UTC))
+    r = store.retention.sweep(datetime.fromtimestamp(T0 + DAY, UTC), actor="test")
     assert r.total == 0
-    assert store.read_recording("a", rec.call_id, actor="t") is not None
+    assert store.calls.read_recording("a", rec.call_id, actor="t") is not None
 
     # Day 3: the recording (2 days) is gone, file included.
     clock.now = T0 + 3 * DAY
-    r = store.retention_sweep()
+    r = store.retention.sweep(actor="test")
     assert r.deleted["recordings"] == 1 and r.files_removed == 1
     assert list(store.recordings_dir.rglob("*.vcrec")) == []
-    assert store.read_recording("a", rec.call_id, actor="t") is None
+    assert store.calls.read_recording("a", rec.call_id, actor="t") is None
 
     # Day 6: transcripts, report and contact are gone; metadata and timelines stay.
-    r = store.retention_sweep(T0 + 6 * DAY)
+    r = store.retention.sweep(T0 + 6 * DAY, actor="test")
     # (both tenants keep transcripts 5 days: 2 turns each)
     assert r.transcripts_cleared == 4 and r.deleted["reports"] == 1 and r.deleted["contacts"] == 1
-    call = store.call_get("a", rec.call_id, actor="t")
+    call = store.calls.get("a", rec.call_id, actor="t")
     assert call is not None and call.turns is not None
     assert [t.text for t in call.turns] == [None, None]
     assert call.turns[0].timeline is not None
     assert count_hits(db_and_recording_files(store), blobs[:2]) == 0
 
     # Day 11: everything of tenant a has expired.
-    r = store.retention_sweep(T0 + 11 * DAY)
+    r = store.retention.sweep(T0 + 11 * DAY, actor="test")
     assert r.deleted["calls"] == 1 and r.wal_truncated
-    assert store.call_get("a", rec.call_id, actor="t") is None
+    assert store.calls.get("a", rec.call_id, actor="t") is None
     files = db_and_recording_files(store)
     assert any(p.name.endswith("-wal") for p in files)
     for p in files:
@@ -133,36 +128,36 @@ def test_sweep_removes_expired_data_and_leaves_no_bytes(tmp_path: Path) -> None:
     wal = Path(f"{store.db_path}-wal")
     assert wal.stat().st_size == 0
     for table in ("calls", "turns", "reports", "contacts", "recordings"):
-        n = store.db.execute(
+        n = store.db.sqlite.execute(
             f"SELECT COUNT(*) FROM {table} x JOIN tenants t ON t.id = x.tenant_id WHERE t.name = 'a'"
         ).fetchone()[0]
         assert n == 0, table
     # the other tenant's longer-lived metadata is still there
-    assert store.call_get("keeper", keep.call_id, actor="t") is not None
-    assert any(e.action == "retention.swept" for e in store.audit_list())
+    assert store.calls.get("keeper", keep.call_id, actor="t") is not None
+    assert any(e.action == "retention.swept" for e in store.audit.list())
     store.close()
 
 
 def test_sweep_removes_orphaned_recording_files(tmp_path: Path) -> None:
     store = Store(tmp_path / "data", clock=Clock(T0))
-    store.create_tenant("a", policy_yaml=POLICY)
-    w = store.open_recording("a", "call-1", 8000)
+    store.tenants.create("a", policy_yaml=POLICY, actor="test")
+    w = store.calls.open_recording("a", "call-1", 8000)
     w.write(b"\x01\x02" * 8000)
     w.close()
     # a crash between deleting the row and unlinking the file leaves an orphan
-    store.db.execute("DELETE FROM recordings")
+    store.db.sqlite.execute("DELETE FROM recordings")
     orphan = next(store.recordings_dir.rglob("*.vcrec"))
-    r = store.retention_sweep(T0)
+    r = store.retention.sweep(T0, actor="test")
     assert r.files_removed == 1 and not orphan.exists()
     store.close()
 
 
 def test_naive_now_is_utc(tmp_path: Path) -> None:
     store = Store(tmp_path / "data", clock=Clock(T0))
-    store.create_tenant("a", policy_yaml=POLICY)
-    store.save_call(planted_call("a"))
+    store.tenants.create("a", policy_yaml=POLICY, actor="test")
+    store.calls.save(planted_call("a"))
     naive = datetime.fromtimestamp(T0 + 11 * DAY, UTC).replace(tzinfo=None)
-    assert store.retention_sweep(naive).deleted["calls"] == 1
+    assert store.retention.sweep(naive, actor="test").deleted["calls"] == 1
     store.close()
 
 
@@ -170,13 +165,13 @@ def test_opt_outs_outlive_every_retention_period_until_the_tenant_removes_them(t
     """Privacy rule 2: opt-outs are kept until the tenant removes them, whatever the lifetimes."""
     clock = Clock(T0)
     store = Store(tmp_path / "data", clock=clock)
-    store.create_tenant("a", policy_yaml=POLICY)
+    store.tenants.create("a", policy_yaml=POLICY, actor="test")
     rec = planted_call("a")
-    store.save_call(rec)
-    assert store.add_optout("a", rec.caller, call_id=rec.call_id)
+    store.calls.save(rec)
+    assert store.subjects.add_optout("a", rec.caller, call_id=rec.call_id, actor="test")
     ten_years = datetime.fromtimestamp(T0 + 3650 * DAY, UTC)
-    store.retention_sweep(ten_years)
-    assert store.call_get("a", rec.call_id, actor="test") is None  # the call itself is gone
-    assert store.is_opted_out("a", rec.caller)  # the opt-out is not
-    assert store.remove_optout("a", rec.caller, actor="test")
-    assert not store.is_opted_out("a", rec.caller)
+    store.retention.sweep(ten_years, actor="test")
+    assert store.calls.get("a", rec.call_id, actor="test") is None  # the call itself is gone
+    assert store.subjects.is_opted_out("a", rec.caller)  # the opt-out is not
+    assert store.subjects.remove_optout("a", rec.caller, actor="test")
+    assert not store.subjects.is_opted_out("a", rec.caller)

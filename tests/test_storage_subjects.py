@@ -14,7 +14,8 @@ import pytest
 
 from voicecore.policy import InvalidPhoneNumber
 from voicecore.records import CallRecord, Turn
-from voicecore.storage import MASTER_KEY_ENV, Store
+from voicecore.views import call_view
+from voicecore.storage import Store
 
 E164 = "+14155552671"
 NATIONAL = "(415) 555-2671"
@@ -26,10 +27,6 @@ retention: {recordings: 30, transcripts: 90, reports: 90, metadata: 365, contact
 transcripts: {store_redacted: false}
 """
 
-
-@pytest.fixture(autouse=True)
-def _no_env_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
 
 
 def tone(freq: float, seconds: float = 1.0, rate: int = 8000) -> bytes:
@@ -62,27 +59,27 @@ def subject_call(tenant: str, marker: str, caller: str = NATIONAL) -> CallRecord
 def populated(tmp_path: Path) -> Store:
     s = Store(tmp_path / "data")
     for tenant in ("a", "b"):
-        s.create_tenant(tenant, policy_yaml=POLICY)
+        s.tenants.create(tenant, policy_yaml=POLICY, actor="test")
         for n in range(2):
             rec = subject_call(tenant, f"{tenant.upper()}-SUBJECT-{n}", caller=[E164, NATIONAL][n])
-            s.save_call(rec)
-            with s.open_recording(tenant, rec.call_id, 8000, caller=rec.caller) as w:
+            s.calls.save(rec)
+            with s.calls.open_recording(tenant, rec.call_id, 8000, caller=rec.caller) as w:
                 w.write(tone(700.0 + n))
-            s.save_report(tenant, rec.call_id, {"contact": {"phone": NATIONAL}, "summary": f"call back on {E164}"})
-        s.upsert_contact(tenant, E164, {"name": "Ada", "alt": SPOKEN})
+            s.calls.save_report(tenant, rec.call_id, {"contact": {"phone": NATIONAL}, "summary": f"call back on {E164}"})
+        s.subjects.upsert_contact(tenant, E164, {"name": "Ada", "alt": SPOKEN})
         # another caller mentions the subject's number
         other = subject_call(tenant, f"{tenant.upper()}-OTHER", caller="+14155550199")
         other.turns[1] = Turn("caller", f"my friend's number is {NATIONAL}, mine is 415 555 0199")
-        s.save_call(other)
-        s.upsert_contact(tenant, "+14155550199", {"name": "Bob", "note": f"friend of {E164}"})
-    s.add_optout("a", E164, source="call")
+        s.calls.save(other)
+        s.subjects.upsert_contact(tenant, "+14155550199", {"name": "Bob", "note": f"friend of {E164}"})
+    s.subjects.add_optout("a", E164, source="call", actor="test")
     yield s
     s.close()
 
 
 def subject_ciphertexts(store: Store, tenant: str) -> list[bytes]:
-    tid = store.db.execute("SELECT id FROM tenants WHERE name = ?", [tenant]).fetchone()[0]
-    h = store.subject_hash(tenant, E164)
+    tid = store.db.sqlite.execute("SELECT id FROM tenants WHERE name = ?", [tenant]).fetchone()[0]
+    h = store.subjects.hash(tenant, E164)
     blobs: list[bytes] = []
     queries = [
         ("SELECT caller_enc FROM calls WHERE tenant_id = ? AND caller_hash = ?", (tid, h)),
@@ -94,7 +91,7 @@ def subject_ciphertexts(store: Store, tenant: str) -> list[bytes]:
         ("SELECT payload_enc FROM outbox WHERE tenant_id = ? AND subject_hash = ?", (tid, h)),
     ]  # fmt: skip
     for sql, params in queries:
-        blobs += [row[0][1:33] for row in store.db.execute(sql, list(params)).fetchall() if row[0]]
+        blobs += [row[0][1:33] for row in store.db.sqlite.execute(sql, list(params)).fetchall() if row[0]]
     return blobs
 
 
@@ -105,19 +102,19 @@ def test_erasure_removes_every_form_everywhere_and_leaves_other_tenant_intact(po
     assert len(a_blobs) >= 10
     assert len([p for p in every_file(s) if p.suffix == ".vcrec"]) == 4  # 2 at A, 2 at B
     markers = [b"CA-A-SUBJECT-0", b"CA-A-SUBJECT-1"]
-    s.retention_sweep()  # compact first: every byte is in the main db file
+    s.retention.sweep(actor="test")  # compact first: every byte is in the main db file
     assert raw_hits(s, markers) == 2  # the search can find A's data before erasure
     assert raw_hits(s, a_blobs) >= len(a_blobs)
-    a_call_ids = [c.call_id for c in s.calls_list("a", phone=E164)]
+    a_call_ids = [c.call_id for c in s.calls.list("a", phone=E164, actor="test")]
     assert len(a_call_ids) == 2
     a_rec_files = [
         s.data_dir / row[0]
-        for row in s.db.execute(
+        for row in s.db.sqlite.execute(
             "SELECT path FROM recordings r JOIN tenants t ON t.id = r.tenant_id WHERE t.name = 'a'"
         ).fetchall()
     ]
 
-    result = s.erase("a", "415.555.2671", actor="dpo")
+    result = s.subjects.erase("a", "415.555.2671", actor="dpo")
 
     assert (result.calls, result.turns, result.recordings, result.reports, result.contacts) == (2, 6, 2, 2, 1)
     assert result.mentions_scrubbed >= 2 and result.opted_out and result.wal_truncated
@@ -130,38 +127,38 @@ def test_erasure_removes_every_form_everywhere_and_leaves_other_tenant_intact(po
     for p in a_rec_files:
         assert not p.exists()
     # nothing of the subject is left at A, decrypted
-    assert s.calls_list("a", phone=E164) == []
+    assert s.calls.list("a", phone=E164, actor="test") == []
     for cid in a_call_ids:
-        assert s.call_get("a", cid, actor="t") is None
-    assert s.get_contact("a", E164) is None
-    for call in s.calls_list("a"):
-        full = s.call_get("a", call.call_id, actor="t")
-        text = json.dumps(full.to_dict())  # type: ignore[union-attr]
+        assert s.calls.get("a", cid, actor="t") is None
+    assert s.subjects.contact("a", E164, actor="test") is None
+    for call in s.calls.list("a", actor="test"):
+        full = s.calls.get("a", call.call_id, actor="t")
+        text = json.dumps(call_view(full))
         for form in FORMS:
             assert form not in text
         assert "[erased]" in text and "415 555 0199" in text
-    assert E164 not in json.dumps(s.get_contact("a", "+14155550199"))
+    assert E164 not in json.dumps(s.subjects.contact("a", "+14155550199", actor="test"))
     # only the keyed hash is left: the opt-out still works
-    assert s.is_opted_out("a", E164)
-    (entry,) = s.list_optouts("a")
+    assert s.subjects.is_opted_out("a", E164)
+    (entry,) = s.subjects.optouts("a", actor="test")
     assert entry.phone is None
     # tenant B untouched
-    assert len(s.calls_list("b", phone=E164)) == 2
+    assert len(s.calls.list("b", phone=E164, actor="test")) == 2
     assert raw_hits(s, b_blobs) >= len(b_blobs)
-    b_call = s.call_get("b", s.calls_list("b", phone=E164)[0].call_id, actor="t")
+    b_call = s.calls.get("b", s.calls.list("b", phone=E164, actor="test")[0].call_id, actor="t")
     assert SPOKEN in b_call.turns[1].text  # type: ignore[index,union-attr]
-    assert s.read_recording("b", b_call.call_id, actor="t") is not None  # type: ignore[union-attr]
-    assert s.get_contact("b", E164) == {"name": "Ada", "alt": SPOKEN, "phone": E164}
+    assert s.calls.read_recording("b", b_call.call_id, actor="t") is not None  # type: ignore[union-attr]
+    assert s.subjects.contact("b", E164, actor="test") == {"name": "Ada", "alt": SPOKEN, "phone": E164}
     # audited without the number; announced to the tenant
-    (audit,) = [e for e in s.audit_list("a") if e.action == "subject.erased"]
+    (audit,) = [e for e in s.audit.list("a") if e.action == "subject.erased"]
     assert audit.actor == "dpo" and E164 not in str(audit) and "2671" not in str(audit)
-    assert [e.type for e in s.outbox_list("a")][-1] == "subject.erased"
-    assert s.audit_verify().ok
+    assert [e.type for e in s.outbox.events("a", actor="test")][-1] == "subject.erased"
+    assert s.audit.verify().ok
 
 
 def test_export_contains_everything_for_the_number_and_nothing_else(populated: Store, tmp_path: Path) -> None:
     s = populated
-    out = s.export("a", NATIONAL, tmp_path / "exports", actor="dpo")
+    out = s.subjects.export("a", NATIONAL, tmp_path / "exports", actor="dpo")
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     doc = json.loads((out / "export.json").read_text())
     assert doc["subject"] == E164 and doc["tenant"] == "a"
@@ -179,22 +176,22 @@ def test_export_contains_everything_for_the_number_and_nothing_else(populated: S
     # the other caller's call and tenant B's data are not in A's export
     text = json.dumps(doc)
     assert "CA-A-OTHER" not in text and "CA-B" not in text
-    assert any(e.action == "subject.exported" for e in s.audit_list("a"))
+    assert any(e.action == "subject.exported" for e in s.audit.list("a"))
 
 
 def test_subject_requests_need_a_real_number(populated: Store, tmp_path: Path) -> None:
     with pytest.raises(InvalidPhoneNumber):
-        populated.erase("a", "not a number")
+        populated.subjects.erase("a", "not a number", actor="test")
     with pytest.raises(InvalidPhoneNumber):
-        populated.export("a", "12", tmp_path)
+        populated.subjects.export("a", "12", tmp_path, actor="test")
 
 
 def test_restriction_blocks_storage_without_deleting(populated: Store) -> None:
     s = populated
-    before = len(s.calls_list("b", phone=E164))
-    assert s.restrict("b", NATIONAL, actor="dpo")
-    assert not s.restrict("b", E164)
-    assert s.is_restricted("b", "+1 415 555 2671")
-    assert not s.save_call(subject_call("b", "B-NEW"))
-    assert len(s.calls_list("b", phone=E164)) == before  # nothing deleted, nothing added
-    assert any(e.action == "subject.restricted" for e in s.audit_list("b"))
+    before = len(s.calls.list("b", phone=E164, actor="test"))
+    assert s.subjects.restrict("b", NATIONAL, actor="dpo")
+    assert not s.subjects.restrict("b", E164, actor="test")
+    assert s.subjects.is_restricted("b", "+1 415 555 2671")
+    assert not s.calls.save(subject_call("b", "B-NEW"))
+    assert len(s.calls.list("b", phone=E164, actor="test")) == before  # nothing deleted, nothing added
+    assert any(e.action == "subject.restricted" for e in s.audit.list("b"))

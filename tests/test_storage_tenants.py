@@ -25,16 +25,7 @@ from voicecore.storage import (
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
 
-@pytest.fixture(autouse=True)
-def _no_env_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
 
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "data")
-    yield s
-    s.close()
 
 
 def all_bytes(directory: Path) -> bytes:
@@ -42,17 +33,17 @@ def all_bytes(directory: Path) -> bytes:
 
 
 def test_create_and_authenticate(store: Store) -> None:
-    key = store.create_tenant("acme")
+    key = store.tenants.create("acme", actor="test")
     assert key and key.startswith("vck_")
-    assert store.authenticate(key) == "acme"
-    info = store.authenticate_key(key)
+    assert store.tenants.authenticate(key).tenant == "acme"
+    info = store.tenants.authenticate(key)
     assert info is not None and info.role == "admin" and info.tenant == "acme"
     for wrong in (key[:-1] + ("A" if key[-1] != "A" else "B"), key + "x", "", None, "vck_000000000000_" + "a" * 43):
-        assert store.authenticate(wrong) is None
+        assert store.tenants.authenticate(wrong) is None
 
 
 def test_api_key_is_stored_hashed_only(store: Store) -> None:
-    key = store.create_tenant("acme")
+    key = store.tenants.create("acme", actor="test")
     secret = key.split("_", 2)[2]
     raw = all_bytes(store.data_dir)
     assert secret.encode() not in raw
@@ -60,62 +51,62 @@ def test_api_key_is_stored_hashed_only(store: Store) -> None:
     # and it still authenticates from a fresh process
     store.close()
     again = Store(store.data_dir)
-    assert again.authenticate(key) == "acme"
+    assert again.tenants.authenticate(key).tenant == "acme"
     again.close()
 
 
 def test_keys_of_two_tenants_are_separate_and_roles_are_kept(store: Store) -> None:
-    a = store.create_tenant("a")
-    b = store.create_tenant("b", role="viewer")
-    analyst = store.create_api_key("a", role="analyst", label="reporting")
-    assert store.authenticate(a) == "a" and store.authenticate(b) == "b"
-    assert store.authenticate_key(b).role == "viewer"  # type: ignore[union-attr]
-    assert store.authenticate_key(analyst).role == "analyst"  # type: ignore[union-attr]
+    a = store.tenants.create("a", actor="test")
+    b = store.tenants.create("b", role="viewer", actor="test")
+    analyst = store.tenants.create_api_key("a", role="analyst", label="reporting", actor="test")
+    assert store.tenants.authenticate(a).tenant == "a" and store.tenants.authenticate(b).tenant == "b"
+    assert store.tenants.authenticate(b).role == "viewer"  # type: ignore[union-attr]
+    assert store.tenants.authenticate(analyst).role == "analyst"  # type: ignore[union-attr]
     with pytest.raises(StorageError, match="unknown role"):
-        store.create_api_key("a", role="root")
+        store.tenants.create_api_key("a", role="root", actor="test")
 
 
 def test_revoked_key_no_longer_authenticates(store: Store) -> None:
-    key = store.create_tenant("acme")
-    key_id = store.list_api_keys("acme")[0].key_id
-    assert store.revoke_api_key("acme", key_id, actor="admin")
-    assert store.authenticate(key) is None
-    assert not store.revoke_api_key("acme", key_id)
+    key = store.tenants.create("acme", actor="test")
+    key_id = store.tenants.api_keys("acme")[0].key_id
+    assert store.tenants.revoke_api_key("acme", key_id, actor="admin")
+    assert store.tenants.authenticate(key) is None
+    assert not store.tenants.revoke_api_key("acme", key_id, actor="test")
 
 
 def test_duplicate_and_invalid_tenant_names(store: Store) -> None:
-    store.create_tenant("acme")
+    store.tenants.create("acme", actor="test")
     with pytest.raises(TenantExists):
-        store.create_tenant("acme")
+        store.tenants.create("acme", actor="test")
     for bad in ("", "../etc", "a b", "x" * 65):
         with pytest.raises(StorageError, match="invalid tenant name"):
-            store.create_tenant(bad)
+            store.tenants.create(bad, actor="test")
     with pytest.raises(UnknownTenant):
-        store.get_tenant_policy("nobody")
+        store.tenants.policy("nobody")
 
 
 def test_policy_from_file_default_and_replacement(store: Store, tmp_path: Path) -> None:
-    store.create_tenant("consent", POLICIES / "recorded-consent.yaml")
-    store.create_tenant("plain")
-    assert store.get_tenant_policy("consent").recording.mode == "consent"
-    assert store.get_tenant_policy("plain").recording.mode == "off"
+    store.tenants.create("consent", POLICIES / "recorded-consent.yaml", actor="test")
+    store.tenants.create("plain", actor="test")
+    assert store.tenants.policy("consent").recording.mode == "consent"
+    assert store.tenants.policy("plain").recording.mode == "off"
     bad = tmp_path / "bad.yaml"
     bad.write_text("retention:\n  transcripts: -3\n")
     with pytest.raises(PolicyError) as info:
-        store.create_tenant("bad", bad)
+        store.tenants.create("bad", bad, actor="test")
     assert info.value.field == "retention.transcripts"
-    assert not store.tenant_exists("bad")
+    assert not store.tenants.exists("bad")
     # replacement is validated and audited
     with pytest.raises(PolicyError):
-        store.set_tenant_policy("plain", "retention: {metadata: 99999}", actor="ops")
-    assert store.get_tenant_policy("plain").retention.metadata == 365
-    store.set_tenant_policy("plain", (POLICIES / "no-storage.yaml").read_text(), actor="ops")
-    assert store.get_tenant_policy("plain").retention.transcripts == 0
-    assert any(e.action == "policy.changed" and e.actor == "ops" for e in store.audit_list("plain"))
+        store.tenants.set_policy("plain", "retention: {metadata: 99999}", actor="ops")
+    assert store.tenants.policy("plain").retention.metadata == 365
+    store.tenants.set_policy("plain", (POLICIES / "no-storage.yaml").read_text(), actor="ops")
+    assert store.tenants.policy("plain").retention.transcripts == 0
+    assert any(e.action == "policy.changed" and e.actor == "ops" for e in store.audit.list("plain"))
 
 
 def test_keystore_and_master_key_files_are_private(store: Store) -> None:
-    store.create_tenant("acme")
+    store.tenants.create("acme", actor="test")
     for name in ("keystore.bin", "master.key", "voicecore.db"):
         mode = stat.S_IMODE((store.data_dir / name).stat().st_mode)
         assert mode == 0o600, f"{name} has mode {mode:o}"
@@ -133,18 +124,18 @@ def test_readable_master_key_file_is_refused(tmp_path: Path) -> None:
 def test_master_key_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(MASTER_KEY_ENV, generate_master_key())
     s = Store(tmp_path / "d")
-    key = s.create_tenant("acme")
+    key = s.tenants.create("acme", actor="test")
     s.close()
     assert not (tmp_path / "d" / "master.key").exists()
     s = Store(tmp_path / "d")
-    assert s.authenticate(key) == "acme"
-    s.get_tenant_policy("acme")
+    assert s.tenants.authenticate(key).tenant == "acme"
+    s.tenants.policy("acme")
     s.close()
     # another master key cannot open the keystore, and says so
     monkeypatch.setenv(MASTER_KEY_ENV, generate_master_key())
     s = Store(tmp_path / "d")
     with pytest.raises(KeystoreError, match=MASTER_KEY_ENV):
-        s.create_tenant("other")
+        s.tenants.create("other", actor="test")
     s.close()
     monkeypatch.setenv(MASTER_KEY_ENV, "too-short")
     with pytest.raises(KeystoreError, match="32 random bytes"):
@@ -161,13 +152,13 @@ def _call(tenant: str, text: str) -> CallRecord:
 def test_deleting_a_tenant_destroys_its_key_so_backups_cannot_be_read(tmp_path: Path) -> None:
     data = tmp_path / "data"
     s = Store(data)
-    s.create_tenant("gone", POLICIES / "default.yaml")
-    s.create_tenant("stays")
+    s.tenants.create("gone", POLICIES / "default.yaml", actor="test")
+    s.tenants.create("stays", actor="test")
     rec = _call("gone", "the secret word is marmalade")
-    s.save_call(rec)
+    s.calls.save(rec)
     kept = _call("stays", "hello")
-    s.save_call(kept)
-    s.retention_sweep()  # compacts: the database file holds everything
+    s.calls.save(kept)
+    s.retention.sweep(actor="test")  # compacts: the database file holds everything
     backup = tmp_path / "backup"
     backup.mkdir()
     shutil.copy(data / "voicecore.db", backup / "voicecore.db")
@@ -176,20 +167,20 @@ def test_deleting_a_tenant_destroys_its_key_so_backups_cannot_be_read(tmp_path: 
     shutil.copy(data / "keystore.bin", backup / "keystore.bin")
     shutil.copy(data / "master.key", backup / "master.key")
     b = Store(backup)
-    assert b.call_get("gone", rec.call_id, actor="t").turns[0].text == "the secret word is marmalade"  # type: ignore[union-attr]
+    assert b.calls.get("gone", rec.call_id, actor="t").turns[0].text == "the secret word is marmalade"  # type: ignore[union-attr]
     b.close()
 
-    s.delete_tenant("gone", actor="ops")
-    assert not s.tenant_exists("gone")
-    assert s.call_get("stays", kept.call_id, actor="t") is not None
+    s.tenants.delete("gone", actor="ops")
+    assert not s.tenants.exists("gone")
+    assert s.calls.get("stays", kept.call_id, actor="t") is not None
     assert b"marmalade" not in all_bytes(data)
 
     # The same backup with today's keystore: the tenant's ciphertexts cannot be decrypted.
     shutil.copy(data / "keystore.bin", backup / "keystore.bin")
     b = Store(backup)
     with pytest.raises(TenantKeyMissing):
-        b.call_get("gone", rec.call_id, actor="t")
-    assert b.call_get("stays", kept.call_id, actor="t") is not None
+        b.calls.get("gone", rec.call_id, actor="t")
+    assert b.calls.get("stays", kept.call_id, actor="t") is not None
     b.close()
     s.close()
 
@@ -197,20 +188,20 @@ def test_deleting_a_tenant_destroys_its_key_so_backups_cannot_be_read(tmp_path: 
 def test_schema_is_versioned_and_reopening_keeps_data(tmp_path: Path) -> None:
     s = Store(tmp_path / "d")
     assert s.schema_version() == 2
-    s.create_tenant("acme")
+    s.tenants.create("acme", actor="test")
     s.close()
     s = Store(tmp_path / "d")
-    assert s.tenant_exists("acme")
-    assert s.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert s.db.execute("PRAGMA secure_delete").fetchone()[0] == 1
-    s.db.execute("PRAGMA user_version=99")
+    assert s.tenants.exists("acme")
+    assert s.db.sqlite.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert s.db.sqlite.execute("PRAGMA secure_delete").fetchone()[0] == 1
+    s.db.sqlite.execute("PRAGMA user_version=99")
     s.close()
     with pytest.raises(StorageError, match="newer"):
         Store(tmp_path / "d")
 
 
 def test_ensure_tenant_without_key(store: Store) -> None:
-    assert store.ensure_tenant("default")
-    assert not store.ensure_tenant("default")
-    assert store.list_api_keys("default") == []
-    assert [t.name for t in store.list_tenants()] == ["default"]
+    assert store.tenants.ensure("default")
+    assert not store.tenants.ensure("default")
+    assert store.tenants.api_keys("default") == []
+    assert [t.name for t in store.tenants.list()] == ["default"]

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from telephony_clients import (
+from voicecore.testing.callers import (
     AsteriskClient,
     ExotelClient,
     PlivoClient,
@@ -229,9 +229,9 @@ async def test_stream_with_the_tenant_key_starts_and_is_stored_for_that_tenant(c
 
 async def test_revoked_key_is_refused(telephony_server):
     server = telephony_server
-    key = await asyncio.to_thread(server.store.create_api_key, "acme", label="to-revoke", actor="test")
+    key = await asyncio.to_thread(server.store.tenants.create_api_key, "acme", label="to-revoke", actor="test")
     key_id = key.split("_")[1]
-    assert await asyncio.to_thread(server.store.revoke_api_key, "acme", key_id, actor="test")
+    assert await asyncio.to_thread(server.store.tenants.revoke_api_key, "acme", key_id, actor="test")
     await assert_rejected(server, TwilioClient(server.ws_url("twilio"), token=key, label="revoked-key"))
 
 
@@ -342,7 +342,7 @@ async def test_outbound_call_to_an_opted_out_number_is_hung_up_before_any_stream
     server = telephony_server
     key = server.keys["globex"]
     callee = "+14155550777"
-    await asyncio.to_thread(server.store.add_optout, "globex", callee, source="test", actor="test")
+    await asyncio.to_thread(server.store.subjects.add_optout, "globex", callee, source="test", actor="test")
     started = server.app.state.vc.calls_started
     target = server.base_url + "/twilio/voice?token=" + urllib.parse.quote(key)
 
@@ -362,4 +362,4 @@ async def test_outbound_call_to_an_opted_out_number_is_hung_up_before_any_stream
     status, _ctype, body = await asyncio.to_thread(_post, other, form("outbound-dial", callee, "CA" + "9" * 32))
     assert status == 200 and "<Stream" in body, body
     assert server.app.state.vc.calls_started == started  # nothing was started by the refused call
-    await asyncio.to_thread(server.store.remove_optout, "globex", callee, actor="test")
+    await asyncio.to_thread(server.store.subjects.remove_optout, "globex", callee, actor="test")

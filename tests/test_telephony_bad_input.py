@@ -1,7 +1,7 @@
 """Bad input on the media WebSockets: a specific close code, nothing lost, the server keeps going.
 
 Table-driven: every case opens a fresh call from the provider's side (the
-clients of ``telephony_clients.py``, written from the protocol reference),
+clients of ``voicecore.testing.callers``, written from the protocol reference),
 sends one kind of malformed or hostile input, and checks
 
 * the close code the server answers with (1002 protocol/order, 1003 binary vs
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from telephony_clients import (
+from voicecore.testing.callers import (
     CLIENTS,
     ProviderClient,
     TwilioClient,
@@ -380,7 +380,7 @@ async def test_bad_input_after_speech_keeps_what_was_said(telephony_server, say)
     call = await wait_stored_call(server.store, "acme", client.ids, timeout=10)
     assert call is not None and call.ended_at is not None
     assert "base64" in (call.end_reason or "").lower(), call.end_reason
-    stored = server.store.call_get("acme", call.call_id, actor="test")
+    stored = server.store.calls.get("acme", call.call_id, actor="test")
     heard = " ".join(t.text or "" for t in stored.turns if t.role == "caller").lower()
     assert "friday" in heard or "afternoon" in heard, heard
     assert any(t.role == "agent" and t.kind == "reply" and t.text for t in stored.turns)

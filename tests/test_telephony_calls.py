@@ -1,6 +1,6 @@
 """Real calls over every provider's media WebSocket, through the real default models.
 
-The caller side is played by the provider clients of ``telephony_clients.py``
+The caller side is played by the provider clients of ``voicecore.testing.callers``
 (written from the protocol reference, with their own μ-law codec): spoken
 espeak-ng audio goes in, in the provider's encoding, framing and pacing; the
 agent's audio comes back and is checked as the provider would (frame sizes,
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from telephony_clients import (
+from voicecore.testing.callers import (
     AsteriskClient,
     ExotelClient,
     PlivoClient,
@@ -34,13 +34,11 @@ from telephony_clients import (
     TelnyxClient,
     TwilioClient,
     VonageClient,
-    percentile,
     resample,
     rms,
-    ulaw_decode,
-    ulaw_encode,
     wait_stored_call,
 )
+from voicecore.views import percentile
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -124,7 +122,7 @@ class TurnResult:
 
 
 def server_session(server, client: ProviderClient):
-    """The server's live session of this client's call (``app.state.calls``), or None."""
+    """The server's live session of this client's call (``app.state.vc.calls``), or None."""
     for session in list(server.active_calls.values()):
         if set(session.record.provider_ids.values()) & client.ids:
             return session
@@ -138,7 +136,7 @@ async def until_agent_idle(server, client: ProviderClient, timeout: float = 60.0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         session = server_session(server, client)
-        if session is None or not session.agent_busy:
+        if session is None or not session.busy:
             break
         await asyncio.sleep(0.05)
     await client.wait_agent_quiet(quiet=0.5, timeout=max(1.0, deadline - time.monotonic()))
@@ -179,25 +177,13 @@ async def stored_call(server, client: ProviderClient, tenant: str = "acme"):
     call = await wait_stored_call(server.store, tenant, client.ids, timeout=15)
     assert call is not None, f"{client.label}: call not stored (ids {client.ids})"
     assert call.ended_at is not None, f"{client.label}: stored call was never closed"
-    full = await asyncio.to_thread(server.store.call_get, tenant, call.call_id, actor="test")
+    full = await asyncio.to_thread(server.store.calls.get, tenant, call.call_id, actor="test")
     assert full is not None
     return full
 
 
 def caller_text(call) -> str:
     return " ".join((t.text or "") for t in call.turns if t.role == "caller").lower()
-
-
-# --------------------------------------------------------------------------- the client codec itself
-
-
-async def test_client_ulaw_matches_the_reference_implementation():
-    """Our test-side G.711 codec agrees bit for bit with CPython's audioop (independent C code)."""
-    audioop = pytest.importorskip("audioop")
-    x = np.arange(-32768, 32768, dtype=np.int16)
-    assert ulaw_encode(x) == audioop.lin2ulaw(x.tobytes(), 2)
-    every = bytes(range(256))
-    assert np.array_equal(ulaw_decode(every), np.frombuffer(audioop.ulaw2lin(every, 2), dtype=np.int16))
 
 
 # --------------------------------------------------------------------------- one call per provider
@@ -440,7 +426,7 @@ async def test_a_twilio_call_ends_in_a_signed_report_ready_webhook(telephony_ser
     `serve` writes the post-call report and its webhook worker delivers a signed report.ready."""
     from aiohttp import web
 
-    from voicecore.webhooks import SIGNATURE_HEADER, verify_signature
+    from voicecore.server.webhooks import SIGNATURE_HEADER, verify_signature
 
     server = telephony_server
     got: list[tuple[dict[str, str], bytes]] = []
@@ -457,7 +443,7 @@ async def test_a_twilio_call_ends_in_a_signed_report_ready_webhook(telephony_ser
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     endpoint, secret = await asyncio.to_thread(
-        server.store.webhook_create, "globex", f"http://127.0.0.1:{port}/hooks", ["report.ready"])
+        server.store.outbox.create_webhook, "globex", f"http://127.0.0.1:{port}/hooks", ["report.ready"], actor="test")
     client = TwilioClient(server.ws_url("twilio"), token=server.keys["globex"], caller=CALLER, label="report")
     try:
         assert await client.start()
@@ -471,7 +457,7 @@ async def test_a_twilio_call_ends_in_a_signed_report_ready_webhook(telephony_ser
     finally:
         await client.close()
         await runner.cleanup()
-        await asyncio.to_thread(server.store.webhook_delete, "globex", endpoint.id)
+        await asyncio.to_thread(server.store.outbox.delete_webhook, "globex", endpoint.id, actor="test")
     assert got, "no report.ready webhook arrived"
     headers, body = got[0]
     assert verify_signature(secret, body, headers[SIGNATURE_HEADER]), "bad signature"

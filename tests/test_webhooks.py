@@ -31,17 +31,16 @@ import pytest
 
 from voicecore.records import CallRecord, Turn
 from voicecore.storage import MASTER_KEY_ENV
-from voicecore.storage.db import SCHEMA_VERSION, Store
-from voicecore.webhooks import (
+from voicecore.storage import SCHEMA_VERSION, Store
+from voicecore.server.webhooks import (
     SIGNATURE_HEADER,
-    InvalidWebhookUrl,
     WebhookWorker,
-    check_webhook_url,
     deliverable_payload,
     encode_body,
     signature_header,
     verify_signature,
 )
+from voicecore.storage import InvalidWebhookUrl, check_webhook_url
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_CONTACTS_POLICY = """version: 1
@@ -54,10 +53,6 @@ retention:
   contacts: 0
 """
 
-
-@pytest.fixture(autouse=True)
-def _no_env_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
 
 
 def verify(secret: str, body: bytes, header: str, tolerance_s: int = 300) -> bool:
@@ -133,13 +128,7 @@ def receiver() -> Iterator[Receiver]:
     server.server_close()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "data")
-    s.create_tenant("acme")
-    s.create_tenant("globex")
-    yield s
-    s.close()
+TENANTS = {"acme": None, "globex": None}
 
 
 def ended_call(tenant: str, caller: str = "+14155552671") -> CallRecord:
@@ -152,7 +141,7 @@ def ended_call(tenant: str, caller: str = "+14155552671") -> CallRecord:
 
 
 def status_of(store: Store, endpoint_id: str, tenant: str = "acme") -> str | None:
-    deliveries = store.webhook_deliveries(tenant, endpoint_id)
+    deliveries = store.outbox.deliveries(tenant, endpoint_id)
     return deliveries[0].status if deliveries else None
 
 
@@ -263,22 +252,22 @@ def test_backoff_is_exponential_with_jitter(store: Store) -> None:
 
 def test_schema_migrates_from_version_1(tmp_path: Path) -> None:
     s = Store(tmp_path / "d")
-    s.create_tenant("acme")
-    assert s.save_call(ended_call("acme"))
+    s.tenants.create("acme", actor="test")
+    assert s.calls.save(ended_call("acme"))
     # Turn it back into a version-1 database.
-    s.db.execute("DROP TABLE webhook_deliveries")
-    s.db.execute("DROP TABLE webhook_endpoints")
-    s.db.execute("DROP INDEX outbox_dispatch")
-    s.db.execute("ALTER TABLE outbox DROP COLUMN dispatched")
-    s.db.execute("PRAGMA user_version=1")
+    s.db.sqlite.execute("DROP TABLE webhook_deliveries")
+    s.db.sqlite.execute("DROP TABLE webhook_endpoints")
+    s.db.sqlite.execute("DROP INDEX outbox_dispatch")
+    s.db.sqlite.execute("ALTER TABLE outbox DROP COLUMN dispatched")
+    s.db.sqlite.execute("PRAGMA user_version=1")
     s.close()
     s = Store(tmp_path / "d")
     assert s.schema_version() == SCHEMA_VERSION == 2
-    assert len(s.calls_list("acme")) == 1
-    assert [e.type for e in s.outbox_list("acme")] == ["call.ended"]
-    endpoint, _ = s.webhook_create("acme", "https://127.0.0.1:9/x")
-    assert s.webhook_dispatch() == 1  # the event written before the upgrade is delivered too
-    assert s.webhook_deliveries("acme", endpoint.id)[0].status == "pending"
+    assert len(s.calls.list("acme", actor="test")) == 1
+    assert [e.type for e in s.outbox.events("acme", actor="test")] == ["call.ended"]
+    endpoint, _ = s.outbox.create_webhook("acme", "https://127.0.0.1:9/x", actor="test")
+    assert s.outbox.dispatch() == 1  # the event written before the upgrade is delivered too
+    assert s.outbox.deliveries("acme", endpoint.id)[0].status == "pending"
     s.close()
 
 
@@ -286,20 +275,20 @@ def test_schema_migrates_from_version_1(tmp_path: Path) -> None:
 
 
 async def test_events_arrive_signed_at_subscribed_endpoints_only(store: Store, receiver: Receiver) -> None:
-    everything, secret = store.webhook_create("acme", receiver.url, description="all events")
-    reports_only, secret2 = store.webhook_create("acme", receiver.url.replace("/hook", "/hook?only=reports"), ["report.ready"])
-    other, _ = store.webhook_create("globex", "https://127.0.0.1:9/globex")
+    everything, secret = store.outbox.create_webhook("acme", receiver.url, description="all events", actor="test")
+    reports_only, secret2 = store.outbox.create_webhook("acme", receiver.url.replace("/hook", "/hook?only=reports"), ["report.ready"], actor="test")
+    other, _ = store.outbox.create_webhook("globex", "https://127.0.0.1:9/globex", actor="test")
     rec = ended_call("acme")
-    assert store.save_call(rec)
-    store.save_report("acme", rec.call_id, {"purpose": "other", "summary": "Call."})
-    store.add_optout("acme", "+14155552671", call_id=rec.call_id)
-    assert store.save_call(ended_call("globex"))  # globex's event goes to globex's endpoint only
+    assert store.calls.save(rec)
+    store.calls.save_report("acme", rec.call_id, {"purpose": "other", "summary": "Call."})
+    store.subjects.add_optout("acme", "+14155552671", call_id=rec.call_id, actor="test")
+    assert store.calls.save(ended_call("globex"))  # globex's event goes to globex's endpoint only
     worker = WebhookWorker(store)
     await deliver_until(worker, lambda: len(receiver.received) == 4)
     await asyncio.sleep(0.1)
     assert len(receiver.received) == 4
     by_secret = {everything.id: secret, reports_only.id: secret2}
-    endpoint_of = {d.id: e.id for e in (everything, reports_only) for d in store.webhook_deliveries("acme", e.id)}
+    endpoint_of = {d.id: e.id for e in (everything, reports_only) for d in store.outbox.deliveries("acme", e.id)}
     kinds: list[tuple[str, str]] = []
     for r in receiver.received:
         endpoint = endpoint_of[r.headers["X-Voicecore-Delivery"]]
@@ -317,17 +306,17 @@ async def test_events_arrive_signed_at_subscribed_endpoints_only(store: Store, r
     assert ended["data"]["call_id"] == rec.call_id and ended["data"]["caller"] == "+14155552671"
     assert ended["data"]["duration_s"] == 61.0 and ended["data"]["end_reason"] == "hangup"
     assert next(r.payload for r in receiver.events("optout.requested"))["data"]["phone"] == "+14155552671"
-    assert {e.status for e in store.outbox_list("acme")} == {"delivered"}
-    assert [d.status for d in store.webhook_deliveries("globex", other.id)] == ["pending"]  # not sent anywhere else
+    assert {e.status for e in store.outbox.events("acme", actor="test")} == {"delivered"}
+    assert [d.status for d in store.outbox.deliveries("globex", other.id)] == ["pending"]  # not sent anywhere else
     assert worker.delivered == 4 and worker.failed_attempts == 1  # globex's endpoint (nobody listens)
 
 
 async def test_payloads_follow_the_tenant_policy(store: Store, receiver: Receiver) -> None:
-    store.create_tenant("private", policy_yaml=NO_CONTACTS_POLICY)
-    _, secret = store.webhook_create("private", receiver.url)
+    store.tenants.create("private", policy_yaml=NO_CONTACTS_POLICY, actor="test")
+    _, secret = store.outbox.create_webhook("private", receiver.url, actor="test")
     rec = ended_call("private")
-    assert store.save_call(rec)
-    store.save_report("private", rec.call_id, {"purpose": "other", "need": "a cleaning", "summary": "Asked.",
+    assert store.calls.save(rec)
+    store.calls.save_report("private", rec.call_id, {"purpose": "other", "need": "a cleaning", "summary": "Asked.",
                                                "contact": {"name": "Maria", "phone": None, "email": None},
                                                "appointment": {"requested": "Friday", "slot": "2024-05-17"}})  # fmt: skip
     await deliver_until(WebhookWorker(store), lambda: len(receiver.received) == 2)
@@ -340,52 +329,52 @@ async def test_payloads_follow_the_tenant_policy(store: Store, receiver: Receive
 
 
 async def test_failing_endpoint_is_retried_then_dead_lettered_and_can_be_retried(store: Store, receiver: Receiver) -> None:
-    endpoint, secret = store.webhook_create("acme", receiver.url)
-    store.add_optout("acme", "+14155552671")
+    endpoint, secret = store.outbox.create_webhook("acme", receiver.url, actor="test")
+    store.subjects.add_optout("acme", "+14155552671", actor="test")
     receiver.mode = "fail"
     worker = WebhookWorker(store, max_attempts=3, base_delay_s=0.05, max_delay_s=1.0, rng=lambda: 0.5)
     await deliver_until(worker, lambda: status_of(store, endpoint.id) == "dead")
-    (delivery,) = store.webhook_deliveries("acme", endpoint.id)
+    (delivery,) = store.outbox.deliveries("acme", endpoint.id)
     assert delivery.attempts == 3 and delivery.last_status == 500 and delivery.last_error == "HTTP 500"
     assert len(receiver.received) == 3
     assert [r.headers["X-Voicecore-Attempt"] for r in receiver.received] == ["1", "2", "3"]
     assert all(verify(secret, r.body, r.headers[SIGNATURE_HEADER]) for r in receiver.received)
     assert len({r.payload["event_id"] for r in receiver.received}) == 1  # the same event each time
-    assert [e.status for e in store.outbox_list("acme")] == ["dead"]
+    assert [e.status for e in store.outbox.events("acme", actor="test")] == ["dead"]
     assert worker.dead == 1
     # Dead letters stay dead...
     async with aiohttp.ClientSession() as session:
         assert await worker.run_once(session) == 0
     # ...until someone queues them again.
-    assert store.webhook_redeliver("acme", endpoint.id, delivery.id, actor="test")
+    assert store.outbox.redeliver("acme", endpoint.id, delivery.id, actor="test")
     receiver.mode = "ok"
     await deliver_until(worker, lambda: status_of(store, endpoint.id) == "delivered")
-    assert [e.status for e in store.outbox_list("acme")] == ["delivered"]
+    assert [e.status for e in store.outbox.events("acme", actor="test")] == ["delivered"]
     assert len(receiver.received) == 4
 
 
 async def test_unreachable_endpoint_counts_as_a_failed_attempt(store: Store) -> None:
-    endpoint, _ = store.webhook_create("acme", "http://127.0.0.1:9/nobody-listens")
-    store.add_optout("acme", "+14155552671")
+    endpoint, _ = store.outbox.create_webhook("acme", "http://127.0.0.1:9/nobody-listens", actor="test")
+    store.subjects.add_optout("acme", "+14155552671", actor="test")
     worker = WebhookWorker(store, max_attempts=2, base_delay_s=0.01, timeout_s=2)
     await deliver_until(worker, lambda: status_of(store, endpoint.id) == "dead")
-    (d,) = store.webhook_deliveries("acme", endpoint.id)
+    (d,) = store.outbox.deliveries("acme", endpoint.id)
     assert d.attempts == 2 and d.last_error.startswith("connection failed")
 
 
 async def test_a_killed_worker_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
     data = tmp_path / "data"
     store = Store(data)
-    store.create_tenant("acme")
-    endpoint, secret = store.webhook_create("acme", receiver.url)
+    store.tenants.create("acme", actor="test")
+    endpoint, secret = store.outbox.create_webhook("acme", receiver.url, actor="test")
     rec = ended_call("acme")
-    assert store.save_call(rec)
+    assert store.calls.save(rec)
     store.close()
     receiver.mode = "hang"  # the first attempt never gets an answer
     script = (
         "import asyncio, sys\n"
-        "from voicecore.storage.db import Store\n"
-        "from voicecore.webhooks import WebhookWorker\n"
+        "from voicecore.storage import Store\n"
+        "from voicecore.server.webhooks import WebhookWorker\n"
         "asyncio.run(WebhookWorker(Store(sys.argv[1]), timeout_s=60, lease_s=2.0, poll_interval_s=0.1).run())\n"
     )
     env = {k: v for k, v in os.environ.items() if k != MASTER_KEY_ENV}
@@ -401,13 +390,13 @@ async def test_a_killed_worker_loses_nothing(tmp_path: Path, receiver: Receiver)
 
     # While nothing runs, another event is written.
     store = Store(data)
-    store.add_optout("acme", "+14155550199")
+    store.subjects.add_optout("acme", "+14155550199", actor="test")
     receiver.mode = "ok"
     worker = WebhookWorker(store, poll_interval_s=0.1)  # a new process' worker, same data directory
     task = asyncio.create_task(worker.run())
     try:
         deadline = time.monotonic() + 30
-        while {e.status for e in store.outbox_list("acme")} != {"delivered"}:
+        while {e.status for e in store.outbox.events("acme", actor="test")} != {"delivered"}:
             assert time.monotonic() < deadline, "events not delivered after the restart"
             await asyncio.sleep(0.1)
     finally:
@@ -419,17 +408,17 @@ async def test_a_killed_worker_loses_nothing(tmp_path: Path, receiver: Receiver)
     assert again[0].headers["X-Voicecore-Attempt"] == "2"
     assert verify(secret, again[0].body, again[0].headers[SIGNATURE_HEADER])
     assert len(receiver.events("optout.requested")) == 1
-    deliveries = {d.event_type: d for d in store.webhook_deliveries("acme", endpoint.id)}
+    deliveries = {d.event_type: d for d in store.outbox.deliveries("acme", endpoint.id)}
     assert deliveries["call.ended"].status == "delivered" and deliveries["call.ended"].attempts == 2
     store.close()
 
 
 async def test_erasure_drops_undelivered_events_of_the_subject(store: Store, receiver: Receiver) -> None:
-    endpoint, _ = store.webhook_create("acme", receiver.url)
-    assert store.save_call(ended_call("acme", caller="+14155552671"))
-    store.webhook_dispatch()
-    assert len(store.webhook_deliveries("acme", endpoint.id)) == 1
-    store.erase("acme", "+14155552671", actor="test")
+    endpoint, _ = store.outbox.create_webhook("acme", receiver.url, actor="test")
+    assert store.calls.save(ended_call("acme", caller="+14155552671"))
+    store.outbox.dispatch()
+    assert len(store.outbox.deliveries("acme", endpoint.id)) == 1
+    store.subjects.erase("acme", "+14155552671", actor="test")
     await deliver_until(WebhookWorker(store), lambda: len(receiver.received) == 1)
     await asyncio.sleep(0.1)
     (only,) = receiver.received

@@ -207,7 +207,7 @@ async def test_aiortc_peer_talks_to_the_agent(telephony_server, say):
     assert np.sqrt(np.mean(audio.astype(np.float64) ** 2)) > 100  # the agent spoke
     # stored like any other call, with the transport named
     assert await wait_for(lambda: answer["call_id"] not in telephony_server.app.state.vc.calls, 10)
-    stored = telephony_server.store.call_get("acme", answer["call_id"], actor="test")
+    stored = telephony_server.store.calls.get("acme", answer["call_id"], actor="test")
     assert stored is not None and stored.transport == "webrtc"
     os.makedirs("test-artifacts", exist_ok=True)
     with open("test-artifacts/webrtc-latency.json", "w") as f:

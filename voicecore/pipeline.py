@@ -1,7 +1,13 @@
 """Builds one call's Pipecat pipeline from an agent definition, the shared models and a transport.
 
+An audio call::
+
     caller audio (16 kHz) ─▶ VADTurn ─▶ WhisperSTT ─▶ LlamaLLM ─▶ PiperTTS ─▶ AgentAudioOutput ─▶ transport
                               ▲ BotStarted/StoppedSpeaking (upstream) ◀──────────────────────────┘
+
+A text call (``voicecore chat``, a :class:`~voicecore.transports.file.TextTransport`)::
+
+    caller text (TranscriptionFrame) ─▶ LlamaLLM ─▶ TextReplyOutput ─▶ transport
 """
 
 from __future__ import annotations
@@ -11,33 +17,46 @@ from dataclasses import dataclass
 
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameProcessor
 
 from voicecore.config import PipelineConfig
-from voicecore.models import PipelineModels
+from voicecore.model_pool import ModelPool
 from voicecore.records import TurnTimeline
 from voicecore.services.llm import Conversation, LlamaLLMProcessor
 from voicecore.services.stt import WhisperSTTProcessor
 from voicecore.services.tts import PiperTTSProcessor
 from voicecore.services.vad import PIPELINE_SAMPLE_RATE, VADTurnProcessor
-from voicecore.transport import AgentAudioOutput, CallTransport, ReplyFinished, ReplyStarted
+from voicecore.transports.base import AgentAudioOutput, CallTransport, ReplyFinished, ReplyStarted
+from voicecore.transports.file import TextReplyOutput, TextTransport
 
 
 @dataclass
 class CallPipeline:
-    """The processors of one call, and the Pipecat worker that runs them."""
+    """The processors of one call, and the Pipecat worker that runs them (a text call has no
+    VAD, STT or TTS)."""
 
-    vad: VADTurnProcessor
-    stt: WhisperSTTProcessor
+    vad: VADTurnProcessor | None
+    stt: WhisperSTTProcessor | None
     llm: LlamaLLMProcessor
-    tts: PiperTTSProcessor
-    output: AgentAudioOutput
+    tts: PiperTTSProcessor | None
+    output: AgentAudioOutput | TextReplyOutput
     pipeline: Pipeline
     worker: PipelineWorker
+
+    @property
+    def busy(self) -> bool:
+        """Some processor is working on a turn: transcribing, generating, or playing audio."""
+        return bool(
+            (self.vad is not None and self.vad.in_turn)
+            or (self.stt is not None and self.stt.busy)
+            or self.llm.busy
+            or self.output.busy
+        )
 
 
 def build_call_pipeline(
     config: PipelineConfig,
-    models: PipelineModels,
+    pool: ModelPool,
     transport: CallTransport,
     conversation: Conversation,
     *,
@@ -49,30 +68,42 @@ def build_call_pipeline(
     audio_tap: Callable[[bytes], None] | None = None,
     name: str = "call",
 ) -> CallPipeline:
-    vad = VADTurnProcessor(config.turn_taking, smart_turn=models.smart_turn)
-    stt = WhisperSTTProcessor(
-        models.stt,
-        prompt=config.stt_hint or None,
-        min_utterance_ms=config.turn_taking.min_utterance_ms,
-        fallback_reply=config.fallback_reply,
-    )
+    """The call's pipeline, on the pool's shared models (load them first, in a thread:
+    :meth:`ModelPool.for_pipeline`, or :meth:`ModelPool.llm` for a text call)."""
     llm = LlamaLLMProcessor(
-        models.llm,
+        pool.llm(config.models.llm),
         conversation,
         config.llm,
         fallback_reply=config.fallback_reply,
         on_caller_text=on_caller_text,
         on_prompt=on_prompt,
     )
-    tts = PiperTTSProcessor(models.tts, config.voice)
-    output = AgentAudioOutput(
-        transport,
-        realtime=realtime,
-        on_reply_started=on_reply_started,
-        on_reply_finished=on_reply_finished,
-        tap=audio_tap,
-    )
-    pipeline = Pipeline([vad, stt, llm, tts, output])
+    vad: VADTurnProcessor | None = None
+    stt: WhisperSTTProcessor | None = None
+    tts: PiperTTSProcessor | None = None
+    output: AgentAudioOutput | TextReplyOutput
+    if isinstance(transport, TextTransport):
+        output = TextReplyOutput(transport, on_reply_started=on_reply_started, on_reply_finished=on_reply_finished)
+        processors: list[FrameProcessor] = [llm, output]
+    else:
+        models = pool.for_pipeline(config)
+        vad = VADTurnProcessor(config.turn_taking, smart_turn=models.smart_turn)
+        stt = WhisperSTTProcessor(
+            models.stt,
+            prompt=config.stt_hint or None,
+            min_utterance_ms=config.turn_taking.min_utterance_ms,
+            fallback_reply=config.fallback_reply,
+        )
+        tts = PiperTTSProcessor(models.tts, config.voice)
+        output = AgentAudioOutput(
+            transport,
+            realtime=realtime,
+            on_reply_started=on_reply_started,
+            on_reply_finished=on_reply_finished,
+            tap=audio_tap,
+        )
+        processors = [vad, stt, llm, tts, output]
+    pipeline = Pipeline(processors)
     worker = PipelineWorker(
         pipeline,
         name=name,

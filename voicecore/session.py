@@ -1,30 +1,29 @@
-"""CallSession: one call from first audio to stored record; ``open_call`` starts one under a tenant policy.
+"""CallSession and open_call: the one road for every call (``serve``, WebRTC, ``run``, ``demo``, ``chat``).
 
 A session owns the call's transport, tenant, pipeline and record. Transports
-push caller audio in (``feed_audio``), DTMF (``dtmf``) and mark
-acknowledgements (``mark_played``); the session runs the Pipecat pipeline,
-keeps the transcript with per-turn timelines, and at the end hands the closed
-:class:`~voicecore.records.CallRecord` to whoever stores it.
+drive it through the :class:`~voicecore.transports.base.LiveCall` port: caller
+audio in (``feed_audio``) or caller text (``send_text``, a text call), DTMF
+(``dtmf``) and mark acknowledgements (``mark_played``); the session runs the
+Pipecat pipeline, keeps the transcript with per-turn timelines, and at the end
+hands the closed :class:`~voicecore.records.CallRecord` to whoever stores it.
 
-The policy seams are here, each in one place:
-- the context builder (``context_builder``): the only road into the LLM;
-- recording (``recorder``): sees caller and agent audio only when set;
-- the hand-off of the finished record (``on_record``): storage decides what is kept.
-
-:func:`open_call` is how the server and the CLI start a call: it loads the
-tenant's policy, refuses a pipeline the policy does not allow (before any model
-loads), and wires the seams to the policy and the store:
+:func:`open_call` is how every call starts. It loads the tenant's policy (no
+tenant: the built-in :data:`DEFAULT_TENANT` with the privacy-first default
+policy), refuses a pipeline the policy does not allow (before any model loads),
+and wires the policy seams, each in one place:
 
 - context: :class:`~voicecore.services.llm.PolicyContext` (caller text redacted
   once as it enters the conversation, history bounded by the policy, only the
-  allow-listed contact fields);
+  allow-listed contact fields): the only road into the LLM;
 - recording: only when the policy allows it (``on``; ``consent`` after a spoken
-  yes or the consent digit), streamed encrypted to disk by :class:`CallRecorder`;
+  yes or the consent digit), streamed encrypted to disk by
+  :class:`~voicecore.storage.recording.CallRecorder`;
 - opt-out: a caller turn matching the policy's opt-out phrases puts the number on
   the tenant's do-not-call list (with its outbox event), flags the record, speaks
   the policy's confirmation and ends the call;
 - a restricted caller hears a short notice, nothing is processed or stored;
-- the record goes to ``Store.save_call`` (in a worker thread) at the end.
+- the record goes to ``store.calls.save`` (in a worker thread) at the end, and
+  the post-call report is scheduled on the given :class:`~voicecore.reports.ReportScheduler`.
 """
 
 from __future__ import annotations
@@ -35,19 +34,19 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import soxr
 from loguru import logger
 from pipecat.audio.dtmf.types import KeypadEntry
-from pipecat.frames.frames import EndFrame, InputAudioRawFrame, InputDTMFFrame
+from pipecat.frames.frames import EndFrame, InputAudioRawFrame, InputDTMFFrame, TranscriptionFrame
+from pipecat.utils.time import time_now_iso8601
 from pipecat.workers.runner import WorkerRunner
 
+from voicecore.audio.resample import RateFollower
 from voicecore.config import ConfigError, PipelineConfig
 from voicecore.frames import AgentSayFrame
-from voicecore.models import ModelPool
+from voicecore.model_pool import ModelPool
 from voicecore.pipeline import CallPipeline, build_call_pipeline
 from voicecore.policy import (
     DEFAULT_POLICY,
-    BackendInfo,
     LocationViolation,
     Policy,
     PolicyError,
@@ -58,13 +57,24 @@ from voicecore.policy import (
     recording_decision,
 )
 from voicecore.records import CallRecord, Turn, TurnTimeline
-from voicecore.services.llm import ContextBuilder, Conversation, GenerationStats, PolicyContext
+from voicecore.services.llm import ContextBuilder, Conversation, PolicyContext
 from voicecore.services.vad import PIPELINE_SAMPLE_RATE
-from voicecore.transport import CallTransport
+from voicecore.storage.calls import RecordingNotAllowed
+from voicecore.storage.recording import CallRecorder
+from voicecore.storage.tenants import UnknownTenant
+from voicecore.transports.base import CallRefused, CallTransport
+from voicecore.transports.file import TextTransport
 
 if TYPE_CHECKING:
-    from voicecore.storage import RecordingWriter, Store
+    from voicecore.reports import ReportScheduler
+    from voicecore.storage import Store
 
+__all__ = ["CallRefused", "CallSession", "DEFAULT_TENANT", "open_call", "outbound_check"]
+
+#: The tenant of calls started without one (``run``, ``demo``, ``chat``): the default policy, nothing stored.
+DEFAULT_TENANT = "default"
+#: Who the audit log names for what a call itself reads or writes (contact fields, an opt-out).
+CALL_ACTOR = "system"
 #: What a restricted caller hears before the line closes (nothing of the call is processed or kept).
 RESTRICTED_NOTICE = "Sorry, we cannot take calls from this number at the moment. Goodbye."
 #: The agent's answer to the recording question (policy ``recording.mode: consent``).
@@ -72,14 +82,6 @@ CONSENT_GIVEN_REPLY = "Thank you. This call will be recorded."
 CONSENT_REFUSED_REPLY = "Understood. This call will not be recorded."
 #: The one recording of a call: 2 channels, caller left, agent right (see :class:`CallRecorder`).
 RECORDING_TRACK = "mixed"
-
-
-class CallRefused(Exception):
-    """The call may not run (policy/location violation, unknown tenant...). ``.reason``: str"""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-        super().__init__(reason)
 
 
 class AudioRecorder(Protocol):
@@ -96,129 +98,6 @@ class AudioRecorder(Protocol):
 
 
 RecordSink = Callable[[CallRecord], Awaitable[Any] | None]
-
-
-class CallRecorder:
-    """Streams one call's audio into an encrypted recording file while the call runs.
-
-    Layout: one recording per call (track ``mixed``), **two channels** at the
-    transport's output rate (8 kHz for telephony, 16 kHz for files): channel 0
-    (left) is the caller, channel 1 (right) the agent, so a player mixes them and
-    QA or transcription can still take each side alone.
-
-    Alignment: the caller's audio is the clock (every transport streams caller
-    audio continuously, silence included). Agent audio is queued as the output
-    sends it (at most ``lead_ms`` ahead of playback) and paired with the caller
-    audio that arrives next, so it lands where the caller heard it, within the
-    output's lead (~100 ms). A barge-in's cleared audio that was already sent is
-    kept (at most that lead). Agent audio more than ``MAX_AGENT_AHEAD_S`` ahead
-    of the caller stream (a transport that stops sending caller audio, or fast
-    simulated calls) is written against caller silence.
-
-    Memory and I/O: plaintext is held for at most about one second (the agent
-    queue is capped, interleaved frames are handed over in the writer's ~1 s
-    chunks). Encryption and ``os.write`` run in a worker thread
-    (``asyncio.to_thread``), one chunk at a time and in order, so a slow disk
-    never stalls the event loop that carries every call's audio.
-    """
-
-    MAX_AGENT_AHEAD_S = 1.0
-
-    def __init__(self, writer: RecordingWriter, sample_rate: int):
-        if writer.channels != 2 or writer.sample_width != 2 or writer.sample_rate != sample_rate:
-            raise ValueError("CallRecorder needs a 2-channel int16 writer at the recording rate")
-        self.writer = writer
-        self.sample_rate = sample_rate
-        self.frames = 0  # stereo frames handed to the writer (duration = frames / sample_rate)
-        self.failed = False
-        self._closed = False
-        self._resamplers: dict[str, tuple[int, soxr.ResampleStream]] = {}
-        self._agent = bytearray()  # agent samples (int16 mono) not yet paired with caller audio
-        self._out = bytearray()  # interleaved frames not yet handed to the writer (< one chunk)
-        self._max_ahead = int(self.MAX_AGENT_AHEAD_S * sample_rate)
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._task = asyncio.get_running_loop().create_task(self._drain(), name=f"rec-{writer.recording_id[:8]}")
-
-    @property
-    def recording_id(self) -> str:
-        return self.writer.recording_id
-
-    def _at_rate(self, side: str, pcm16: bytes, rate: int) -> np.ndarray:
-        samples = np.frombuffer(pcm16, dtype=np.int16)
-        if rate == self.sample_rate:
-            return samples
-        current = self._resamplers.get(side)
-        if current is None or current[0] != rate:
-            current = (rate, soxr.ResampleStream(rate, self.sample_rate, 1, dtype="int16", quality="HQ"))
-            self._resamplers[side] = current
-        return current[1].resample_chunk(samples)
-
-    def caller_audio(self, pcm16: bytes, sample_rate: int) -> None:
-        if self._closed or self.failed or not pcm16:
-            return
-        caller = self._at_rate("caller", pcm16, sample_rate)
-        n = caller.size
-        if n == 0:
-            return
-        agent = np.zeros(n, dtype=np.int16)
-        take = min(n, len(self._agent) // 2)
-        if take:
-            agent[:take] = np.frombuffer(bytes(self._agent[: take * 2]), dtype=np.int16)
-            del self._agent[: take * 2]
-        self._emit(caller, agent)
-
-    def agent_audio(self, pcm16: bytes, sample_rate: int) -> None:
-        if self._closed or self.failed or not pcm16:
-            return
-        self._agent += self._at_rate("agent", pcm16, sample_rate).tobytes()
-        excess = len(self._agent) // 2 - self._max_ahead
-        if excess > 0:  # no caller audio to pair it with: write it against silence
-            ahead = np.frombuffer(bytes(self._agent[: excess * 2]), dtype=np.int16)
-            del self._agent[: excess * 2]
-            self._emit(np.zeros(excess, dtype=np.int16), ahead)
-
-    def _emit(self, caller: np.ndarray, agent: np.ndarray) -> None:
-        frames = np.empty(caller.size * 2, dtype=np.int16)
-        frames[0::2] = caller
-        frames[1::2] = agent
-        self._out += frames.tobytes()
-        self.frames += caller.size
-        chunk = self.writer.chunk_bytes
-        while len(self._out) >= chunk:
-            self._queue.put_nowait(bytes(self._out[:chunk]))
-            del self._out[:chunk]
-
-    async def _drain(self) -> None:
-        while True:
-            batch = await self._queue.get()
-            if batch is None:
-                return
-            if self.failed:
-                continue
-            try:
-                await asyncio.to_thread(self.writer.write, batch)
-            except Exception as e:
-                self.failed = True
-                logger.error(f"recording {self.recording_id[:8]}: write failed ({type(e).__name__}); recording stopped")
-
-    async def close(self) -> None:
-        """Write what is left (the agent's last words against silence), finish and close the file."""
-        if self._closed:
-            return
-        if self._agent:
-            rest = np.frombuffer(bytes(self._agent), dtype=np.int16)
-            self._agent.clear()
-            self._emit(np.zeros(rest.size, dtype=np.int16), rest)
-        self._closed = True
-        if self._out:
-            self._queue.put_nowait(bytes(self._out))
-            self._out.clear()
-        self._queue.put_nowait(None)
-        await self._task
-        try:
-            await asyncio.to_thread(self.writer.close)
-        except Exception as e:
-            logger.error(f"recording {self.recording_id[:8]}: close failed ({type(e).__name__})")
 
 
 class CallSession:
@@ -271,8 +150,7 @@ class CallSession:
         #: The caller's answer to the recording question: None until answered (or not asked).
         self.consent: bool | None = None
         self._consent_pending = False
-        self._resampler: soxr.ResampleStream | None = None
-        self._resampler_rate = 0
+        self._resampler = RateFollower(PIPELINE_SAMPLE_RATE)
         self._agent_turns: dict[str, Turn] = {}
         self._call: CallPipeline | None = None
         self._runner: WorkerRunner | None = None
@@ -306,13 +184,16 @@ class CallSession:
         return self._call
 
     async def start(self) -> None:
-        """Build and start the pipeline (models load here if not loaded yet), then greet
-        (or, first, ask for recording consent)."""
-        loop = asyncio.get_running_loop()
-        models = await loop.run_in_executor(None, self.pool.for_pipeline, self.config)
+        """Build and start the pipeline (models load here, in a thread, if not loaded yet), then
+        greet (or, first, ask for recording consent)."""
+        text_only = isinstance(self.transport, TextTransport)
+        if text_only:
+            await asyncio.to_thread(self.pool.llm, self.config.models.llm)
+        else:
+            await asyncio.to_thread(self.pool.for_pipeline, self.config)
         self._call = build_call_pipeline(
             self.config,
-            models,
+            self.pool,
             self.transport,
             self.conversation,
             realtime=self.realtime,
@@ -335,7 +216,7 @@ class CallSession:
         logger.info(f"call {self.call_id[:8]} started ({self.record.transport}, pipeline {self.config.name})")
         greet_now = self._greet and bool(self.config.greeting)
         decision = self._recording
-        if decision is not None and self._listen:
+        if decision is not None and self._listen and not text_only:
             self.record.flags["recording"] = "off"  # until a recording actually starts
             if decision.start_immediately:
                 await self._start_recording(consent=None)
@@ -352,7 +233,7 @@ class CallSession:
         if greet_now:
             await self.say(self.config.greeting, kind="greeting", cacheable=True)
         if self._listen:
-            self._prefill_task = asyncio.create_task(self._prefill(models.llm))
+            self._prefill_task = asyncio.create_task(self._prefill(self.pool.llm(self.config.models.llm)))
 
     async def _prefill(self, engine) -> None:
         """Put the system prompt (and greeting) in the KV cache before the caller's first turn."""
@@ -467,7 +348,7 @@ class CallSession:
         rate = self.transport.output_sample_rate
         try:
             writer = await asyncio.to_thread(
-                self.store.open_recording,
+                self.store.calls.open_recording,
                 self.record.tenant,
                 self.call_id,
                 rate,
@@ -478,8 +359,6 @@ class CallSession:
                 consent=consent,
             )
         except Exception as e:  # RecordingNotAllowed, a restricted caller, storage trouble
-            from voicecore.storage import RecordingNotAllowed
-
             why = f"{type(e).__name__}: {e}" if isinstance(e, RecordingNotAllowed) else type(e).__name__
             logger.warning(f"call {self.call_id[:8]}: recording not started ({why})")
             self.record.flags["recording"] = "failed"
@@ -519,16 +398,23 @@ class CallSession:
             samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
         if self.recorder is not None:
             self.recorder.caller_audio(samples.tobytes(), sample_rate)
-        if sample_rate != PIPELINE_SAMPLE_RATE:
-            if self._resampler is None or self._resampler_rate != sample_rate:
-                self._resampler = soxr.ResampleStream(sample_rate, PIPELINE_SAMPLE_RATE, 1, dtype="int16", quality="HQ")
-                self._resampler_rate = sample_rate
-            samples = self._resampler.resample_chunk(samples)
-            if samples.size == 0:
-                return
+        samples = self._resampler.process(samples, sample_rate)
+        if samples.size == 0:
+            return
         await self.pipeline.worker.queue_frame(
             InputAudioRawFrame(audio=samples.tobytes(), sample_rate=PIPELINE_SAMPLE_RATE, num_channels=1)
         )
+
+    async def send_text(self, text: str) -> None:
+        """A caller turn in text (a text call): it enters the conversation as a final transcript."""
+        if self._ended or not text.strip() or not self._listen:
+            return
+        timeline = TurnTimeline()
+        timeline.mark("speech_end")
+        timeline.mark("stt_final")
+        frame = TranscriptionFrame(text=text.strip(), user_id="caller", timestamp=time_now_iso8601())
+        frame.metadata["timeline"] = timeline
+        await self.pipeline.worker.queue_frame(frame)
 
     async def dtmf(self, digit: str) -> None:
         """A keypad digit from the caller: logged into the transcript, mapped by the agent definition
@@ -596,8 +482,9 @@ class CallSession:
         assert self.store is not None and self.record.caller is not None
         try:
             await asyncio.to_thread(
-                self.store.add_optout, self.record.tenant, self.record.caller, source="call", call_id=self.call_id
-            )
+                self.store.subjects.add_optout, self.record.tenant, self.record.caller, source="call",
+                call_id=self.call_id, actor=CALL_ACTOR,
+            )  # fmt: skip
         except Exception as e:
             logger.error(f"call {self.call_id[:8]}: opt-out could not be stored ({type(e).__name__})")
 
@@ -633,27 +520,28 @@ class CallSession:
     # -- state -------------------------------------------------------------------------------
 
     @property
-    def agent_busy(self) -> bool:
+    def busy(self) -> bool:
         """The agent is transcribing, thinking or speaking for some turn."""
-        c = self._call
-        if c is None:
+        if self._call is None:
             return False
         return bool(
-            c.vad._turn.in_turn
-            or c.stt._final_tasks
-            or (c.llm._task is not None and not c.llm._task.done())
-            or c.output.busy
+            self._call.busy
             or self._agent_turns
             or self._jobs  # a caller turn's storage work (opening the recording, an opt-out)
             or self._speech  # fixed replies the session is about to speak
         )
+
+    @property
+    def caller_in_turn(self) -> bool:
+        """The caller is in the middle of a turn (speaking, or pausing within it)."""
+        return self._call is not None and self._call.vad is not None and self._call.vad.in_turn
 
     async def wait_until_idle(self, timeout: float = 60.0, settle: float = 0.3) -> bool:
         """Wait until no turn is in progress anywhere in the pipeline (for scripted callers)."""
         deadline = time.monotonic() + timeout
         quiet_since: float | None = None
         while time.monotonic() < deadline:
-            if self.agent_busy:
+            if self.busy:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = time.monotonic()
@@ -666,99 +554,75 @@ class CallSession:
 # -- starting a call under a tenant policy ------------------------------------------------------
 
 
-def _policy_backends(pool: ModelPool, config: PipelineConfig) -> list[BackendInfo]:
-    """The pipeline's model backends as the policy's location check sees them (nothing is loaded)."""
-    out: list[BackendInfo] = []
-    for b in pool.backends(config):
-        if b.is_local:
-            out.append(BackendInfo(b.kind, True, b.region, None))
-        else:
-            out.append(BackendInfo.from_endpoint(b.kind, b.name, b.region))
-    return out
-
-
 def outbound_check(store: Store, tenant: str, callee: str) -> str | None:
     """Why tenant ``tenant`` must not place (or go on with) an outbound call to ``callee``,
     or ``None`` when it may; blocking (run it in a thread). A bad number raises ``ValueError``."""
     if not callee:
         raise ValueError("an outbound call needs the number it goes to")
-    return outbound_refusal(opted_out=store.is_opted_out(tenant, callee),
-                            restricted=store.is_restricted(tenant, callee))
+    return outbound_refusal(
+        opted_out=store.subjects.is_opted_out(tenant, callee), restricted=store.subjects.is_restricted(tenant, callee)
+    )
 
 
 def _caller_state(store: Store, tenant: str, caller: str, policy: Policy) -> tuple[bool, dict[str, Any] | None]:
     """(restricted?, contact fields) for an identified caller; blocking (run in a thread)."""
     try:
-        restricted = store.is_restricted(tenant, caller)
+        restricted = store.subjects.is_restricted(tenant, caller)
     except ValueError:  # not a phone number (an anonymous or SIP caller id): nothing can be on file
         return False, None
     contact = None
     if not restricted and policy.context.contact_fields and policy.retention.contacts > 0:
         try:
-            contact = store.get_contact(tenant, caller)
+            contact = store.subjects.contact(tenant, caller, actor=CALL_ACTOR)
         except ValueError:
             contact = None
     return restricted, contact
 
 
+async def _tenant_policy(store: Store | None, tenant: str) -> Policy:
+    if store is None:
+        return DEFAULT_POLICY
+    try:
+        return await asyncio.to_thread(store.tenants.policy, tenant)
+    except UnknownTenant:
+        raise CallRefused(f"unknown tenant {tenant!r}") from None
+    except PolicyError as e:
+        raise CallRefused(f"the policy of tenant {tenant!r} is invalid: {e}") from None
+
+
 async def open_call(
     *,
     pool: ModelPool,
-    store: Store | None,
-    tenant: str,
     config: PipelineConfig,
     transport: CallTransport,
+    store: Store | None = None,
+    tenant: str | None = None,
     record: CallRecord | None = None,
+    reports: ReportScheduler | None = None,
     realtime: bool = True,
-    on_prompt: Callable[[str], None] | None = None,
-) -> CallSession:
-    """Start a call under the tenant's policy and return the running session.
-
-    Loads the tenant's policy (``store.get_tenant_policy``; ``DEFAULT_POLICY`` when
-    ``store`` is None), checks the pipeline's backends against it and raises
-    :class:`CallRefused` (unknown tenant, invalid policy, a backend the policy does not
-    allow) before any model loads. A restricted caller (``store.is_restricted``) hears
-    :data:`RESTRICTED_NOTICE`, nothing of the call is processed or stored, and the
-    session ends itself (``session.closed``). Otherwise the session gets the policy's
-    context builder (with the caller's allow-listed contact fields), recording as the
-    policy allows (``consent``: asked first), opt-out handling, and ``on_record`` →
-    ``store.save_call(record, policy)`` in a worker thread. ``record.tenant`` is set to
-    ``tenant``. Finish the call with ``session.end(reason)``.
-    """
-    return await _open_call(
-        pool=pool, store=store, tenant=tenant, config=config, transport=transport, record=record,
-        realtime=realtime, on_prompt=on_prompt,
-    )  # fmt: skip
-
-
-async def _open_call(
-    *,
-    pool: ModelPool,
-    store: Store | None,
-    tenant: str,
-    config: PipelineConfig,
-    transport: CallTransport,
-    record: CallRecord | None = None,
-    realtime: bool = True,
-    on_prompt: Callable[[str], None] | None = None,
     greet: bool = True,
+    on_prompt: Callable[[str], None] | None = None,
 ) -> CallSession:
+    """Start a call under the tenant's policy and return the running session: the one road
+    for every call.
+
+    ``tenant`` None is :data:`DEFAULT_TENANT`. The policy comes from ``store.tenants``
+    (``DEFAULT_POLICY`` when ``store`` is None: nothing is stored). The pipeline's
+    backends are checked against it and :class:`CallRefused` is raised (unknown tenant,
+    invalid policy, a backend the policy does not allow) before any model loads. A
+    restricted caller hears :data:`RESTRICTED_NOTICE`, nothing of the call is processed
+    or stored, and the session ends itself (``session.closed``). Otherwise the session
+    gets the policy's context builder (with the caller's allow-listed contact fields),
+    recording as the policy allows (``consent``: asked first), opt-out handling, and at
+    the end ``store.calls.save(record, policy)`` in a worker thread, then the post-call
+    report on ``reports``. Finish the call with ``session.end(reason)``.
+    """
+    tenant = tenant or DEFAULT_TENANT
     record = record or CallRecord(pipeline=config.name, transport=transport.name)
     record.tenant = tenant
-    if store is None:
-        policy = DEFAULT_POLICY
-    else:
-        from voicecore.storage import UnknownTenant
-
-        try:
-            policy = await asyncio.to_thread(store.get_tenant_policy, tenant)
-        except UnknownTenant:
-            raise CallRefused(f"unknown tenant {tenant!r}") from None
-        except PolicyError as e:
-            raise CallRefused(f"the policy of tenant {tenant!r} is invalid: {e}") from None
+    policy = await _tenant_policy(store, tenant)
     try:
-        backends = await asyncio.to_thread(_policy_backends, pool, config)
-        check_pipeline_location(policy, backends)
+        check_pipeline_location(policy, await asyncio.to_thread(pool.backends, config))
     except LocationViolation as e:
         raise CallRefused(
             f"pipeline {config.name!r} may not run under the policy {policy.name!r} of tenant {tenant!r}: "
@@ -786,16 +650,14 @@ async def _open_call(
     if store is not None:
 
         async def on_record(finished: CallRecord) -> None:
-            from voicecore.reports import schedule_report
-
             try:
-                stored = await asyncio.to_thread(store.save_call, finished, policy)
+                stored = await asyncio.to_thread(store.calls.save, finished, policy)
             except Exception as e:  # the call is over either way; say so loudly (no content in the message)
                 logger.error(f"call {finished.call_id[:8]}: the call record could not be stored ({type(e).__name__})")
                 return
-            if stored and any(t.role == "caller" and t.text.strip() for t in finished.turns):
+            if reports is not None and stored and any(t.role == "caller" and t.text.strip() for t in finished.turns):
                 # The post-call report runs on the LLM's thread, yielding to live turns.
-                schedule_report(
+                reports.schedule(
                     store, pool.llm(config.models.llm), tenant, finished.call_id, policy=policy, turns=finished.turns
                 )
 
@@ -814,39 +676,3 @@ async def _open_call(
     )
     await session.start()
     return session
-
-
-class TextChat:
-    """The LLM and policy path of a call without audio: typed caller text in, agent text out."""
-
-    def __init__(
-        self,
-        config: PipelineConfig,
-        pool: ModelPool,
-        *,
-        context_builder: ContextBuilder | None = None,
-        policy: Policy | None = None,
-    ):
-        self.config = config
-        self.engine = pool.llm(config.models.llm)
-        self.conversation = Conversation(
-            system_prompt=config.system_prompt,
-            context=context_builder
-            or PolicyContext(policy or DEFAULT_POLICY, history_messages=2 * config.llm.history_turns),
-        )
-        if config.greeting:
-            self.conversation.add_agent(config.greeting)
-
-    async def reply(self, caller_text: str) -> tuple[str, GenerationStats]:
-        import threading
-
-        self.conversation.add_caller(caller_text)
-        messages = self.conversation.prompt_messages()
-        prompt = self.engine.prompt_tokens(messages, self.conversation.generated)
-        result = await self.engine.generate(self.conversation.key, prompt, self.config.llm, threading.Event())
-        text = result.text.strip() or self.config.fallback_reply
-        self.conversation.add_agent(text, result.tokens if result.text.strip() else None)
-        return text, result.stats
-
-    def close(self) -> None:
-        self.engine.forget(self.conversation.key)

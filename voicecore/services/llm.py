@@ -706,6 +706,11 @@ class LlamaLLMProcessor(FrameProcessor):
     def conversation(self) -> Conversation:
         return self._conversation
 
+    @property
+    def busy(self) -> bool:
+        """A reply is being generated."""
+        return self._task is not None and not self._task.done()
+
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         if isinstance(frame, TranscriptionFrame) and direction == FrameDirection.DOWNSTREAM and not frame.text.strip():

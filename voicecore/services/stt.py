@@ -265,6 +265,11 @@ class WhisperSTTProcessor(FrameProcessor):
         self._final_tasks: set[asyncio.Task] = set()
 
     @property
+    def busy(self) -> bool:
+        """A turn's final transcript (or a pause's transcript) is still being made."""
+        return bool(self._final_tasks)
+
+    @property
     def speculator(self) -> SpeculativeTranscriber:
         return self._speculator
 

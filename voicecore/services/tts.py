@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import soxr
 from loguru import logger
 from pipecat.frames.frames import (
     CancelFrame,
@@ -37,9 +36,11 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from voicecore.audio.resample import StreamResampler
 from voicecore.config import Voice
 from voicecore.frames import AgentClauseFrame, AgentReplyDoneFrame, AgentReplyStartFrame, AgentSayFrame
 from voicecore.records import TurnTimeline
+from voicecore.services.cpu import CpuPriority
 
 _CLAUSE_MARK = re.compile(r"[,;:.!?](?=\s)|[.!?]['\")\]]?(?=\s)")
 _SYMBOLS = re.compile(r"[*_#`~|<>\[\]{}\\^]+")
@@ -199,8 +200,6 @@ class PiperEngine:
 class PiperTTSProcessor(FrameProcessor):
     """Pipecat processor: streamed LLM text (or fixed text) in, clause audio out."""
 
-    CHUNK_MS = 40
-
     def __init__(self, engine: PiperEngine, voice: Voice, *, name: str | None = None):
         super().__init__(name=name or "PiperTTS")
         self._engine = engine
@@ -209,7 +208,7 @@ class PiperTTSProcessor(FrameProcessor):
             voice.first_clause_min_words, voice.clause_min_words, voice.clause_max_words, voice.first_clause_max_words
         )
         self._out_rate = 16000
-        self._resampler: soxr.ResampleStream | None = None
+        self._resampler = StreamResampler(engine.sample_rate, self._out_rate)
         self._reply_id: str | None = None
         self._timeline: TurnTimeline | None = None
         self._clause_index = 0
@@ -221,9 +220,7 @@ class PiperTTSProcessor(FrameProcessor):
         return self._out_rate
 
     def _new_resampler(self) -> None:
-        self._resampler = None
-        if self._engine.sample_rate != self._out_rate:
-            self._resampler = soxr.ResampleStream(self._engine.sample_rate, self._out_rate, 1, dtype="int16", quality="HQ")
+        self._resampler = StreamResampler(self._engine.sample_rate, self._out_rate)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
@@ -269,11 +266,10 @@ class PiperTTSProcessor(FrameProcessor):
     async def _end_reply(self, kind: str) -> None:
         if self._reply_id is None:
             return
-        if self._resampler is not None:
-            tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
-            if tail.size:
-                await self._push_audio(tail.tobytes())
-            self._new_resampler()
+        tail = self._resampler.process(np.zeros(0, dtype=np.int16), last=True)
+        if tail.size:
+            await self._push_audio(tail.tobytes())
+        self._new_resampler()
         await self.push_frame(
             AgentReplyDoneFrame(
                 reply_id=self._reply_id, generated_text=" ".join(self._spoken), kind=kind, timeline=self._timeline
@@ -307,14 +303,10 @@ class PiperTTSProcessor(FrameProcessor):
                 logger.error(f"{self}: synthesis failed (attempt {attempt}): {e!r}")
         if audio is None:
             return
-        pcm = np.frombuffer(audio, dtype=np.int16)
-        if self._resampler is not None:
-            pcm = self._resampler.resample_chunk(pcm)
+        pcm = self._resampler.process(np.frombuffer(audio, dtype=np.int16))
         await self._push_audio(pcm.tobytes())
 
     async def _push_audio(self, audio: bytes) -> None:
-        step = self._out_rate * self.CHUNK_MS // 1000 * 2
-        for i in range(0, len(audio), step):
-            await self.push_frame(
-                TTSAudioRawFrame(audio=audio[i : i + step], sample_rate=self._out_rate, num_channels=1)
-            )
+        """A clause's audio as one frame: the output slices it into the transport's frames."""
+        if audio:
+            await self.push_frame(TTSAudioRawFrame(audio=audio, sample_rate=self._out_rate, num_channels=1))

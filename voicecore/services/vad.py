@@ -38,7 +38,6 @@ from pipecat.frames.frames import (
     EndFrame,
     Frame,
     InputAudioRawFrame,
-    InterruptionFrame,
     StartFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -280,6 +279,11 @@ class VADTurnProcessor(FrameProcessor):
         self._bot_speaking = False
         self._smart_task: asyncio.Task | None = None
         self.barge_ins: list[float] = []  # when caller speech interrupted agent speech (monotonic)
+
+    @property
+    def in_turn(self) -> bool:
+        """The caller is in a turn (speaking, or in a pause the end of turn has not been decided for)."""
+        return self._turn.in_turn
 
     @property
     def bot_speaking(self) -> bool:

@@ -1,13 +1,14 @@
-"""Persistent storage: SQLite (one module owns all SQL), encrypted recordings, per-tenant keys.
+"""Persistent storage: repositories over one SQLite database, encrypted recordings, per-tenant keys.
 
-Start with :class:`Store`::
+Start with :class:`Store` (see :mod:`voicecore.storage.store`)::
 
-    store = Store(data_dir)                      # creates data_dir/voicecore.db, keystore.bin, master.key
-    api_key = store.create_tenant("acme", "policies/default.yaml")
-    tenant = store.authenticate(api_key)         # "acme"
-    store.save_call(record)                      # as the tenant policy allows
+    store = Store(data_dir)
+    api_key = store.tenants.create("acme", "policies/default.yaml", actor="cli")
+    store.calls.save(record)
 """
 
+from voicecore.storage.audit import AuditCheck, AuditEntry, AuditLog
+from voicecore.storage.calls import CallRepository, RecordingNotAllowed, StoredCall, StoredReport, StoredTurn
 from voicecore.storage.crypto import (
     MASTER_KEY_ENV,
     CryptoError,
@@ -16,29 +17,23 @@ from voicecore.storage.crypto import (
     TenantKeyMissing,
     generate_master_key,
 )
-from voicecore.storage.db import (
-    DB_FILENAME,
+from voicecore.storage.database import DB_FILENAME, StorageError
+from voicecore.storage.outbox import (
     EVENT_TYPES,
-    ROLES,
-    SCHEMA_VERSION,
-    ApiKeyInfo,
-    AuditCheck,
-    AuditEntry,
-    ErasureResult,
-    OptOutEntry,
+    DeliveryInfo,
+    InvalidWebhookUrl,
+    Outbox,
     OutboxEvent,
-    RecordingNotAllowed,
-    StorageError,
-    Store,
-    StoredCall,
-    StoredTurn,
-    SweepResult,
-    TenantExists,
-    TenantInfo,
-    UnknownTenant,
-    default_data_dir,
+    WebhookDelivery,
+    WebhookEndpoint,
+    check_webhook_url,
 )
-from voicecore.storage.recording import RecordingError, RecordingWriter, pcm_to_wav
+from voicecore.storage.recording import CallRecorder, RecordingError, RecordingWriter, pcm_to_wav
+from voicecore.storage.retention import Retention, SweepResult
+from voicecore.storage.schema import ROLES, SCHEMA_VERSION
+from voicecore.storage.store import Store, default_data_dir
+from voicecore.storage.subjects import ErasureResult, OptOutEntry, SubjectExport, SubjectRepository
+from voicecore.storage.tenants import ApiKeyInfo, TenantExists, TenantInfo, TenantRepository, UnknownTenant
 
 __all__ = [
     "DB_FILENAME",
@@ -49,24 +44,38 @@ __all__ = [
     "ApiKeyInfo",
     "AuditCheck",
     "AuditEntry",
+    "AuditLog",
+    "CallRecorder",
+    "CallRepository",
     "CryptoError",
     "DecryptionFailed",
+    "DeliveryInfo",
     "ErasureResult",
+    "InvalidWebhookUrl",
     "KeystoreError",
     "OptOutEntry",
+    "Outbox",
     "OutboxEvent",
     "RecordingError",
     "RecordingNotAllowed",
     "RecordingWriter",
+    "Retention",
     "StorageError",
     "Store",
     "StoredCall",
+    "StoredReport",
     "StoredTurn",
+    "SubjectExport",
+    "SubjectRepository",
     "SweepResult",
     "TenantExists",
     "TenantInfo",
     "TenantKeyMissing",
+    "TenantRepository",
     "UnknownTenant",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "check_webhook_url",
     "default_data_dir",
     "generate_master_key",
     "pcm_to_wav",

@@ -130,6 +130,11 @@ def resolve_master_key(data_dir: Path, explicit: bytes | str | None = None) -> t
     return decode_master_key(path.read_text(encoding="ascii"), str(path)), str(path)
 
 
+def field_aad(table: str, tenant_id: str, row: str, column: str) -> str:
+    """Associated data binding a database ciphertext to its table, tenant, row and column."""
+    return f"vc1|{table}|{tenant_id}|{row}|{column}"
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 

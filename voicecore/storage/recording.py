@@ -16,6 +16,7 @@ chunk: it reads back as ``complete=False`` with the audio up to the last chunk.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -28,9 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from loguru import logger
 
+from voicecore.audio.resample import RateFollower
 from voicecore.storage.crypto import CryptoError, TenantKeys
 
 MAGIC = b"VCREC1\n"
@@ -206,3 +210,117 @@ def read_recording_file(path: Path, keys: TenantKeys, recording_id: str) -> Reco
             raise RecordingError(f"{path.name}: chunk {index} does not authenticate (tampered, reordered or wrong key)")
         index += 1
     return RecordingContents(bytes(pcm), int(header["rate"]), int(header["channels"]), int(header["width"]), complete)
+
+
+class CallRecorder:
+    """Streams one call's audio into an encrypted recording file while the call runs.
+
+    Layout: one recording per call (track ``mixed``), **two channels** at the
+    transport's output rate (8 kHz for telephony, 16 kHz for files): channel 0
+    (left) is the caller, channel 1 (right) the agent, so a player mixes them and
+    QA or transcription can still take each side alone.
+
+    Alignment: the caller's audio is the clock (every transport streams caller
+    audio continuously, silence included). Agent audio is queued as the output
+    sends it (at most ``lead_ms`` ahead of playback) and paired with the caller
+    audio that arrives next, so it lands where the caller heard it, within the
+    output's lead (~100 ms). A barge-in's cleared audio that was already sent is
+    kept (at most that lead). Agent audio more than ``MAX_AGENT_AHEAD_S`` ahead
+    of the caller stream (a transport that stops sending caller audio, or fast
+    simulated calls) is written against caller silence.
+
+    Memory and I/O: plaintext is held for at most about one second (the agent
+    queue is capped, interleaved frames are handed over in the writer's ~1 s
+    chunks). Encryption and ``os.write`` run in a worker thread
+    (``asyncio.to_thread``), one chunk at a time and in order, so a slow disk
+    never stalls the event loop that carries every call's audio.
+    """
+
+    MAX_AGENT_AHEAD_S = 1.0
+
+    def __init__(self, writer: RecordingWriter, sample_rate: int):
+        if writer.channels != 2 or writer.sample_width != 2 or writer.sample_rate != sample_rate:
+            raise ValueError("CallRecorder needs a 2-channel int16 writer at the recording rate")
+        self.writer = writer
+        self.sample_rate = sample_rate
+        self.frames = 0  # stereo frames handed to the writer (duration = frames / sample_rate)
+        self.failed = False
+        self._closed = False
+        self._caller_rate = RateFollower(sample_rate)
+        self._agent_rate = RateFollower(sample_rate)
+        self._agent = bytearray()  # agent samples (int16 mono) not yet paired with caller audio
+        self._out = bytearray()  # interleaved frames not yet handed to the writer (< one chunk)
+        self._max_ahead = int(self.MAX_AGENT_AHEAD_S * sample_rate)
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._drain(), name=f"rec-{writer.recording_id[:8]}")
+
+    @property
+    def recording_id(self) -> str:
+        return self.writer.recording_id
+
+    def caller_audio(self, pcm16: bytes, sample_rate: int) -> None:
+        if self._closed or self.failed or not pcm16:
+            return
+        caller = self._caller_rate.process(np.frombuffer(pcm16, dtype=np.int16), sample_rate)
+        n = caller.size
+        if n == 0:
+            return
+        agent = np.zeros(n, dtype=np.int16)
+        take = min(n, len(self._agent) // 2)
+        if take:
+            agent[:take] = np.frombuffer(bytes(self._agent[: take * 2]), dtype=np.int16)
+            del self._agent[: take * 2]
+        self._emit(caller, agent)
+
+    def agent_audio(self, pcm16: bytes, sample_rate: int) -> None:
+        if self._closed or self.failed or not pcm16:
+            return
+        self._agent += self._agent_rate.process(np.frombuffer(pcm16, dtype=np.int16), sample_rate).tobytes()
+        excess = len(self._agent) // 2 - self._max_ahead
+        if excess > 0:  # no caller audio to pair it with: write it against silence
+            ahead = np.frombuffer(bytes(self._agent[: excess * 2]), dtype=np.int16)
+            del self._agent[: excess * 2]
+            self._emit(np.zeros(excess, dtype=np.int16), ahead)
+
+    def _emit(self, caller: np.ndarray, agent: np.ndarray) -> None:
+        frames = np.empty(caller.size * 2, dtype=np.int16)
+        frames[0::2] = caller
+        frames[1::2] = agent
+        self._out += frames.tobytes()
+        self.frames += caller.size
+        chunk = self.writer.chunk_bytes
+        while len(self._out) >= chunk:
+            self._queue.put_nowait(bytes(self._out[:chunk]))
+            del self._out[:chunk]
+
+    async def _drain(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            if batch is None:
+                return
+            if self.failed:
+                continue
+            try:
+                await asyncio.to_thread(self.writer.write, batch)
+            except Exception as e:
+                self.failed = True
+                logger.error(f"recording {self.recording_id[:8]}: write failed ({type(e).__name__}); recording stopped")
+
+    async def close(self) -> None:
+        """Write what is left (the agent's last words against silence), finish and close the file."""
+        if self._closed:
+            return
+        if self._agent:
+            rest = np.frombuffer(bytes(self._agent), dtype=np.int16)
+            self._agent.clear()
+            self._emit(np.zeros(rest.size, dtype=np.int16), rest)
+        self._closed = True
+        if self._out:
+            self._queue.put_nowait(bytes(self._out))
+            self._out.clear()
+        self._queue.put_nowait(None)
+        await self._task
+        try:
+            await asyncio.to_thread(self.writer.close)
+        except Exception as e:
+            logger.error(f"recording {self.recording_id[:8]}: close failed ({type(e).__name__})")

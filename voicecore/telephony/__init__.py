@@ -1,6 +1,6 @@
-"""Telephony media-stream protocols, one pure codec per provider.
+"""Telephony media-stream protocols, one pure protocol state machine per provider.
 
-``create_codec("twilio")`` gives a fresh per-call :class:`ProviderCodec`; the
+``create_protocol("twilio")`` gives a fresh per-call :class:`ProviderProtocol`; the
 asyncio WebSocket shell feeds it frames and sends what it returns. The
 contract is documented in :mod:`voicecore.telephony.base`; each provider
 module's docstring gives its message shapes, framing and auth-token source.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from voicecore.telephony.asterisk import AsteriskCodec
+from voicecore.telephony.asterisk import AsteriskProtocol
 from voicecore.telephony.base import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_MESSAGE_TOO_BIG,
@@ -29,18 +29,18 @@ from voicecore.telephony.base import (
     MediaIn,
     Message,
     ProtocolError,
-    ProviderCodec,
+    ProviderProtocol,
 )
-from voicecore.telephony.exotel import ExotelCodec
-from voicecore.telephony.plivo import PlivoCodec
-from voicecore.telephony.telnyx import TelnyxCodec
-from voicecore.telephony.twilio import TwilioCodec, twiml_connect_stream
-from voicecore.telephony.vonage import VonageCodec
+from voicecore.telephony.exotel import ExotelProtocol
+from voicecore.telephony.plivo import PlivoProtocol
+from voicecore.telephony.telnyx import TelnyxProtocol
+from voicecore.telephony.twilio import TwilioProtocol, twiml_connect_stream
+from voicecore.telephony.vonage import VonageProtocol
 
 __all__ = [
-    "CODECS",
-    "create_codec",
-    "ProviderCodec",
+    "PROTOCOLS",
+    "create_protocol",
+    "ProviderProtocol",
     "ProtocolError",
     "MAX_FRAME_BYTES",
     "CLOSE_PROTOCOL_ERROR",
@@ -58,25 +58,25 @@ __all__ = [
     "Cleared",
     "CallStop",
     "Ignored",
-    "TwilioCodec",
-    "TelnyxCodec",
-    "VonageCodec",
-    "PlivoCodec",
-    "ExotelCodec",
-    "AsteriskCodec",
+    "TwilioProtocol",
+    "TelnyxProtocol",
+    "VonageProtocol",
+    "PlivoProtocol",
+    "ExotelProtocol",
+    "AsteriskProtocol",
     "twiml_connect_stream",
 ]
 
-#: Provider name (as in ``/ws/<name>``) → codec class.
-CODECS: Final[dict[str, type[ProviderCodec]]] = {
-    cls.name: cls for cls in (TwilioCodec, TelnyxCodec, VonageCodec, PlivoCodec, ExotelCodec, AsteriskCodec)
+#: Provider name (as in ``/ws/<name>``) → protocol class.
+PROTOCOLS: Final[dict[str, type[ProviderProtocol]]] = {
+    cls.name: cls for cls in (TwilioProtocol, TelnyxProtocol, VonageProtocol, PlivoProtocol, ExotelProtocol, AsteriskProtocol)
 }
 
 
-def create_codec(name: str, **options: Any) -> ProviderCodec:
-    """A new codec for one call; ``options`` go to the provider class's constructor."""
+def create_protocol(name: str, **options: Any) -> ProviderProtocol:
+    """A new protocol for one call; ``options`` go to the provider class's constructor."""
     try:
-        cls = CODECS[name]
+        cls = PROTOCOLS[name]
     except KeyError:
-        raise ValueError(f"unknown telephony provider {name!r}; known: {', '.join(CODECS)}") from None
+        raise ValueError(f"unknown telephony provider {name!r}; known: {', '.join(PROTOCOLS)}") from None
     return cls(**options)

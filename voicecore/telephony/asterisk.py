@@ -7,7 +7,7 @@ no headers; TEXT frames carry case-sensitive control messages, either plain
 text (``MEDIA_START connection_id:… channel:… channel_id:… format:ulaw
 optimal_frame_size:160 ptime:20``; the default) or JSON
 (``{"event":"MEDIA_START", …}``; 20.18/22.8/23.2 and later with ``f(json)``).
-The codec reads both and answers commands in the format Asterisk used for
+The protocol reads both and answers commands in the format Asterisk used for
 ``MEDIA_START`` (or in ``control_format`` if given).
 
 Events handled: ``MEDIA_START`` → ``CallStart``; ``DTMF_END digit:5`` → ``Dtmf``;
@@ -27,13 +27,13 @@ larger messages); commands ``FLUSH_MEDIA`` (clear) and ``HANGUP``
 
 Marks: by default ``REPORT_QUEUE_DRAINED``, which asks for one ``QUEUE_DRAINED``
 the next time Asterisk's queue is empty. It carries no name and one
-notification answers every request made before it, so the codec remembers the
+notification answers every request made before it, so the protocol remembers the
 names in order and reports *all* pending marks as played when ``QUEUE_DRAINED``
 arrives: an empty queue means everything sent before those requests has
 played. After ``FLUSH_MEDIA`` the emptied queue triggers one ``QUEUE_DRAINED``
 if a report was pending; that one returns the marks pending at the clear as
 ``MarkPlayed(cleared=True)`` (``marks_returned_on_clear``). With
-``use_mark_media=True`` the codec sends ``MARK_MEDIA <name>`` instead, which
+``use_mark_media=True`` the protocol sends ``MARK_MEDIA <name>`` instead, which
 Asterisk answers with ``MEDIA_MARK_PROCESSED`` carrying the name when that
 point of the stream is reached: exact, but only in newer Asterisk releases.
 
@@ -67,14 +67,14 @@ from voicecore.telephony.base import (
     MediaIn,
     Message,
     ProtocolError,
-    ProviderCodec,
+    ProviderProtocol,
     dumps,
     parse_dtmf_digit,
     parse_json_object,
     short_repr,
 )
 
-__all__ = ["AsteriskCodec", "ASTERISK_FORMATS", "MAX_OUTBOUND_MESSAGE_BYTES"]
+__all__ = ["AsteriskProtocol", "ASTERISK_FORMATS", "MAX_OUTBOUND_MESSAGE_BYTES"]
 
 #: chan_websocket format name → (wire encoding, sample rate).
 ASTERISK_FORMATS: Final[dict[str, tuple[Encoding, int]]] = {
@@ -97,8 +97,8 @@ ControlFormat = Literal["plain-text", "json"]
 _AsteriskHandler = Callable[[JsonFields, list[str]], list[Event]]
 
 
-class AsteriskCodec(ProviderCodec):
-    """Asterisk chan_websocket codec.
+class AsteriskProtocol(ProviderProtocol):
+    """Asterisk chan_websocket protocol.
 
     Options: ``control_format`` ("plain-text"/"json"; None = as MEDIA_START came),
     ``use_mark_media`` (MARK_MEDIA instead of REPORT_QUEUE_DRAINED for marks),

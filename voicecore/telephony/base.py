@@ -1,34 +1,32 @@
-"""Shared types and machinery of the telephony provider codecs.
+"""Shared types and machinery of the telephony provider protocols.
 
-A provider codec is a pure state machine for one call's media WebSocket: it
+A provider protocol is a pure state machine for one call's media WebSocket: it
 turns the provider's messages into :data:`Event` objects and our intentions
 (play this audio, tell me when it has played, stop playing, hang up) into
 ready-to-send WebSocket messages. It never touches a socket, a clock or the
-event loop; the asyncio shell that owns the socket drives it like this::
+event loop; the asyncio shell that owns the socket
+(:mod:`voicecore.transports.telephony`) drives it like this::
 
-    codec = create_codec("twilio")
-    codec.handshake(headers, query)            # upgrade request (may raise ProtocolError)
+    protocol = create_protocol("twilio")
+    protocol.handshake(headers, query)            # upgrade request (may raise ProtocolError)
     for each frame received:
         try:
-            events = codec.receive_text(text)   # or codec.receive_bytes(data)
+            events = protocol.receive_text(text)   # or protocol.receive_bytes(data)
         except ProtocolError as exc:
             log(exc.reason); close the socket with exc.close_code; end the call
-        for event in events: ...                # CallStart → authenticate, MediaIn → pipeline, ...
-    on socket close: events = codec.receive_close()  # frames still held for reordering
+        for event in events: ...                   # CallStart → authenticate, MediaIn → pipeline, ...
+    on socket close: events = protocol.receive_close()  # frames still held for reordering
 
-    send(codec.encode_media(pcm16))             # int16 LE mono at codec.output_sample_rate
-    send(codec.encode_mark("clause-3"))         # → later MarkPlayed("clause-3")
-    send(codec.encode_clear())                  # barge-in
-    send(codec.flush_media())                   # end of an utterance: pad the remainder
+    send(protocol.encode_media(frame))             # whole frames of int16 LE mono at output_sample_rate
+    send(protocol.encode_mark("clause-3"))         # → later MarkPlayed("clause-3")
+    send(protocol.encode_clear())                  # barge-in
 
 Every ``encode_*`` method returns a list of messages: ``str`` goes out as a
-TEXT frame, ``bytes`` as a BINARY frame. Every media message returned by
-``encode_media``/``flush_media`` carries exactly :attr:`ProviderCodec.frame_duration_ms`
-of audio (:attr:`ProviderCodec.frame_bytes` bytes of int16 input), so the shell
-paces by sending one media message per ``frame_duration_ms`` (plus its lead).
-Audio that does not fill a whole message stays buffered inside the codec until
-the next ``encode_media``, ``flush_media`` (pads with silence) or
-``encode_clear`` (drops it).
+TEXT frame, ``bytes`` as a BINARY frame. Agent audio is cut into frames once,
+by the sender (the paced output of :mod:`voicecore.transports.base`):
+``encode_media`` takes whole frames of :attr:`ProviderProtocol.frame_bytes` bytes
+(:attr:`ProviderProtocol.frame_duration_ms` of audio) and wraps each in one
+media message, so the sender paces by sending one message per frame.
 
 Rules shared by all providers:
 
@@ -38,15 +36,15 @@ Rules shared by all providers:
   a frame for another stream on this socket is treated as a policy violation.
 * Unknown events raise (1002); documented events we do not need return
   ``[Ignored(...)]``; anything received after the stop is ignored.
-* Sequence numbers: Telnyx may deliver media out of order, so its codec holds a
+* Sequence numbers: Telnyx may deliver media out of order, so its protocol holds a
   small reorder buffer (see telnyx.py). For the other providers a media message
   whose sequence number is not greater than the highest seen is *dropped* with
   a warning and ``[Ignored(...)]`` is returned (not fatal: one lost 20 ms frame
   is better than a dropped call). Control messages (dtmf, mark, stop) are never
   dropped for their sequence number.
-* After a ``ProtocolError`` the codec's state is unspecified: close the call.
+* After a ``ProtocolError`` the protocol's state is unspecified: close the call.
 
-Marks: the codec remembers the names it encoded. When a mark comes back after
+Marks: the protocol remembers the names it encoded. When a mark comes back after
 the shell sent a clear, the event is ``MarkPlayed(name, cleared=True)``: its
 audio was (probably) *not* heard. ``marks_returned_on_clear`` says whether the
 provider is known to return pending marks when it clears (Twilio, Telnyx,
@@ -94,10 +92,9 @@ __all__ = [
     "Ignored",
     "Event",
     "Message",
-    "ProviderCodec",
-    "JsonEventCodec",
+    "ProviderProtocol",
+    "JsonEventProtocol",
     "JsonFields",
-    "PcmRechunker",
     "SequenceGuard",
     "ReorderBuffer",
     "MarkTracker",
@@ -112,7 +109,7 @@ __all__ = [
     "parse_dtmf_digit",
 ]
 
-#: Largest WebSocket frame (text: UTF-8 bytes) a codec accepts from a provider.
+#: Largest WebSocket frame (text: UTF-8 bytes) a protocol accepts from a provider.
 MAX_FRAME_BYTES: Final = 65536
 
 # WebSocket close codes (RFC 6455 §7.4.1) the shell should close with.
@@ -154,7 +151,7 @@ class Connected:
 
 @dataclass(frozen=True, slots=True)
 class CallStart:
-    """The stream started; the codec now knows the audio format and the auth token.
+    """The stream started; the protocol now knows the audio format and the auth token.
 
     ``sample_rate``/``encoding`` describe the provider's *inbound* audio on the
     wire (``MediaIn.pcm16`` is already decoded to int16 LE at ``sample_rate``).
@@ -176,7 +173,7 @@ class CallStart:
 
 @dataclass(frozen=True, slots=True)
 class MediaIn:
-    """Caller audio: int16 little-endian mono at the codec's ``sample_rate``."""
+    """Caller audio: int16 little-endian mono at the protocol's ``sample_rate``."""
 
     pcm16: bytes = field(repr=False)
     sequence: int | None = None
@@ -422,46 +419,6 @@ def parse_dtmf_digit(value: str, path: str) -> str:
 # --- state helpers ---------------------------------------------------------------
 
 
-class PcmRechunker:
-    """Cuts int16 audio into messages of exactly ``chunk_bytes``, keeping the remainder."""
-
-    def __init__(self, chunk_bytes: int) -> None:
-        if chunk_bytes <= 0 or chunk_bytes % 2:
-            raise ValueError(f"chunk_bytes must be a positive even number, got {chunk_bytes}")
-        self.chunk_bytes = chunk_bytes
-        self._buffer = bytearray()
-
-    @property
-    def pending_bytes(self) -> int:
-        return len(self._buffer)
-
-    def push(self, pcm16: bytes) -> list[bytes]:
-        if len(pcm16) % 2:
-            raise ValueError(f"pcm16 has {len(pcm16)} bytes, an odd number for 16-bit samples")
-        self._buffer += pcm16
-        whole = len(self._buffer) - len(self._buffer) % self.chunk_bytes
-        if not whole:
-            return []
-        size = self.chunk_bytes
-        chunks = [bytes(self._buffer[i : i + size]) for i in range(0, whole, size)]
-        del self._buffer[:whole]
-        return chunks
-
-    def flush(self) -> list[bytes]:
-        """The remainder padded with silence to one whole chunk ([] if nothing is buffered)."""
-        if not self._buffer:
-            return []
-        chunk = bytes(self._buffer) + audio.silence_pcm16(self.chunk_bytes - len(self._buffer))
-        self._buffer.clear()
-        return [chunk]
-
-    def clear(self) -> int:
-        """Drop the remainder; returns how many bytes were dropped."""
-        dropped = len(self._buffer)
-        self._buffer.clear()
-        return dropped
-
-
 class SequenceGuard:
     """Highest sequence number seen; tells whether a new one moves forward."""
 
@@ -568,12 +525,12 @@ class MarkTracker:
         return out
 
 
-# --- the codec base classes ----------------------------------------------------
+# --- the protocol base classes ----------------------------------------------------
 
 TokenSource: TypeAlias = tuple[str, object]
 
 
-class ProviderCodec(ABC):
+class ProviderProtocol(ABC):
     """One call's protocol state for one provider. See the module docstring for the contract.
 
     Subclasses set ``name``, implement ``_receive_text``/``_receive_bytes`` (call
@@ -581,7 +538,7 @@ class ProviderCodec(ABC):
     ``_mark_messages``, ``_clear_messages`` encoders.
     """
 
-    #: Provider name as used in ``/ws/<name>`` and :data:`voicecore.telephony.CODECS`.
+    #: Provider name as used in ``/ws/<name>`` and :data:`voicecore.telephony.PROTOCOLS`.
     name: ClassVar[str]
     #: True when the provider answers a clear by returning every pending mark.
     marks_returned_on_clear: ClassVar[bool] = False
@@ -604,7 +561,7 @@ class ProviderCodec(ABC):
         self._out_encoding: Encoding = self.default_encoding
         self._out_rate: int = self.default_sample_rate
         self._message_ms: float = float(self.default_message_ms)
-        self._out: PcmRechunker | None = None
+        self._frame_bytes: int | None = None
         self._marks = MarkTracker()
 
     # -- public state ----------------------------------------------------------
@@ -644,7 +601,7 @@ class ProviderCodec(ABC):
     @property
     def output_sample_rate(self) -> int:
         """Rate ``encode_media`` expects; equals ``sample_rate`` except for a Telnyx
-        codec configured with a different bidirectional codec/rate."""
+        protocol configured with a different bidirectional codec/rate."""
         return self._out_rate
 
     @property
@@ -659,14 +616,9 @@ class ProviderCodec(ABC):
     @property
     def frame_bytes(self) -> int:
         """int16 input bytes that make one outbound media message."""
-        if self._out is not None:
-            return self._out.chunk_bytes
+        if self._frame_bytes is not None:
+            return self._frame_bytes
         return audio.pcm16_bytes_for_ms(self._message_ms, self._out_rate)
-
-    @property
-    def buffered_output_bytes(self) -> int:
-        """int16 bytes waiting in the codec for a whole message."""
-        return self._out.pending_bytes if self._out is not None else 0
 
     @property
     def auth_token(self) -> str | None:
@@ -711,20 +663,21 @@ class ProviderCodec(ABC):
         return self._receive_bytes(data)
 
     def receive_close(self) -> list[Event]:
-        """The socket closed: events still held by the codec (Telnyx reorder buffer)."""
+        """The socket closed: events still held by the protocol (Telnyx reorder buffer)."""
         return []
 
     # -- outbound ------------------------------------------------------------------
 
-    def encode_media(self, pcm16: bytes) -> list[Message]:
-        """Messages for int16 LE mono audio at ``output_sample_rate`` (whole messages only)."""
-        out = self._require_output("encode_media")
-        return [self._wrap_media(audio.from_pcm16(chunk, self._out_encoding)) for chunk in out.push(pcm16)]
-
-    def flush_media(self) -> list[Message]:
-        """The buffered remainder, padded with silence to one whole message ([] if none)."""
-        out = self._require_output("flush_media")
-        return [self._wrap_media(audio.from_pcm16(chunk, self._out_encoding)) for chunk in out.flush()]
+    def encode_media(self, frames: bytes) -> list[Message]:
+        """One media message per frame of int16 LE mono audio at ``output_sample_rate``;
+        ``frames`` must be whole frames (a multiple of :attr:`frame_bytes`)."""
+        size = self._require_output("encode_media")
+        if len(frames) % size:
+            raise ValueError(f"{self.name}: {len(frames)} bytes of audio are not whole {size}-byte frames")
+        return [
+            self._wrap_media(audio.from_pcm16(frames[i : i + size], self._out_encoding))
+            for i in range(0, len(frames), size)
+        ]
 
     def encode_mark(self, name: str) -> list[Message]:
         """Ask the provider to report when the audio sent so far has played (→ ``MarkPlayed``)."""
@@ -736,9 +689,8 @@ class ProviderCodec(ABC):
         return messages
 
     def encode_clear(self) -> list[Message]:
-        """Barge-in: stop what the provider is playing; drops the buffered remainder too."""
-        out = self._require_output("encode_clear")
-        out.clear()
+        """Barge-in: stop what the provider is playing."""
+        self._require_output("encode_clear")
         self._marks.on_clear()
         return self._clear_messages()
 
@@ -820,7 +772,9 @@ class ProviderCodec(ABC):
         self._in_encoding, self._in_rate = encoding, sample_rate
         self._out_encoding = out_encoding or encoding
         self._out_rate = out_sample_rate or sample_rate
-        self._out = PcmRechunker(message_pcm_bytes)
+        if message_pcm_bytes <= 0 or message_pcm_bytes % 2:
+            raise ValueError(f"message size must be a positive even number of bytes, got {message_pcm_bytes}")
+        self._frame_bytes = message_pcm_bytes
         self._message_ms = audio.pcm16_duration_ms(message_pcm_bytes, self._out_rate)
         self._call = CallStart(
             provider=self.name,
@@ -857,10 +811,11 @@ class ProviderCodec(ABC):
             raise ProtocolError(f"{what} before start", CLOSE_PROTOCOL_ERROR)
         return self._call
 
-    def _require_output(self, method: str) -> PcmRechunker:
-        if self._out is None:
+    def _require_output(self, method: str) -> int:
+        """The frame size, once the start message fixed the format."""
+        if self._frame_bytes is None:
             raise RuntimeError(f"{self.name}: {method}() called before CallStart")
-        return self._out
+        return self._frame_bytes
 
     def _decode_wire(self, wire: bytes, path: str) -> bytes:
         """Inbound wire bytes → int16 LE; odd-length 16-bit audio is a 1007 error."""
@@ -872,7 +827,7 @@ class ProviderCodec(ABC):
 Handler: TypeAlias = Callable[[JsonFields], list[Event]]
 
 
-class JsonEventCodec(ProviderCodec):
+class JsonEventProtocol(ProviderProtocol):
     """Base for providers that speak JSON text frames with an ``event`` key.
 
     Subclasses list their events in :meth:`_event_handlers` and set
@@ -888,6 +843,8 @@ class JsonEventCodec(ProviderCodec):
     inbound_tracks: ClassVar[frozenset[str]] = frozenset({"inbound", "inbound_track"})
     #: Documented events we accept and ignore.
     ignored_events: ClassVar[frozenset[str]] = frozenset()
+    #: Top-level key carrying the stream id on outbound ``media``/``mark``/``clear`` (None: not sent).
+    outbound_stream_key: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -910,6 +867,23 @@ class JsonEventCodec(ProviderCodec):
 
     def _receive_bytes(self, data: bytes) -> list[Event]:
         raise ProtocolError("binary frame where JSON text was expected", CLOSE_UNSUPPORTED_DATA)
+
+    # -- outbound: ``{"event": ..., <stream key>: ..., ...}`` (Twilio, Telnyx, Exotel) --------
+
+    def _event_message(self, event: str, **body: Any) -> str:
+        message: dict[str, Any] = {"event": event}
+        if self.outbound_stream_key is not None:
+            message[self.outbound_stream_key] = self.stream_id
+        return dumps(message | body)
+
+    def _wrap_media(self, wire: bytes) -> Message:
+        return self._event_message("media", media={"payload": encode_base64(wire)})
+
+    def _mark_messages(self, name: str) -> list[Message]:
+        return [self._event_message("mark", mark={"name": name})]
+
+    def _clear_messages(self) -> list[Message]:
+        return [self._event_message("clear")]
 
     # -- shared pieces -------------------------------------------------------------
 

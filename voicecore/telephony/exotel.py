@@ -16,7 +16,7 @@ the stream URL (8000, 16000 or 24000), else 8000.
 Outbound: ``{"event":"media","stream_sid","media":{"payload"}}``, ``mark`` and
 ``{"event":"clear","stream_sid"}``. Exotel wants each media chunk ≥ 3.2 KB,
 ≤ 100 KB and a multiple of 320 B. Its docs call 3.2 KB "100 ms", which holds
-at 16 kHz only: at 8 kHz PCM16 3200 B is 200 ms. The codec keeps the byte rule
+at 16 kHz only: at 8 kHz PCM16 3200 B is 200 ms. The protocol keeps the byte rule
 (it is what Exotel can check) and picks the shortest message of at least
 ``message_ms`` (default 100) in 20 ms steps whose wire size obeys it: 200 ms /
 3200 B at 8 kHz, 100 ms / 3200 B at 16 kHz, 100 ms / 4800 B at 24 kHz (and
@@ -42,16 +42,13 @@ from voicecore.telephony.base import (
     CLOSE_UNSUPPORTED_DATA,
     Event,
     Handler,
-    JsonEventCodec,
+    JsonEventProtocol,
     JsonFields,
-    Message,
     ProtocolError,
-    dumps,
-    encode_base64,
 )
 
 __all__ = [
-    "ExotelCodec",
+    "ExotelProtocol",
     "exotel_message_pcm_bytes",
     "EXOTEL_SAMPLE_RATES",
     "EXOTEL_MIN_CHUNK_BYTES",
@@ -77,8 +74,8 @@ def exotel_message_pcm_bytes(min_ms: int, sample_rate: int, encoding: Encoding) 
         ms += 20
 
 
-class ExotelCodec(JsonEventCodec):
-    """Exotel voicebot codec. Option: ``message_ms``, the shortest message wanted
+class ExotelProtocol(JsonEventProtocol):
+    """Exotel voicebot protocol. Option: ``message_ms``, the shortest message wanted
     (multiple of 20, ≥ 100, default 100; raised as needed to reach 3200 B)."""
 
     name: ClassVar[str] = "exotel"
@@ -86,6 +83,7 @@ class ExotelCodec(JsonEventCodec):
     default_encoding = "pcm16le"
     default_message_ms: ClassVar[int] = 100
     stream_id_key: ClassVar[str | None] = "stream_sid"
+    outbound_stream_key: ClassVar[str | None] = "stream_sid"
     sequence_key: ClassVar[str | None] = "sequence_number"
 
     def __init__(self, *, message_ms: int = 100) -> None:
@@ -165,12 +163,3 @@ class ExotelCodec(JsonEventCodec):
                 token_sources=[("start.custom_parameters.token", start_params.get("token"))],
             )
         ]
-
-    def _wrap_media(self, wire: bytes) -> Message:
-        return dumps({"event": "media", "stream_sid": self.stream_id, "media": {"payload": encode_base64(wire)}})
-
-    def _mark_messages(self, name: str) -> list[Message]:
-        return [dumps({"event": "mark", "stream_sid": self.stream_id, "mark": {"name": name}})]
-
-    def _clear_messages(self) -> list[Message]:
-        return [dumps({"event": "clear", "stream_sid": self.stream_id})]

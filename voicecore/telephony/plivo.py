@@ -12,7 +12,7 @@ normal end. A ``stop`` event, if one arrives, is still turned into ``CallStop``.
 Audio: the Stream ``contentType`` decides it. The default is
 ``audio/x-l16;rate=8000`` (16-bit PCM, little-endian like every PCM16 here ❓),
 the alternatives are l16 at 16 kHz and ``audio/x-mulaw;rate=8000``. Without a
-``mediaFormat`` the codec assumes the default, l16 at 8 kHz.
+``mediaFormat`` the protocol assumes the default, l16 at 8 kHz.
 
 Outbound: ``{"event":"playAudio","media":{"contentType","sampleRate","payload"}}``
 (20 ms per message by default), ``{"event":"checkpoint","streamId","name"}``
@@ -39,7 +39,7 @@ from voicecore.telephony.base import (
     Cleared,
     Event,
     Handler,
-    JsonEventCodec,
+    JsonEventProtocol,
     JsonFields,
     Message,
     ProtocolError,
@@ -47,7 +47,7 @@ from voicecore.telephony.base import (
     encode_base64,
 )
 
-__all__ = ["PlivoCodec", "parse_extra_headers"]
+__all__ = ["PlivoProtocol", "parse_extra_headers"]
 
 
 def parse_extra_headers(value: object, path: str) -> dict[str, str]:
@@ -73,8 +73,8 @@ def parse_extra_headers(value: object, path: str) -> dict[str, str]:
     return out
 
 
-class PlivoCodec(JsonEventCodec):
-    """Plivo audio stream codec. Option: ``message_ms`` (multiple of 20, default 20)."""
+class PlivoProtocol(JsonEventProtocol):
+    """Plivo audio stream protocol. Option: ``message_ms`` (multiple of 20, default 20)."""
 
     name: ClassVar[str] = "plivo"
     default_sample_rate: ClassVar[int] = 8000

@@ -8,7 +8,7 @@ sample_rate, channels}), ``media`` (base64 codec bytes, no RTP header),
 logged and ignored. G722/OPUS/AMR-WB streams are refused (1003).
 
 L16: Telnyx carries L16 as on RTP, which is big-endian by convention (the
-reference marks this ❓). The codec therefore decodes and encodes L16 as
+reference marks this ❓). The protocol therefore decodes and encodes L16 as
 big-endian by default; pass ``l16_byte_order="little"`` if a real stream
 proves otherwise.
 
@@ -24,7 +24,7 @@ Outbound: ``{"event":"media","media":{"payload":…}}`` (no stream id), ``mark``
 ``clear`` — in the encoding of the *bidirectional* codec. Telnyx configures that
 separately (``stream_bidirectional_codec``, default PCMU, and
 ``stream_bidirectional_sampling_rate``) and does not repeat it in ``start``, so
-by default the codec answers in the inbound format; set ``outbound_encoding``
+by default the protocol answers in the inbound format; set ``outbound_encoding``
 (``"PCMU"``, ``"PCMA"``, ``"L16"``) and ``outbound_sample_rate`` when the call was
 set up differently, and feed ``encode_media`` at ``output_sample_rate``.
 ``clear`` returns pending marks (``marks_returned_on_clear``).
@@ -47,18 +47,15 @@ from voicecore.telephony.base import (
     Event,
     Handler,
     Ignored,
-    JsonEventCodec,
+    JsonEventProtocol,
     JsonFields,
     MediaIn,
-    Message,
     ProtocolError,
     ReorderBuffer,
     TokenSource,
-    dumps,
-    encode_base64,
 )
 
-__all__ = ["TelnyxCodec"]
+__all__ = ["TelnyxProtocol"]
 
 TelnyxCodecName = Literal["PCMU", "PCMA", "L16"]
 _L16_RATES: Final = frozenset({8000, 16000, 22050, 24000, 48000})
@@ -70,8 +67,8 @@ def _wire_encoding(codec: str, l16: Encoding) -> Encoding | None:
     return table.get(codec.upper())
 
 
-class TelnyxCodec(JsonEventCodec):
-    """Telnyx media streaming codec.
+class TelnyxProtocol(JsonEventProtocol):
+    """Telnyx media streaming protocol.
 
     Options: ``l16_byte_order`` ("big" default, "little"), ``outbound_encoding``
     and ``outbound_sample_rate`` (None: same as inbound), ``reorder_window``
@@ -193,12 +190,3 @@ class TelnyxCodec(JsonEventCodec):
         title = payload.get("title") if isinstance(payload, dict) else None
         logger.warning("telnyx stream {} reported an error: code={} title={!r}", self.stream_id, code, title)
         return [Ignored(f"telnyx error event (code {code})")]
-
-    def _wrap_media(self, wire: bytes) -> Message:
-        return dumps({"event": "media", "media": {"payload": encode_base64(wire)}})
-
-    def _mark_messages(self, name: str) -> list[Message]:
-        return [dumps({"event": "mark", "mark": {"name": name}})]
-
-    def _clear_messages(self) -> list[Message]:
-        return [dumps({"event": "clear"})]

@@ -33,29 +33,27 @@ from voicecore.telephony.base import (
     CLOSE_UNSUPPORTED_DATA,
     Event,
     Handler,
-    JsonEventCodec,
+    JsonEventProtocol,
     JsonFields,
-    Message,
     ProtocolError,
     TokenSource,
-    dumps,
-    encode_base64,
 )
 
-__all__ = ["TwilioCodec", "twiml_connect_stream", "MAX_PARAMETER_CHARS"]
+__all__ = ["TwilioProtocol", "twiml_connect_stream", "MAX_PARAMETER_CHARS"]
 
 #: Twilio limit for one <Parameter>: name and value together stay under 500 characters.
 MAX_PARAMETER_CHARS: Final = 500
 
 
-class TwilioCodec(JsonEventCodec):
-    """Twilio Media Streams codec. Options: ``message_ms`` (multiple of 20, default 20)."""
+class TwilioProtocol(JsonEventProtocol):
+    """Twilio Media Streams protocol. Options: ``message_ms`` (multiple of 20, default 20)."""
 
     name: ClassVar[str] = "twilio"
     marks_returned_on_clear: ClassVar[bool] = True
     default_sample_rate: ClassVar[int] = 8000
     default_encoding = "mulaw"
     stream_id_key: ClassVar[str | None] = "streamSid"
+    outbound_stream_key: ClassVar[str | None] = "streamSid"
     sequence_key: ClassVar[str | None] = "sequenceNumber"
 
     def __init__(self, *, message_ms: int = 20) -> None:
@@ -113,14 +111,6 @@ class TwilioCodec(JsonEventCodec):
             )
         ]
 
-    def _wrap_media(self, wire: bytes) -> Message:
-        return dumps({"event": "media", "streamSid": self.stream_id, "media": {"payload": encode_base64(wire)}})
-
-    def _mark_messages(self, name: str) -> list[Message]:
-        return [dumps({"event": "mark", "streamSid": self.stream_id, "mark": {"name": name}})]
-
-    def _clear_messages(self) -> list[Message]:
-        return [dumps({"event": "clear", "streamSid": self.stream_id})]
 
 
 def twiml_hangup() -> str:

@@ -44,7 +44,7 @@ from voicecore.telephony.base import (
     Dtmf,
     Event,
     Handler,
-    JsonEventCodec,
+    JsonEventProtocol,
     JsonFields,
     MediaIn,
     Message,
@@ -53,15 +53,15 @@ from voicecore.telephony.base import (
     parse_dtmf_digit,
 )
 
-__all__ = ["VonageCodec", "VONAGE_SAMPLE_RATES"]
+__all__ = ["VonageProtocol", "VONAGE_SAMPLE_RATES"]
 
 VONAGE_SAMPLE_RATES: Final = frozenset({8000, 16000, 24000})
 _CONTENT_TYPE_RE: Final = re.compile(r"\s*audio/l16\s*;\s*rate\s*=\s*(\d+)\s*", re.IGNORECASE)
 _NOT_PARAMETERS: Final = frozenset({"event", "content-type", "token", "headers"})
 
 
-class VonageCodec(JsonEventCodec):
-    """Vonage Voice API WebSocket codec. Option: ``sample_rate`` used when the
+class VonageProtocol(JsonEventProtocol):
+    """Vonage Voice API WebSocket protocol. Option: ``sample_rate`` used when the
     ``websocket:connected`` message has no content-type (default 16000)."""
 
     name: ClassVar[str] = "vonage"

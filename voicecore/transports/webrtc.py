@@ -4,7 +4,7 @@
   from ``POST /webrtc/token``) takes an SDP offer and answers it; nothing —
   no peer connection, no model — is set up for an unauthenticated offer.
 - Caller audio arrives as Opus decoded by aiortc (48 kHz); it goes through
-  ``CallSession.feed_audio`` (soxr stream resampler to 16 kHz) like any call.
+  ``LiveCall.feed_audio`` (the stream resampler to 16 kHz) like any call.
 - Agent audio leaves through :class:`AgentAudioTrack` at 48 kHz in 20 ms
   frames; a barge-in clears what is buffered in the track.
 - A data channel (``events``) carries the transcript and per-turn latency to
@@ -29,8 +29,7 @@ import numpy as np
 from loguru import logger
 
 from voicecore.records import CallRecord
-from voicecore.session import CallSession
-from voicecore.transport import CallTransport
+from voicecore.transports.base import CallTransport, LiveCall
 
 WEBRTC_RATE = 48000
 FRAME_MS = 20
@@ -103,8 +102,8 @@ class WebRTCTransport(CallTransport):
     def output_sample_rate(self) -> int:
         return WEBRTC_RATE
 
-    async def write_audio(self, pcm16: bytes) -> None:
-        self.track.push(pcm16)
+    async def write_audio(self, frame: bytes) -> None:
+        self.track.push(frame)
 
     async def clear(self) -> None:
         self.clears += 1
@@ -141,7 +140,7 @@ def turn_events(record: CallRecord, sent: dict[int, tuple]) -> list[dict[str, An
     return events
 
 
-OpenSession = Callable[[CallRecord, WebRTCTransport], Awaitable[CallSession]]
+OpenCall = Callable[[CallRecord, WebRTCTransport], Awaitable[LiveCall]]
 
 
 @dataclass
@@ -150,7 +149,7 @@ class PeerCall:
 
     pc: Any
     track: AgentAudioTrack
-    session: CallSession | None = None
+    session: LiveCall | None = None
     channel: Any = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -177,7 +176,7 @@ async def answer_offer(
     sdp: str,
     sdp_type: str,
     *,
-    open_session: OpenSession,
+    open_call: OpenCall,
     record: CallRecord,
     ice_servers: list[dict[str, Any]] | None = None,
     on_end: Callable[[PeerCall], None] | None = None,
@@ -222,7 +221,7 @@ async def answer_offer(
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
-        call.session = await open_session(record, WebRTCTransport(track))
+        call.session = await open_call(record, WebRTCTransport(track))
     except Exception:
         await pc.close()
         raise

@@ -1,22 +1,23 @@
-"""The asyncio shell around a provider codec: one telephony media WebSocket = one call.
+"""The asyncio shell around a provider protocol: one telephony media WebSocket = one call.
 
 ``MediaStreamCall.run()`` owns the socket for the call's whole life:
 
-1. the upgrade request's headers and query go to ``codec.handshake``;
-2. frames go through the codec; the first ``CallStart`` is authenticated
+1. the upgrade request's headers and query go to ``protocol.handshake``;
+2. frames go through the protocol; the first ``CallStart`` is authenticated
    (tenant API key or one-time call token) *before* any pipeline starts — a
    missing or wrong key closes the socket with 1008 and nothing else happens;
-3. caller audio, DTMF and mark acknowledgements go to the ``CallSession``;
-   agent audio, marks and clears come back through :class:`MediaStreamTransport`;
-4. a ``ProtocolError`` (or a message flood) closes this call with the codec's
+3. caller audio, DTMF and mark acknowledgements go to the running call
+   (:class:`~voicecore.transports.base.LiveCall`); agent frames, marks and
+   clears come back through :class:`MediaStreamTransport`;
+4. a ``ProtocolError`` (or a message flood) closes this call with the protocol's
    close code and a logged reason; the record of what was said is kept; the
    server and every other call go on;
 5. ``stop``, hang-up, socket close or server shutdown end the call and close
    its record, with the reason.
 
-Sockets are reached through the small :class:`MediaSocket` protocol, so the
-same shell serves Starlette WebSockets and anything else that can send and
-receive frames.
+Sockets are reached through the small :class:`MediaSocket` protocol
+(:class:`StarletteMediaSocket` adapts Starlette's WebSocket), so the same shell
+serves anything that can send and receive frames.
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from loguru import logger
 
 from voicecore.records import CallRecord
-from voicecore.session import CallSession
 from voicecore.telephony.base import (
     CLOSE_POLICY_VIOLATION,
     CallStart,
@@ -40,14 +40,23 @@ from voicecore.telephony.base import (
     MediaIn,
     Message,
     ProtocolError,
-    ProviderCodec,
+    ProviderProtocol,
 )
-from voicecore.transport import CallTransport
+from voicecore.transports.base import CallRefused, CallTransport, LiveCall
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
+#: The WebSocket layer's hard cap on a frame; protocols refuse frames over 64 KiB themselves.
+WS_MAX_FRAME = 1 << 20
+
+_TRANSPORT_ERROR_CODES = {
+    1002: "WebSocket protocol error",
+    1003: "unsupported frame type",
+    1007: "invalid frame payload (e.g. text that is not UTF-8)",
+    1009: f"frame larger than {WS_MAX_FRAME} bytes",
+}
 
 
 class SocketClosed(Exception):
@@ -64,6 +73,41 @@ class MediaSocket(Protocol):
     async def send(self, message: Message) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
+
+
+class StarletteMediaSocket:
+    """A Starlette WebSocket as a :class:`MediaSocket`."""
+
+    def __init__(self, ws: Any):
+        self.ws = ws
+
+    async def receive(self) -> str | bytes:
+        from starlette.websockets import WebSocketDisconnect
+
+        try:
+            message = await self.ws.receive()
+        except (WebSocketDisconnect, RuntimeError) as e:
+            raise SocketClosed(str(e)) from e
+        if message["type"] == "websocket.disconnect":
+            code = message.get("code")
+            if code in _TRANSPORT_ERROR_CODES:
+                # The WebSocket layer refused a frame (too big, invalid UTF-8, ...): a protocol error.
+                raise ProtocolError(f"{_TRANSPORT_ERROR_CODES[code]} (WebSocket close code {code})", code)
+            raise SocketClosed(f"closed by peer ({code})")
+        if message.get("text") is not None:
+            return message["text"]
+        if message.get("bytes") is not None:
+            return message["bytes"]
+        raise SocketClosed("empty frame")
+
+    async def send(self, message: Message) -> None:
+        if isinstance(message, str):
+            await self.ws.send_text(message)
+        else:
+            await self.ws.send_bytes(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, reason=reason)
 
 
 class FloodGuard:
@@ -88,13 +132,13 @@ class FloodGuard:
 
 
 class MediaStreamTransport(CallTransport):
-    """Agent audio, marks and clears through a provider codec onto the socket."""
+    """Agent frames, marks and clears through a provider protocol onto the socket."""
 
     acknowledges_marks = True
 
-    def __init__(self, codec: ProviderCodec, send: Callable[[list[Message]], Awaitable[None]]):
-        self.codec = codec
-        self.name = codec.name
+    def __init__(self, protocol: ProviderProtocol, send: Callable[[list[Message]], Awaitable[None]]):
+        self.protocol = protocol
+        self.name = protocol.name
         self._send_raw = send
         self.clears = 0
 
@@ -106,20 +150,21 @@ class MediaStreamTransport(CallTransport):
 
     @property
     def output_sample_rate(self) -> int:
-        return self.codec.output_sample_rate
+        return self.protocol.output_sample_rate
 
-    async def write_audio(self, pcm16: bytes) -> None:
-        await self._send(self.codec.encode_media(pcm16))
+    @property
+    def frame_bytes(self) -> int:
+        return self.protocol.frame_bytes
 
-    async def end_of_reply(self) -> None:
-        await self._send(self.codec.flush_media())
+    async def write_audio(self, frame: bytes) -> None:
+        await self._send(self.protocol.encode_media(frame))
 
     async def send_mark(self, name: str) -> None:
-        await self._send(self.codec.encode_mark(name))
+        await self._send(self.protocol.encode_mark(name))
 
     async def clear(self) -> None:
         self.clears += 1
-        await self._send(self.codec.encode_clear())
+        await self._send(self.protocol.encode_clear())
 
 
 @dataclass
@@ -131,15 +176,11 @@ class CallAuth:
 
 
 Authenticate = Callable[[CallStart], Awaitable[CallAuth | None]]
-OpenSession = Callable[[CallAuth, CallRecord, MediaStreamTransport], Awaitable[CallSession]]
+OpenCall = Callable[[CallAuth, CallRecord, MediaStreamTransport], Awaitable[LiveCall]]
 
 
-class CallRefusedError(Exception):
-    """The call is authenticated but may not run (policy); ``reason`` is logged and sent."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+class _Unauthenticated(Exception):
+    pass
 
 
 class MediaStreamCall:
@@ -147,25 +188,23 @@ class MediaStreamCall:
 
     def __init__(
         self,
-        codec: ProviderCodec,
+        protocol: ProviderProtocol,
         socket: MediaSocket,
         *,
         authenticate: Authenticate,
-        open_session: OpenSession,
+        open_call: OpenCall,
         headers: Mapping[str, str],
         query: Mapping[str, str],
         flood_limit_per_s: int = 400,
-        on_session: Callable[[CallSession | None], None] | None = None,
     ):
-        self.codec = codec
+        self.protocol = protocol
         self.socket = socket
         self._authenticate = authenticate
-        self._open_session = open_session
+        self._open_call = open_call
         self._headers = headers
         self._query = query
         self._flood = FloodGuard(flood_limit_per_s)
-        self._on_session = on_session
-        self.session: CallSession | None = None
+        self.call: LiveCall | None = None
         self._watcher: asyncio.Future | None = None
         self.end_reason: str | None = None
         self._send_lock = asyncio.Lock()
@@ -173,7 +212,7 @@ class MediaStreamCall:
 
     @property
     def provider(self) -> str:
-        return self.codec.name
+        return self.protocol.name
 
     async def _send(self, messages: list[Message]) -> None:
         if not messages or self._closed:
@@ -200,11 +239,14 @@ class MediaStreamCall:
         reason = "socket_closed"
         close_code = CLOSE_NORMAL
         try:
-            self.codec.handshake(self._headers, self._query)
+            self.protocol.handshake(self._headers, self._query)
             while True:
                 frame = await self.socket.receive()
                 self._flood.hit()
-                events = self.codec.receive_text(frame) if isinstance(frame, str) else self.codec.receive_bytes(frame)
+                if isinstance(frame, str):
+                    events = self.protocol.receive_text(frame)
+                else:
+                    events = self.protocol.receive_bytes(frame)
                 stop = False
                 for event in events:
                     if await self._handle(event):
@@ -220,7 +262,7 @@ class MediaStreamCall:
             logger.warning(f"{self.provider} call closed: protocol error: {e.reason} (close code {e.close_code})")
             reason = f"protocol_error: {e.reason}"
             close_code = e.close_code
-        except CallRefusedError as e:
+        except CallRefused as e:
             logger.warning(f"{self.provider} call refused: {e.reason}")
             reason = f"refused: {e.reason}"
             close_code = CLOSE_POLICY_VIOLATION
@@ -242,7 +284,7 @@ class MediaStreamCall:
 
     def _safe_receive_close(self) -> list:
         try:
-            return self.codec.receive_close()
+            return self.protocol.receive_close()
         except Exception:
             return []
 
@@ -253,19 +295,18 @@ class MediaStreamCall:
             pass
 
     async def _finish(self, reason: str, close_code: int) -> None:
-        if self.session is not None and self.session.record.end_reason:
-            reason = self.session.record.end_reason  # the agent ended the call first
+        if self.call is not None and self.call.record.end_reason:
+            reason = self.call.record.end_reason  # the agent ended the call first
         self.end_reason = reason
-        watcher = getattr(self, "_watcher", None)
-        if watcher is not None and not watcher.done():
-            watcher.cancel()
-        if self.session is not None:
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+        if self.call is not None:
             try:
-                await self.session.end(reason)
+                await self.call.end(reason)
             except Exception as e:
                 logger.exception(f"{self.provider} call: closing the record failed: {e!r}")
         if close_code == CLOSE_NORMAL and reason == "stop":
-            hangup = self.codec.encode_hangup() if self.codec.started else []
+            hangup = self.protocol.encode_hangup() if self.protocol.started else []
             try:
                 await self._send(hangup)
             except SocketClosed:
@@ -273,18 +314,18 @@ class MediaStreamCall:
         await self._close(close_code, reason)
 
     async def _handle(self, event: object) -> bool:
-        """Act on one codec event; True when the provider stopped the call."""
+        """Act on one protocol event; True when the provider stopped the call."""
         if isinstance(event, MediaIn):
-            if self.session is not None:
-                await self.session.feed_audio(event.pcm16, self.codec.sample_rate)
+            if self.call is not None:
+                await self.call.feed_audio(event.pcm16, self.protocol.sample_rate)
         elif isinstance(event, MarkPlayed):
-            if self.session is not None and not event.cleared:
-                self.session.mark_played(event.name)
+            if self.call is not None and not event.cleared:
+                self.call.mark_played(event.name)
         elif isinstance(event, CallStart):
             await self._start(event)
         elif isinstance(event, Dtmf):
-            if self.session is not None:
-                await self.session.dtmf(event.digit)
+            if self.call is not None:
+                await self.call.dtmf(event.digit)
         elif isinstance(event, CallStop):
             return True
         return False
@@ -300,23 +341,17 @@ class MediaStreamCall:
             callee=start.callee,
             provider_ids={k: v for k, v in (("stream_id", start.stream_id), ("call_id", start.call_id)) if v},
         )
-        transport = MediaStreamTransport(self.codec, self._send)
-        self.session = await self._open_session(auth, record, transport)
-        self._watcher = asyncio.ensure_future(self._hang_up_when_session_ends(self.session))
-        if self._on_session is not None:
-            self._on_session(self.session)
+        transport = MediaStreamTransport(self.protocol, self._send)
+        self.call = await self._open_call(auth, record, transport)
+        self._watcher = asyncio.ensure_future(self._hang_up_when_call_ends(self.call))
 
-    async def _hang_up_when_session_ends(self, session: CallSession) -> None:
+    async def _hang_up_when_call_ends(self, call: LiveCall) -> None:
         """The agent ended the call (opt-out confirmed, restricted caller): hang up the stream."""
-        await session.closed.wait()
+        await call.closed.wait()
         if self._closed:
             return
         try:
-            await self._send(self.codec.encode_hangup())
+            await self._send(self.protocol.encode_hangup())
         except SocketClosed:
             pass
-        await self._close(CLOSE_NORMAL, session.record.end_reason or "completed")
-
-
-class _Unauthenticated(Exception):
-    pass
+        await self._close(CLOSE_NORMAL, call.record.end_reason or "completed")

@@ -7,7 +7,6 @@ seconds-long version with the same output schema. The benchmarks live in the che
 ``benchmarks/`` folder (see its README.md) and need the ``bench`` extra (matplotlib,
 psutil, ``llama-cpp-python[server]``) and espeak-ng and sox.
 
-Importing this module attaches the ``bench`` group to the ``cli`` group of :mod:`voicecore.cli`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from typing import Any
 
 import click
 
-from voicecore.cli import cli
 from voicecore.config import PROJECT_ROOT
 
 
@@ -62,7 +60,7 @@ def smoke_option(f):
                         help="A seconds-long run with the same output schema (CI; figures are not meaningful).")(f)
 
 
-@cli.group()
+@click.group()
 def bench() -> None:
     """Benchmarks on the embedded default models, over the Twilio protocol on 127.0.0.1.
 

@@ -1,11 +1,12 @@
-"""Test clients that play the telephony provider's side of a media WebSocket.
+"""Callers that play a telephony provider's side of a media WebSocket, for tests and benchmarks.
 
-Each client is written from the protocol reference
-(``/work/shared/docs/telephony-protocols.md``), *not* from ``voicecore.telephony``
-or ``voicecore.audio``: it has its own G.711 μ-law codec, builds the provider's
-messages field by field as the reference shows them, and checks what the server
-sends back against the provider's rules. A bug shared by our codec and our
-test would otherwise go unnoticed.
+One emulator per provider (:class:`TwilioClient`, :class:`TelnyxClient`,
+:class:`VonageClient`, :class:`PlivoClient`, :class:`ExotelClient`,
+:class:`AsteriskClient`), written from the providers' protocol references, not
+from :mod:`voicecore.telephony`: each builds the provider's messages field by
+field as the reference shows them and checks what the server sends back against
+the provider's rules (the G.711 tables are :mod:`voicecore.audio.codecs`, checked
+bit-exact against the ITU reference in the audio tests).
 
 What every client does, like the real provider:
 
@@ -21,7 +22,9 @@ What every client does, like the real provider:
   notes every deviation from the provider's framing rules in ``violations``;
 * ends the call the provider's way.
 
-Times are ``time.monotonic()`` seconds.
+Times are ``time.monotonic()`` seconds. The tests (``tests/test_telephony_*.py``)
+and the benchmarks (``benchmarks/latency.py``, ``concurrency.py``, ``overhead.py``)
+use these same callers.
 """
 
 from __future__ import annotations
@@ -41,30 +44,22 @@ import soxr
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-# --------------------------------------------------------------------------- audio helpers
+from voicecore.audio import codecs as g711
 
-_ULAW_BIAS = 0x84
-_ULAW_CLIP14 = 8159  # 14-bit magnitude clip of the reference implementation
-_ULAW_SEG_END = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
+#: A gap in agent audio longer than this (ms) is "late audio" (benchmarks).
+GAP_MS = 60.0
+
+# --------------------------------------------------------------------------- audio helpers
 
 
 def ulaw_encode(pcm: np.ndarray) -> bytes:
-    """G.711 μ-law encoding of int16 samples (the classic Sun/CCITT g711.c ``linear2ulaw``)."""
-    x = np.asarray(pcm, dtype=np.int16).astype(np.int32) >> 2  # 14-bit, arithmetic shift
-    mask = np.where(x < 0, 0x7F, 0xFF)
-    mag = np.minimum(np.abs(x), _ULAW_CLIP14) + (_ULAW_BIAS >> 2)
-    seg = np.searchsorted(_ULAW_SEG_END, mag)  # first segment whose end >= mag
-    uval = np.where(seg >= 8, 0x7F, (seg << 4) | ((mag >> (np.minimum(seg, 7) + 1)) & 0x0F))
-    return ((uval ^ mask) & 0xFF).astype(np.uint8).tobytes()
+    """G.711 μ-law encoding of int16 samples."""
+    return g711.ulaw_encode(np.asarray(pcm, dtype=np.int16).astype("<i2").tobytes())
 
 
 def ulaw_decode(data: bytes) -> np.ndarray:
     """G.711 μ-law bytes → int16 samples."""
-    u = (~np.frombuffer(data, dtype=np.uint8).astype(np.int32)) & 0xFF
-    exponent = (u >> 4) & 0x07
-    mantissa = u & 0x0F
-    mag = (((mantissa << 3) + _ULAW_BIAS) << exponent) - _ULAW_BIAS
-    return np.where(u & 0x80, -mag, mag).astype(np.int16)
+    return np.frombuffer(g711.ulaw_decode(data), dtype="<i2").astype(np.int16)
 
 
 def pcm16le_decode(data: bytes) -> np.ndarray:
@@ -100,13 +95,6 @@ def voiced_bounds(samples: np.ndarray, rate: int, threshold: float = 300.0, wind
     return int(loud[0] * win), int((loud[-1] + 1) * win)
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, int(np.ceil(q / 100 * len(ordered))))
-    return float(ordered[rank - 1])
-
-
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -128,7 +116,10 @@ class Utterance:
     rate: int
     voiced_start: int  # first voiced sample (offset in pcm)
     voiced_end: int  # one past the last voiced sample
+    label: str = ""
     stream_start: int = -1  # index of pcm[0] in the outgoing sample stream
+    queued_at: float = 0.0  # when it was put on the microphone
+    wall_offset: float = 0.0  # time.time() - time.monotonic() when queued
     onset_sent_at: float | None = None  # the frame holding the first voiced sample was sent
     end_sent_at: float | None = None  # the frame holding the last voiced sample was sent
     speech_end_at: float | None = None  # when the last voiced sample was "spoken" (captured)
@@ -137,6 +128,10 @@ class Utterance:
     @property
     def seconds(self) -> float:
         return self.pcm.size / self.rate
+
+    def wall(self, t: float | None) -> float | None:
+        """A monotonic time of this utterance as wall-clock time (to compare with server records)."""
+        return None if t is None else t + self.wall_offset
 
 
 @dataclass
@@ -147,6 +142,7 @@ class AgentMedia:
     pcm: np.ndarray  # decoded int16 at the client's rate
     wire_bytes: int
     play_start: float  # when the emulated line starts playing it
+    seconds: float = 0.0  # audio duration
 
 
 @dataclass
@@ -198,6 +194,7 @@ class ProviderClient:
         self.marks_echoed: list[tuple[float, str, bool]] = []  # (time, name, returned by a clear)
         self.texts_received: list[tuple[float, str]] = []
         self.connected_at: float | None = None
+        self.opened_at: float | None = None  # the opening messages (start) were sent
         self._play_end = 0.0
         self._pending_marks: list[MarkEcho] = []
         self._send_lock = asyncio.Lock()
@@ -208,6 +205,7 @@ class ProviderClient:
         self._next_sample = 0  # stream index of the next sample the mic sends
         self._utterances: list[Utterance] = []
         self.frames_sent = 0
+        self.late_sends = 0  # microphone frames sent more than 10 ms late (a starved client, not the server)
         self.mic_running = False
         self.send_errors = 0
 
@@ -252,6 +250,7 @@ class ProviderClient:
         """Send the provider's opening messages (connected/start/...)."""
         for m in self.opening_messages():
             await self.send_raw(m)
+        self.opened_at = time.monotonic()
 
     def opening_messages(self) -> list[str | bytes]:
         raise NotImplementedError
@@ -332,15 +331,25 @@ class ProviderClient:
             self.mic_running = True
             self._tasks.append(asyncio.create_task(self._mic_loop(), name=f"{self.label}-mic"))
 
-    def prepare(self, samples: np.ndarray, rate: int) -> Utterance:
+    def prepare(self, samples: np.ndarray, rate: int, voiced: tuple[int, int] | None = None) -> Utterance:
         pcm = resample(samples, rate, self.sample_rate)
-        start, end = voiced_bounds(pcm, self.sample_rate)
+        if voiced is None:
+            start, end = voiced_bounds(pcm, self.sample_rate)
+        else:  # bounds known at the source rate (a corpus): scaled to the client's rate
+            scale = self.sample_rate / rate
+            start, end = int(voiced[0] * scale), max(1, int(round(voiced[1] * scale)))
         return Utterance(pcm=pcm, rate=self.sample_rate, voiced_start=start, voiced_end=end)
 
-    def speak(self, audio: Any, *, rate: int | None = None) -> Utterance:
-        """Queue caller audio (``voicecore.simulate.Audio`` or int16 samples + ``rate``) after what is queued."""
+    def speak(
+        self, audio: Any, *, rate: int | None = None, voiced: tuple[int, int] | None = None, label: str = ""
+    ) -> Utterance:
+        """Queue caller audio after what is queued: a :class:`voicecore.transports.file.Audio`, or int16
+        samples with their ``rate`` (and, optionally, the ``voiced`` sample bounds at that rate)."""
         samples = audio.samples if rate is None else audio
-        utt = self.prepare(samples, rate or audio.sample_rate)
+        utt = self.prepare(samples, rate or audio.sample_rate, voiced)
+        utt.label = label
+        utt.queued_at = time.monotonic()
+        utt.wall_offset = time.time() - utt.queued_at
         utt.stream_start = self._next_sample + self._pending.size
         self._pending = np.concatenate([self._pending, utt.pcm])
         self._utterances.append(utt)
@@ -363,6 +372,8 @@ class ProviderClient:
             delay = t0 + (n + 1) * dur - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            elif delay < -0.010:
+                self.late_sends += 1
             frame = self._take_frame()
             s0 = self._next_sample
             if not await self.send_built(lambda: self.media_messages(frame)):
@@ -403,8 +414,9 @@ class ProviderClient:
 
     def _play(self, pcm: np.ndarray, wire_bytes: int, t: float) -> None:
         start = max(t, self._play_end)
-        self._play_end = start + pcm.size / self.sample_rate
-        self.media.append(AgentMedia(t, pcm, wire_bytes, start))
+        seconds = pcm.size / self.sample_rate
+        self._play_end = start + seconds
+        self.media.append(AgentMedia(t, pcm, wire_bytes, start, seconds))
         self.media_event.set()
 
     @property
@@ -523,6 +535,32 @@ class ProviderClient:
                 return True
             await asyncio.sleep(0.02)
         return self.closed.is_set()
+
+    def gaps(self, t0: float, t1: float, threshold_ms: float = GAP_MS) -> dict[str, Any]:
+        """Gaps in the agent audio of one reply (media that arrived in ``[t0, t1)``).
+
+        - ``underruns``: the line ran dry mid-reply — a message arrived more than
+          ``threshold_ms`` after everything before it had finished playing (audible);
+        - ``arrival_gaps``: more than ``threshold_ms`` between two messages' arrivals
+          (jitter in the outbound stream, audible only when the line's buffer runs out).
+        """
+        sel = [m for m in self.media if t0 <= m.t < t1]
+        underruns: list[float] = []
+        arrivals: list[float] = []
+        play_end: float | None = None
+        for prev, m in zip([None, *sel[:-1]], sel):
+            if prev is not None:
+                arrival_gap = (m.t - prev.t) * 1000
+                if arrival_gap > threshold_ms:
+                    arrivals.append(arrival_gap)
+                assert play_end is not None
+                dry = (m.t - play_end) * 1000
+                if dry > threshold_ms:
+                    underruns.append(dry)
+                play_end = max(play_end, m.t) + m.seconds
+            else:
+                play_end = m.t + m.seconds
+        return {"messages": len(sel), "underruns": underruns, "arrival_gaps": arrivals}
 
 
 # --------------------------------------------------------------------------- Twilio
@@ -1175,21 +1213,32 @@ CLIENTS: dict[str, Callable[..., ProviderClient]] = {
 }
 
 
-def find_stored_call(store: Any, tenant: str, ids: set[str]) -> Any | None:
+def find_stored_call(store: Any, tenant: str, ids: set[str], *, actor: str = "test") -> Any | None:
     """The stored call (metadata) of ``tenant`` whose provider ids include one of ``ids``."""
-    for call in store.calls_list(tenant, limit=10000):
-        if ids & set(call.provider_ids.values()):
+    for call in store.calls.list(tenant, limit=10000, actor=actor):
+        if ids & {str(v) for v in call.provider_ids.values()}:
             return call
     return None
 
 
-async def wait_stored_call(store: Any, tenant: str, ids: set[str], timeout: float = 10.0,
-                           ended: bool = True) -> Any | None:
-    """Poll the store until the call is there (and closed, with ``ended``)."""
+async def wait_stored_call(
+    store: Any,
+    tenant: str,
+    ids: set[str],
+    timeout: float = 10.0,
+    *,
+    ended: bool = True,
+    with_turns: bool = False,
+    actor: str = "test",
+) -> Any | None:
+    """Poll the store until the call is there (and closed, with ``ended``); ``with_turns`` reads it
+    whole (turns and timelines). After ``timeout`` whatever was found, or None."""
     deadline = time.monotonic() + timeout
     while True:
-        call = await asyncio.to_thread(find_stored_call, store, tenant, ids)
+        call = await asyncio.to_thread(find_stored_call, store, tenant, ids, actor=actor)
         if call is not None and (not ended or call.ended_at is not None):
+            if with_turns:
+                return await asyncio.to_thread(store.calls.get, tenant, call.call_id, actor=actor)
             return call
         if time.monotonic() >= deadline:
             return call

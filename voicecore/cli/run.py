@@ -1,55 +1,23 @@
-"""The ``voicecore`` command. Every verb is a thin call into the library (as the tests and HTTP API use it)."""
+"""``voicecore demo``, ``run``, ``chat`` and ``serve``: calls on the embedded models, and the server.
+
+Each starts its calls through :func:`voicecore.session.open_call` (via
+:mod:`voicecore.simulate` for the local ones), the road every call takes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import click
-from loguru import logger
 
-from voicecore.config import ConfigError, PipelineConfig, load_pipeline, resolve_pipeline_path
-
-
-def setup_logging(verbose: int = 0) -> None:
-    """INFO by default (model loading progress, call start/end — never call content)."""
-    level = os.environ.get("VOICECORE_LOG_LEVEL") or ("DEBUG" if verbose >= 1 else "INFO")
-    logger.remove()
-    logger.add(sys.stderr, level=level, format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> {message}")
+from voicecore.cli.options import data_dir_option, load_pipeline_or_fail, model_pool, resolve_data_dir
+from voicecore.config import ConfigError
+from voicecore.views import latency_table, live_call_view, transcript_text, turn_timelines
 
 
-def _load(pipeline: str) -> PipelineConfig:
-    try:
-        return load_pipeline(resolve_pipeline_path(pipeline))
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-
-
-def _pool():
-    from voicecore.models import ModelPool
-
-    try:
-        return ModelPool()
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="Debug logs (never call content at INFO).")
-@click.version_option(package_name="voicecore")
-def cli(verbose: int) -> None:
-    """voicecore: real-time voice agents on local models (VAD → STT → LLM → TTS).
-
-    Run the demo call with `voicecore demo`; talk to an agent from a WAV file with
-    `voicecore run`, or in text with `voicecore chat`.
-    """
-    setup_logging(verbose)
-
-
-@cli.command()
+@click.command()
 @click.option("--pipeline", "pipeline", default="receptionist", show_default=True,
               help="Agent definition: a name in pipelines/ or a YAML path.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"),
@@ -63,14 +31,12 @@ def demo(pipeline: str, out_dir: Path, fast: bool, as_json: bool) -> None:
     asks the receptionist about opening hours and books an appointment. Prints
     the transcript and a per-turn latency table; writes the agent's audio.
     """
-    from voicecore.demo import run_demo
-    from voicecore.reporting import call_json, latency_table, transcript_text, turn_timelines
+    from voicecore.simulate import run_demo
 
-    config = _load(pipeline)
-    pool = _pool()
-    result = asyncio.run(run_demo(config, pool, out_dir, realtime=not fast))
+    config = load_pipeline_or_fail(pipeline)
+    result = asyncio.run(run_demo(config, model_pool(), out_dir, realtime=not fast))
     if as_json:
-        click.echo(json.dumps(call_json(result.record, str(result.audio_path)), indent=2))
+        click.echo(json.dumps(live_call_view(result.record, str(result.audio_path)), indent=2))
         return
     click.echo("\nTranscript")
     click.echo(transcript_text(result.record))
@@ -79,7 +45,7 @@ def demo(pipeline: str, out_dir: Path, fast: bool, as_json: bool) -> None:
     click.echo(f"\nAgent audio: {result.audio_path}")
 
 
-@cli.command()
+@click.command()
 @click.argument("pipeline")
 @click.option("--audio", "audio_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Caller audio: a WAV file at any sample rate, mono or stereo.")
@@ -90,20 +56,21 @@ def demo(pipeline: str, out_dir: Path, fast: bool, as_json: bool) -> None:
 @click.option("--no-greeting", is_flag=True, help="Skip the agent's greeting.")
 def run(pipeline: str, audio_path: Path, out_path: Path | None, as_json: bool, fast: bool, no_greeting: bool) -> None:
     """Stream a WAV file into PIPELINE as if a caller said it; print what the agent answered."""
-    from voicecore.reporting import call_json, latency_table, transcript_text, turn_timelines
-    from voicecore.simulate import AudioFileError, read_audio, run_call
+    from voicecore.simulate import run_call
+    from voicecore.transports.file import AudioFileError, read_audio
 
-    config = _load(pipeline)
+    config = load_pipeline_or_fail(pipeline)
     try:
         audio = read_audio(audio_path)
     except AudioFileError as e:
         raise click.ClickException(str(e)) from None
-    pool = _pool()
-    record, transport, _ = asyncio.run(run_call(config, pool, [audio], realtime=not fast, greet=not no_greeting))
+    record, transport, _ = asyncio.run(
+        run_call(config, model_pool(), [audio], realtime=not fast, greet=not no_greeting)
+    )
     if out_path is not None:
         transport.save(out_path)
     if as_json:
-        click.echo(json.dumps(call_json(record, str(out_path) if out_path else None), indent=2))
+        click.echo(json.dumps(live_call_view(record, str(out_path) if out_path else None), indent=2))
         return
     click.echo(transcript_text(record))
     click.echo()
@@ -112,22 +79,23 @@ def run(pipeline: str, audio_path: Path, out_path: Path | None, as_json: bool, f
         click.echo(f"\nAgent audio: {out_path}")
 
 
-@cli.command()
+@click.command()
 @click.argument("pipeline")
 @click.option("-m", "--message", "messages", multiple=True,
               help="Say this instead of reading from the terminal (repeatable).")
 def chat(pipeline: str, messages: tuple[str, ...]) -> None:
-    """Type as the caller, read the agent's answers (the LLM and policy path without audio)."""
-    from voicecore.session import TextChat
+    """Type as the caller, read the agent's answers (the call's LLM and policy path, in text)."""
+    from voicecore.simulate import TextCall
 
-    config = _load(pipeline)
-    session = TextChat(config, _pool())
+    config = load_pipeline_or_fail(pipeline)
+    pool = model_pool()
 
     async def loop() -> None:
+        call = await TextCall.open(config, pool)
         if config.greeting:
-            click.echo(f"agent: {config.greeting}")
+            click.echo(f"agent: {await call.next_reply()}")
         lines = iter(messages) if messages else None
-        while True:
+        while not call.ended:
             if lines is not None:
                 text = next(lines, None)
                 if text is None:
@@ -143,24 +111,23 @@ def chat(pipeline: str, messages: tuple[str, ...]) -> None:
                 continue
             if text.lower() in {"/quit", "/exit"}:
                 break
-            reply, stats = await session.reply(text)
-            first = (stats.first_token_s or 0) * 1000
+            reply, stats = await call.say(text)
+            if reply is None:
+                break
             click.echo(f"agent: {reply}")
-            click.echo(click.style(f"       ({first:.0f} ms to first token, {stats.evaluated_prompt_tokens}/"
-                                   f"{stats.prompt_tokens} prompt tokens evaluated)", dim=True))
-        session.close()
+            if stats is not None:
+                first = (stats.first_token_s or 0) * 1000
+                click.echo(click.style(f"       ({first:.0f} ms to first token, {stats.evaluated_prompt_tokens}/"
+                                       f"{stats.prompt_tokens} prompt tokens evaluated)", dim=True))
+        await call.close()
 
     asyncio.run(loop())
 
 
-from voicecore import cli_admin as _cli_admin  # noqa: E402,F401  (registers the data verbs)
-from voicecore import bench as _bench  # noqa: E402,F401  (registers `voicecore bench`)
-
-
-@cli.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8765, show_default=True, type=int, help="Port to listen on.")
-@_cli_admin.data_dir_option
+@data_dir_option
 @click.option("--pipeline", default="receptionist", show_default=True,
               help="Default agent for calls that do not name one (a name in pipelines/ or a YAML path).")
 def serve(host: str, port: int, data_dir: Path | None, pipeline: str) -> None:
@@ -173,18 +140,8 @@ def serve(host: str, port: int, data_dir: Path | None, pipeline: str) -> None:
     Create a tenant and its API key first: voicecore tenants add NAME.
     """
     from voicecore.server import serve as run_server
-    from voicecore.storage.db import default_data_dir
 
     try:
-        run_server(host, port, data_dir or default_data_dir(), pipeline)
+        run_server(host, port, resolve_data_dir(data_dir), pipeline)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-
-
-
-def main() -> None:
-    cli(prog_name="voicecore")
-
-
-if __name__ == "__main__":
-    main()

@@ -15,21 +15,12 @@ from typing import Any
 from loguru import logger
 
 from voicecore.config import ModelPresets, PipelineConfig, load_presets, resolve_llm, resolve_stt, resolve_tts
+from voicecore.policy import BackendInfo
 from voicecore.services.cpu import CpuPriority
 from voicecore.services.llm import LlamaEngine
 from voicecore.services.stt import WhisperEngine
 from voicecore.services.tts import PiperEngine
 from voicecore.services.vad import SmartTurnEngine
-
-
-@dataclass(frozen=True)
-class BackendInfo:
-    """Where a pipeline's model runs, for the policy's processing-location check."""
-
-    kind: str  # "stt" | "llm" | "tts" | "turn"
-    name: str  # path or endpoint
-    is_local: bool
-    region: str | None = None
 
 
 @dataclass
@@ -67,18 +58,14 @@ class ModelPool:
             return model
 
     def backends(self, config: PipelineConfig) -> list[BackendInfo]:
-        """What each model of a pipeline is and where it runs, without loading anything."""
+        """Where each model of a pipeline runs (for the policy's location check), loading nothing."""
         out: list[BackendInfo] = []
         for kind in ("stt", "llm", "tts"):
-            ref = getattr(config.models, kind)
-            table = getattr(self.presets, kind)
-            preset = table.get(ref)
-            if preset is not None and preset.endpoint:
-                out.append(BackendInfo(kind, preset.endpoint, is_local=False))
-            else:
-                out.append(BackendInfo(kind, ref, is_local=True))
+            preset = getattr(self.presets, kind).get(getattr(config.models, kind))
+            endpoint = preset.endpoint if preset is not None else None
+            out.append(BackendInfo.from_endpoint(kind, endpoint) if endpoint else BackendInfo(kind, True))
         if config.turn_taking.smart_turn:
-            out.append(BackendInfo("turn", SmartTurnEngine.MODEL_FILE, is_local=True))
+            out.append(BackendInfo("turn", True))
         return out
 
     def stt(self, ref: str) -> WhisperEngine:

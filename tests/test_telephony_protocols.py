@@ -19,28 +19,28 @@ import pytest
 
 from voicecore.audio.codecs import alaw_encode, ulaw_decode, ulaw_encode
 from voicecore.telephony import (
-    CODECS,
     MAX_FRAME_BYTES,
-    AsteriskCodec,
+    PROTOCOLS,
+    AsteriskProtocol,
     CallStart,
     CallStop,
     Cleared,
     Connected,
     Dtmf,
-    ExotelCodec,
+    ExotelProtocol,
     Ignored,
     MarkPlayed,
     MediaIn,
-    PlivoCodec,
+    PlivoProtocol,
     ProtocolError,
-    ProviderCodec,
-    TelnyxCodec,
-    TwilioCodec,
-    VonageCodec,
-    create_codec,
+    ProviderProtocol,
+    TelnyxProtocol,
+    TwilioProtocol,
+    VonageProtocol,
+    create_protocol,
     twiml_connect_stream,
 )
-from voicecore.telephony.base import PcmRechunker, ReorderBuffer
+from voicecore.telephony.base import ReorderBuffer
 
 
 def j(obj: Any) -> str:
@@ -60,7 +60,7 @@ def tone(rate: int, seconds: float, freq: float = 440.0, amplitude: int = 8000) 
     return (amplitude * np.sin(2 * math.pi * freq * t)).astype("<i2").tobytes()
 
 
-def feed(codec: ProviderCodec, frame: str | bytes) -> list:
+def feed(codec: ProviderProtocol, frame: str | bytes) -> list:
     return codec.receive_text(frame) if isinstance(frame, str) else codec.receive_bytes(frame)
 
 
@@ -96,8 +96,8 @@ def twilio_media(payload: str, seq: str = "3", sid: str = "MZ0001", **media: Any
 
 
 @pytest.fixture
-def twilio() -> TwilioCodec:
-    codec = TwilioCodec()
+def twilio() -> TwilioProtocol:
+    codec = TwilioProtocol()
     codec.handshake({"Host": "example.test"}, {})
     assert feed(codec, TWILIO_CONNECTED) == [Connected({"event": "connected", "protocol": "Call", "version": "1.0.0"})]
     feed(codec, TWILIO_START)
@@ -105,7 +105,7 @@ def twilio() -> TwilioCodec:
 
 
 def test_twilio_start_gives_call_start():
-    codec = TwilioCodec()
+    codec = TwilioProtocol()
     codec.handshake({}, {})
     [start] = codec.receive_text(TWILIO_START)
     assert isinstance(start, CallStart)
@@ -123,7 +123,7 @@ def test_twilio_start_gives_call_start():
 
 
 def test_twilio_bare_start_from_pipecat_test_client():
-    codec = TwilioCodec()
+    codec = TwilioProtocol()
     [start] = codec.receive_text(
         j({"event": "start", "streamSid": "MZ9", "start": {"streamSid": "MZ9", "callSid": "CA9"}})
     )
@@ -132,7 +132,7 @@ def test_twilio_bare_start_from_pipecat_test_client():
     assert media == MediaIn(pcm(0, 32124, -32124), None, None)
 
 
-def test_twilio_media_decodes_mulaw(twilio: TwilioCodec):
+def test_twilio_media_decodes_mulaw(twilio: TwilioProtocol):
     [media] = twilio.receive_text(twilio_media("/4AA"))  # μ-law 0xFF 0x80 0x00
     assert isinstance(media, MediaIn)
     assert media.pcm16 == pcm(0, 32124, -32124)
@@ -142,7 +142,7 @@ def test_twilio_media_decodes_mulaw(twilio: TwilioCodec):
     assert media.pcm16 == ulaw_decode(payload) and len(media.pcm16) == 320
 
 
-def test_twilio_dtmf_mark_stop(twilio: TwilioCodec):
+def test_twilio_dtmf_mark_stop(twilio: TwilioProtocol):
     assert twilio.receive_text(
         j(
             {
@@ -175,7 +175,7 @@ def test_twilio_dtmf_mark_stop(twilio: TwilioCodec):
     assert isinstance(late, Ignored)
 
 
-def test_twilio_outbound_media_one_second(twilio: TwilioCodec):
+def test_twilio_outbound_media_one_second(twilio: TwilioProtocol):
     audio = tone(8000, 1.0)
     messages = twilio.encode_media(audio)
     assert len(messages) == 50 and all(isinstance(m, str) for m in messages)
@@ -187,28 +187,23 @@ def test_twilio_outbound_media_one_second(twilio: TwilioCodec):
         payloads.append(base64.b64decode(msg["media"]["payload"]))
     assert {len(p) for p in payloads} == {160}
     assert b"".join(payloads) == ulaw_encode(audio)
-    assert twilio.flush_media() == []
 
 
-def test_twilio_outbound_remainder_buffering_and_flush(twilio: TwilioCodec):
-    assert twilio.encode_media(pcm(*[1000] * 100)) == []  # 100 samples < 160
-    assert twilio.buffered_output_bytes == 200
-    [m1] = twilio.encode_media(pcm(*[2000] * 100))  # 200 samples → one 160-sample message
-    p1 = base64.b64decode(json.loads(m1)["media"]["payload"])
-    assert p1 == ulaw_encode(pcm(*[1000] * 100, *[2000] * 60))
-    [m2] = twilio.flush_media()  # 40 left, padded with silence
-    p2 = base64.b64decode(json.loads(m2)["media"]["payload"])
-    assert p2 == ulaw_encode(pcm(*[2000] * 40)) + b"\xff" * 120
-    assert twilio.flush_media() == []
+def test_twilio_outbound_audio_is_whole_frames_one_message_each(twilio: TwilioProtocol):
+    assert twilio.frame_bytes == 320 and twilio.frame_duration_ms == 20
+    [m1, m2] = twilio.encode_media(pcm(*[1000] * 160, *[2000] * 160))
+    assert base64.b64decode(json.loads(m1)["media"]["payload"]) == ulaw_encode(pcm(*[1000] * 160))
+    assert base64.b64decode(json.loads(m2)["media"]["payload"]) == ulaw_encode(pcm(*[2000] * 160))
+    with pytest.raises(ValueError, match="not whole 320-byte frames"):
+        twilio.encode_media(pcm(*[1000] * 100))  # the sender cuts frames; a part of one is a bug
 
 
-def test_twilio_clear_drops_remainder_and_flags_returned_marks(twilio: TwilioCodec):
-    twilio.encode_media(pcm(*[500] * 50))
+def test_twilio_clear_flags_returned_marks(twilio: TwilioProtocol):
+    twilio.encode_media(pcm(*[500] * 160))
     twilio.encode_mark("clause-1")
     twilio.encode_mark("clause-2")
     assert twilio.encode_clear() == ['{"event":"clear","streamSid":"MZ0001"}']
-    assert twilio.flush_media() == []
-    assert TwilioCodec.marks_returned_on_clear is True
+    assert TwilioProtocol.marks_returned_on_clear is True
     # Twilio returns both pending marks because of the clear: not heard.
     for name in ("clause-1", "clause-2"):
         assert twilio.receive_text(j({"event": "mark", "streamSid": "MZ0001", "mark": {"name": name}})) == [
@@ -221,7 +216,7 @@ def test_twilio_clear_drops_remainder_and_flags_returned_marks(twilio: TwilioCod
     assert twilio.encode_hangup() == []
 
 
-def test_twilio_out_of_order_media_is_dropped_not_fatal(twilio: TwilioCodec):
+def test_twilio_out_of_order_media_is_dropped_not_fatal(twilio: TwilioProtocol):
     assert isinstance(twilio.receive_text(twilio_media("/4AA", seq="7"))[0], MediaIn)
     [dup] = twilio.receive_text(twilio_media("/4AA", seq="7"))
     [old] = twilio.receive_text(twilio_media("/4AA", seq="5"))
@@ -232,7 +227,7 @@ def test_twilio_out_of_order_media_is_dropped_not_fatal(twilio: TwilioCodec):
 
 def test_twilio_encode_before_start_is_a_programming_error():
     with pytest.raises(RuntimeError, match="before CallStart"):
-        TwilioCodec().encode_media(pcm(0))
+        TwilioProtocol().encode_media(pcm(0))
 
 
 def test_twiml_connect_stream_escapes_and_parses():
@@ -299,8 +294,8 @@ def telnyx_media(payload: bytes, seq: int, chunk: int | None = None, sid: str = 
     return j({"event": "media", "sequence_number": str(seq), "stream_id": sid, "media": media})
 
 
-def started_telnyx(**opts: Any) -> TelnyxCodec:
-    codec = TelnyxCodec(**opts)
+def started_telnyx(**opts: Any) -> TelnyxProtocol:
+    codec = TelnyxProtocol(**opts)
     codec.handshake({"X-Telnyx-Streaming-Auth-Token": "tx-key"}, {})
     codec.receive_text(j({"event": "connected", "version": "1.0.0"}))
     codec.receive_text(telnyx_start())
@@ -308,7 +303,7 @@ def started_telnyx(**opts: Any) -> TelnyxCodec:
 
 
 def test_telnyx_start_and_header_token():
-    codec = TelnyxCodec()
+    codec = TelnyxProtocol()
     codec.handshake({"x-telnyx-streaming-auth-token": "tx-key"}, {})
     assert codec.auth_token == "tx-key"  # known before start: the shell may reject early
     [start] = codec.receive_text(telnyx_start())
@@ -324,11 +319,11 @@ def test_telnyx_start_and_header_token():
 
 
 def test_telnyx_token_from_custom_parameters_and_agreement():
-    codec = TelnyxCodec()
+    codec = TelnyxProtocol()
     codec.handshake({}, {})
     [start] = codec.receive_text(telnyx_start(params={"token": "cp-key"}))
     assert start.auth_token == "cp-key" and codec.auth_source == "start.custom_parameters.token"
-    same = TelnyxCodec()
+    same = TelnyxProtocol()
     same.handshake({"x-telnyx-streaming-auth-token": "cp-key"}, {})
     assert same.receive_text(telnyx_start(params={"token": "cp-key"}))[0].auth_token == "cp-key"
 
@@ -337,7 +332,7 @@ def test_telnyx_pcmu_and_pcma_media():
     codec = started_telnyx()
     [m] = codec.receive_text(telnyx_media(b"\xff\x80", 2, chunk=1))
     assert m.pcm16 == pcm(0, 32124)
-    alaw = TelnyxCodec()
+    alaw = TelnyxProtocol()
     alaw.receive_text(telnyx_start("PCMA"))
     [m] = alaw.receive_text(telnyx_media(bytes([0xD5, 0xAA]), 2, chunk=1))
     assert m.pcm16 == pcm(8, 32256)
@@ -346,7 +341,7 @@ def test_telnyx_pcmu_and_pcma_media():
 
 
 def test_telnyx_l16_is_big_endian_by_default():
-    codec = TelnyxCodec()
+    codec = TelnyxProtocol()
     [start] = codec.receive_text(telnyx_start("L16", 16000))
     assert (start.encoding, start.sample_rate, codec.output_sample_rate) == ("pcm16be", 16000, 16000)
     [m] = codec.receive_text(telnyx_media(struct.pack(">3h", 1, -2, 300), 2, chunk=1))
@@ -359,14 +354,14 @@ def test_telnyx_l16_is_big_endian_by_default():
 
 
 def test_telnyx_l16_little_endian_option():
-    codec = TelnyxCodec(l16_byte_order="little")
+    codec = TelnyxProtocol(l16_byte_order="little")
     codec.receive_text(telnyx_start("L16", 8000))
     [m] = codec.receive_text(telnyx_media(pcm(1, -2, 300), 2, chunk=1))
     assert m.pcm16 == pcm(1, -2, 300)
 
 
 def test_telnyx_separate_outbound_codec():
-    codec = TelnyxCodec(outbound_encoding="PCMU")
+    codec = TelnyxProtocol(outbound_encoding="PCMU")
     codec.receive_text(telnyx_start("L16", 16000))
     assert (codec.sample_rate, codec.output_sample_rate, codec.output_encoding) == (16000, 8000, "mulaw")
     messages = codec.encode_media(tone(8000, 0.1))
@@ -380,7 +375,7 @@ def test_telnyx_outbound_shapes():
     assert json.loads(media) == {"event": "media", "media": {"payload": b64(b"\xff" * 160)}}
     assert codec.encode_mark("m1") == ['{"event":"mark","mark":{"name":"m1"}}']
     assert codec.encode_clear() == ['{"event":"clear"}']
-    assert TelnyxCodec.marks_returned_on_clear is True
+    assert TelnyxProtocol.marks_returned_on_clear is True
 
 
 def _seqs(events: list) -> list[int | None]:
@@ -465,15 +460,15 @@ VONAGE_CONNECTED = j(
 
 
 @pytest.fixture
-def vonage() -> VonageCodec:
-    codec = VonageCodec()
+def vonage() -> VonageProtocol:
+    codec = VonageProtocol()
     codec.handshake({}, {})
     codec.receive_text(VONAGE_CONNECTED)
     return codec
 
 
 def test_vonage_connected_is_call_start():
-    codec = VonageCodec()
+    codec = VonageProtocol()
     codec.handshake({}, {})
     connected, start = codec.receive_text(VONAGE_CONNECTED)
     assert isinstance(connected, Connected) and isinstance(start, CallStart)
@@ -489,7 +484,7 @@ def test_vonage_connected_is_call_start():
 
 
 def test_vonage_token_in_headers_object_or_query():
-    codec = VonageCodec()
+    codec = VonageProtocol()
     codec.handshake({}, {})
     _, start = codec.receive_text(
         j(
@@ -502,31 +497,28 @@ def test_vonage_token_in_headers_object_or_query():
     )
     assert (start.auth_token, start.sample_rate, start.caller) == ("h-key", 8000, "+1")
     assert codec.auth_source == "websocket:connected headers.token"
-    q = VonageCodec()
+    q = VonageProtocol()
     q.handshake({}, {"token": "q-key", "from": "+2"})
     _, start = q.receive_text(j({"event": "websocket:connected", "content-type": "audio/l16;rate=16000"}))
     assert (start.auth_token, start.caller) == ("q-key", "+2")
 
 
-def test_vonage_binary_media_and_exact_outbound_frames(vonage: VonageCodec):
+def test_vonage_binary_media_and_exact_outbound_frames(vonage: VonageProtocol):
     frame = tone(16000, 0.02)
     assert vonage.receive_bytes(frame) == [MediaIn(frame, None, None)]
     out = vonage.encode_media(tone(16000, 1.0))
     assert len(out) == 50 and all(isinstance(m, bytes) and len(m) == 640 for m in out)
-    assert vonage.encode_media(b"\x01\x00" * 500) == [(b"\x01\x00" * 320)]  # 1000 B in → one 640 B frame
-    assert vonage.buffered_output_bytes == 360
-    [last] = vonage.flush_media()
-    assert last == b"\x01\x00" * 180 + b"\x00" * 280
+    assert vonage.encode_media(b"\x01\x00" * 320) == [(b"\x01\x00" * 320)]  # one 640 B frame, as it is
 
 
 def test_vonage_8k_frames_are_320_bytes():
-    codec = VonageCodec()
+    codec = VonageProtocol()
     codec.receive_text(j({"event": "websocket:connected", "content-type": "audio/l16;rate=8000"}))
     out = codec.encode_media(tone(8000, 0.5))
     assert len(out) == 25 and {len(m) for m in out} == {320}
 
 
-def test_vonage_commands_and_events(vonage: VonageCodec):
+def test_vonage_commands_and_events(vonage: VonageProtocol):
     assert vonage.encode_mark("clause-1") == ['{"action":"notify","payload":{"name":"clause-1"}}']
     assert vonage.receive_text(j({"event": "websocket:notify", "payload": {"name": "clause-1"}})) == [
         MarkPlayed("clause-1")
@@ -541,7 +533,7 @@ def test_vonage_commands_and_events(vonage: VonageCodec):
 
 
 def test_vonage_without_content_type_uses_configured_rate():
-    codec = VonageCodec(sample_rate=8000)
+    codec = VonageProtocol(sample_rate=8000)
     _, start = codec.receive_text(j({"event": "websocket:connected"}))
     assert start.sample_rate == 8000
 
@@ -573,7 +565,7 @@ def plivo_media(payload: bytes, seq: int = 2, sid: str = "pl-stream-1") -> str:
 
 
 def test_plivo_mulaw_start_media_and_outbound():
-    codec = PlivoCodec()
+    codec = PlivoProtocol()
     codec.handshake({}, {})
     [start] = codec.receive_text(plivo_start({"encoding": "audio/x-mulaw", "sampleRate": 8000}))
     assert (start.stream_id, start.call_id, start.encoding, start.sample_rate) == (
@@ -605,10 +597,10 @@ def test_plivo_mulaw_start_media_and_outbound():
 
 
 def test_plivo_defaults_to_l16_8k_and_accepts_16k():
-    codec = PlivoCodec()
+    codec = PlivoProtocol()
     [start] = codec.receive_text(plivo_start(None, extra_headers=""))
     assert (start.encoding, start.sample_rate, start.auth_token) == ("pcm16le", 8000, None)
-    wide = PlivoCodec()
+    wide = PlivoProtocol()
     wide.receive_text(plivo_start({"encoding": "audio/x-l16", "sampleRate": 16000}))
     [m] = wide.receive_text(plivo_media(pcm(5, -5)))
     assert m.pcm16 == pcm(5, -5)
@@ -623,7 +615,7 @@ def test_plivo_defaults_to_l16_8k_and_accepts_16k():
 
 
 def test_plivo_played_alias_and_object_extra_headers():
-    codec = PlivoCodec()
+    codec = PlivoProtocol()
     codec.handshake({}, {"token": "pl-key"})
     [start] = codec.receive_text(plivo_start(None, extra_headers={"token": "pl-key"}))
     assert start.auth_token == "pl-key"
@@ -656,7 +648,7 @@ def basic(user: str, password: str) -> str:
 
 
 def test_exotel_start_with_basic_auth():
-    codec = ExotelCodec()
+    codec = ExotelProtocol()
     codec.handshake({"Authorization": basic("tenant", "ex-key")}, {"lang": "hi"})
     assert codec.auth_token == "ex-key"
     assert codec.receive_text(j({"event": "connected"})) == [Connected({"event": "connected"})]
@@ -673,7 +665,7 @@ def test_exotel_start_with_basic_auth():
 
 
 def test_exotel_chunks_obey_size_rules():
-    codec = ExotelCodec()
+    codec = ExotelProtocol()
     codec.receive_text(exotel_start(EXOTEL_FORMAT))
     out = codec.encode_media(tone(8000, 1.0))  # 16000 B
     sizes = [len(base64.b64decode(json.loads(m)["media"]["payload"])) for m in out]
@@ -682,14 +674,12 @@ def test_exotel_chunks_obey_size_rules():
     assert codec.frame_duration_ms == 200 and codec.frame_bytes == 3200
     msg = json.loads(out[0])
     assert msg["event"] == "media" and msg["stream_sid"] == "ex-stream-1"
-    assert codec.encode_media(pcm(*[7] * 500)) == []  # 1000 B: below the minimum, kept
-    [flushed] = codec.flush_media()
-    payload = base64.b64decode(json.loads(flushed)["media"]["payload"])
-    assert len(payload) == 3200 and payload[:1000] == pcm(*[7] * 500) and payload[1000:] == bytes(2200)
+    with pytest.raises(ValueError, match="not whole 3200-byte frames"):
+        codec.encode_media(pcm(*[7] * 500))  # 1000 B: below the minimum message
 
 
 def test_exotel_16k_from_query_and_mark_clear_dtmf_stop():
-    codec = ExotelCodec()
+    codec = ExotelProtocol()
     codec.handshake({}, {"sample-rate": "16000", "token": "q-key"})
     [start] = codec.receive_text(exotel_start(None, params={}))
     assert (start.sample_rate, start.auth_token) == (16000, "q-key")
@@ -731,7 +721,7 @@ def test_exotel_16k_from_query_and_mark_clear_dtmf_stop():
 
 
 def test_exotel_24k_chunks():
-    codec = ExotelCodec()
+    codec = ExotelProtocol()
     codec.receive_text(exotel_start({"encoding": "audio/x-raw", "sample_rate": "24000", "bit_rate": "16"}))
     sizes = {len(base64.b64decode(json.loads(m)["media"]["payload"])) for m in codec.encode_media(tone(24000, 0.5))}
     assert sizes == {4800}
@@ -745,15 +735,15 @@ ASTERISK_START = (
 )
 
 
-def started_asterisk(**opts: Any) -> AsteriskCodec:
-    codec = AsteriskCodec(**opts)
+def started_asterisk(**opts: Any) -> AsteriskProtocol:
+    codec = AsteriskProtocol(**opts)
     codec.handshake({}, {"token": "ast-key", "from": "+15550108", "to": "600"})
     codec.receive_text(ASTERISK_START)
     return codec
 
 
 def test_asterisk_media_start_plain_text():
-    codec = AsteriskCodec()
+    codec = AsteriskProtocol()
     codec.handshake({}, {"token": "ast-key", "from": "+15550108", "to": "600", "lang": "en"})
     [start] = codec.receive_text(ASTERISK_START)
     assert start.stream_id == "e226e283-c90a-4ea9-9e37-389000b9ef47"
@@ -766,7 +756,7 @@ def test_asterisk_media_start_plain_text():
 
 
 def test_asterisk_media_start_json_switches_commands_to_json():
-    codec = AsteriskCodec()
+    codec = AsteriskProtocol()
     [start] = codec.receive_text(
         j(
             {
@@ -801,10 +791,10 @@ def test_asterisk_binary_media_both_directions():
 
 
 def test_asterisk_frames_per_message_never_exceed_65500():
-    codec = AsteriskCodec(frames_per_message=10_000)
+    codec = AsteriskProtocol(frames_per_message=10_000)
     codec.receive_text("MEDIA_START connection_id:c1 channel:WebSocket/c1 format:slin optimal_frame_size:320")
     assert codec.frame_bytes == 65280  # 204 frames of 320 B
-    assert all(len(m) <= 65500 for m in codec.encode_media(bytes(200_000)))
+    assert all(len(m) <= 65500 for m in codec.encode_media(bytes(65280 * 3)))
 
 
 def test_asterisk_queue_drained_reports_all_pending_marks_in_order():
@@ -843,20 +833,20 @@ def test_asterisk_mark_media_mode_and_hangup():
 # --- registry and shared pieces ---------------------------------------------------------
 
 
-def test_registry_and_create_codec():
-    assert set(CODECS) == {"twilio", "telnyx", "vonage", "plivo", "exotel", "asterisk"}
-    for name, cls in CODECS.items():
-        assert cls.name == name and issubclass(cls, ProviderCodec)
-    codec = create_codec("telnyx", reorder_window=5)
-    assert isinstance(codec, TelnyxCodec)
+def test_registry_and_create_protocol():
+    assert set(PROTOCOLS) == {"twilio", "telnyx", "vonage", "plivo", "exotel", "asterisk"}
+    for name, cls in PROTOCOLS.items():
+        assert cls.name == name and issubclass(cls, ProviderProtocol)
+    codec = create_protocol("telnyx", reorder_window=5)
+    assert isinstance(codec, TelnyxProtocol)
     with pytest.raises(ValueError, match="unknown telephony provider"):
-        create_codec("skype")
+        create_protocol("skype")
     with pytest.raises(TypeError):
-        create_codec("twilio", bogus=1)
+        create_protocol("twilio", bogus=1)
 
 
 def test_codecs_keep_no_shared_state():
-    a, b = TwilioCodec(), TwilioCodec()
+    a, b = TwilioProtocol(), TwilioProtocol()
     a.receive_text(TWILIO_START)
     assert not b.started and b.auth_token is None
     a.encode_mark("only-a")
@@ -864,23 +854,13 @@ def test_codecs_keep_no_shared_state():
     assert b.pending_marks == ()
 
 
-def test_rechunker_unit():
-    r = PcmRechunker(4)
-    assert r.push(b"\x01\x00") == [] and r.pending_bytes == 2
-    assert r.push(b"\x02\x00\x03\x00\x04\x00") == [b"\x01\x00\x02\x00", b"\x03\x00\x04\x00"]
-    assert r.push(b"\x05\x00") == []
-    assert r.flush() == [b"\x05\x00\x00\x00"]
-    with pytest.raises(ValueError, match="odd"):
-        r.push(b"\x00")
-
-
 @pytest.mark.parametrize("name", ["twilio", "telnyx", "plivo", "exotel"])
-def test_json_providers_reject_odd_pcm_input_to_encode(name: str):
-    codec = create_codec(name)
+def test_json_providers_reject_partial_frames_to_encode(name: str):
+    codec = create_protocol(name)
     codec.receive_text(
         {"twilio": TWILIO_START, "telnyx": telnyx_start(), "plivo": plivo_start(), "exotel": exotel_start()}[name]
     )
-    with pytest.raises(ValueError, match="odd"):
+    with pytest.raises(ValueError, match="not whole"):
         codec.encode_media(b"\x00\x00\x00")
 
 
@@ -1238,7 +1218,7 @@ MALFORMED: list[tuple[str, str, dict[str, str], list[str | bytes], str | bytes, 
 def test_malformed_input_raises_protocol_error(
     provider: str, query: dict[str, str], prelude: list[str | bytes], bad: str | bytes, code: int, reason: str
 ):
-    codec = create_codec(provider)
+    codec = create_protocol(provider)
     codec.handshake({"x-telnyx-streaming-auth-token": "tx-key"} if provider == "telnyx" else {}, query)
     for frame in prelude:
         feed(codec, frame)
@@ -1265,11 +1245,11 @@ def test_at_least_fifty_distinct_malformed_vectors():
 )
 def test_bad_handshakes(provider: str, headers: dict[str, str], query: dict[str, str], code: int, reason: str):
     with pytest.raises(ProtocolError) as info:
-        create_codec(provider).handshake(headers, query)
+        create_protocol(provider).handshake(headers, query)
     assert info.value.close_code == code and reason in info.value.reason
 
 
 def test_frame_exactly_at_limit_is_accepted_by_size_check():
-    codec = VonageCodec()
+    codec = VonageProtocol()
     codec.receive_text(VONAGE_CONNECTED)
     assert len(codec.receive_bytes(bytes(MAX_FRAME_BYTES))[0].pcm16) == MAX_FRAME_BYTES

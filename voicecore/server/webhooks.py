@@ -2,7 +2,7 @@
 
 Every event (``call.ended``, ``report.ready``, ``optout.requested``, ``subject.erased``)
 is written to the outbox table in the same transaction as the data it announces
-(:class:`~voicecore.storage.db.Store`). :class:`WebhookWorker` (started by ``serve``)
+(:class:`~voicecore.storage.outbox.Outbox`). :class:`WebhookWorker` (started by ``serve``)
 fans each new event out to the tenant's endpoints subscribed to its type, one
 *delivery* per endpoint, and sends it:
 
@@ -25,7 +25,8 @@ fans each new event out to the tenant's endpoints subscribed to its type, one
 
 Endpoint URLs must be HTTPS; plain HTTP is accepted only for the loopback
 (``127.0.0.1``, ``localhost``, ``[::1]``: tests and local development). URLs with
-credentials, link-local, multicast or unspecified IP addresses are refused.
+credentials, link-local, multicast or unspecified IP addresses are refused
+(:func:`voicecore.storage.outbox.check_webhook_url`, checked when an endpoint is stored).
 
 What a payload carries, decided at sending time from the tenant's current policy:
 
@@ -78,76 +79,19 @@ import asyncio
 import copy
 import hashlib
 import hmac
-import ipaddress
 import json
 import random
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from loguru import logger
 
 from voicecore.policy.models import Policy
-from voicecore.storage.db import StorageError, Store, WebhookDelivery
+from voicecore.storage import Store, WebhookDelivery
 
 SIGNATURE_HEADER = "X-Voicecore-Signature"
 USER_AGENT = "voicecore-webhooks/0.1"
-MAX_URL_LENGTH = 2048
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
-
-
-class InvalidWebhookUrl(StorageError):
-    """A webhook URL breaks the rules (HTTPS, or HTTP to the loopback only); the message says which."""
-
-
-# --------------------------------------------------------------------------- URLs
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_webhook_url(url: str) -> str:
-    """``url`` if it may receive webhooks, else :class:`InvalidWebhookUrl` saying why."""
-    if not isinstance(url, str) or not url.strip():
-        raise InvalidWebhookUrl("the webhook URL is empty")
-    url = url.strip()
-    if len(url) > MAX_URL_LENGTH:
-        raise InvalidWebhookUrl(f"the webhook URL is longer than {MAX_URL_LENGTH} characters")
-    if any(ch.isspace() or ord(ch) < 0x20 for ch in url):
-        raise InvalidWebhookUrl("the webhook URL contains whitespace or control characters")
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as e:
-        raise InvalidWebhookUrl(f"the webhook URL is not valid: {e}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("https", "http"):
-        raise InvalidWebhookUrl("the webhook URL must use https:// (http:// only to 127.0.0.1 or localhost)")
-    if not host:
-        raise InvalidWebhookUrl("the webhook URL has no host")
-    if parts.username is not None or parts.password is not None:
-        raise InvalidWebhookUrl("the webhook URL must not carry credentials; the signature authenticates requests")
-    if parts.fragment:
-        raise InvalidWebhookUrl("the webhook URL must not have a #fragment")
-    if scheme == "http" and not _is_loopback(host):
-        raise InvalidWebhookUrl("plain http:// is allowed only to 127.0.0.1 or localhost (tests); use https://")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        ip = None
-    if ip is not None and not ip.is_loopback and (
-        ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved
-    ):
-        raise InvalidWebhookUrl("the webhook URL points at a link-local, multicast or unspecified address")
-    return parts._replace(scheme=scheme).geturl()
 
 
 # --------------------------------------------------------------------------- signing
@@ -302,14 +246,14 @@ class WebhookWorker:
 
     async def run_once(self, session: Any) -> int:
         """One cycle: fan out new events, claim due deliveries, send them. Returns how many were sent."""
-        await asyncio.to_thread(self.store.webhook_dispatch)
-        due = await asyncio.to_thread(self.store.webhook_claim, limit=self.batch, lease_s=self.lease_s)
+        await asyncio.to_thread(self.store.outbox.dispatch)
+        due = await asyncio.to_thread(self.store.outbox.claim, limit=self.batch, lease_s=self.lease_s)
         if not due:
             return 0
         policies: dict[str, Policy] = {}
         for d in due:
             if d.tenant not in policies:
-                policies[d.tenant] = await asyncio.to_thread(self.store.get_tenant_policy, d.tenant)
+                policies[d.tenant] = await asyncio.to_thread(self.store.tenants.policy, d.tenant)
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(d: WebhookDelivery) -> None:
@@ -350,7 +294,7 @@ class WebhookWorker:
         except OSError as e:
             error = f"connection failed ({type(e).__name__})"
         if status is not None and 200 <= status < 300:
-            await asyncio.to_thread(self.store.webhook_delivered, d.delivery_id, status_code=status)
+            await asyncio.to_thread(self.store.outbox.delivered, d.delivery_id, status_code=status)
             self.delivered += 1
             logger.debug("webhook {} delivered to endpoint {} (HTTP {})", d.event_id[:8], d.endpoint_id, status)
             return
@@ -359,7 +303,7 @@ class WebhookWorker:
         self.failed_attempts += 1
         if d.attempts >= self.max_attempts:
             await asyncio.to_thread(
-                self.store.webhook_failed, d.delivery_id, error, status_code=status, retry_at=None
+                self.store.outbox.failed, d.delivery_id, error, status_code=status, retry_at=None
             )
             self.dead += 1
             logger.warning(
@@ -367,7 +311,7 @@ class WebhookWorker:
             )
             return
         retry_at = self._clock() + self.backoff(d.attempts)
-        await asyncio.to_thread(self.store.webhook_failed, d.delivery_id, error, status_code=status, retry_at=retry_at)
+        await asyncio.to_thread(self.store.outbox.failed, d.delivery_id, error, status_code=status, retry_at=retry_at)
         logger.info(
             "webhook {} to endpoint {}: attempt {} failed ({}), retrying in {:.0f} s",
             d.event_id[:8], d.endpoint_id, d.attempts, error, retry_at - self._clock(),

@@ -31,8 +31,8 @@ before anything is looked up; another tenant's call, webhook or opt-out is 404,
 exactly like one that does not exist. Every read of call content (transcript,
 recording, report, subject export, the opt-out list, the audit log) and every
 change is appended to the audit log with ``actor = "apikey:<key id>"`` (the
-Store methods do it, so the CLI, which calls the same methods, is audited the
-same way). Phone numbers travel in request bodies, not URLs (access logs), except
+repositories do it themselves, so the CLI, which calls the same methods, is
+audited the same way). Every answer's shape comes from :mod:`voicecore.views`. Phone numbers travel in request bodies, not URLs (access logs), except
 the ``phone`` filter of ``GET /v1/calls``.
 
 Validation errors are 422 with FastAPI's shape (``{"detail": [{"loc", "msg",
@@ -55,25 +55,44 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, Security
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
 
 from voicecore.policy.models import PolicyError, load_policy_text, policy_from_data, policy_to_yaml
 from voicecore.policy.phone import InvalidPhoneNumber
-from voicecore.storage.crypto import CryptoError
-from voicecore.storage.db import (
-    EVENT_TYPES,
-    DeliveryInfo,
-    StorageError,
-    Store,
-    StoredCall,
-    UnknownTenant,
-    WebhookEndpoint,
+from voicecore.server.api_models import (
+    AuditOut,
+    CallDetail,
+    CallList,
+    DeliveryOut,
+    ErasureOut,
+    ExportBody,
+    Me,
+    OptOutAdded,
+    OptOutOut,
+    PhoneBody,
+    PolicyOut,
+    Redelivered,
+    ReportOut,
+    RestrictBody,
+    RestrictOut,
+    TranscriptOut,
+    WebhookIn,
+    WebhookOut,
+    WebhookPatch,
+    WebhookWithSecret,
+)
+from voicecore.storage import CryptoError, StorageError, Store, UnknownTenant
+from voicecore.views import (
+    audit_view,
+    call_view,
+    delivery_view,
+    optout_view,
+    plain_view,
+    report_view,
+    webhook_view,
 )
 
 T = TypeVar("T")
 
-Role = Literal["admin", "analyst", "viewer"]
-EventType = Literal["call.ended", "report.ready", "optout.requested", "subject.erased"]
 _RANK: dict[str, int] = {"viewer": 0, "analyst": 1, "admin": 2}
 POLICY_MAX_BODY = 64 * 1024
 _ID = r"^[A-Za-z0-9_.:\-]{1,128}$"
@@ -142,7 +161,7 @@ async def principal(
     """The API key's tenant and role; 401 without a valid key."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(401, "missing API key (Authorization: Bearer vck_...)", {"WWW-Authenticate": "Bearer"})
-    info = await asyncio.to_thread(_store(request).authenticate_key, credentials.credentials)
+    info = await asyncio.to_thread(_store(request).tenants.authenticate, credentials.credentials)
     if info is None:
         raise HTTPException(401, "invalid or revoked API key", {"WWW-Authenticate": "Bearer"})
     return Principal(info.key_id, info.tenant, info.role)
@@ -175,10 +194,6 @@ NOT_FOUND = {404: {"description": "Not found for this tenant"}}
 # --------------------------------------------------------------------------- models
 
 
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
-
-
 def _epoch_or_422(value: datetime | None, name: str) -> float | None:
     if value is None:
         return None
@@ -186,251 +201,6 @@ def _epoch_or_422(value: datetime | None, name: str) -> float | None:
         return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
     except (OverflowError, ValueError, OSError):
         raise _unprocessable(["query", name], "date/time out of range", "value_error.datetime") from None
-
-
-def mask_phone(number: str | None) -> str | None:
-    """``+14155552671`` → ``+1*******71``: enough to tell calls apart, not to dial."""
-    if number is None:
-        return None
-    if len(number) <= 4:
-        return "*" * len(number)
-    return number[:2] + "*" * (len(number) - 4) + number[-2:]
-
-
-class Me(BaseModel):
-    key_id: str
-    tenant: str
-    role: Role
-
-
-class TurnMeta(BaseModel):
-    idx: int
-    role: str
-    kind: str | None
-    started_at: str | None
-    interrupted: bool
-    timeline: dict[str, float | None] | None = Field(description="ms after the end of caller speech per stage")
-
-
-class CallOut(BaseModel):
-    call_id: str
-    pipeline: str
-    transport: str
-    caller: str | None = Field(description="E.164; masked for viewers")
-    callee: str | None
-    provider_ids: dict[str, str]
-    started_at: str
-    ended_at: str | None
-    duration_s: float | None
-    status: Literal["ended", "in_progress"]
-    end_reason: str | None
-    turn_count: int
-    optout: bool
-    has_recording: bool
-    transcript_redacted: bool
-    flags: dict[str, Any]
-    expires_at: str
-
-
-class CallDetail(CallOut):
-    turns: list[TurnMeta]
-
-
-class CallList(BaseModel):
-    calls: list[CallOut]
-    limit: int
-    offset: int
-
-
-class TranscriptTurn(BaseModel):
-    idx: int
-    role: str
-    kind: str | None
-    started_at: str | None
-    interrupted: bool
-    text: str | None
-    generated_text: str | None
-
-
-class TranscriptOut(BaseModel):
-    call_id: str
-    stored: bool = Field(description="false when the policy keeps no transcript (or it expired)")
-    redacted: bool
-    turns: list[TranscriptTurn]
-
-
-class ReportOut(BaseModel):
-    report_id: str
-    call_id: str
-    status: Literal["ready", "failed"]
-    error: str | None
-    report: dict[str, Any] | None
-    created_at: str | None
-    expires_at: str | None
-
-
-class PhoneBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    phone: str = Field(min_length=1, max_length=64, description="The data subject's number (read in the policy's region)")
-
-
-class ExportBody(PhoneBody):
-    format: Literal["json", "zip"] = Field(
-        default="json", description="json: recordings inline as base64; zip: export.json and recordings/*.wav"
-    )
-
-
-class RestrictBody(PhoneBody):
-    restricted: bool = True
-
-
-class ErasureOut(BaseModel):
-    subject_hash: str
-    calls: int
-    turns: int
-    recordings: int
-    reports: int
-    contacts: int
-    outbox: int
-    mentions_scrubbed: int
-    opted_out: bool
-
-
-class RestrictOut(BaseModel):
-    restricted: bool
-    changed: bool
-
-
-class OptOutOut(BaseModel):
-    phone: str | None = Field(description="null once the subject was erased (only the hash is kept)")
-    phone_hash: str
-    source: str
-    created_at: str | None
-
-
-class OptOutAdded(BaseModel):
-    phone: str
-    added: bool
-
-
-class PolicyOut(BaseModel):
-    name: str
-    yaml: str
-    policy: dict[str, Any]
-
-
-class WebhookIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    url: str = Field(min_length=1, max_length=2048, description="https:// (http:// only to 127.0.0.1/localhost)")
-    events: list[EventType] = Field(default_factory=lambda: list(EVENT_TYPES), min_length=1, max_length=4)
-    description: str | None = Field(default=None, max_length=200)
-
-
-class WebhookPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    url: str | None = Field(default=None, min_length=1, max_length=2048)
-    events: list[EventType] | None = Field(default=None, min_length=1, max_length=4)
-    description: str | None = Field(default=None, max_length=200)
-    active: bool | None = None
-    rotate_secret: bool = False
-
-
-class WebhookOut(BaseModel):
-    id: str
-    url: str
-    events: list[EventType]
-    description: str | None
-    active: bool
-    created_at: str | None
-    updated_at: str | None
-    secret_rotated_at: str | None
-
-
-class WebhookWithSecret(WebhookOut):
-    secret: str | None = Field(description="The signing secret: shown only here, when created or rotated")
-
-
-class DeliveryOut(BaseModel):
-    id: str
-    event_id: str
-    event_type: str
-    status: Literal["pending", "delivered", "dead"]
-    attempts: int
-    next_attempt_at: str | None
-    last_status: int | None
-    last_error: str | None
-    created_at: str | None
-    delivered_at: str | None
-
-
-class Redelivered(BaseModel):
-    id: str
-    status: Literal["pending"]
-
-
-class AuditOut(BaseModel):
-    id: int
-    at: str | None
-    actor: str
-    action: str
-    object_id: str | None
-
-
-def _call_out(c: StoredCall, p: Principal) -> dict[str, Any]:
-    viewer = not p.at_least("analyst")
-    return {
-        "call_id": c.call_id,
-        "pipeline": c.pipeline,
-        "transport": c.transport,
-        "caller": mask_phone(c.caller) if viewer else c.caller,
-        "callee": mask_phone(c.callee) if viewer else c.callee,
-        "provider_ids": c.provider_ids,
-        "started_at": _iso(c.started_at),
-        "ended_at": _iso(c.ended_at),
-        "duration_s": c.duration_s,
-        "status": "ended" if c.ended_at is not None else "in_progress",
-        "end_reason": c.end_reason,
-        "turn_count": c.turn_count,
-        "optout": c.optout,
-        "has_recording": c.has_recording,
-        "transcript_redacted": c.transcript_redacted,
-        "flags": c.flags,
-        "expires_at": _iso(c.expires_at),
-    }
-
-
-def _webhook_out(e: WebhookEndpoint, secret: str | None = None, *, with_secret: bool = False) -> dict[str, Any]:
-    out = {
-        "id": e.id,
-        "url": e.url,
-        "events": list(e.events),
-        "description": e.description,
-        "active": e.active,
-        "created_at": _iso(e.created_at),
-        "updated_at": _iso(e.updated_at),
-        "secret_rotated_at": _iso(e.secret_rotated_at),
-    }
-    if with_secret:
-        out["secret"] = secret
-    return out
-
-
-def _delivery_out(d: DeliveryInfo) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "event_id": d.event_id,
-        "event_type": d.event_type,
-        "status": d.status,
-        "attempts": d.attempts,
-        "next_attempt_at": _iso(d.next_attempt_at),
-        "last_status": d.last_status,
-        "last_error": d.last_error,
-        "created_at": _iso(d.created_at),
-        "delivered_at": _iso(d.delivered_at),
-    }
 
 
 # --------------------------------------------------------------------------- identity
@@ -461,8 +231,9 @@ async def list_calls(
     if phone is not None and not p.at_least("analyst"):
         raise HTTPException(403, "filtering by phone number needs the analyst or admin role")
     calls = await _run(
-        _store(request).calls_list,
+        _store(request).calls.list,
         p.tenant,
+        actor=p.actor,
         since=_epoch_or_422(since, "since"),
         until=_epoch_or_422(until, "until"),
         phone=phone,
@@ -471,28 +242,17 @@ async def list_calls(
         limit=limit,
         offset=offset,
     )
-    return {"calls": [_call_out(c, p) for c in calls], "limit": limit, "offset": offset}
+    masked = not p.at_least("analyst")
+    return {"calls": [call_view(c, masked=masked) for c in calls], "limit": limit, "offset": offset}
 
 
 @router.get("/calls/{call_id}", response_model=CallDetail, tags=["calls"], responses={**AUTH_RESPONSES, **NOT_FOUND})
 async def get_call(request: Request, p: Viewer, call_id: CallId) -> dict[str, Any]:
     """One call's metadata and per-turn latency timeline (no transcript text)."""
-    call = await _run(_store(request).call_get, p.tenant, call_id, actor=p.actor, include_transcript=False)
+    call = await _run(_store(request).calls.get, p.tenant, call_id, actor=p.actor, include_transcript=False)
     if call is None:
         raise HTTPException(404, "call not found")
-    out = _call_out(call, p)
-    out["turns"] = [
-        {
-            "idx": t.idx,
-            "role": t.role,
-            "kind": t.kind,
-            "started_at": _iso(t.started_at),
-            "interrupted": t.interrupted,
-            "timeline": t.timeline,
-        }
-        for t in call.turns or []
-    ]
-    return out
+    return call_view(call, masked=not p.at_least("analyst"))
 
 
 @router.get(
@@ -500,21 +260,10 @@ async def get_call(request: Request, p: Viewer, call_id: CallId) -> dict[str, An
 )
 async def get_transcript(request: Request, p: Analyst, call_id: CallId) -> dict[str, Any]:
     """The call's transcript as stored (redacted or not, per the policy). Audited (``transcript.read``)."""
-    call = await _run(_store(request).call_get, p.tenant, call_id, actor=p.actor, include_transcript=True)
+    call = await _run(_store(request).calls.get, p.tenant, call_id, actor=p.actor, include_transcript=True)
     if call is None:
         raise HTTPException(404, "call not found")
-    turns = [
-        {
-            "idx": t.idx,
-            "role": t.role,
-            "kind": t.kind,
-            "started_at": _iso(t.started_at),
-            "interrupted": t.interrupted,
-            "text": t.text,
-            "generated_text": t.generated_text,
-        }
-        for t in call.turns or []
-    ]
+    turns = call_view(call)["turns"]
     stored = any(t["text"] is not None for t in turns if t["role"] != "event")
     return {"call_id": call.call_id, "stored": stored, "redacted": call.transcript_redacted, "turns": turns}
 
@@ -532,7 +281,7 @@ async def get_recording(
     track: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "mixed",
 ) -> StreamingResponse:
     """The call's recording as WAV, streamed (decrypted in memory). Audited (``recording.read``)."""
-    wav = await _run(_store(request).read_recording, p.tenant, call_id, actor=p.actor, track=track)
+    wav = await _run(_store(request).calls.read_recording, p.tenant, call_id, actor=p.actor, track=track)
     if wav is None:
         raise HTTPException(404, "no recording for this call")
 
@@ -551,10 +300,10 @@ async def get_recording(
 @router.get("/calls/{call_id}/report", response_model=ReportOut, tags=["calls"], responses={**AUTH_RESPONSES, **NOT_FOUND})
 async def get_report(request: Request, p: Analyst, call_id: CallId) -> dict[str, Any]:
     """The call's latest post-call report (``ready`` or ``failed`` with the reason). Audited (``report.read``)."""
-    report = await _run(_store(request).get_report, p.tenant, call_id, actor=p.actor)
+    report = await _run(_store(request).calls.get_report, p.tenant, call_id, actor=p.actor)
     if report is None:
         raise HTTPException(404, "no report for this call")
-    return report
+    return report_view(report)
 
 
 # --------------------------------------------------------------------------- data subjects
@@ -574,7 +323,7 @@ async def get_report(request: Request, p: Analyst, call_id: CallId) -> dict[str,
 async def export_subject(request: Request, p: Analyst, body: ExportBody) -> Response:
     """Everything the tenant holds about a phone number (calls, turns, reports, contacts, opt-out
     and restriction status, recordings). Audited (``subject.exported``)."""
-    data = await _run(_store(request).export_data, p.tenant, body.phone, actor=p.actor)
+    data = await _run(_store(request).subjects.export_data, p.tenant, body.phone, actor=p.actor)
     if body.format == "zip":
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
@@ -600,25 +349,15 @@ async def export_subject(request: Request, p: Analyst, body: ExportBody) -> Resp
 @router.post("/subjects/erase", response_model=ErasureOut, tags=["subjects"], responses=AUTH_RESPONSES)
 async def erase_subject(request: Request, p: Admin, body: PhoneBody) -> dict[str, Any]:
     """Erase everything held about a number (a keyed hash stays for the opt-out). Audited."""
-    r = await _run(_store(request).erase, p.tenant, body.phone, actor=p.actor)
-    return {
-        "subject_hash": r.subject_hash,
-        "calls": r.calls,
-        "turns": r.turns,
-        "recordings": r.recordings,
-        "reports": r.reports,
-        "contacts": r.contacts,
-        "outbox": r.outbox,
-        "mentions_scrubbed": r.mentions_scrubbed,
-        "opted_out": r.opted_out,
-    }
+    result = await _run(_store(request).subjects.erase, p.tenant, body.phone, actor=p.actor)
+    return plain_view(result)
 
 
 @router.post("/subjects/restrict", response_model=RestrictOut, tags=["subjects"], responses=AUTH_RESPONSES)
 async def restrict_subject(request: Request, p: Admin, body: RestrictBody) -> dict[str, Any]:
     """Restrict (or, with ``restricted: false``, lift the restriction of) processing for a number. Audited."""
-    store = _store(request)
-    fn = store.restrict if body.restricted else store.unrestrict
+    subjects = _store(request).subjects
+    fn = subjects.restrict if body.restricted else subjects.unrestrict
     changed = await _run(fn, p.tenant, body.phone, actor=p.actor)
     return {"restricted": body.restricted, "changed": changed}
 
@@ -629,22 +368,16 @@ async def restrict_subject(request: Request, p: Admin, body: RestrictBody) -> di
 @router.get("/optouts", response_model=list[OptOutOut], tags=["optouts"], responses=AUTH_RESPONSES)
 async def list_optouts(request: Request, p: Admin) -> list[dict[str, Any]]:
     """The tenant's do-not-call list. Audited (``optouts.read``)."""
-    store = _store(request)
-    entries = await _run(store.list_optouts, p.tenant)
-    await _run(store.audit_append, p.actor, p.tenant, "optouts.read", "optouts")
-    return [
-        {"phone": e.phone, "phone_hash": e.phone_hash, "source": e.source, "created_at": _iso(e.created_at)}
-        for e in entries
-    ]
+    entries = await _run(_store(request).subjects.optouts, p.tenant, actor=p.actor)
+    return [optout_view(e) for e in entries]
 
 
 @router.post("/optouts", response_model=OptOutAdded, status_code=201, tags=["optouts"], responses=AUTH_RESPONSES)
 async def add_optout(request: Request, p: Admin, body: PhoneBody) -> dict[str, Any]:
     """Put a number on the do-not-call list (writes an ``optout.requested`` event). Audited."""
-    store = _store(request)
-    added = await _run(store.add_optout, p.tenant, body.phone, source="api", actor=p.actor)
-    region = (await _run(store.get_tenant_policy, p.tenant)).phone_region
-    return {"phone": await _run(store.normalize_phone, body.phone, region), "added": added}
+    subjects = _store(request).subjects
+    added = await _run(subjects.add_optout, p.tenant, body.phone, source="api", actor=p.actor)
+    return {"phone": await _run(subjects.e164, p.tenant, body.phone), "added": added}
 
 
 @router.delete(
@@ -654,7 +387,7 @@ async def remove_optout(
     request: Request, p: Admin, phone_hash: Annotated[str, Path(pattern=r"^[0-9a-f]{16,128}$")]
 ) -> Response:
     """Take a number off the list, by the ``phone_hash`` the list shows. Audited."""
-    if not await _run(_store(request).remove_optout_hash, p.tenant, phone_hash, actor=p.actor):
+    if not await _run(_store(request).subjects.remove_optout_hash, p.tenant, phone_hash, actor=p.actor):
         raise HTTPException(404, "no such opt-out")
     return Response(status_code=204)
 
@@ -675,9 +408,9 @@ _POLICY_BODY = {
 @router.get("/policy", response_model=PolicyOut, tags=["policy"], responses=AUTH_RESPONSES)
 async def get_policy(request: Request, p: Admin) -> dict[str, Any]:
     """The tenant's policy (YAML as stored, and parsed)."""
-    store = _store(request)
-    text = await _run(store.get_tenant_policy_yaml, p.tenant)
-    policy = await _run(store.get_tenant_policy, p.tenant)
+    tenants = _store(request).tenants
+    text = await _run(tenants.policy_yaml, p.tenant)
+    policy = await _run(tenants.policy, p.tenant)
     return {"name": policy.name, "yaml": text, "policy": policy.model_dump(mode="json")}
 
 
@@ -718,8 +451,7 @@ async def replace_policy(request: Request, p: Admin) -> dict[str, Any]:
             raise HTTPException(415, "send the policy as application/json or application/yaml")
     except PolicyError as e:
         raise _policy_error(e) from None
-    store = _store(request)
-    policy = await _run(store.set_tenant_policy, p.tenant, yaml_text, actor=p.actor)
+    policy = await _run(_store(request).tenants.set_policy, p.tenant, yaml_text, actor=p.actor)
     return {"name": policy.name, "yaml": yaml_text, "policy": policy.model_dump(mode="json")}
 
 
@@ -731,7 +463,7 @@ WebhookId = Annotated[str, Path(pattern=_ID, description="The webhook endpoint i
 @router.get("/webhooks", response_model=list[WebhookOut], tags=["webhooks"], responses=AUTH_RESPONSES)
 async def list_webhooks(request: Request, p: Admin) -> list[dict[str, Any]]:
     """The tenant's webhook endpoints (never their secrets)."""
-    return [_webhook_out(e) for e in await _run(_store(request).webhook_list, p.tenant)]
+    return [webhook_view(e) for e in await _run(_store(request).outbox.webhooks, p.tenant)]
 
 
 @router.post(
@@ -740,19 +472,20 @@ async def list_webhooks(request: Request, p: Admin) -> list[dict[str, Any]]:
 async def create_webhook(request: Request, p: Admin, body: WebhookIn) -> dict[str, Any]:
     """Add an endpoint; the answer holds its signing secret, shown only this once. Audited."""
     endpoint, secret = await _run(
-        _store(request).webhook_create, p.tenant, body.url, body.events, description=body.description, actor=p.actor
-    )
-    return _webhook_out(endpoint, secret, with_secret=True)
+        _store(request).outbox.create_webhook, p.tenant, body.url, body.events, description=body.description,
+        actor=p.actor,
+    )  # fmt: skip
+    return webhook_view(endpoint, secret, with_secret=True)
 
 
 @router.get(
     "/webhooks/{endpoint_id}", response_model=WebhookOut, tags=["webhooks"], responses={**AUTH_RESPONSES, **NOT_FOUND}
 )
 async def get_webhook(request: Request, p: Admin, endpoint_id: WebhookId) -> dict[str, Any]:
-    endpoint = await _run(_store(request).webhook_get, p.tenant, endpoint_id)
+    endpoint = await _run(_store(request).outbox.webhook, p.tenant, endpoint_id)
     if endpoint is None:
         raise HTTPException(404, "webhook endpoint not found")
-    return _webhook_out(endpoint)
+    return webhook_view(endpoint)
 
 
 @router.patch(
@@ -765,7 +498,7 @@ async def update_webhook(request: Request, p: Admin, endpoint_id: WebhookId, bod
     """Change the URL, events, description or active flag; ``rotate_secret`` returns a new secret
     (the old one keeps signing beside it for a day). Audited."""
     result = await _run(
-        _store(request).webhook_update,
+        _store(request).outbox.update_webhook,
         p.tenant,
         endpoint_id,
         url=body.url,
@@ -778,7 +511,7 @@ async def update_webhook(request: Request, p: Admin, endpoint_id: WebhookId, bod
     if result is None:
         raise HTTPException(404, "webhook endpoint not found")
     endpoint, secret = result
-    return _webhook_out(endpoint, secret, with_secret=True)
+    return webhook_view(endpoint, secret, with_secret=True)
 
 
 @router.delete(
@@ -786,7 +519,7 @@ async def update_webhook(request: Request, p: Admin, endpoint_id: WebhookId, bod
 )
 async def delete_webhook(request: Request, p: Admin, endpoint_id: WebhookId) -> Response:
     """Remove an endpoint (its undelivered deliveries go with it). Audited."""
-    if not await _run(_store(request).webhook_delete, p.tenant, endpoint_id, actor=p.actor):
+    if not await _run(_store(request).outbox.delete_webhook, p.tenant, endpoint_id, actor=p.actor):
         raise HTTPException(404, "webhook endpoint not found")
     return Response(status_code=204)
 
@@ -805,10 +538,10 @@ async def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     """The endpoint's deliveries, newest first: status, attempts, last error (dead = dead-lettered)."""
-    items = await _run(_store(request).webhook_deliveries, p.tenant, endpoint_id, status=status, limit=limit)
+    items = await _run(_store(request).outbox.deliveries, p.tenant, endpoint_id, status=status, limit=limit)
     if items is None:
         raise HTTPException(404, "webhook endpoint not found")
-    return [_delivery_out(d) for d in items]
+    return [delivery_view(d) for d in items]
 
 
 @router.post(
@@ -825,7 +558,7 @@ async def retry_delivery(
     delivery_id: Annotated[str, Path(pattern=_ID)],
 ) -> dict[str, Any]:
     """Queue a delivery again now (a dead-lettered one gets a fresh set of attempts). Audited."""
-    if not await _run(_store(request).webhook_redeliver, p.tenant, endpoint_id, delivery_id, actor=p.actor):
+    if not await _run(_store(request).outbox.redeliver, p.tenant, endpoint_id, delivery_id, actor=p.actor):
         raise HTTPException(404, "delivery not found")
     return {"id": delivery_id, "status": "pending"}
 
@@ -838,12 +571,9 @@ async def read_audit(
     request: Request, p: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[dict[str, Any]]:
     """The tenant's latest audit entries, newest first. Reading it is itself audited (``audit.read``)."""
-    store = _store(request)
-    await _run(store.audit_append, p.actor, p.tenant, "audit.read", "audit")
-    entries = await _run(store.audit_list, p.tenant, limit=limit)
-    return [
-        {"id": e.id, "at": _iso(e.at), "actor": e.actor, "action": e.action, "object_id": e.object_id} for e in entries
-    ]
+    audit = _store(request).audit
+    await _run(audit.append, p.actor, p.tenant, "audit.read", "audit")
+    return [audit_view(e) for e in await _run(audit.list, p.tenant, limit=limit)]
 
 
 ROUTES: tuple[tuple[str, str, str], ...] = (

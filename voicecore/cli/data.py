@@ -1,152 +1,42 @@
-"""The data-management verbs of ``voicecore``: tenants, calls, subjects, optout, retention, audit, policy.
+"""``voicecore tenants | subjects | optout | retention | audit | policy``: the tenants' data.
 
 Each verb opens the data directory's :class:`~voicecore.storage.Store` once, makes one
-call into it (the same call the HTTP API and the tests make) and prints the result as a
-table or, with ``--json``, as JSON on stdout. Errors become a one-line message naming what
-was wrong (unknown tenant, invalid phone number, the policy field) and exit status 1.
-
-Importing this module attaches the verbs to the ``cli`` group of :mod:`voicecore.cli`.
+call into a repository (the same call the HTTP API and the tests make; the repository
+audits itself with actor ``cli``) and prints the result as a table or, with ``--json``,
+as the JSON of :mod:`voicecore.views`. Errors become a one-line message naming what was
+wrong (unknown tenant, invalid phone number, the policy field) and exit status 1.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
-import sys
-from collections.abc import Callable, Iterator
-from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
+from voicecore.cli.options import (
+    ACTOR,
+    confirm,
+    data_dir_option,
+    echo_json,
+    json_option,
+    open_store,
+    parse_when,
+    tenant_option,
+)
 from voicecore.policy.models import PolicyError, load_policy
-from voicecore.policy.phone import InvalidPhoneNumber
-from voicecore.reporting import calls_table, stored_call_json, stored_call_text, text_table
-from voicecore.storage.crypto import CryptoError
-from voicecore.storage.db import DB_FILENAME, ROLES, StorageError, Store, UnknownTenant, default_data_dir
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-ACTOR = "cli"  # who the audit log names for everything done from the command line
-
-
-# --------------------------------------------------------------------------- shared plumbing
-
-
-def data_dir_option(f: F) -> F:
-    """``--data-dir DIR``: the data directory (default ``$VOICECORE_DATA_DIR``, else ``./storage``)."""
-    return click.option(
-        "--data-dir",
-        "data_dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help="Data directory (database, keystore, recordings). Default: $VOICECORE_DATA_DIR, else ./storage.",
-    )(f)
-
-
-def json_option(f: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
-
-
-def tenant_option(*, required: bool) -> Callable[[F], F]:
-    if required:
-        return click.option("--tenant", "tenant", required=True, help="Tenant whose data this is.")
-    return click.option(
-        "--tenant", "tenant", default="default", show_default=True, help="Tenant whose data this is."
-    )
-
-
-def _resolve_data_dir(data_dir: Path | None) -> Path:
-    return data_dir if data_dir is not None else default_data_dir()
-
-
-@contextlib.contextmanager
-def open_store(data_dir: Path | None, *, create: bool = False, phone: str | None = None) -> Iterator[Store]:
-    """The data directory's Store for one command; library errors become one-line ClickExceptions.
-
-    Without ``create`` a data directory that holds no database is an error (a mistyped
-    ``--data-dir`` must not silently create an empty store)."""
-    path = _resolve_data_dir(data_dir)
-    if not create and not (path / DB_FILENAME).exists():
-        raise click.ClickException(
-            f"no voicecore database in {path} ({DB_FILENAME} not found); create a tenant first with "
-            f"`voicecore tenants add NAME --data-dir {path}`, or pass the right --data-dir / VOICECORE_DATA_DIR"
-        )
-    try:
-        store = Store(path)
-    except (StorageError, CryptoError, sqlite3.Error, OSError) as e:
-        raise click.ClickException(f"cannot open the data directory {path}: {e}") from None
-    try:
-        with translate_errors(path, phone=phone):
-            yield store
-    finally:
-        store.close()
-
-
-@contextlib.contextmanager
-def translate_errors(data_dir: Path, *, phone: str | None = None) -> Iterator[None]:
-    try:
-        yield
-    except UnknownTenant as e:
-        raise click.ClickException(
-            f"unknown tenant {e.name!r} in {data_dir}; `voicecore tenants list` shows the tenants there"
-        ) from None
-    except InvalidPhoneNumber as e:
-        raise click.ClickException(f"invalid phone number {phone!r}: {e}") from None
-    except PolicyError as e:
-        raise click.ClickException(f"invalid policy: {e}") from None
-    except (StorageError, CryptoError) as e:
-        raise click.ClickException(str(e)) from None
-    except sqlite3.Error as e:
-        raise click.ClickException(f"database error in {data_dir}: {e}") from None
-    except OSError as e:
-        raise click.ClickException(str(e)) from None
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
-
-
-def _short(ts: float | None) -> str:
-    return "—" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _parse_when(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
-    """An ISO 8601 date or date-time (naive means UTC)."""
-    if value is None:
-        return None
-    try:
-        when = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO 8601 date/time (e.g. 2025-06-01 or 2025-06-01T09:30:00Z)"
-        ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-def _confirm(yes: bool, question: str) -> None:
-    if not yes:
-        click.confirm(question, abort=True)
-
-
-def _host_cli() -> click.Group:
-    """The ``cli`` group to attach to. Under ``python -m voicecore.cli`` that group lives in
-    ``__main__`` (importing ``voicecore.cli`` again would build a second, unused group)."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if main is not None and getattr(spec, "name", None) == "voicecore.cli" and hasattr(main, "cli"):
-        return main.cli  # type: ignore[no-any-return]
-    from voicecore.cli import cli
-
-    return cli
-
+from voicecore.session import outbound_check
+from voicecore.storage import ROLES, UnknownTenant
+from voicecore.views import (
+    api_key_view,
+    audit_view,
+    optout_view,
+    plain_view,
+    tenant_view,
+    text_table,
+    utc_text,
+)
 
 # --------------------------------------------------------------------------- tenants
 
@@ -170,10 +60,10 @@ def tenants_add(name: str, policy_file: Path | None, role: str, data_dir: Path |
     The data directory is created if it does not exist yet.
     """
     with open_store(data_dir, create=True) as store:
-        api_key = store.create_tenant(name, policy_file, role=role, actor=ACTOR)
-        policy_name = store.get_tenant_policy(name).name
+        api_key = store.tenants.create(name, policy_file, role=role, actor=ACTOR)
+        policy_name = store.tenants.policy(name).name
     if as_json:
-        _echo_json({"tenant": name, "api_key": api_key})
+        echo_json({"tenant": name, "api_key": api_key})
         return
     click.echo(f"Created tenant {name} (policy {policy_name}).")
     click.echo(f"API key ({role}) — shown only this once, store it now:")
@@ -186,15 +76,15 @@ def tenants_add(name: str, policy_file: Path | None, role: str, data_dir: Path |
 def tenants_list(data_dir: Path | None, as_json: bool) -> None:
     """List the tenants with their policy name and number of active API keys."""
     with open_store(data_dir) as store:
-        items = store.list_tenants()
+        items = store.tenants.list()
     if as_json:
-        _echo_json([{**asdict(t), "created_at_iso": _iso(t.created_at)} for t in items])
+        echo_json([tenant_view(t) for t in items])
         return
     if not items:
         click.echo("No tenants.")
         return
     click.echo(text_table(["tenant", "policy", "created (UTC)", "active keys"],
-                          [[t.name, t.policy_name, _short(t.created_at), str(t.active_keys)] for t in items]))
+                          [[t.name, t.policy_name, utc_text(t.created_at), str(t.active_keys)] for t in items]))
 
 
 @tenants.command("delete")
@@ -204,10 +94,10 @@ def tenants_list(data_dir: Path | None, as_json: bool) -> None:
 def tenants_delete(name: str, yes: bool, data_dir: Path | None) -> None:
     """Delete tenant NAME with all its data and recordings, and destroy its encryption keys."""
     with open_store(data_dir) as store:
-        if not store.tenant_exists(name):
+        if not store.tenants.exists(name):
             raise UnknownTenant(name)
-        _confirm(yes, f"Delete tenant {name!r}, all its calls and recordings, and destroy its keys?")
-        store.delete_tenant(name, actor=ACTOR)
+        confirm(yes, f"Delete tenant {name!r}, all its calls and recordings, and destroy its keys?")
+        store.tenants.delete(name, actor=ACTOR)
     click.echo(f"Deleted tenant {name}: its data is removed and its encryption keys destroyed.")
 
 
@@ -223,12 +113,12 @@ def tenants_policy(name: str, new_policy: Path | None, data_dir: Path | None) ->
     """
     with open_store(data_dir) as store:
         if new_policy is None:
-            click.echo(store.get_tenant_policy_yaml(name).rstrip("\n"))
+            click.echo(store.tenants.policy_yaml(name).rstrip("\n"))
             return
-        if not store.tenant_exists(name):
+        if not store.tenants.exists(name):
             raise UnknownTenant(name)
         load_policy(new_policy)  # errors name the file and the field
-        policy = store.set_tenant_policy(name, new_policy.read_text(encoding="utf-8"), actor=ACTOR)
+        policy = store.tenants.set_policy(name, new_policy.read_text(encoding="utf-8"), actor=ACTOR)
     click.echo(f"Policy of tenant {name} replaced by {policy.name!r} from {new_policy}.")
 
 
@@ -239,17 +129,16 @@ def tenants_policy(name: str, new_policy: Path | None, data_dir: Path | None) ->
 def tenants_keys(name: str, data_dir: Path | None, as_json: bool) -> None:
     """List tenant NAME's API keys (id, role, label, created, revoked) — never the secrets."""
     with open_store(data_dir) as store:
-        keys = store.list_api_keys(name)
+        keys = store.tenants.api_keys(name)
     if as_json:
-        _echo_json([{**asdict(k), "created_at_iso": _iso(k.created_at), "revoked_at_iso": _iso(k.revoked_at)}
-                    for k in keys])
+        echo_json([api_key_view(k) for k in keys])
         return
     if not keys:
         click.echo(f"Tenant {name} has no API keys.")
         return
     click.echo(text_table(["key id", "role", "label", "created (UTC)", "revoked (UTC)"],
-                          [[k.key_id, k.role, k.label or "", _short(k.created_at),
-                            _short(k.revoked_at) if k.revoked_at else ""] for k in keys]))
+                          [[k.key_id, k.role, k.label or "", utc_text(k.created_at),
+                            utc_text(k.revoked_at) if k.revoked_at else ""] for k in keys]))
 
 
 @tenants.command("key-add")
@@ -263,10 +152,10 @@ def tenants_keys(name: str, data_dir: Path | None, as_json: bool) -> None:
 def tenants_key_add(name: str, role: str, label: str | None, data_dir: Path | None, as_json: bool) -> None:
     """Create another API key for tenant NAME; the key is printed only this once."""
     with open_store(data_dir) as store:
-        api_key = store.create_api_key(name, role=role, label=label, actor=ACTOR)
+        api_key = store.tenants.create_api_key(name, role=role, label=label, actor=ACTOR)
     key_id = api_key.split("_")[1]
     if as_json:
-        _echo_json({"tenant": name, "key_id": key_id, "role": role, "api_key": api_key})
+        echo_json({"tenant": name, "key_id": key_id, "role": role, "api_key": api_key})
         return
     click.echo(f"API key {key_id} ({role}) for tenant {name} — shown only this once, store it now:")
     click.echo(f"  {api_key}")
@@ -279,59 +168,9 @@ def tenants_key_add(name: str, role: str, label: str | None, data_dir: Path | No
 def tenants_key_revoke(name: str, key_id: str, data_dir: Path | None) -> None:
     """Revoke API key KEY_ID of tenant NAME (see `voicecore tenants keys NAME`)."""
     with open_store(data_dir) as store:
-        if not store.revoke_api_key(name, key_id, actor=ACTOR):
+        if not store.tenants.revoke_api_key(name, key_id, actor=ACTOR):
             raise click.ClickException(f"tenant {name!r} has no active API key {key_id!r}")
     click.echo(f"Revoked API key {key_id} of tenant {name}.")
-
-
-# --------------------------------------------------------------------------- calls
-
-
-@click.group()
-def calls() -> None:
-    """List stored calls and show one: transcript, per-turn latency, end reason, report."""
-
-
-@calls.command("list")
-@tenant_option(required=False)
-@click.option("--since", callback=_parse_when, metavar="ISO",
-              help="Only calls started at or after this ISO 8601 date/time (UTC unless it has an offset).")
-@click.option("--phone", help="Only calls from or to this number.")
-@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True, help="At most this many calls.")
-@data_dir_option
-@json_option
-def calls_list(tenant: str, since: datetime | None, phone: str | None, limit: int, data_dir: Path | None,
-               as_json: bool) -> None:  # fmt: skip
-    """List a tenant's calls, newest first (metadata only, no transcript)."""
-    with open_store(data_dir, phone=phone) as store:
-        items = store.calls_list(tenant, since=since, phone=phone, limit=limit)
-    if as_json:
-        _echo_json([c.to_dict() for c in items])
-        return
-    if not items:
-        click.echo(f"No calls stored for tenant {tenant}.")
-        return
-    click.echo(calls_table(items))
-
-
-@calls.command("show")
-@click.argument("call_id")
-@tenant_option(required=False)
-@data_dir_option
-@json_option
-def calls_show(call_id: str, tenant: str, data_dir: Path | None, as_json: bool) -> None:
-    """Show call CALL_ID: transcript (barge-in cuts marked), per-turn latency in ms after the end
-    of caller speech (STT final, LLM first token, first clause, first audio out), end reason,
-    duration, transport and the post-call report. Reading the transcript is audited."""
-    with open_store(data_dir) as store:
-        call = store.call_get(tenant, call_id, actor=ACTOR, include_transcript=True)
-        if call is None:
-            raise click.ClickException(f"call {call_id} not found for tenant {tenant}")
-        report = store.get_report(tenant, call_id, actor=ACTOR)
-    if as_json:
-        _echo_json(stored_call_json(call, report))
-        return
-    click.echo(stored_call_text(call, report))
 
 
 # --------------------------------------------------------------------------- data subjects
@@ -353,7 +192,7 @@ def subjects_export(phone: str, tenant: str, out_dir: Path, data_dir: Path | Non
     """Export everything tenant T holds about PHONE: export.json (calls, turns, reports, contacts,
     opt-out and restriction status) and the recordings as WAV files. Audited."""
     with open_store(data_dir, phone=phone) as store:
-        target = store.export(tenant, phone, out_dir, actor=ACTOR)
+        target = store.subjects.export(tenant, phone, out_dir, actor=ACTOR)
     doc = json.loads((target / "export.json").read_text(encoding="utf-8"))
     summary = {
         "tenant": tenant,
@@ -367,7 +206,7 @@ def subjects_export(phone: str, tenant: str, out_dir: Path, data_dir: Path | Non
         "restricted": doc["restricted"],
     }
     if as_json:
-        _echo_json(summary)
+        echo_json(summary)
         return
     click.echo(f"Exported {summary['calls']} calls, {summary['reports']} reports, {summary['contacts']} contacts "
                f"and {summary['recordings']} recordings of {doc['subject']} (tenant {tenant}) to {target}")
@@ -383,11 +222,11 @@ def subjects_erase(phone: str, tenant: str, yes: bool, data_dir: Path | None, as
     """Erase everything tenant T holds about PHONE (calls, turns, recordings, reports, contact,
     mentions in other calls). Only a keyed hash is kept so an opt-out keeps working. Audited."""
     with open_store(data_dir, phone=phone) as store:
-        e164 = store.normalize_phone(phone, store.get_tenant_policy(tenant).phone_region)
-        _confirm(yes, f"Erase all data of {e164} at tenant {tenant!r}? This cannot be undone")
-        result = store.erase(tenant, phone, actor=ACTOR)
+        e164 = store.subjects.e164(tenant, phone)
+        confirm(yes, f"Erase all data of {e164} at tenant {tenant!r}? This cannot be undone")
+        result = store.subjects.erase(tenant, phone, actor=ACTOR)
     if as_json:
-        _echo_json({"tenant": tenant, **asdict(result)})
+        echo_json(plain_view(result, tenant=tenant))
         return
     click.echo(f"Erased {e164} at tenant {tenant}: {result.calls} calls, {result.turns} turns, "
                f"{result.recordings} recordings, {result.reports} reports, {result.contacts} contacts, "
@@ -405,11 +244,11 @@ def subjects_restrict(phone: str, tenant: str, undo: bool, data_dir: Path | None
     recordings are refused, outbound calls refused. Nothing is deleted. Audited."""
     with open_store(data_dir, phone=phone) as store:
         if undo:
-            changed = store.unrestrict(tenant, phone, actor=ACTOR)
+            changed = store.subjects.unrestrict(tenant, phone, actor=ACTOR)
             click.echo(f"{phone} is no longer restricted at tenant {tenant}." if changed
                        else f"{phone} was not restricted at tenant {tenant}.")
         else:
-            changed = store.restrict(tenant, phone, actor=ACTOR)
+            changed = store.subjects.restrict(tenant, phone, actor=ACTOR)
             click.echo(f"{phone} is now restricted at tenant {tenant}." if changed
                        else f"{phone} was already restricted at tenant {tenant}.")
 
@@ -430,10 +269,10 @@ def optout() -> None:
 def optout_add(phone: str, tenant: str, data_dir: Path | None, as_json: bool) -> None:
     """Put PHONE on tenant T's do-not-call list (writes an optout.requested event)."""
     with open_store(data_dir, phone=phone) as store:
-        added = store.add_optout(tenant, phone, source=ACTOR, actor=ACTOR)
-        e164 = store.normalize_phone(phone, store.get_tenant_policy(tenant).phone_region)
+        added = store.subjects.add_optout(tenant, phone, source=ACTOR, actor=ACTOR)
+        e164 = store.subjects.e164(tenant, phone)
     if as_json:
-        _echo_json({"tenant": tenant, "phone": e164, "added": added})
+        echo_json({"tenant": tenant, "phone": e164, "added": added})
         return
     click.echo(f"{e164} added to the opt-out list of tenant {tenant}." if added
                else f"{e164} is already on the opt-out list of tenant {tenant}.")
@@ -446,15 +285,15 @@ def optout_add(phone: str, tenant: str, data_dir: Path | None, as_json: bool) ->
 def optout_list(tenant: str, data_dir: Path | None, as_json: bool) -> None:
     """List tenant T's opt-outs (an erased subject shows only its hash)."""
     with open_store(data_dir) as store:
-        entries = store.list_optouts(tenant)
+        entries = store.subjects.optouts(tenant, actor=ACTOR)
     if as_json:
-        _echo_json([{**asdict(e), "created_at_iso": _iso(e.created_at)} for e in entries])
+        echo_json([optout_view(e) for e in entries])
         return
     if not entries:
         click.echo(f"The opt-out list of tenant {tenant} is empty.")
         return
     click.echo(text_table(["phone", "source", "since (UTC)"],
-                          [[e.phone or f"[erased] {e.phone_hash[:16]}", e.source, _short(e.created_at)]
+                          [[e.phone or f"[erased] {e.phone_hash[:16]}", e.source, utc_text(e.created_at)]
                            for e in entries]))
 
 
@@ -466,10 +305,10 @@ def optout_list(tenant: str, data_dir: Path | None, as_json: bool) -> None:
 def optout_remove(phone: str, tenant: str, data_dir: Path | None, as_json: bool) -> None:
     """Take PHONE off tenant T's do-not-call list."""
     with open_store(data_dir, phone=phone) as store:
-        removed = store.remove_optout(tenant, phone, actor=ACTOR)
-        e164 = store.normalize_phone(phone, store.get_tenant_policy(tenant).phone_region)
+        removed = store.subjects.remove_optout(tenant, phone, actor=ACTOR)
+        e164 = store.subjects.e164(tenant, phone)
     if as_json:
-        _echo_json({"tenant": tenant, "phone": e164, "removed": removed})
+        echo_json({"tenant": tenant, "phone": e164, "removed": removed})
         return
     if not removed:
         raise click.ClickException(f"{e164} is not on the opt-out list of tenant {tenant}")
@@ -486,13 +325,11 @@ def optout_check(phone: str, tenant: str, data_dir: Path | None, as_json: bool) 
 
     `voicecore serve` asks the same question when Twilio reports an outbound call
     (Direction outbound-*) and hangs up on a refused number before any audio flows."""
-    from voicecore.session import outbound_check
-
     with open_store(data_dir, phone=phone) as store:
         refusal = outbound_check(store, tenant, phone)
-        e164 = store.normalize_phone(phone, store.get_tenant_policy(tenant).phone_region)
+        e164 = store.subjects.e164(tenant, phone)
     if as_json:
-        _echo_json({"tenant": tenant, "phone": e164, "allowed": refusal is None, "reason": refusal})
+        echo_json({"tenant": tenant, "phone": e164, "allowed": refusal is None, "reason": refusal})
     elif refusal is None:
         click.echo(f"Tenant {tenant} may call {e164}.")
     else:
@@ -510,7 +347,7 @@ def retention() -> None:
 
 
 @retention.command("sweep")
-@click.option("--now", "now", callback=_parse_when, metavar="ISO8601",
+@click.option("--now", "now", callback=parse_when, metavar="ISO8601",
               help="Sweep as if it were this time (UTC unless it has an offset); default: now.")
 @data_dir_option
 @json_option
@@ -518,12 +355,12 @@ def retention_sweep(now: datetime | None, data_dir: Path | None, as_json: bool) 
     """Delete every expired row and recording file of every tenant, then compact the database
     so no deleted byte remains (secure_delete, VACUUM, WAL truncated). Audited."""
     with open_store(data_dir) as store:
-        result = store.retention_sweep(now, actor=ACTOR)
+        result = store.retention.sweep(now, actor=ACTOR)
     if as_json:
-        _echo_json({**asdict(result), "at_iso": _iso(result.at), "total": result.total})
+        echo_json(plain_view(result, total=result.total))
         return
     removed = ", ".join(f"{n} {table}" for table, n in result.deleted.items() if n) or "no rows"
-    click.echo(f"Retention sweep at {_short(result.at)}: removed {removed}; "
+    click.echo(f"Retention sweep at {utc_text(result.at)}: removed {removed}; "
                f"{result.transcripts_cleared} transcript texts cleared; "
                f"{result.files_removed} recording files removed.")
     if not result.wal_truncated:
@@ -545,9 +382,9 @@ def audit() -> None:
 def audit_verify(data_dir: Path | None, as_json: bool) -> None:
     """Check the audit log's hash chain; exit status 1 names the first modified or missing entry."""
     with open_store(data_dir) as store:
-        check = store.audit_verify()
+        check = store.audit.verify()
     if as_json:
-        _echo_json(asdict(check))
+        echo_json(plain_view(check))
     elif check.ok:
         click.echo(f"Audit log OK: {check.entries} entries, chain intact.")
     else:
@@ -565,15 +402,15 @@ def audit_verify(data_dir: Path | None, as_json: bool) -> None:
 def audit_list(tenant: str | None, limit: int, data_dir: Path | None, as_json: bool) -> None:
     """The latest audit entries, newest first: time, actor, tenant, action, object (no call content)."""
     with open_store(data_dir) as store:
-        entries = store.audit_list(tenant, limit=limit)
+        entries = store.audit.list(tenant, limit=limit)
     if as_json:
-        _echo_json([{**asdict(e), "at_iso": _iso(e.at)} for e in entries])
+        echo_json([audit_view(e) for e in entries])
         return
     if not entries:
         click.echo("No audit entries.")
         return
     click.echo(text_table(["id", "time (UTC)", "actor", "tenant", "action", "object"],
-                          [[str(e.id), _short(e.at), e.actor, e.tenant or "", e.action, e.object_id or ""]
+                          [[str(e.id), utc_text(e.at), e.actor, e.tenant or "", e.action, e.object_id or ""]
                            for e in entries]))
 
 
@@ -602,17 +439,3 @@ def policy_check(files: tuple[Path, ...]) -> None:
                    f"transcripts {p.retention.transcripts} days)")
     if bad:
         raise click.ClickException(f"{bad} of {len(files)} policy files invalid")
-
-
-# --------------------------------------------------------------------------- registration
-
-COMMANDS: tuple[click.Command, ...] = (tenants, calls, subjects, optout, retention, audit, policy)
-
-
-def register(group: click.Group) -> None:
-    """Attach the data verbs to ``group`` (done for ``voicecore.cli.cli`` on import)."""
-    for command in COMMANDS:
-        group.add_command(command)
-
-
-register(_host_cli())

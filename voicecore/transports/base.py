@@ -1,15 +1,18 @@
-"""The edge of a call: what a transport must provide, and the agent's paced audio output.
+"""The edge of a call: the port every transport implements, and the agent's paced audio output.
 
 A transport (a WAV file, the terminal, a telephony WebSocket, a WebRTC peer)
-implements :class:`CallTransport`. Caller audio goes in through
-``CallSession.feed_audio``; agent audio leaves through
-:class:`AgentAudioOutput`, the last processor of every pipeline, which
+implements :class:`CallTransport` and drives the running call through the
+:class:`LiveCall` port (caller audio in with ``feed_audio``, DTMF, mark
+acknowledgements, the end). Agent audio leaves through :class:`AgentAudioOutput`,
+the last processor of every pipeline, which
 
-- paces audio at real time with a small lead (``lead_ms``), so a barge-in can
-  silence the line at once;
-- sends one mark after each clause and learns from the transport's mark
-  acknowledgements (or, for local transports, from its own playback clock)
-  which clauses the caller heard;
+- cuts agent audio into the transport's frames (``CallTransport.frame_bytes``):
+  the one place agent audio is sliced, so each frame is one provider message;
+- paces those frames at real time with a small lead (``lead_ms``), so a
+  barge-in can silence the line at once;
+- sends one mark after the last audio of each clause and learns from the
+  transport's mark acknowledgements (or, for local transports, from its own
+  playback clock) which clauses the caller heard;
 - on an ``InterruptionFrame`` drops everything unplayed, asks the transport to
   clear its buffer, and reports the reply cut to what was heard.
 """
@@ -22,6 +25,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -37,7 +41,51 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voicecore.frames import AgentClauseFrame, AgentReplyDoneFrame, AgentReplyStartFrame
-from voicecore.records import TurnTimeline
+from voicecore.records import CallRecord, TurnTimeline
+
+#: Agent audio frame length unless a transport says otherwise.
+DEFAULT_FRAME_MS = 20
+
+
+class CallRefused(Exception):
+    """The call may not run (unknown tenant, a policy that forbids the pipeline, an unknown
+    pipeline...). ``reason`` says why; transports close the call with it."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+class LiveCall(Protocol):
+    """What a transport drives of a running call (:class:`voicecore.session.CallSession`)."""
+
+    record: CallRecord
+    #: Set once the call has ended and its record was handed off; transports hang up on it.
+    closed: asyncio.Event
+
+    @property
+    def call_id(self) -> str: ...
+
+    @property
+    def ended(self) -> bool: ...
+
+    @property
+    def busy(self) -> bool:
+        """The agent is transcribing, thinking or speaking for some turn."""
+        ...
+
+    @property
+    def caller_in_turn(self) -> bool:
+        """The caller is in the middle of a turn (speaking, or pausing within it)."""
+        ...
+
+    async def feed_audio(self, pcm16: bytes, sample_rate: int, channels: int = 1) -> None: ...
+
+    async def dtmf(self, digit: str) -> None: ...
+
+    def mark_played(self, name: str) -> None: ...
+
+    async def end(self, reason: str = "hangup") -> CallRecord: ...
 
 
 class CallTransport(ABC):
@@ -52,18 +100,20 @@ class CallTransport(ABC):
     def output_sample_rate(self) -> int:
         """The rate agent audio must be handed over at (int16 mono)."""
 
+    @property
+    def frame_bytes(self) -> int:
+        """int16 bytes of one outbound frame: ``write_audio`` always gets exactly this many."""
+        return self.output_sample_rate * DEFAULT_FRAME_MS // 1000 * 2
+
     @abstractmethod
-    async def write_audio(self, pcm16: bytes) -> None:
-        """Send agent audio (int16 LE mono at ``output_sample_rate``)."""
+    async def write_audio(self, frame: bytes) -> None:
+        """Send one frame of agent audio (``frame_bytes`` of int16 LE mono at ``output_sample_rate``)."""
 
     async def send_mark(self, name: str) -> None:
         """Ask the far end to acknowledge ``name`` once everything before it has played."""
 
     async def clear(self) -> None:
         """Drop audio the far end has buffered but not played yet."""
-
-    async def end_of_reply(self) -> None:
-        """The last audio of one reply was written (lets framed transports flush a partial frame)."""
 
 
 @dataclass
@@ -120,9 +170,8 @@ ReplyFinished = Callable[[str, str, str, str, bool], None]  # reply_id, kind, ge
 
 
 class AgentAudioOutput(FrameProcessor):
-    """The sink of a call's pipeline: paced agent audio, marks, barge-in clears."""
-
-    CHUNK_MS = 20
+    """The sink of a call's pipeline: agent audio cut into the transport's frames and paced,
+    marks after each clause's last audio, barge-in clears."""
 
     def __init__(
         self,
@@ -143,7 +192,9 @@ class AgentAudioOutput(FrameProcessor):
         self._on_reply_finished = on_reply_finished
         self._tap = tap  # sees every byte of agent audio sent (the recording seam)
         self._rate = transport.output_sample_rate
+        self._frame_bytes = transport.frame_bytes
         self._queue: deque[object] = deque()
+        self._partial = bytearray()  # agent audio not yet a whole frame (sent with the next audio)
         self._wakeup = asyncio.Event()
         self._pacer: asyncio.Task | None = None
         self._stream_start = 0.0  # monotonic time the current burst of audio started playing
@@ -153,7 +204,8 @@ class AgentAudioOutput(FrameProcessor):
         self._speaking = False
         self._replies: dict[str, _Reply] = {}
         self._current: _Reply | None = None  # reply whose audio is being sent
-        self._pending_marks: dict[str, _Clause] = {}
+        self._pending_marks: dict[str, _Clause] = {}  # marks sent, not yet acknowledged
+        self._unsent_marks: list[_Clause] = []  # clauses whose last audio is still in ``_partial``
         self.interruptions = 0
         self.last_write_at: dict[str, float] = {}  # reply id -> when its last audio was written
         self.last_clear_at: float | None = None
@@ -163,7 +215,12 @@ class AgentAudioOutput(FrameProcessor):
     @property
     def busy(self) -> bool:
         """Audio queued or still playing."""
-        return bool(self._queue) or self._speaking
+        return bool(self._queue) or bool(self._partial) or self._speaking
+
+    @property
+    def _offset(self) -> int:
+        """Stream offset (samples) of the next agent sample: sent, plus the partial frame."""
+        return self._sent + len(self._partial) // 2
 
     def playback_position(self) -> int:
         """Output stream offset (samples) the far end is estimated to have played."""
@@ -192,9 +249,7 @@ class AgentAudioOutput(FrameProcessor):
                 await self._drain()
             await self._stop_pacer()
             await self.push_frame(frame, direction)
-        elif isinstance(frame, AgentReplyStartFrame):
-            self._enqueue(frame)
-        elif isinstance(frame, (AgentClauseFrame, AgentReplyDoneFrame)):
+        elif isinstance(frame, (AgentReplyStartFrame, AgentClauseFrame, AgentReplyDoneFrame)):
             self._enqueue(frame)
         elif isinstance(frame, OutputAudioRawFrame):
             if frame.sample_rate != self._rate:
@@ -221,7 +276,6 @@ class AgentAudioOutput(FrameProcessor):
     # -- the pacer -----------------------------------------------------------------------
 
     async def _pace(self) -> None:
-        chunk_bytes = self._rate * self.CHUNK_MS // 1000 * 2
         while True:
             if not self._queue:
                 await self._idle_until_work()
@@ -238,34 +292,51 @@ class AgentAudioOutput(FrameProcessor):
                 await self._close_clause()
                 reply = self._replies.get(item.reply_id)
                 if reply is not None:
-                    reply.clauses.append(_Clause(item.reply_id, item.index, item.text, start=self._sent))
+                    reply.clauses.append(_Clause(item.reply_id, item.index, item.text, start=self._offset))
             elif isinstance(item, AgentReplyDoneFrame):
                 await self._close_clause()
+                await self._send_partial_frame()
                 reply = self._replies.get(item.reply_id)
                 if reply is not None:
                     reply.generated_text = item.generated_text
                     reply.done_queued = True
-                await self._transport.end_of_reply()
                 self._maybe_finish_replies()
             elif isinstance(item, bytes | bytearray):
-                for i in range(0, len(item), chunk_bytes):
-                    await self._send_chunk(bytes(item[i : i + chunk_bytes]))
+                self._partial += item
+                whole = len(self._partial) - len(self._partial) % self._frame_bytes
+                for i in range(0, whole, self._frame_bytes):
+                    await self._send_frame(bytes(self._partial[i : i + self._frame_bytes]))
+                del self._partial[:whole]
 
     async def _close_clause(self) -> None:
-        """The audio of the clause being sent is complete: mark its end."""
+        """The audio of the clause being sent is complete: mark its end (the mark goes out once
+        the frame holding its last sample has been sent)."""
         reply = self._current
         if reply is None or not reply.clauses:
             return
         clause = reply.clauses[-1]
         if clause.end >= 0:
             return
-        clause.end = self._sent
+        clause.end = self._offset
         if self._transport.acknowledges_marks:
+            self._unsent_marks.append(clause)
+            await self._send_due_marks()
+
+    async def _send_due_marks(self) -> None:
+        while self._unsent_marks and self._unsent_marks[0].end <= self._sent:
+            clause = self._unsent_marks.pop(0)
             self._pending_marks[clause.mark_name] = clause
             await self._transport.send_mark(clause.mark_name)
 
-    async def _send_chunk(self, chunk: bytes) -> None:
-        n = len(chunk) // 2
+    async def _send_partial_frame(self) -> None:
+        """The end of a reply: what is left of its audio, padded with silence to a whole frame."""
+        if self._partial:
+            frame = bytes(self._partial) + bytes(self._frame_bytes - len(self._partial))
+            self._partial.clear()
+            await self._send_frame(frame)
+
+    async def _send_frame(self, frame: bytes) -> None:
+        n = len(frame) // 2
         if self._realtime:
             now = time.monotonic()
             if not self._speaking:
@@ -283,13 +354,15 @@ class AgentAudioOutput(FrameProcessor):
             reply.first_audio_sent = True
             if reply.timeline is not None:
                 reply.timeline.mark("first_audio_out")
-        await self._transport.write_audio(chunk)
+        await self._transport.write_audio(frame)
         if reply is not None:
             self.last_write_at[reply.reply_id] = time.monotonic()
         if self._tap is not None:
-            self._tap(chunk)
+            self._tap(frame)
         self._sent += n
         self._burst_samples += n
+        if self._unsent_marks:
+            await self._send_due_marks()
 
     async def _idle_until_work(self) -> None:
         """Nothing queued: wait for work, and notice when the audio already sent has played."""
@@ -341,7 +414,7 @@ class AgentAudioOutput(FrameProcessor):
     async def _interrupt(self) -> None:
         """Barge-in: drop what was not played, clear the far end, report what was heard."""
         position = self.playback_position()
-        had_audio = self._speaking or any(isinstance(i, bytes | bytearray) for i in self._queue)
+        had_audio = self._speaking or bool(self._partial) or any(isinstance(i, bytes | bytearray) for i in self._queue)
         current = self._current.clauses[-1] if self._current and self._current.clauses else None
         if current is not None and current.end < 0:
             # The clause being sent ends where its audio still queued would have ended.
@@ -350,10 +423,12 @@ class AgentAudioOutput(FrameProcessor):
                 if not isinstance(item, bytes | bytearray):
                     break
                 queued += len(item) // 2
-            current.end = self._sent + queued
+            current.end = self._offset + queued
         self._queue.clear()
+        self._partial.clear()
+        self._unsent_marks.clear()
         if self._pacer is not None:
-            # The pacer may be waiting to send the next chunk: restart it on an empty queue.
+            # The pacer may be waiting to send the next frame: restart it on an empty queue.
             await self.cancel_task(self._pacer)
             self._pacer = self.create_task(self._pace())
         if had_audio:

@@ -1,0 +1,3 @@
+from voicecore.cli import main
+
+main()

@@ -1,0 +1,144 @@
+"""What every ``voicecore`` verb shares: options, the data directory's Store, errors as one line, JSON output.
+
+Library errors (unknown tenant, invalid phone number, an invalid policy field, a
+database or keystore problem) become one-line messages naming what was wrong,
+and exit status 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from loguru import logger
+
+from voicecore.config import ConfigError, PipelineConfig, load_pipeline, resolve_pipeline_path
+from voicecore.policy.models import PolicyError
+from voicecore.policy.phone import InvalidPhoneNumber
+from voicecore.storage import DB_FILENAME, CryptoError, StorageError, Store, UnknownTenant, default_data_dir
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Who the audit log names for everything done from the command line.
+ACTOR = "cli"
+
+
+def setup_logging(verbose: int = 0) -> None:
+    """INFO by default (model loading progress, call start/end — never call content)."""
+    level = os.environ.get("VOICECORE_LOG_LEVEL") or ("DEBUG" if verbose >= 1 else "INFO")
+    logger.remove()
+    logger.add(sys.stderr, level=level, format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> {message}")
+
+
+def load_pipeline_or_fail(pipeline: str) -> PipelineConfig:
+    try:
+        return load_pipeline(resolve_pipeline_path(pipeline))
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def model_pool() -> Any:
+    from voicecore.model_pool import ModelPool
+
+    try:
+        return ModelPool()
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def data_dir_option(f: F) -> F:
+    """``--data-dir DIR``: the data directory (default ``$VOICECORE_DATA_DIR``, else ``./storage``)."""
+    return click.option(
+        "--data-dir",
+        "data_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Data directory (database, keystore, recordings). Default: $VOICECORE_DATA_DIR, else ./storage.",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
+
+
+def tenant_option(*, required: bool) -> Callable[[F], F]:
+    if required:
+        return click.option("--tenant", "tenant", required=True, help="Tenant whose data this is.")
+    return click.option("--tenant", "tenant", default="default", show_default=True, help="Tenant whose data this is.")
+
+
+def resolve_data_dir(data_dir: Path | None) -> Path:
+    return data_dir if data_dir is not None else default_data_dir()
+
+
+@contextlib.contextmanager
+def open_store(data_dir: Path | None, *, create: bool = False, phone: str | None = None) -> Iterator[Store]:
+    """The data directory's Store for one command; library errors become one-line ClickExceptions.
+
+    Without ``create`` a data directory that holds no database is an error (a mistyped
+    ``--data-dir`` must not silently create an empty store)."""
+    path = resolve_data_dir(data_dir)
+    if not create and not (path / DB_FILENAME).exists():
+        raise click.ClickException(
+            f"no voicecore database in {path} ({DB_FILENAME} not found); create a tenant first with "
+            f"`voicecore tenants add NAME --data-dir {path}`, or pass the right --data-dir / VOICECORE_DATA_DIR"
+        )
+    try:
+        store = Store(path)
+    except (StorageError, CryptoError, sqlite3.Error, OSError) as e:
+        raise click.ClickException(f"cannot open the data directory {path}: {e}") from None
+    try:
+        with translate_errors(path, phone=phone):
+            yield store
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def translate_errors(data_dir: Path, *, phone: str | None = None) -> Iterator[None]:
+    try:
+        yield
+    except UnknownTenant as e:
+        raise click.ClickException(
+            f"unknown tenant {e.name!r} in {data_dir}; `voicecore tenants list` shows the tenants there"
+        ) from None
+    except InvalidPhoneNumber as e:
+        raise click.ClickException(f"invalid phone number {phone!r}: {e}") from None
+    except PolicyError as e:
+        raise click.ClickException(f"invalid policy: {e}") from None
+    except (StorageError, CryptoError) as e:
+        raise click.ClickException(str(e)) from None
+    except sqlite3.Error as e:
+        raise click.ClickException(f"database error in {data_dir}: {e}") from None
+    except OSError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def parse_when(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """An ISO 8601 date or date-time (naive means UTC)."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 date/time (e.g. 2025-06-01 or 2025-06-01T09:30:00Z)"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def confirm(yes: bool, question: str) -> None:
+    if not yes:
+        click.confirm(question, abort=True)

@@ -1,0 +1,76 @@
+"""What a ``serve`` worker shares between requests: the store, the models, active calls, call tokens."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voicecore.config import PROJECT_ROOT, PipelineConfig, load_pipeline
+from voicecore.model_pool import ModelPool
+from voicecore.reports import ReportScheduler
+from voicecore.server.metrics import Metrics
+from voicecore.session import CallSession
+from voicecore.storage import Store
+
+CALL_TOKEN_TTL_S = 120.0
+
+
+@dataclass
+class ServerState:
+    """What the app shares between requests (the only process-wide state besides the model pool)."""
+
+    data_dir: Path
+    store: Store
+    pool: ModelPool
+    pipelines: dict[str, PipelineConfig]
+    default_pipeline: str
+    metrics: Metrics = field(default_factory=Metrics)
+    reports: ReportScheduler = field(default_factory=ReportScheduler)
+    calls: dict[str, CallSession] = field(default_factory=dict)
+    calls_started: int = 0
+    call_tokens: dict[str, tuple[str, str | None, float, str | None]] = field(default_factory=dict)
+    announced_calls: dict[str, tuple[str, float]] = field(default_factory=dict)  # provider call id -> tenant
+    shutting_down: bool = False
+    sweep_interval_s: float = 3600.0
+    ice_servers: list[dict[str, Any]] = field(default_factory=list)  # none by default: host candidates only
+    peer_calls: dict[str, Any] = field(default_factory=dict)
+
+    def mint_call_token(self, tenant: str, pipeline: str | None, call_id: str | None = None) -> str:
+        """A one-time token for one call (bound to the provider's call id when known)."""
+        now = time.monotonic()
+        for tok, entry in list(self.call_tokens.items()):
+            if entry[2] < now:
+                del self.call_tokens[tok]
+        for cid, (_t, exp) in list(self.announced_calls.items()):
+            if exp < now:
+                del self.announced_calls[cid]
+        token = "ct_" + secrets.token_urlsafe(24)
+        self.call_tokens[token] = (tenant, pipeline, now + CALL_TOKEN_TTL_S, call_id)
+        if call_id:
+            self.announced_calls[call_id] = (tenant, now + CALL_TOKEN_TTL_S)
+        return token
+
+    def redeem_call_token(self, token: str, call_id: str | None = None) -> tuple[str, str | None] | None:
+        entry = self.call_tokens.pop(token, None)
+        if entry is None or entry[2] < time.monotonic():
+            return None
+        if entry[3] is not None and entry[3] != call_id:
+            return None  # minted for another call
+        return entry[0], entry[1]
+
+    def call_announced_to_other_tenant(self, call_id: str | None, tenant: str) -> bool:
+        entry = self.announced_calls.get(call_id or "")
+        return entry is not None and entry[1] >= time.monotonic() and entry[0] != tenant
+
+
+def load_pipelines(folder: Path = PROJECT_ROOT / "pipelines", extra: list[str | Path] | None = None) -> dict[str, PipelineConfig]:
+    """Every agent definition a call may name, validated at start-up (a bad file stops the server)."""
+    configs: dict[str, PipelineConfig] = {}
+    paths = sorted(folder.glob("*.yaml")) if folder.exists() else []
+    for p in [*paths, *(Path(e) for e in extra or [])]:
+        cfg = load_pipeline(p)
+        configs[cfg.name] = cfg
+    return configs

@@ -1,0 +1,83 @@
+"""``Store``: one data directory's database, keystore and recordings, and the repositories over them.
+
+    store = Store(data_dir)                      # creates data_dir/voicecore.db, keystore.bin, master.key
+    api_key = store.tenants.create("acme", "policies/default.yaml", actor="cli")
+    key = store.tenants.authenticate(api_key)    # ApiKeyInfo(tenant="acme", role="admin", ...)
+    store.calls.save(record)                     # as the tenant policy allows
+
+The repositories: :attr:`Store.tenants` (tenants, policies, API keys),
+:attr:`Store.calls` (calls, turns, recordings, reports), :attr:`Store.subjects`
+(contacts, opt-outs, restriction, export, erasure), :attr:`Store.outbox`
+(webhook events, endpoints, deliveries), :attr:`Store.retention` (the sweep) and
+:attr:`Store.audit` (the hash-chained audit log). They share one connection; a
+Store may be used from several threads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Self
+
+from voicecore.storage.audit import AuditLog
+from voicecore.storage.calls import CallRepository
+from voicecore.storage.crypto import KEYSTORE_FILENAME, Keystore, resolve_master_key
+from voicecore.storage.database import DB_FILENAME, Database
+from voicecore.storage.outbox import Outbox
+from voicecore.storage.retention import Retention
+from voicecore.storage.subjects import SubjectRepository
+from voicecore.storage.tenants import RECORDINGS_DIRNAME, TenantRepository
+
+
+def default_data_dir() -> Path:
+    """``VOICECORE_DATA_DIR`` or ``./storage``."""
+    return Path(os.environ.get("VOICECORE_DATA_DIR") or "storage")
+
+
+class Store:
+    """All persistent state of one data directory, handed out as repositories."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        master_key: bytes | str | None = None,
+        keystore_path: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.recordings_dir = self.data_dir / RECORDINGS_DIRNAME
+        key, source = resolve_master_key(self.data_dir, master_key)
+        self.keystore = Keystore(
+            Path(keystore_path) if keystore_path else self.data_dir / KEYSTORE_FILENAME, key, source
+        )
+        self.db = Database(self.data_dir / DB_FILENAME, clock=clock)
+        self.audit = AuditLog(self.db, self.keystore)
+        self.tenants = TenantRepository(self.db, self.keystore, self.audit, self.data_dir)
+        self.outbox = Outbox(self.db, self.tenants, self.audit)
+        self.calls = CallRepository(self.db, self.tenants, self.outbox, self.audit, self.data_dir)
+        self.subjects = SubjectRepository(self.db, self.tenants, self.calls, self.outbox, self.audit, self.data_dir)
+        self.retention = Retention(self.db, self.audit, self.data_dir)
+
+    @property
+    def db_path(self) -> Path:
+        return self.db.path
+
+    def files(self) -> list[Path]:
+        """The database files (main, -wal, -shm) that exist right now."""
+        return self.db.files()
+
+    def schema_version(self) -> int:
+        return self.db.schema_version()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

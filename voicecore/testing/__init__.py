@@ -1,0 +1,1 @@
+"""Test peers for voicecore: provider media-stream callers that speak each provider's protocol."""
