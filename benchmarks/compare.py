@@ -61,7 +61,12 @@ class LlamaCppServer(ServerProcess):
     """``python -m llama_cpp.server`` on the pipeline's GGUF (the ``llama-cpp-python[server]`` extra)."""
 
     def __init__(self, work_dir: Path, pipeline: str):
-        from voicecore.config import load_pipeline, load_presets, resolve_llm, resolve_pipeline_path
+        from voicecore.config import (
+            load_pipeline,
+            load_presets,
+            resolve_llm,
+            resolve_pipeline_path,
+        )
 
         cfg = load_pipeline(resolve_pipeline_path(pipeline))
         preset, gguf = resolve_llm(cfg.models.llm, load_presets())

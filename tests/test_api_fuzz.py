@@ -24,12 +24,10 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-
 from test_api_permissions import build_app, make_tenant
 
 from voicecore.server import api
-from voicecore.storage import MASTER_KEY_ENV
-from voicecore.storage import Store
+from voicecore.storage import MASTER_KEY_ENV, Store
 
 MAX_EXAMPLES = int(os.environ.get("VOICECORE_FUZZ_EXAMPLES", "25"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -13,8 +13,8 @@ What each cell checks:
 from __future__ import annotations
 
 import asyncio
-import json
 import itertools
+import json
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,10 +23,9 @@ from typing import Any
 
 import pytest
 
-from voicecore.server import api
 from voicecore.records import CallRecord, Turn
-from voicecore.storage import MASTER_KEY_ENV
-from voicecore.storage import Store
+from voicecore.server import api
+from voicecore.storage import MASTER_KEY_ENV, Store
 
 ROLES = ("admin", "analyst", "viewer")
 RANK = {"viewer": 0, "analyst": 1, "admin": 2}
@@ -133,9 +132,9 @@ class AsgiClient:
 
 def build_app(store: Store, data_dir: Path, receptionist: Any) -> Any:
     """``serve``'s app (``create_app``) with the API router mounted (by create_app once the lead adds it)."""
-    from voicecore.server import create_app
-
     from starlette.routing import NoMatchFound
+
+    from voicecore.server import create_app
 
     app = create_app(data_dir=data_dir, store=store, preload=False, pipelines={receptionist.name: receptionist})
     try:

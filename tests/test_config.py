@@ -6,7 +6,14 @@ import textwrap
 
 import pytest
 
-from voicecore.config import ConfigError, load_pipeline, load_presets, resolve_llm, resolve_stt, resolve_tts
+from voicecore.config import (
+    ConfigError,
+    load_pipeline,
+    load_presets,
+    resolve_llm,
+    resolve_stt,
+    resolve_tts,
+)
 
 VALID = """
 name: test-agent

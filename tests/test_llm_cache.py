@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from voicecore.config import LLMParams
-from voicecore.services.llm import Conversation, PassThroughContext
+from voicecore.services.conversation import Conversation, PassThroughContext
 
 PARAMS = LLMParams(max_tokens=16, temperature=0.0)
 

@@ -20,21 +20,32 @@ import soxr
 
 from voicecore.config import LLMPreset, ModelRefs, load_presets
 from voicecore.model_pool import ModelPool
-from voicecore.policy import DEFAULT_POLICY, RedactedText, load_policy, policy_from_data, policy_to_yaml
+from voicecore.policy import (
+    DEFAULT_POLICY,
+    RedactedText,
+    load_policy,
+    policy_from_data,
+    policy_to_yaml,
+)
 from voicecore.records import CallRecord, Turn
-from voicecore.services.llm import ChatMessage, Conversation, PolicyContext
+from voicecore.services.conversation import ChatMessage, Conversation, PolicyContext
 from voicecore.session import (
     CONSENT_GIVEN_REPLY,
     CONSENT_REFUSED_REPLY,
     RESTRICTED_NOTICE,
-    CallRecorder,
+    RecordingStream,
     CallRefused,
     CallSession,
     open_call,
 )
 from voicecore.simulate import run_call
-from voicecore.transports.file import Audio, FileTransport, stream_audio, stream_silence_until_idle
 from voicecore.storage import Store
+from voicecore.transports.file import (
+    Audio,
+    FileTransport,
+    stream_audio,
+    stream_silence_until_idle,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -311,7 +322,7 @@ async def test_call_recorder_pairs_agent_audio_with_the_caller_clock_and_holds_l
             self.closed = True
 
     writer = Writer()
-    rec = CallRecorder(writer, RATE)  # type: ignore[arg-type]
+    rec = RecordingStream(writer, RATE)  # type: ignore[arg-type]
     caller = (np.arange(RATE * 3) % 1000 + 1).astype(np.int16)  # 3 s, never zero
     agent = np.full(RATE // 2, 7, dtype=np.int16)  # 0.5 s reply
     for i in range(0, RATE, 320):  # 1 s of caller audio
@@ -330,7 +341,7 @@ async def test_call_recorder_pairs_agent_audio_with_the_caller_clock_and_holds_l
     assert all(len(w) == writer.chunk_bytes for w in writer.writes[:-1])
     # no caller audio coming in: the agent side is written on its own once ~1 s ahead
     writer2 = Writer()
-    rec2 = CallRecorder(writer2, RATE)  # type: ignore[arg-type]
+    rec2 = RecordingStream(writer2, RATE)  # type: ignore[arg-type]
     rec2.agent_audio(np.full(RATE * 3, 5, dtype=np.int16).tobytes(), RATE)
     assert len(rec2._agent) == RATE * 2
     await rec2.close()

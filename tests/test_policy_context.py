@@ -7,7 +7,13 @@ import json
 
 import pytest
 
-from voicecore.policy import ContextBuilder, Policy, RedactedText, load_policy_text, stored_transcript_text
+from voicecore.policy import (
+    ContextBuilder,
+    Policy,
+    RedactedText,
+    load_policy_text,
+    stored_transcript_text,
+)
 from voicecore.records import Turn
 
 CARD = "4111 1111 1111 1111"

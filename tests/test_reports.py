@@ -36,9 +36,10 @@ from voicecore.reports import (
     resolve_slot,
     resolve_time,
 )
-from voicecore.services.llm import ChatMessage, Generation, GenerationStats
-from voicecore.storage import Store
 from voicecore.server.webhooks import SIGNATURE_HEADER, WebhookWorker, verify_signature
+from voicecore.services.conversation import ChatMessage
+from voicecore.services.llm import Generation, GenerationStats
+from voicecore.storage import Store
 
 WEDNESDAY = date(2024, 5, 15)
 CALL_START = datetime(2024, 5, 15, 14, 3, tzinfo=UTC).timestamp()
@@ -490,7 +491,7 @@ async def test_a_report_does_not_disturb_a_live_calls_cached_conversation(store:
     import threading
 
     from voicecore.config import LLMParams
-    from voicecore.services.llm import Conversation, PassThroughContext
+    from voicecore.services.conversation import Conversation, PassThroughContext
 
     params = LLMParams(max_tokens=24, temperature=0.0)
 

@@ -12,8 +12,6 @@ import pytest
 from voicecore.records import CallRecord, Turn
 from voicecore.storage import Store
 
-
-
 TENANTS = {"acme": None}  # tenant.created, apikey.created
 
 

@@ -10,8 +10,6 @@ import pytest
 from voicecore.records import CallRecord, Turn
 from voicecore.storage import Store
 
-
-
 TENANTS = {"a": None, "b": None}
 
 

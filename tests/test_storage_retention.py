@@ -7,7 +7,6 @@ import struct
 from datetime import UTC, datetime
 from pathlib import Path
 
-
 from voicecore.records import CallRecord, Turn, TurnTimeline
 from voicecore.storage import Store
 

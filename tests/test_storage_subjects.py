@@ -14,8 +14,8 @@ import pytest
 
 from voicecore.policy import InvalidPhoneNumber
 from voicecore.records import CallRecord, Turn
-from voicecore.views import call_view
 from voicecore.storage import Store
+from voicecore.views import call_view
 
 E164 = "+14155552671"
 NATIONAL = "(415) 555-2671"

@@ -30,8 +30,6 @@ import aiohttp
 import pytest
 
 from voicecore.records import CallRecord, Turn
-from voicecore.storage import MASTER_KEY_ENV
-from voicecore.storage import SCHEMA_VERSION, Store
 from voicecore.server.webhooks import (
     SIGNATURE_HEADER,
     WebhookWorker,
@@ -40,7 +38,13 @@ from voicecore.server.webhooks import (
     signature_header,
     verify_signature,
 )
-from voicecore.storage import InvalidWebhookUrl, check_webhook_url
+from voicecore.storage import (
+    MASTER_KEY_ENV,
+    SCHEMA_VERSION,
+    InvalidWebhookUrl,
+    Store,
+    check_webhook_url,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_CONTACTS_POLICY = """version: 1

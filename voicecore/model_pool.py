@@ -14,7 +14,14 @@ from typing import Any
 
 from loguru import logger
 
-from voicecore.config import ModelPresets, PipelineConfig, load_presets, resolve_llm, resolve_stt, resolve_tts
+from voicecore.config import (
+    ModelPresets,
+    PipelineConfig,
+    load_presets,
+    resolve_llm,
+    resolve_stt,
+    resolve_tts,
+)
 from voicecore.policy import BackendInfo
 from voicecore.services.cpu import CpuPriority
 from voicecore.services.llm import LlamaEngine

@@ -22,11 +22,17 @@ from pipecat.processors.frame_processor import FrameProcessor
 from voicecore.config import PipelineConfig
 from voicecore.model_pool import ModelPool
 from voicecore.records import TurnTimeline
-from voicecore.services.llm import Conversation, LlamaLLMProcessor
+from voicecore.services.conversation import Conversation
+from voicecore.services.llm import LlamaLLMProcessor
 from voicecore.services.stt import WhisperSTTProcessor
 from voicecore.services.tts import PiperTTSProcessor
 from voicecore.services.vad import PIPELINE_SAMPLE_RATE, VADTurnProcessor
-from voicecore.transports.base import AgentAudioOutput, CallTransport, ReplyFinished, ReplyStarted
+from voicecore.transports.base import (
+    AgentAudioOutput,
+    CallTransport,
+    ReplyFinished,
+    ReplyStarted,
+)
 from voicecore.transports.file import TextReplyOutput, TextTransport
 
 

@@ -17,7 +17,7 @@ and wires the policy seams, each in one place:
   allow-listed contact fields): the only road into the LLM;
 - recording: only when the policy allows it (``on``; ``consent`` after a spoken
   yes or the consent digit), streamed encrypted to disk by
-  :class:`~voicecore.storage.recording.CallRecorder`;
+  :class:`~voicecore.storage.recording.RecordingStream`;
 - opt-out: a caller turn matching the policy's opt-out phrases puts the number on
   the tenant's do-not-call list (with its outbox event), flags the record, speaks
   the policy's confirmation and ends the call;
@@ -31,12 +31,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from loguru import logger
 from pipecat.audio.dtmf.types import KeypadEntry
-from pipecat.frames.frames import EndFrame, InputAudioRawFrame, InputDTMFFrame, TranscriptionFrame
+from pipecat.frames.frames import (
+    EndFrame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    TranscriptionFrame,
+)
 from pipecat.utils.time import time_now_iso8601
 from pipecat.workers.runner import WorkerRunner
 
@@ -57,10 +62,10 @@ from voicecore.policy import (
     recording_decision,
 )
 from voicecore.records import CallRecord, Turn, TurnTimeline
-from voicecore.services.llm import ContextBuilder, Conversation, PolicyContext
+from voicecore.services.conversation import ContextBuilder, Conversation, PolicyContext
 from voicecore.services.vad import PIPELINE_SAMPLE_RATE
 from voicecore.storage.calls import RecordingNotAllowed
-from voicecore.storage.recording import CallRecorder
+from voicecore.storage.recording import RecordingStream
 from voicecore.storage.tenants import UnknownTenant
 from voicecore.transports.base import CallRefused, CallTransport
 from voicecore.transports.file import TextTransport
@@ -80,24 +85,12 @@ RESTRICTED_NOTICE = "Sorry, we cannot take calls from this number at the moment.
 #: The agent's answer to the recording question (policy ``recording.mode: consent``).
 CONSENT_GIVEN_REPLY = "Thank you. This call will be recorded."
 CONSENT_REFUSED_REPLY = "Understood. This call will not be recorded."
-#: The one recording of a call: 2 channels, caller left, agent right (see :class:`CallRecorder`).
+#: The one recording of a call: 2 channels, caller left, agent right (see :class:`RecordingStream`).
 RECORDING_TRACK = "mixed"
 
 
-class AudioRecorder(Protocol):
-    """Receives call audio when (and only when) the tenant's policy allows recording.
-
-    ``caller_audio``/``agent_audio`` are called on the event loop for every chunk and
-    must be cheap; ``close`` may be a coroutine function (it is awaited)."""
-
-    def caller_audio(self, pcm16: bytes, sample_rate: int) -> None: ...
-
-    def agent_audio(self, pcm16: bytes, sample_rate: int) -> None: ...
-
-    def close(self) -> Awaitable[None] | None: ...
-
-
-RecordSink = Callable[[CallRecord], Awaitable[Any] | None]
+#: Receives the finished call record (storage decides what of it is kept).
+CallEnded = Callable[[CallRecord], Awaitable[Any] | None]
 
 
 class CallSession:
@@ -119,9 +112,9 @@ class CallSession:
         *,
         record: CallRecord | None = None,
         context_builder: ContextBuilder | None = None,
-        recorder: AudioRecorder | None = None,
+        recorder: RecordingStream | None = None,
         realtime: bool = True,
-        on_record: RecordSink | None = None,
+        on_ended: CallEnded | None = None,
         on_prompt: Callable[[str], None] | None = None,
         greet: bool = True,
         policy: Policy | None = None,
@@ -137,7 +130,7 @@ class CallSession:
         self.realtime = realtime
         self.policy = policy
         self.store = store
-        self._on_record = on_record
+        self._on_ended = on_ended
         self._on_prompt = on_prompt
         self._greet = greet
         self._listen = listen  # False: caller audio is dropped unheard (restricted callers)
@@ -323,9 +316,7 @@ class CallSession:
             self._agent_turns.pop(reply_id, None)
         if self.recorder is not None:
             try:
-                result = self.recorder.close()
-                if asyncio.iscoroutine(result):
-                    await result
+                await self.recorder.close()
             except Exception as e:
                 logger.error(f"call {self.call_id[:8]}: recording not closed cleanly ({type(e).__name__})")
         self.record.ended_at = time.time()
@@ -334,8 +325,8 @@ class CallSession:
             f"call {self.call_id[:8]} ended ({reason}) after {self.record.duration_s:.1f} s, "
             f"{sum(1 for t in self.record.turns if t.role == 'caller')} caller turns"
         )
-        if self._on_record is not None:
-            result = self._on_record(self.record)
+        if self._on_ended is not None:
+            result = self._on_ended(self.record)
             if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
                 await result
 
@@ -366,7 +357,7 @@ class CallSession:
         if self._ended:  # the call ended while the file was being opened: an empty recording
             await asyncio.to_thread(writer.close)
             return
-        self.recorder = CallRecorder(writer, rate)
+        self.recorder = RecordingStream(writer, rate)
         self.record.flags["recording"] = "consent_given" if consent else "on"
         logger.info(f"call {self.call_id[:8]}: recording started ({rate} Hz, caller left, agent right)")
 
@@ -646,10 +637,10 @@ async def open_call(
         return session
 
     context = PolicyContext(policy, history_messages=2 * config.llm.history_turns, contact=contact)
-    on_record: RecordSink | None = None
+    on_ended: CallEnded | None = None
     if store is not None:
 
-        async def on_record(finished: CallRecord) -> None:
+        async def on_ended(finished: CallRecord) -> None:
             try:
                 stored = await asyncio.to_thread(store.calls.save, finished, policy)
             except Exception as e:  # the call is over either way; say so loudly (no content in the message)
@@ -668,7 +659,7 @@ async def open_call(
         record=record,
         context_builder=context,
         realtime=realtime,
-        on_record=on_record,
+        on_ended=on_ended,
         on_prompt=on_prompt,
         greet=greet,
         policy=policy,

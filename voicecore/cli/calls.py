@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from voicecore.cli.options import ACTOR, data_dir_option, echo_json, json_option, open_store, parse_when, tenant_option
+from voicecore.cli.options import (
+    ACTOR,
+    data_dir_option,
+    echo_json,
+    json_option,
+    open_store,
+    parse_when,
+    tenant_option,
+)
 from voicecore.views import call_detail, call_text, call_view, calls_table, report_view
 
 

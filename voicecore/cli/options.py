@@ -20,10 +20,22 @@ from typing import Any, TypeVar
 import click
 from loguru import logger
 
-from voicecore.config import ConfigError, PipelineConfig, load_pipeline, resolve_pipeline_path
+from voicecore.config import (
+    ConfigError,
+    PipelineConfig,
+    load_pipeline,
+    resolve_pipeline_path,
+)
 from voicecore.policy.models import PolicyError
 from voicecore.policy.phone import InvalidPhoneNumber
-from voicecore.storage import DB_FILENAME, CryptoError, StorageError, Store, UnknownTenant, default_data_dir
+from voicecore.storage import (
+    DB_FILENAME,
+    CryptoError,
+    StorageError,
+    Store,
+    UnknownTenant,
+    default_data_dir,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

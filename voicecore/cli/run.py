@@ -12,9 +12,19 @@ from pathlib import Path
 
 import click
 
-from voicecore.cli.options import data_dir_option, load_pipeline_or_fail, model_pool, resolve_data_dir
+from voicecore.cli.options import (
+    data_dir_option,
+    load_pipeline_or_fail,
+    model_pool,
+    resolve_data_dir,
+)
 from voicecore.config import ConfigError
-from voicecore.views import latency_table, live_call_view, transcript_text, turn_timelines
+from voicecore.views import (
+    latency_table,
+    live_call_view,
+    transcript_text,
+    turn_timelines,
+)
 
 
 @click.command()

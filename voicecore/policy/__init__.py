@@ -4,7 +4,12 @@ Nothing in this package does I/O except :func:`load_policy` reading the YAML fil
 Storage (``voicecore.storage``) and the call pipeline both ask these functions.
 """
 
-from voicecore.policy.context import ContextBuilder, RedactedText, redact_caller_text, stored_transcript_text
+from voicecore.policy.context import (
+    ContextBuilder,
+    RedactedText,
+    redact_caller_text,
+    stored_transcript_text,
+)
 from voicecore.policy.decisions import (
     BackendInfo,
     LocationViolation,
@@ -32,7 +37,11 @@ from voicecore.policy.models import (
     policy_to_yaml,
 )
 from voicecore.policy.optout import OptOutMatcher, is_optout_request, optout_requested
-from voicecore.policy.phone import InvalidPhoneNumber, normalize_phone, try_normalize_phone
+from voicecore.policy.phone import (
+    InvalidPhoneNumber,
+    normalize_phone,
+    try_normalize_phone,
+)
 from voicecore.policy.redaction import PLACEHOLDERS, Finding, find_sensitive, redact
 
 __all__ = [

@@ -25,7 +25,14 @@ from typing import Annotated, Any, Literal, get_args
 
 import phonenumbers
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # Longest lifetime a policy may give any data class (about ten years).
 RETENTION_MAX_DAYS = 3650

@@ -20,7 +20,7 @@ from voicecore.reports.transcript import (
     Candidates,
     Purpose,
 )
-from voicecore.services.llm import ChatMessage
+from voicecore.services.conversation import ChatMessage
 
 # --------------------------------------------------------------------------- the report
 

@@ -40,7 +40,8 @@ from voicecore.reports.transcript import (
     fit_transcript,
     resolve_slot,
 )
-from voicecore.services.llm import ChatMessage, Generation
+from voicecore.services.conversation import ChatMessage
+from voicecore.services.llm import Generation
 
 # --------------------------------------------------------------------------- results
 

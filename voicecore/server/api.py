@@ -52,11 +52,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, Security
+from fastapi import (
+    APIRouter,
+    Depends,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    Security,
+)
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from voicecore.policy.models import PolicyError, load_policy_text, policy_from_data, policy_to_yaml
+from voicecore.policy.models import (
+    PolicyError,
+    load_policy_text,
+    policy_from_data,
+    policy_to_yaml,
+)
 from voicecore.policy.phone import InvalidPhoneNumber
 from voicecore.server.api_models import (
     AuditOut,

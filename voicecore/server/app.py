@@ -28,6 +28,7 @@ from voicecore.server.webhooks import WebhookWorker
 from voicecore.storage import Store
 from voicecore.transports.telephony import WS_MAX_FRAME
 
+
 def create_app(
     *,
     data_dir: Path,

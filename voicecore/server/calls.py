@@ -29,7 +29,12 @@ from voicecore.telephony import PROTOCOLS, create_protocol
 from voicecore.telephony.base import CallStart
 from voicecore.telephony.twilio import twiml_connect_stream, twiml_hangup
 from voicecore.transports.base import CallRefused, CallTransport
-from voicecore.transports.telephony import CallAuth, MediaStreamCall, MediaStreamTransport, StarletteMediaSocket
+from voicecore.transports.telephony import (
+    CallAuth,
+    MediaStreamCall,
+    MediaStreamTransport,
+    StarletteMediaSocket,
+)
 
 router = APIRouter()
 

@@ -38,7 +38,12 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voicecore.audio.resample import StreamResampler
 from voicecore.config import Voice
-from voicecore.frames import AgentClauseFrame, AgentReplyDoneFrame, AgentReplyStartFrame, AgentSayFrame
+from voicecore.frames import (
+    AgentClauseFrame,
+    AgentReplyDoneFrame,
+    AgentReplyStartFrame,
+    AgentSayFrame,
+)
 from voicecore.records import TurnTimeline
 from voicecore.services.cpu import CpuPriority
 

@@ -114,7 +114,9 @@ class SmartTurnEngine:
 
     def __init__(self, model_path: str | None = None, threads: int = 1):
         import onnxruntime as ort
-        from pipecat.audio.turn.smart_turn._whisper_features import compute_whisper_log_mel_features
+        from pipecat.audio.turn.smart_turn._whisper_features import (
+            compute_whisper_log_mel_features,
+        )
 
         from voicecore.config import bundled_resource
 

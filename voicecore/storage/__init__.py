@@ -8,7 +8,13 @@ Start with :class:`Store` (see :mod:`voicecore.storage.store`)::
 """
 
 from voicecore.storage.audit import AuditCheck, AuditEntry, AuditLog
-from voicecore.storage.calls import CallRepository, RecordingNotAllowed, StoredCall, StoredReport, StoredTurn
+from voicecore.storage.calls import (
+    CallRepository,
+    RecordingNotAllowed,
+    StoredCall,
+    StoredReport,
+    StoredTurn,
+)
 from voicecore.storage.crypto import (
     MASTER_KEY_ENV,
     CryptoError,
@@ -28,12 +34,28 @@ from voicecore.storage.outbox import (
     WebhookEndpoint,
     check_webhook_url,
 )
-from voicecore.storage.recording import CallRecorder, RecordingError, RecordingWriter, pcm_to_wav
+from voicecore.storage.recording import (
+    RecordingError,
+    RecordingStream,
+    RecordingWriter,
+    pcm_to_wav,
+)
 from voicecore.storage.retention import Retention, SweepResult
 from voicecore.storage.schema import ROLES, SCHEMA_VERSION
 from voicecore.storage.store import Store, default_data_dir
-from voicecore.storage.subjects import ErasureResult, OptOutEntry, SubjectExport, SubjectRepository
-from voicecore.storage.tenants import ApiKeyInfo, TenantExists, TenantInfo, TenantRepository, UnknownTenant
+from voicecore.storage.subjects import (
+    ErasureResult,
+    OptOutEntry,
+    SubjectExport,
+    SubjectRepository,
+)
+from voicecore.storage.tenants import (
+    ApiKeyInfo,
+    TenantExists,
+    TenantInfo,
+    TenantRepository,
+    UnknownTenant,
+)
 
 __all__ = [
     "DB_FILENAME",
@@ -45,7 +67,7 @@ __all__ = [
     "AuditCheck",
     "AuditEntry",
     "AuditLog",
-    "CallRecorder",
+    "RecordingStream",
     "CallRepository",
     "CryptoError",
     "DecryptionFailed",

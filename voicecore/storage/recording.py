@@ -82,7 +82,7 @@ def pcm_to_wav(pcm: bytes, sample_rate: int, channels: int = 1, sample_width: in
 
 
 class RecordingWriter:
-    """Streams one call's audio to an encrypted file. Create it with ``Store.open_recording``.
+    """Writes one recording's audio to an encrypted file. Create it with ``store.calls.open_recording``.
 
     ``write(pcm)`` is cheap and synchronous (a small ``os.write`` about once a
     second); call ``close()`` (or use it as a context manager) when the call ends.
@@ -212,8 +212,8 @@ def read_recording_file(path: Path, keys: TenantKeys, recording_id: str) -> Reco
     return RecordingContents(bytes(pcm), int(header["rate"]), int(header["channels"]), int(header["width"]), complete)
 
 
-class CallRecorder:
-    """Streams one call's audio into an encrypted recording file while the call runs.
+class RecordingStream:
+    """Streams one call's audio (both sides) into an encrypted recording while the call runs.
 
     Layout: one recording per call (track ``mixed``), **two channels** at the
     transport's output rate (8 kHz for telephony, 16 kHz for files): channel 0
@@ -240,7 +240,7 @@ class CallRecorder:
 
     def __init__(self, writer: RecordingWriter, sample_rate: int):
         if writer.channels != 2 or writer.sample_width != 2 or writer.sample_rate != sample_rate:
-            raise ValueError("CallRecorder needs a 2-channel int16 writer at the recording rate")
+            raise ValueError("RecordingStream needs a 2-channel int16 writer at the recording rate")
         self.writer = writer
         self.sample_rate = sample_rate
         self.frames = 0  # stereo frames handed to the writer (duration = frames / sample_rate)

@@ -24,7 +24,12 @@ from voicecore.policy.models import Policy
 from voicecore.policy.phone import normalize_phone
 from voicecore.policy.redaction import scrub_number
 from voicecore.storage.audit import AuditLog
-from voicecore.storage.calls import CALL_COLUMNS, CallRepository, call_from_row, report_from_row
+from voicecore.storage.calls import (
+    CALL_COLUMNS,
+    CallRepository,
+    call_from_row,
+    report_from_row,
+)
 from voicecore.storage.crypto import TenantKeys, field_aad
 from voicecore.storage.database import Database, shred
 from voicecore.storage.outbox import Outbox

@@ -18,7 +18,13 @@ from pathlib import Path
 
 from loguru import logger
 
-from voicecore.policy.models import Policy, PolicyError, load_policy, load_policy_text, policy_to_yaml
+from voicecore.policy.models import (
+    Policy,
+    PolicyError,
+    load_policy,
+    load_policy_text,
+    policy_to_yaml,
+)
 from voicecore.policy.phone import normalize_phone, subject_key
 from voicecore.storage.audit import AuditLog
 from voicecore.storage.crypto import Keystore, TenantKeys

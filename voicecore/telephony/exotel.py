@@ -41,7 +41,6 @@ from voicecore.telephony.base import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_UNSUPPORTED_DATA,
     Event,
-    Handler,
     JsonEventProtocol,
     JsonFields,
     ProtocolError,
@@ -95,15 +94,6 @@ class ExotelProtocol(JsonEventProtocol):
         self._message_ms = float(message_ms)
         self._query_rate: int | None = None
 
-    def _event_handlers(self) -> dict[str, Handler]:
-        return {
-            "connected": self._on_connected,
-            "start": self._on_start,
-            "media": self._on_media,
-            "dtmf": self._on_dtmf,
-            "mark": self._on_mark,
-            "stop": self._on_stop,
-        }
 
     def _on_handshake(self) -> None:
         value = self._query.get("sample-rate")

@@ -83,10 +83,7 @@ class PlivoProtocol(JsonEventProtocol):
     sequence_key: ClassVar[str | None] = "sequenceNumber"
 
     def __init__(self, *, message_ms: int = 20) -> None:
-        if message_ms <= 0 or message_ms % 20:
-            raise ValueError(f"message_ms must be a positive multiple of 20, got {message_ms}")
-        super().__init__()
-        self._message_ms = float(message_ms)
+        super().__init__(message_ms=message_ms)
 
     def _event_handlers(self) -> dict[str, Handler]:
         return {

@@ -91,9 +91,7 @@ class TelnyxProtocol(JsonEventProtocol):
     ) -> None:
         if l16_byte_order not in ("big", "little"):
             raise ValueError(f"l16_byte_order must be 'big' or 'little', got {l16_byte_order!r}")
-        if message_ms <= 0 or message_ms % 20:
-            raise ValueError(f"message_ms must be a positive multiple of 20, got {message_ms}")
-        super().__init__()
+        super().__init__(message_ms=message_ms)
         self._l16: Encoding = "pcm16be" if l16_byte_order == "big" else "pcm16le"
         self._outbound: Encoding | None = None
         if outbound_encoding is not None:
@@ -104,18 +102,9 @@ class TelnyxProtocol(JsonEventProtocol):
             raise ValueError(f"outbound_sample_rate must be positive, got {outbound_sample_rate}")
         self._outbound_rate = outbound_sample_rate
         self._reorder: ReorderBuffer[MediaIn] = ReorderBuffer(reorder_window)
-        self._message_ms = float(message_ms)
 
     def _event_handlers(self) -> dict[str, Handler]:
-        return {
-            "connected": self._on_connected,
-            "start": self._on_start,
-            "media": self._on_media,
-            "dtmf": self._on_dtmf,
-            "mark": self._on_mark,
-            "stop": self._on_stop,
-            "error": self._on_error,
-        }
+        return super()._event_handlers() | {"error": self._on_error}
 
     def _handshake_token_sources(self) -> list[TokenSource]:
         return [("x-telnyx-streaming-auth-token header", self._headers.get("x-telnyx-streaming-auth-token"))]

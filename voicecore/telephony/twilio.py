@@ -32,7 +32,6 @@ from voicecore.telephony.base import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_UNSUPPORTED_DATA,
     Event,
-    Handler,
     JsonEventProtocol,
     JsonFields,
     ProtocolError,
@@ -57,20 +56,8 @@ class TwilioProtocol(JsonEventProtocol):
     sequence_key: ClassVar[str | None] = "sequenceNumber"
 
     def __init__(self, *, message_ms: int = 20) -> None:
-        if message_ms <= 0 or message_ms % 20:
-            raise ValueError(f"message_ms must be a positive multiple of 20, got {message_ms}")
-        super().__init__()
-        self._message_ms = float(message_ms)
+        super().__init__(message_ms=message_ms)
 
-    def _event_handlers(self) -> dict[str, Handler]:
-        return {
-            "connected": self._on_connected,
-            "start": self._on_start,
-            "media": self._on_media,
-            "dtmf": self._on_dtmf,
-            "mark": self._on_mark,
-            "stop": self._on_stop,
-        }
 
     def _handshake_token_sources(self) -> list[TokenSource]:
         return []  # Twilio strips/refuses query strings; the token is in customParameters

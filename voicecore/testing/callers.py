@@ -95,6 +95,11 @@ def voiced_bounds(samples: np.ndarray, rate: int, threshold: float = 300.0, wind
     return int(loud[0] * win), int((loud[-1] + 1) * win)
 
 
+def with_query(url: str, **params: str) -> str:
+    """``url`` with ``params`` added to its query string."""
+    return f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -495,6 +500,37 @@ class ProviderClient:
             raise ValueError("server message is not a JSON object")
         return obj
 
+    def _json_event(
+        self, msg: dict[str, Any], text: str, t: float, decode: Callable[[bytes], np.ndarray],
+        check_media: Callable[[bytes], None] | None = None,
+    ) -> None:  # fmt: skip
+        """``media`` / ``mark`` / ``clear`` in the shape Twilio, Telnyx and Exotel share:
+        ``{"event": "media", "media": {"payload": <base64>}}``, ``{"event": "mark", "mark": {"name": ...}}``."""
+        event = msg.get("event")
+        if event == "media":
+            media = msg.get("media")
+            wire = b64_strict(media.get("payload") if isinstance(media, dict) else None)
+            if not wire:
+                self.violations.append(f"{self.provider}: empty media payload")
+            if check_media is not None:
+                check_media(wire)
+            self._play(decode(wire), len(wire), t)
+        elif event == "mark":
+            mark = msg.get("mark")
+            name = mark.get("name") if isinstance(mark, dict) else None
+            if not isinstance(name, str) or not name:
+                self.violations.append(f"{self.provider}: mark without a name: {text[:120]!r}")
+                return
+            self._schedule_mark(name, lambda: [self.mark_message(name)], t)
+        elif event == "clear":
+            self._clear(t)
+        else:
+            self.violations.append(f"{self.provider}: unknown event from server: {text[:120]!r}")
+
+    def mark_message(self, name: str) -> str:
+        """The provider's answer to a mark (providers with marks)."""
+        raise NotImplementedError
+
     # -- what arrived ----------------------------------------------------------------
 
     def first_media_after(self, t: float) -> AgentMedia | None:
@@ -661,24 +697,10 @@ class TwilioClient(ProviderClient):
         if msg.get("streamSid") != self.stream_sid:
             self.violations.append(f"twilio: {event} with streamSid {msg.get('streamSid')!r} (expected ours)")
         if event == "media":
-            extra = set(msg) - {"event", "streamSid", "media"}
             media = msg.get("media")
-            if extra or not isinstance(media, dict) or set(media) != {"payload"}:
+            if set(msg) - {"event", "streamSid", "media"} or not isinstance(media, dict) or set(media) != {"payload"}:
                 self.violations.append(f"twilio: media message with unknown fields: {text[:120]!r}")  # 31951
-            wire = b64_strict(media["payload"])
-            if not wire:
-                self.violations.append("twilio: empty media payload")
-            self._play(ulaw_decode(wire), len(wire), t)
-        elif event == "mark":
-            name = msg.get("mark", {}).get("name")
-            if not isinstance(name, str) or not name:
-                self.violations.append(f"twilio: mark without a name: {text[:120]!r}")
-                return
-            self._schedule_mark(name, lambda: [self.mark_message(name)], t)
-        elif event == "clear":
-            self._clear(t)
-        else:
-            self.violations.append(f"twilio: unknown event from server: {text[:120]!r}")
+        self._json_event(msg, text, t, ulaw_decode)
 
     def on_binary(self, data: bytes, t: float) -> None:
         self.violations.append(f"twilio: binary frame of {len(data)} bytes (Twilio warning 31950)")
@@ -777,23 +799,7 @@ class TelnyxClient(ProviderClient):
         await self.close()
 
     def on_text(self, text: str, t: float) -> None:
-        msg = self._json(text)
-        event = msg.get("event")
-        if event == "media":
-            wire = b64_strict(msg["media"]["payload"])
-            if not wire:
-                self.violations.append("telnyx: empty media payload")
-            self._play(ulaw_decode(wire), len(wire), t)
-        elif event == "mark":
-            name = msg.get("mark", {}).get("name")
-            if not isinstance(name, str) or not name:
-                self.violations.append(f"telnyx: mark without a name: {text[:120]!r}")
-                return
-            self._schedule_mark(name, lambda: [self.mark_message(name)], t)
-        elif event == "clear":
-            self._clear(t)
-        else:
-            self.violations.append(f"telnyx: unknown event from server: {text[:120]!r}")
+        self._json_event(self._json(text), text, t, ulaw_decode)
 
     def on_binary(self, data: bytes, t: float) -> None:
         self.violations.append(f"telnyx: binary frame of {len(data)} bytes")
@@ -819,8 +825,7 @@ class VonageClient(ProviderClient):
         self.uuid = secrets.token_hex(16)
         self.conversation_uuid = "CON-" + secrets.token_hex(12)
         if token is not None and token_in == "query":
-            sep = "&" if "?" in ws_url else "?"
-            self.ws_url = f"{ws_url}{sep}{urlencode({'token': token})}"
+            self.ws_url = with_query(ws_url, token=token)
 
     @property
     def ids(self) -> set[str]:
@@ -902,8 +907,7 @@ class PlivoClient(ProviderClient):
         self.seq = 0
         self.chunk = 0
         if token is not None and token_in == "query":
-            sep = "&" if "?" in ws_url else "?"
-            self.ws_url = f"{ws_url}{sep}{urlencode({'token': token})}"
+            self.ws_url = with_query(ws_url, token=token)
 
     @property
     def ids(self) -> set[str]:
@@ -1019,8 +1023,7 @@ class ExotelClient(ProviderClient):
         self.seq = 0
         self.chunk = 0
         if token is not None and token_in == "query":
-            sep = "&" if "?" in ws_url else "?"
-            self.ws_url = f"{ws_url}{sep}{urlencode({'token': token})}"
+            self.ws_url = with_query(ws_url, token=token)
 
     @property
     def ids(self) -> set[str]:
@@ -1088,25 +1091,16 @@ class ExotelClient(ProviderClient):
 
     def on_text(self, text: str, t: float) -> None:
         msg = self._json(text)
-        event = msg.get("event")
         if msg.get("stream_sid") != self.stream_sid:
-            self.violations.append(f"exotel: {event} with stream_sid {msg.get('stream_sid')!r} (expected ours)")
-        if event == "media":
-            wire = b64_strict(msg["media"]["payload"])
+            self.violations.append(f"exotel: {msg.get('event')} with stream_sid {msg.get('stream_sid')!r} (expected ours)")
+
+        def check(wire: bytes) -> None:
             n = len(wire)
             if n < self.MIN_CHUNK or n > self.MAX_CHUNK or n % 320:
                 self.violations.append(f"exotel: media chunk of {n} bytes (needs >= 3200, <= 100000, multiple of 320)")
-            self._play(pcm16le_decode(wire[: n // 2 * 2]), n, t)
-        elif event == "mark":
-            name = msg.get("mark", {}).get("name")
-            if not isinstance(name, str) or not name:
-                self.violations.append(f"exotel: mark without a name: {text[:120]!r}")
-                return
-            self._schedule_mark(name, lambda: [self.mark_message(name)], t)
-        elif event == "clear":
-            self._clear(t)  # whether Exotel returns pending marks is undocumented: it does not here
-        else:
-            self.violations.append(f"exotel: unknown event from server: {text[:120]!r}")
+
+        # whether Exotel returns pending marks on clear is undocumented: it does not here
+        self._json_event(msg, text, t, lambda wire: pcm16le_decode(wire[: len(wire) // 2 * 2]), check)
 
     def on_binary(self, data: bytes, t: float) -> None:
         self.violations.append(f"exotel: binary frame of {len(data)} bytes")

@@ -35,7 +35,12 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voicecore.frames import AgentSayFrame
-from voicecore.transports.base import CallTransport, LiveCall, ReplyFinished, ReplyStarted
+from voicecore.transports.base import (
+    CallTransport,
+    LiveCall,
+    ReplyFinished,
+    ReplyStarted,
+)
 
 CHUNK_MS = 20
 

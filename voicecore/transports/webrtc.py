@@ -182,7 +182,12 @@ async def answer_offer(
     on_end: Callable[[PeerCall], None] | None = None,
 ) -> tuple[dict[str, str], PeerCall]:
     """Answer a browser's offer and start its call; returns the SDP answer and the peer call."""
-    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+    from aiortc import (
+        RTCConfiguration,
+        RTCIceServer,
+        RTCPeerConnection,
+        RTCSessionDescription,
+    )
 
     if sdp_type != "offer" or "m=audio" not in sdp:
         raise ValueError("expected an SDP offer with an audio section")

@@ -1,0 +1,122 @@
+"""The paced agent audio output: agent audio is cut into the transport's frames in one place, a
+reply's last frame is padded with silence, and each clause's mark follows its last audio."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pipecat.frames.frames import EndFrame, OutputAudioRawFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.workers.runner import WorkerRunner
+
+from voicecore.frames import AgentClauseFrame, AgentReplyDoneFrame, AgentReplyStartFrame
+from voicecore.transports.base import AgentAudioOutput, CallTransport
+
+RATE = 8000
+
+
+class ScriptTransport(CallTransport):
+    """Writes down, in order, every frame and mark the output hands over."""
+
+    name = "script"
+    acknowledges_marks = True
+
+    def __init__(self, frame_bytes: int):
+        self._frame_bytes = frame_bytes
+        self.sent: list[tuple[str, object]] = []
+
+    @property
+    def output_sample_rate(self) -> int:
+        return RATE
+
+    @property
+    def frame_bytes(self) -> int:
+        return self._frame_bytes
+
+    async def write_audio(self, frame: bytes) -> None:
+        self.sent.append(("audio", frame))
+
+    async def send_mark(self, name: str) -> None:
+        self.sent.append(("mark", name))
+
+
+async def play(transport: ScriptTransport, items: list[object]) -> list[tuple[str, str, str, bool]]:
+    finished: list[tuple[str, str, str, bool]] = []
+    output = AgentAudioOutput(
+        transport, realtime=False,
+        on_reply_finished=lambda rid, kind, generated, heard, cut: finished.append((rid, generated, heard, cut)),
+    )  # fmt: skip
+    worker = PipelineWorker(
+        Pipeline([output]),
+        params=PipelineParams(audio_in_sample_rate=16000, audio_out_sample_rate=RATE),
+        enable_rtvi=False, enable_turn_tracking=False, idle_timeout_secs=None, cancel_on_idle_timeout=False,
+        check_dangling_tasks=False,
+    )  # fmt: skip
+    runner = WorkerRunner(handle_sigint=False, handle_sigterm=False, check_dangling_tasks=False)
+    await runner.add_workers(worker)
+    task = asyncio.create_task(runner.run())
+    for item in items:
+        await worker.queue_frame(item)  # type: ignore[arg-type]
+    clauses = sum(isinstance(i, AgentClauseFrame) for i in items)
+    deadline = asyncio.get_running_loop().time() + 5
+    while (output.busy or sum(k == "mark" for k, _ in transport.sent) < clauses) and (
+        asyncio.get_running_loop().time() < deadline
+    ):
+        await asyncio.sleep(0.01)
+    for name in [v for kind, v in transport.sent if kind == "mark"]:
+        output.mark_played(str(name))  # the far end played everything
+    await worker.queue_frame(EndFrame())
+    await asyncio.wait_for(task, 10)
+    return finished
+
+
+def audio(n_bytes: int, value: int = 1) -> OutputAudioRawFrame:
+    return OutputAudioRawFrame(audio=bytes([value, 0]) * (n_bytes // 2), sample_rate=RATE, num_channels=1)
+
+
+async def test_agent_audio_is_cut_into_whole_frames_once_and_marks_follow_each_clause():
+    transport = ScriptTransport(frame_bytes=320)  # 20 ms at 8 kHz
+    finished = await play(transport, [
+        AgentReplyStartFrame(reply_id="r1"),
+        AgentClauseFrame(reply_id="r1", index=0, text="Hello there,"),
+        audio(500),  # ends inside the second frame
+        AgentClauseFrame(reply_id="r1", index=1, text="how can I help?"),
+        audio(300),
+        AgentReplyDoneFrame(reply_id="r1", generated_text="Hello there, how can I help?"),
+    ])  # fmt: skip
+    kinds = [k for k, _ in transport.sent]
+    # the first clause's mark goes out only after the frame that holds its last sample
+    assert kinds == ["audio", "audio", "mark", "audio", "mark"]
+    frames = [v for k, v in transport.sent if k == "audio"]
+    assert all(isinstance(f, bytes) and len(f) == 320 for f in frames)
+    wire = b"".join(frames)  # type: ignore[arg-type]
+    assert wire[:800] == bytes([1, 0]) * 400 and wire[800:] == bytes(160)  # the last frame padded with silence
+    assert [v for k, v in transport.sent if k == "mark"] == ["r1:0", "r1:1"]
+    assert finished == [("r1", "Hello there, how can I help?", "Hello there, how can I help?", False)]
+
+
+async def test_a_clause_ending_on_a_frame_boundary_is_marked_at_once():
+    transport = ScriptTransport(frame_bytes=320)
+    await play(transport, [
+        AgentReplyStartFrame(reply_id="r1"),
+        AgentClauseFrame(reply_id="r1", index=0, text="One."),
+        audio(640),
+        AgentClauseFrame(reply_id="r1", index=1, text="Two."),
+        audio(320),
+        AgentReplyDoneFrame(reply_id="r1", generated_text="One. Two."),
+    ])  # fmt: skip
+    assert [k for k, _ in transport.sent] == ["audio", "audio", "mark", "audio", "mark"]
+    assert all(len(v) == 320 for k, v in transport.sent if k == "audio")  # type: ignore[arg-type]
+
+
+async def test_frames_follow_the_transport_frame_size():
+    transport = ScriptTransport(frame_bytes=3200)  # e.g. Exotel's 200 ms messages
+    await play(transport, [
+        AgentReplyStartFrame(reply_id="r1"),
+        AgentClauseFrame(reply_id="r1", index=0, text="Fine."),
+        audio(7000),
+        AgentReplyDoneFrame(reply_id="r1", generated_text="Fine."),
+    ])  # fmt: skip
+    frames = [v for k, v in transport.sent if k == "audio"]
+    assert [len(f) for f in frames] == [3200, 3200, 3200]  # type: ignore[arg-type]
