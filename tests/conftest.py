@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from loguru import logger
@@ -28,10 +34,11 @@ def _no_env_master_key(monkeypatch):
 @pytest.fixture
 def store(tmp_path, request):
     """A fresh Store in ``tmp_path/data`` holding the test module's ``TENANTS``
-    (tenant name → policy YAML, ``None`` for the privacy-first default policy)."""
+    (tenant name → policy YAML, ``None`` for the privacy-first default policy); webhooks to
+    local receivers when the module sets ``ALLOW_INSECURE_WEBHOOKS = True``."""
     from voicecore.storage import Store
 
-    s = Store(tmp_path / "data")
+    s = Store(tmp_path / "data", allow_insecure_webhooks=getattr(request.module, "ALLOW_INSECURE_WEBHOOKS", False))
     for name, policy_yaml in getattr(request.module, "TENANTS", {}).items():
         s.tenants.create(name, policy_yaml=policy_yaml, actor="test")
     yield s
@@ -101,13 +108,79 @@ async def telephony_server(pool, tmp_path_factory):
     import asyncio
 
     from voicecore.server import create_app, running_server
+    from voicecore.server.guard import AuthThrottle
     from voicecore.storage import Store
 
     data_dir = tmp_path_factory.mktemp("telephony-data")
-    store = Store(data_dir)
+    store = Store(data_dir, allow_insecure_webhooks=True)  # webhook receivers on 127.0.0.1
     keys = {name: store.tenants.create(name, actor="test") for name in ("acme", "globex")}
-    app = create_app(data_dir=data_dir, pool=pool, store=store)
+    # Every test here comes from 127.0.0.1 and some send wrong keys on purpose: a budget no
+    # test run exhausts (the throttle has tests of its own).
+    app = create_app(data_dir=data_dir, pool=pool, store=store, auth_throttle=AuthThrottle(burst=100_000))
     async with running_server(app) as base_url:
         yield TelephonyServer(base_url, app, store, keys, data_dir)
     await asyncio.sleep(0)
     store.close()
+
+
+# --------------------------------------------------------------------------- a webhook receiver
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """An HTTP endpoint on 127.0.0.1 (ephemeral port) in its own threads, whatever event loop the test
+    runs in: ``mode`` ok (204) | fail (500) | hang (no answer until the test ends)."""
+
+    mode: str = "ok"
+    received: list[Received] = field(default_factory=list)
+    url: str = ""
+    arrived: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def events(self, kind: str | None = None) -> list[Received]:
+        return [r for r in self.received if kind is None or r.headers.get("X-Voicecore-Event") == kind]
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.received.append(Received(dict(self.headers.items()), body))
+                receiver.arrived.set()
+                if receiver.mode == "hang":
+                    receiver.release.wait(120)
+                    return
+                self.send_response(500 if receiver.mode == "fail" else 204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), r.handler())
+    server.daemon_threads = True
+    server.block_on_close = False
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    r.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    yield r
+    r.release.set()
+    server.shutdown()
+    server.server_close()

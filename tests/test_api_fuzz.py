@@ -10,6 +10,7 @@ request), the schema loaded once.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def fuzz_world(tmp_path_factory: pytest.TempPathFactory, receptionist: Any) -> dict[str, Any]:
     saved = os.environ.pop(MASTER_KEY_ENV, None)
     data_dir: Path = tmp_path_factory.mktemp("fuzz-data")
-    store = Store(data_dir)
+    store = Store(data_dir, allow_insecure_webhooks=True)  # no DNS lookups for generated hosts
     tenant = make_tenant(store, "acme", 1)
     make_tenant(store, "globex", 2)
     app = build_app(store, data_dir, receptionist)
@@ -97,5 +98,53 @@ def test_fuzz(api_schema: Any, fuzz_world: dict[str, Any], route: tuple[str, str
     )
     def run(case: Any) -> None:
         case.call_and_validate(headers=headers, checks=CHECKS)
+
+    run()
+
+
+# --------------------------------------------------------------------------- hostile bodies (issue 11.6)
+
+BODY_ROUTES = [(m, p) for m, p, _ in api.ROUTES if m in ("POST", "PUT", "PATCH")]
+
+
+def _hostile_bodies() -> Any:
+    """JSON bodies a client may send that the schema-driven run does not generate: lone
+    surrogates in any field, nesting far deeper than any parser's recursion, odd numbers."""
+    from hypothesis import strategies as st
+
+    surrogate = st.sampled_from(["\ud800", "\udfff", "a\ud83d", "\udc00b"])
+    scalar = st.one_of(surrogate, st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+                       st.none(), st.text(max_size=20))  # fmt: skip
+    fields = st.sampled_from(["phone", "url", "events", "description", "format", "restricted", "rotate_secret",
+                              "version", "name", "retention", "x"])  # fmt: skip
+    flat = st.dictionaries(fields, st.one_of(scalar, st.lists(scalar, max_size=3)), min_size=1, max_size=4).map(
+        lambda d: json.dumps(d).encode()
+    )
+    deep = st.tuples(st.integers(2_000, 40_000), st.sampled_from(["[", "{\"a\":"])).map(
+        lambda t: (t[1] * t[0] + ("1" if t[1] == "[" else "1") + ("]" if t[1] == "[" else "}") * t[0]).encode()
+    )
+    raw = st.sampled_from([b'{"phone": "\\ud800"}', b'{"url": "\\udfff"}', b"\xff\xfe", b'{"phone": 1e999999}'])
+    return st.one_of(flat, deep, raw)
+
+
+@pytest.mark.parametrize("route", BODY_ROUTES, ids=[f"{m} {p}" for m, p in BODY_ROUTES])
+def test_fuzz_hostile_bodies_never_get_a_server_error(fuzz_world: dict[str, Any], route: tuple[str, str]) -> None:
+    import asyncio
+
+    from hypothesis import strategies as st
+    from test_api_permissions import AsgiClient
+
+    method, path = route
+    path = path.replace("{endpoint_id}", "wh_0000").replace("{delivery_id}", "dl_0000")
+    client = AsgiClient(without_lifespan(fuzz_world["app"]))
+    key = fuzz_world["keys"]["admin"]
+
+    @given(body=_hostile_bodies(), ctype=st.sampled_from(["application/json", "application/yaml"]))
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+              database=None)  # fmt: skip
+    def run(body: bytes, ctype: str) -> None:
+        reply = asyncio.run(client.request(method, path, key=key, content=body, content_type=ctype))
+        assert reply.status < 500, (method, path, body[:80], reply.status, reply.text[:200])
+        json.loads(reply.body)  # the answer is JSON whatever was sent
 
     run()

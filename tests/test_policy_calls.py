@@ -33,9 +33,9 @@ from voicecore.session import (
     CONSENT_GIVEN_REPLY,
     CONSENT_REFUSED_REPLY,
     RESTRICTED_NOTICE,
-    RecordingStream,
     CallRefused,
     CallSession,
+    RecordingStream,
     open_call,
 )
 from voicecore.simulate import run_call

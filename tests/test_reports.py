@@ -82,6 +82,7 @@ OPTOUT = [
 
 
 
+ALLOW_INSECURE_WEBHOOKS = True  # receivers on 127.0.0.1
 TENANTS = {"acme": None, "plain": KEEP_NUMBERS, "quiet": NO_REPORTS}
 
 

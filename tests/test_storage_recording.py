@@ -132,14 +132,13 @@ def test_a_copied_recording_cannot_be_decrypted_once_the_tenant_key_is_destroyed
     with s.calls.open_recording("gone", "call-1", 16000) as w:
         w.write(pcm)
     backup = tmp_path / "backup"
-    shutil.copytree(data, backup)  # database, keystore, master key and the .vcrec files
-    b = Store(backup)
+    shutil.copytree(data, backup)  # the database and the .vcrec files (the keys live in data-keys/)
+    b = Store(backup, key_dir=tmp_path / "data-keys")
     assert b.calls.read_recording("gone", "call-1", actor="t")  # readable with the keys (so the test can fail)
     b.close()
 
     s.tenants.delete("gone", actor="ops")
-    shutil.copy(data / "keystore.bin", backup / "keystore.bin")  # the backup meets today's keystore
-    b = Store(backup)
+    b = Store(backup, key_dir=tmp_path / "data-keys")  # the copy meets what remains of the keys
     from voicecore.storage import TenantKeyMissing
 
     with pytest.raises(TenantKeyMissing):

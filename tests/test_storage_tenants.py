@@ -105,18 +105,44 @@ def test_policy_from_file_default_and_replacement(store: Store, tmp_path: Path) 
     assert any(e.action == "policy.changed" and e.actor == "ops" for e in store.audit.list("plain"))
 
 
-def test_keystore_and_master_key_files_are_private(store: Store) -> None:
+def test_keys_live_outside_the_data_directory_in_private_files(store: Store) -> None:
     store.tenants.create("acme", actor="test")
-    for name in ("keystore.bin", "master.key", "voicecore.db"):
-        mode = stat.S_IMODE((store.data_dir / name).stat().st_mode)
-        assert mode == 0o600, f"{name} has mode {mode:o}"
+    key_dir = store.data_dir.parent / "data-keys"
+    assert store.keys.key_dir == key_dir and not store.keys.inside_data_dir
+    assert not (store.data_dir / "keystore.bin").exists() and not (store.data_dir / "master.key").exists()
+    for path in (key_dir / "keystore.bin", key_dir / "master.key", store.data_dir / "voicecore.db"):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == 0o600, f"{path.name} has mode {mode:o}"
+    assert stat.S_IMODE(key_dir.stat().st_mode) == 0o700
     # the keystore is encrypted: no key material in clear JSON
-    assert b"tenants" not in (store.data_dir / "keystore.bin").read_bytes()
+    assert b"tenants" not in (key_dir / "keystore.bin").read_bytes()
+
+
+def test_a_data_directory_with_its_keys_inside_still_opens_and_says_so(tmp_path: Path) -> None:
+    """An older layout: keystore.bin and master.key inside the data directory."""
+    s = Store(tmp_path / "d")
+    key = s.tenants.create("acme", actor="test")
+    s.close()
+    for name in ("keystore.bin", "master.key"):
+        (tmp_path / "d-keys" / name).rename(tmp_path / "d" / name)
+    s = Store(tmp_path / "d")
+    assert s.keys.inside_data_dir and s.keys.keystore == tmp_path / "d" / "keystore.bin"
+    assert s.tenants.authenticate(key).tenant == "acme"  # type: ignore[union-attr]
+    s.tenants.policy("acme")
+    s.close()
+
+
+def test_the_key_directory_can_be_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICECORE_KEY_DIR", str(tmp_path / "vault"))
+    s = Store(tmp_path / "d")
+    s.tenants.create("acme", actor="test")
+    s.close()
+    assert (tmp_path / "vault" / "keystore.bin").exists() and not (tmp_path / "d-keys").exists()
 
 
 def test_readable_master_key_file_is_refused(tmp_path: Path) -> None:
     Store(tmp_path / "d").close()
-    os.chmod(tmp_path / "d" / "master.key", 0o644)
+    os.chmod(tmp_path / "d-keys" / "master.key", 0o644)
     with pytest.raises(KeystoreError, match="chmod 600"):
         Store(tmp_path / "d")
 
@@ -126,7 +152,7 @@ def test_master_key_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyP
     s = Store(tmp_path / "d")
     key = s.tenants.create("acme", actor="test")
     s.close()
-    assert not (tmp_path / "d" / "master.key").exists()
+    assert not (tmp_path / "d" / "master.key").exists() and not (tmp_path / "d-keys" / "master.key").exists()
     s = Store(tmp_path / "d")
     assert s.tenants.authenticate(key).tenant == "acme"
     s.tenants.policy("acme")
@@ -150,7 +176,10 @@ def _call(tenant: str, text: str) -> CallRecord:
 
 
 def test_deleting_a_tenant_destroys_its_key_so_backups_cannot_be_read(tmp_path: Path) -> None:
+    """Privacy rule 9 (issue 11.4): a full copy of the data directory, taken before the tenant is
+    deleted, cannot be decrypted afterwards with anything that remains."""
     data = tmp_path / "data"
+    keys = tmp_path / "data-keys"
     s = Store(data)
     s.tenants.create("gone", POLICIES / "default.yaml", actor="test")
     s.tenants.create("stays", actor="test")
@@ -160,13 +189,10 @@ def test_deleting_a_tenant_destroys_its_key_so_backups_cannot_be_read(tmp_path: 
     s.calls.save(kept)
     s.retention.sweep(actor="test")  # compacts: the database file holds everything
     backup = tmp_path / "backup"
-    backup.mkdir()
-    shutil.copy(data / "voicecore.db", backup / "voicecore.db")
+    shutil.copytree(data, backup)  # `cp -a data backup`: everything in the data directory
 
-    # With the keys still in the keystore, the backup is readable (so the test can fail).
-    shutil.copy(data / "keystore.bin", backup / "keystore.bin")
-    shutil.copy(data / "master.key", backup / "master.key")
-    b = Store(backup)
+    # Before the deletion the copy opens with the key directory (so the test can fail).
+    b = Store(backup, key_dir=keys)
     assert b.calls.get("gone", rec.call_id, actor="t").turns[0].text == "the secret word is marmalade"  # type: ignore[union-attr]
     b.close()
 
@@ -174,10 +200,10 @@ def test_deleting_a_tenant_destroys_its_key_so_backups_cannot_be_read(tmp_path: 
     assert not s.tenants.exists("gone")
     assert s.calls.get("stays", kept.call_id, actor="t") is not None
     assert b"marmalade" not in all_bytes(data)
+    assert not any(p.name in ("keystore.bin", "master.key") for p in backup.rglob("*"))  # no key in the copy
 
-    # The same backup with today's keystore: the tenant's ciphertexts cannot be decrypted.
-    shutil.copy(data / "keystore.bin", backup / "keystore.bin")
-    b = Store(backup)
+    # With what remains (the master key and the keystore in the key directory) the copy is unreadable.
+    b = Store(backup, key_dir=keys)
     with pytest.raises(TenantKeyMissing):
         b.calls.get("gone", rec.call_id, actor="t")
     assert b.calls.get("stays", kept.call_id, actor="t") is not None
@@ -187,7 +213,7 @@ def test_deleting_a_tenant_destroys_its_key_so_backups_cannot_be_read(tmp_path: 
 
 def test_schema_is_versioned_and_reopening_keeps_data(tmp_path: Path) -> None:
     s = Store(tmp_path / "d")
-    assert s.schema_version() == 2
+    assert s.schema_version() == 3
     s.tenants.create("acme", actor="test")
     s.close()
     s = Store(tmp_path / "d")

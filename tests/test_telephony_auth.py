@@ -235,6 +235,23 @@ async def test_revoked_key_is_refused(telephony_server):
     await assert_rejected(server, TwilioClient(server.ws_url("twilio"), token=key, label="revoked-key"))
 
 
+async def test_an_agent_key_takes_calls_and_viewer_or_analyst_keys_do_not(telephony_server):
+    """Roles on call paths (issue 11.5): ``agent`` (and ``admin``) keys open media streams; the
+    read-only roles of the admin API are refused before any pipeline starts."""
+    server = telephony_server
+    for role in ("viewer", "analyst"):
+        key = await asyncio.to_thread(server.store.tenants.create_api_key, "acme", role=role, actor="test")
+        await assert_rejected(server, TwilioClient(server.ws_url("twilio"), token=key, label=f"{role}-key"))
+    agent = await asyncio.to_thread(server.store.tenants.create_api_key, "acme", role="agent", actor="test")
+    client = TwilioClient(server.ws_url("twilio"), token=agent, label="agent-key")
+    try:
+        assert await client.start()
+        assert await client.wait_media_after(0.0, 20) is not None, "the agent key's call got no greeting"
+    finally:
+        await client.hangup()
+    assert await wait_stored_call(server.store, "acme", client.ids) is not None
+
+
 # --------------------------------------------------------------------------- Twilio webhook and call tokens
 
 

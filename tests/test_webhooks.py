@@ -18,16 +18,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from conftest import Receiver
 
 from voicecore.records import CallRecord, Turn
 from voicecore.server.webhooks import (
@@ -69,69 +66,7 @@ def verify(secret: str, body: bytes, header: str, tolerance_s: int = 300) -> boo
     return any(hmac.compare_digest(expected, v) for k, v in fields if k == "v1")
 
 
-# --------------------------------------------------------------------------- a receiver
-
-
-@dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def payload(self) -> dict[str, Any]:
-        return json.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """An HTTP endpoint on 127.0.0.1 (ephemeral port) in its own threads, whatever event loop the test
-    runs in: ``mode`` ok (204) | fail (500) | hang (no answer until the test ends)."""
-
-    mode: str = "ok"
-    received: list[Received] = field(default_factory=list)
-    url: str = ""
-    arrived: threading.Event = field(default_factory=threading.Event)
-    release: threading.Event = field(default_factory=threading.Event)
-
-    def events(self, kind: str | None = None) -> list[Received]:
-        return [r for r in self.received if kind is None or r.headers.get("X-Voicecore-Event") == kind]
-
-    def handler(self) -> type[BaseHTTPRequestHandler]:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                receiver.received.append(Received(dict(self.headers.items()), body))
-                receiver.arrived.set()
-                if receiver.mode == "hang":
-                    receiver.release.wait(120)
-                    return
-                self.send_response(500 if receiver.mode == "fail" else 204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        return Handler
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), r.handler())
-    server.daemon_threads = True
-    server.block_on_close = False
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    r.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    yield r
-    r.release.set()
-    server.shutdown()
-    server.server_close()
-
-
+ALLOW_INSECURE_WEBHOOKS = True  # receivers on 127.0.0.1
 TENANTS = {"acme": None, "globex": None}
 
 
@@ -177,35 +112,93 @@ def test_signature_scheme() -> None:
     assert verify("whsec_new", body, rotated) and verify(secret, body, rotated)
 
 
+# What the test's DNS answers (no lookup leaves the machine): a public host, and names that
+# point at the loopback, a metadata service or nowhere.
+FAKE_DNS = {
+    "hooks.example.com": ["93.184.216.34"],
+    "v6.example.com": ["2606:2800:220:1:248:1893:25c8:1946"],
+    "localhost": ["127.0.0.1", "::1"],
+    "127.0.0.1.nip.io": ["127.0.0.1"],
+    "metadata.google.internal": ["169.254.169.254"],
+    "mixed.example.com": ["93.184.216.34", "10.0.0.7"],
+    "0x7f000001": ["127.0.0.1"],
+}
+
+
+@pytest.fixture
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    from voicecore.storage import outbox
+
+    def resolve(host: str, port: int) -> list[str]:
+        if host.lower() not in FAKE_DNS:
+            raise OSError(f"{host}: name does not resolve")
+        return FAKE_DNS[host.lower()]
+
+    monkeypatch.setattr(outbox, "resolve_host", resolve)
+    return FAKE_DNS
+
+
 @pytest.mark.parametrize(
     ("url", "ok"),
     [
         ("https://hooks.example.com/voicecore", True),
         ("https://hooks.example.com:8443/v?x=1", True),
-        ("http://127.0.0.1:8080/hook", True),
-        ("http://localhost/hook", True),
-        ("http://[::1]:9000/hook", True),
         ("HTTPS://Hooks.Example.com/x", True),
-        ("http://hooks.example.com/hook", False),  # plain HTTP off the loopback
-        ("http://10.0.0.5/hook", False),
+        ("https://v6.example.com/x", True),
+        ("https://93.184.216.34/x", True),
+        ("http://hooks.example.com/hook", False),  # plain HTTP
+        ("http://127.0.0.1:8080/hook", False),
+        ("https://127.0.0.1:22/", False),
+        ("https://localhost:6379/", False),
+        ("https://10.0.0.1/", False),
+        ("https://[fd00:ec2::254]/", False),  # unique-local (a metadata service)
+        ("https://metadata.google.internal/", False),
+        ("https://127.0.0.1.nip.io/", False),
+        ("https://0x7f000001:8443/", False),  # a number that is the loopback
+        ("https://mixed.example.com/", False),  # one of its addresses is private
+        ("https://169.254.169.254/latest/meta-data", False),  # link-local (cloud metadata)
+        ("https://100.64.1.1/", False),  # carrier-grade NAT
+        ("https://[::ffff:127.0.0.1]/", False),  # the loopback inside IPv6
+        ("https://[64:ff9b::a00:1]/", False),  # NAT64 of 10.0.0.1
+        ("https://0.0.0.0/x", False),
+        ("https://unknown.example.net/x", False),  # does not resolve
         ("ftp://127.0.0.1/hook", False),
         ("https://user:pass@hooks.example.com/x", False),
-        ("https://169.254.169.254/latest/meta-data", False),  # link-local (cloud metadata)
-        ("https://0.0.0.0/x", False),
         ("https:///nohost", False),
-        ("https://example.com/x#frag", False),
-        ("https://example.com:99999/x", False),
+        ("https://hooks.example.com/x#frag", False),
+        ("https://hooks.example.com:99999/x", False),
         ("https://exa mple.com/x", False),
         ("", False),
-        ("https://example.com/" + "a" * 3000, False),
+        ("https://hooks.example.com/" + "a" * 3000, False),
     ],
 )
-def test_webhook_url_rules(url: str, ok: bool) -> None:
+def test_webhook_url_rules(fake_dns: dict[str, list[str]], url: str, ok: bool) -> None:
     if ok:
         assert check_webhook_url(url).lower() == url.lower()
     else:
         with pytest.raises(InvalidWebhookUrl):
             check_webhook_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("http://127.0.0.1:8080/hook", True),
+        ("http://localhost/hook", True),
+        ("http://[::1]:9000/hook", True),
+        ("https://10.0.0.1/", True),
+        ("ftp://127.0.0.1/hook", False),
+        ("http://user:pw@127.0.0.1/x", False),
+        ("http://127.0.0.1/x#frag", False),
+        ("", False),
+    ],
+)
+def test_insecure_webhooks_for_local_development(url: str, ok: bool) -> None:
+    if ok:
+        assert check_webhook_url(url, allow_insecure=True).lower() == url.lower()
+    else:
+        with pytest.raises(InvalidWebhookUrl):
+            check_webhook_url(url, allow_insecure=True)
 
 
 def test_payloads_carry_only_what_the_policy_allows() -> None:
@@ -255,18 +248,22 @@ def test_backoff_is_exponential_with_jitter(store: Store) -> None:
 
 
 def test_schema_migrates_from_version_1(tmp_path: Path) -> None:
-    s = Store(tmp_path / "d")
+    s = Store(tmp_path / "d", allow_insecure_webhooks=True)
     s.tenants.create("acme", actor="test")
     assert s.calls.save(ended_call("acme"))
-    # Turn it back into a version-1 database.
+    # Turn it back into a version-1 database (undo version 3, then version 2).
+    s.db.sqlite.execute("DROP INDEX audit_log_tenant")
+    s.db.sqlite.execute("ALTER TABLE audit_log DROP COLUMN tenant_id")
+    s.db.sqlite.execute("DROP TABLE exports")
     s.db.sqlite.execute("DROP TABLE webhook_deliveries")
     s.db.sqlite.execute("DROP TABLE webhook_endpoints")
     s.db.sqlite.execute("DROP INDEX outbox_dispatch")
     s.db.sqlite.execute("ALTER TABLE outbox DROP COLUMN dispatched")
     s.db.sqlite.execute("PRAGMA user_version=1")
     s.close()
-    s = Store(tmp_path / "d")
-    assert s.schema_version() == SCHEMA_VERSION == 2
+    s = Store(tmp_path / "d", allow_insecure_webhooks=True)
+    assert s.schema_version() == SCHEMA_VERSION == 3
+    assert s.audit.verify().ok and [e.action for e in s.audit.list("acme")][-1] == "tenant.created"
     assert len(s.calls.list("acme", actor="test")) == 1
     assert [e.type for e in s.outbox.events("acme", actor="test")] == ["call.ended"]
     endpoint, _ = s.outbox.create_webhook("acme", "https://127.0.0.1:9/x", actor="test")
@@ -368,7 +365,7 @@ async def test_unreachable_endpoint_counts_as_a_failed_attempt(store: Store) -> 
 
 async def test_a_killed_worker_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
     data = tmp_path / "data"
-    store = Store(data)
+    store = Store(data, allow_insecure_webhooks=True)
     store.tenants.create("acme", actor="test")
     endpoint, secret = store.outbox.create_webhook("acme", receiver.url, actor="test")
     rec = ended_call("acme")
@@ -379,7 +376,8 @@ async def test_a_killed_worker_loses_nothing(tmp_path: Path, receiver: Receiver)
         "import asyncio, sys\n"
         "from voicecore.storage import Store\n"
         "from voicecore.server.webhooks import WebhookWorker\n"
-        "asyncio.run(WebhookWorker(Store(sys.argv[1]), timeout_s=60, lease_s=2.0, poll_interval_s=0.1).run())\n"
+        "asyncio.run(WebhookWorker(Store(sys.argv[1], allow_insecure_webhooks=True), timeout_s=60, lease_s=2.0,"
+        " poll_interval_s=0.1).run())\n"
     )
     env = {k: v for k, v in os.environ.items() if k != MASTER_KEY_ENV}
     proc = subprocess.Popen([sys.executable, "-c", script, str(data)], cwd=ROOT, env=env)
@@ -393,7 +391,7 @@ async def test_a_killed_worker_loses_nothing(tmp_path: Path, receiver: Receiver)
     assert first.headers["X-Voicecore-Event"] == "call.ended"
 
     # While nothing runs, another event is written.
-    store = Store(data)
+    store = Store(data, allow_insecure_webhooks=True)
     store.subjects.add_optout("acme", "+14155550199", actor="test")
     receiver.mode = "ok"
     worker = WebhookWorker(store, poll_interval_s=0.1)  # a new process' worker, same data directory

@@ -138,6 +138,12 @@ def report_view(r: Any) -> dict[str, Any]:
     }
 
 
+def export_view(e: Any) -> dict[str, Any]:
+    """A stored subject export (no content)."""
+    return {"export_id": e.export_id, "subject": e.subject, "bytes": e.bytes, "created_at": iso(e.created_at),
+            "expires_at": iso(e.expires_at)}  # fmt: skip
+
+
 def tenant_view(t: Any) -> dict[str, Any]:
     return {"name": t.name, "policy_name": t.policy_name, "created_at": iso(t.created_at), "active_keys": t.active_keys}
 

@@ -31,6 +31,7 @@ from voicecore.storage import ROLES, UnknownTenant
 from voicecore.views import (
     api_key_view,
     audit_view,
+    export_view,
     optout_view,
     plain_view,
     tenant_view,
@@ -144,8 +145,9 @@ def tenants_keys(name: str, data_dir: Path | None, as_json: bool) -> None:
 @tenants.command("key-add")
 @click.argument("name")
 @click.option("--role", type=click.Choice(ROLES), required=True,
-              help="admin: everything in the tenant; analyst: calls, transcripts, reports, exports; "
-                   "viewer: call metadata only.")
+              help="admin: everything in the tenant; agent: take calls (media streams, WebRTC, provider "
+                   "webhooks) and nothing else; analyst: calls, transcripts, reports, exports; viewer: call "
+                   "metadata only.")
 @click.option("--label", help="A note to tell keys apart (e.g. who holds it).")
 @data_dir_option
 @json_option
@@ -181,17 +183,34 @@ def subjects() -> None:
     """Data-subject rights for one phone number at one tenant: export, erase, restrict."""
 
 
+PLAINTEXT_WARNING = (
+    "Warning: {path} holds the subject's data in plaintext, outside voicecore: retention and erasure "
+    "do not reach it. Hand it over, then delete it."
+)
+
+
 @subjects.command("export")
 @click.argument("phone")
 @tenant_option(required=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-              show_default=True, help="Write the export in a new folder under this directory.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write a plaintext copy in a new folder under this directory instead (not covered by "
+                   "retention or erasure; a warning says so).")
 @data_dir_option
 @json_option
-def subjects_export(phone: str, tenant: str, out_dir: Path, data_dir: Path | None, as_json: bool) -> None:
-    """Export everything tenant T holds about PHONE: export.json (calls, turns, reports, contacts,
-    opt-out and restriction status) and the recordings as WAV files. Audited."""
+def subjects_export(phone: str, tenant: str, out_dir: Path | None, data_dir: Path | None, as_json: bool) -> None:
+    """Export everything tenant T holds about PHONE (calls, turns, reports, contacts, opt-out and
+    restriction status, recordings). Kept in the store, encrypted with the tenant's key, for 7 days
+    (retention and the subject's erasure delete it); `subjects export-get` writes it out. Audited."""
     with open_store(data_dir, phone=phone) as store:
+        if out_dir is None:
+            info = store.subjects.store_export(tenant, phone, actor=ACTOR)
+            if as_json:
+                echo_json({"tenant": tenant, **export_view(info)})
+                return
+            click.echo(f"Stored export {info.export_id} of {info.subject} at tenant {tenant} (encrypted, "
+                       f"{info.bytes} bytes, until {utc_text(info.expires_at)}).")
+            click.echo(f"Write it out with: voicecore subjects export-get {info.export_id} --tenant {tenant} --out DIR")
+            return
         target = store.subjects.export(tenant, phone, out_dir, actor=ACTOR)
     doc = json.loads((target / "export.json").read_text(encoding="utf-8"))
     summary = {
@@ -205,11 +224,45 @@ def subjects_export(phone: str, tenant: str, out_dir: Path, data_dir: Path | Non
         "opted_out": doc["opted_out"],
         "restricted": doc["restricted"],
     }
+    click.echo(PLAINTEXT_WARNING.format(path=target), err=True)
     if as_json:
         echo_json(summary)
         return
     click.echo(f"Exported {summary['calls']} calls, {summary['reports']} reports, {summary['contacts']} contacts "
                f"and {summary['recordings']} recordings of {doc['subject']} (tenant {tenant}) to {target}")
+
+
+@subjects.command("exports")
+@tenant_option(required=True)
+@data_dir_option
+@json_option
+def subjects_exports(tenant: str, data_dir: Path | None, as_json: bool) -> None:
+    """List tenant T's stored exports (no content; the subject by its keyed hash)."""
+    with open_store(data_dir) as store:
+        items = store.subjects.exports(tenant)
+    if as_json:
+        echo_json([export_view(e) for e in items])
+        return
+    if not items:
+        click.echo(f"Tenant {tenant} has no stored exports.")
+        return
+    click.echo(text_table(["export id", "subject", "bytes", "made (UTC)", "deleted (UTC)"],
+                          [[e.export_id, e.subject, str(e.bytes), utc_text(e.created_at), utc_text(e.expires_at)]
+                           for e in items]))  # fmt: skip
+
+
+@subjects.command("export-get")
+@click.argument("export_id")
+@tenant_option(required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Write the export (export.json, recordings/*.wav) in a new folder under this directory.")
+@data_dir_option
+def subjects_export_get(export_id: str, tenant: str, out_dir: Path, data_dir: Path | None) -> None:
+    """Decrypt stored export EXPORT_ID of tenant T into a new folder under --out. Audited."""
+    with open_store(data_dir) as store:
+        target = store.subjects.write_export(tenant, export_id, out_dir, actor=ACTOR)
+    click.echo(PLAINTEXT_WARNING.format(path=target), err=True)
+    click.echo(f"Export {export_id} written to {target}")
 
 
 @subjects.command("erase")

@@ -11,14 +11,12 @@ import contextlib
 import json
 import os
 import sqlite3
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from loguru import logger
 
 from voicecore.config import (
     ConfigError,
@@ -44,10 +42,11 @@ ACTOR = "cli"
 
 
 def setup_logging(verbose: int = 0) -> None:
-    """INFO by default (model loading progress, call start/end — never call content)."""
-    level = os.environ.get("VOICECORE_LOG_LEVEL") or ("DEBUG" if verbose >= 1 else "INFO")
-    logger.remove()
-    logger.add(sys.stderr, level=level, format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> {message}")
+    """INFO by default (model loading progress, call start/end — never call content); keys,
+    tokens and secrets are redacted from every line (:mod:`voicecore.server.logs`)."""
+    from voicecore.server.logs import setup_logging as setup
+
+    setup(os.environ.get("VOICECORE_LOG_LEVEL") or ("DEBUG" if verbose >= 1 else "INFO"))
 
 
 def load_pipeline_or_fail(pipeline: str) -> PipelineConfig:

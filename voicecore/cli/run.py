@@ -140,18 +140,29 @@ def chat(pipeline: str, messages: tuple[str, ...]) -> None:
 @data_dir_option
 @click.option("--pipeline", default="receptionist", show_default=True,
               help="Default agent for calls that do not name one (a name in pipelines/ or a YAML path).")
-def serve(host: str, port: int, data_dir: Path | None, pipeline: str) -> None:
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default=None, help="voicecore's and uvicorn's log level (default: info, or $VOICECORE_LOG_LEVEL).")
+@click.option("--allow-insecure-webhooks", is_flag=True,
+              help="Let webhook endpoints use http:// and private or loopback addresses (local development only).")
+def serve(host: str, port: int, data_dir: Path | None, pipeline: str, log_level: str | None,
+          allow_insecure_webhooks: bool) -> None:  # fmt: skip
     """Host telephony media streams (Twilio, Telnyx, Vonage, Plivo, Exotel, Asterisk) on WebSockets.
 
     \b
     WS   /ws/{twilio,telnyx,vonage,plivo,exotel,asterisk}
     POST /twilio/voice?token=KEY   TwiML <Connect><Stream> for Twilio's voice webhook
     GET  /healthz, /metrics
-    Create a tenant and its API key first: voicecore tenants add NAME.
+    Create a tenant and its API key first: voicecore tenants add NAME (keys for calls: --role agent).
     """
-    from voicecore.server import serve as run_server
+    import os
 
+    from voicecore.server import serve as run_server
+    from voicecore.server.logs import setup_logging
+
+    level = (log_level or os.environ.get("VOICECORE_LOG_LEVEL") or "info").upper()
+    setup_logging(level)
     try:
-        run_server(host, port, resolve_data_dir(data_dir), pipeline)
+        run_server(host, port, resolve_data_dir(data_dir), pipeline, log_level=level,
+                   allow_insecure_webhooks=allow_insecure_webhooks)  # fmt: skip
     except ConfigError as e:
         raise click.ClickException(str(e)) from None

@@ -280,6 +280,10 @@ def _construct_mapping_no_duplicates(loader: yaml.SafeLoader, node: yaml.Mapping
     result: dict[Any, Any] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (dict, list)):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value, not a mapping or a list", key_node.start_mark
+            )
         if key in result:
             raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
         result[key] = loader.construct_object(value_node, deep=deep)
@@ -352,14 +356,45 @@ def policy_from_data(data: Any, source: str = "<policy>") -> Policy:
         raise PolicyError(source, field, message, problems) from None
 
 
+#: Deepest nesting of brackets a policy document may have (a policy needs 3 or 4).
+POLICY_MAX_NESTING = 32
+
+
+def check_document_nesting(text: str, source: str, limit: int = POLICY_MAX_NESTING) -> None:
+    """Refuse a policy document nested deeper than ``limit`` brackets (``[``/``{``), before
+    any parser recurses into it (``PolicyError``). Brackets inside quotes do not count."""
+    depth = 0
+    quote: str | None = None
+    escaped = False
+    for ch in text:
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote == '"':
+                escaped = True
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                raise PolicyError(source, "<policy>", f"the document is nested deeper than {limit} levels")
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+
+
 def load_policy_text(text: str, source: str = "<string>") -> Policy:
     """Parse and validate policy YAML text. ``source`` names it in errors."""
     if len(text.encode("utf-8", errors="replace")) > POLICY_MAX_BYTES:
         raise PolicyError(source, "<policy>", f"policy text is larger than {POLICY_MAX_BYTES} bytes")
+    check_document_nesting(text, source)
     try:
         data = yaml.load(text, Loader=_PolicyLoader)  # _PolicyLoader is a SafeLoader subclass
     except _DuplicateKey as exc:
         raise PolicyError(source, exc.key, f"duplicate key (line {exc.line}); each key may appear once") from None
+    except RecursionError:
+        raise PolicyError(source, "<yaml>", "the document is nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"

@@ -7,7 +7,7 @@ scrypt hashes). A key belongs to one tenant and has one role:
 ========================================  =====  =======  ======
 route                                     admin  analyst  viewer
 ========================================  =====  =======  ======
-``GET /v1/me``                            yes    yes      yes
+``GET /v1/me``                            yes    yes      yes [2]
 ``GET /v1/calls`` (metadata)              yes    yes      yes [1]
 ``GET /v1/calls/{id}`` (metadata)         yes    yes      yes [1]
 ``GET /v1/calls/{id}/transcript``         yes    yes      403
@@ -26,6 +26,13 @@ route                                     admin  analyst  viewer
 [1] A viewer sees call metadata only: phone numbers masked (``+1*******71``), no
 filtering by number, and never any transcript text.
 
+[2] Also an ``agent`` key, the role for taking calls (media streams, WebRTC, provider
+webhooks: :mod:`voicecore.server.calls`), which may do nothing else here.
+
+The guard in front of the app (:mod:`voicecore.server.guard`) checks the key before
+the request body is read, caps bodies at 1 MiB (413), and answers 429 with
+``Retry-After`` to an address whose key checks keep failing.
+
 A missing or unknown key is 401; a role that may not do something gets 403
 before anything is looked up; another tenant's call, webhook or opt-out is 404,
 exactly like one that does not exist. Every read of call content (transcript,
@@ -36,7 +43,8 @@ audited the same way). Every answer's shape comes from :mod:`voicecore.views`. P
 the ``phone`` filter of ``GET /v1/calls``.
 
 Validation errors are 422 with FastAPI's shape (``{"detail": [{"loc", "msg",
-"type"}]}``); a rejected policy names the field in ``loc`` and ``msg``. Store
+"type"}]}``), never echoing what was sent; a rejected policy names the field in
+``loc`` and ``msg``. Store
 calls run in worker threads (``asyncio.to_thread``).
 """
 
@@ -67,6 +75,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from voicecore.policy.models import (
     PolicyError,
+    check_document_nesting,
     load_policy_text,
     policy_from_data,
     policy_to_yaml,
@@ -94,6 +103,7 @@ from voicecore.server.api_models import (
     WebhookPatch,
     WebhookWithSecret,
 )
+from voicecore.server.guard import api_key_of
 from voicecore.storage import CryptoError, StorageError, Store, UnknownTenant
 from voicecore.views import (
     audit_view,
@@ -107,7 +117,8 @@ from voicecore.views import (
 
 T = TypeVar("T")
 
-_RANK: dict[str, int] = {"viewer": 0, "analyst": 1, "admin": 2}
+# ``agent`` keys take calls; on /v1 they may only ask who they are.
+_RANK: dict[str, int] = {"agent": -1, "viewer": 0, "analyst": 1, "admin": 2}
 POLICY_MAX_BODY = 64 * 1024
 _ID = r"^[A-Za-z0-9_.:\-]{1,128}$"
 
@@ -172,10 +183,13 @@ def _policy_error(e: PolicyError) -> HTTPException:
 async def principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 ) -> Principal:
-    """The API key's tenant and role; 401 without a valid key."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(401, "missing API key (Authorization: Bearer vck_...)", {"WWW-Authenticate": "Bearer"})
-    info = await asyncio.to_thread(_store(request).tenants.authenticate, credentials.credentials)
+    """The API key's tenant and role, as the guard checked it before the body was read
+    (:mod:`voicecore.server.guard`); 401 without a valid key."""
+    info = api_key_of(request.scope)
+    if info is None:  # an app without the guard in front: check here
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise HTTPException(401, "missing API key (Authorization: Bearer vck_...)", {"WWW-Authenticate": "Bearer"})
+        info = await asyncio.to_thread(_store(request).tenants.authenticate, credentials.credentials)
     if info is None:
         raise HTTPException(401, "invalid or revoked API key", {"WWW-Authenticate": "Bearer"})
     return Principal(info.key_id, info.tenant, info.role)
@@ -192,6 +206,7 @@ def require(role: str) -> Callable[..., Any]:
     return dependency
 
 
+AnyKey = Annotated[Principal, Depends(principal)]
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Analyst = Annotated[Principal, Depends(require("analyst"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
@@ -201,6 +216,8 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed request (a body that cannot be parsed)"},
     401: {"description": "Missing, unknown or revoked API key"},
     403: {"description": "The key's role may not do this"},
+    413: {"description": "Request body too large"},
+    429: {"description": "Too many failed authentications from this address (see Retry-After)"},
 }
 NOT_FOUND = {404: {"description": "Not found for this tenant"}}
 
@@ -221,7 +238,7 @@ def _epoch_or_422(value: datetime | None, name: str) -> float | None:
 
 
 @router.get("/me", response_model=Me, tags=["keys"], responses=AUTH_RESPONSES)
-async def me(p: Viewer) -> dict[str, Any]:
+async def me(p: AnyKey) -> dict[str, Any]:
     """The tenant and role of the API key used."""
     return {"key_id": p.key_id, "tenant": p.tenant, "role": p.role}
 
@@ -456,6 +473,7 @@ async def replace_policy(request: Request, p: Admin) -> dict[str, Any]:
             load_policy_text(text, source=source)
             yaml_text = text
         elif ctype in ("application/json", "") or ctype.endswith("+json"):
+            check_document_nesting(text, source)  # before the parser recurses into it
             try:
                 data = json.loads(text)
             except ValueError as e:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from voicecore.storage import EVENT_TYPES
 
-Role = Literal["admin", "analyst", "viewer"]
+Role = Literal["admin", "agent", "analyst", "viewer"]
 EventType = Literal["call.ended", "report.ready", "optout.requested", "subject.erased"]
 
 

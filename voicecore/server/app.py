@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from loguru import logger
 
 from voicecore.config import PROJECT_ROOT, PipelineConfig, load_pipeline
 from voicecore.model_pool import ModelPool
 from voicecore.server import api, calls
+from voicecore.server.guard import AuthThrottle, Guard
+from voicecore.server.logs import install_log_redaction
 from voicecore.server.state import ServerState, load_pipelines
 from voicecore.server.webhooks import WebhookWorker
 from voicecore.storage import Store
@@ -39,8 +44,12 @@ def create_app(
     preload: bool = True,
     sweep_interval_s: float = 3600.0,
     ice_servers: list[dict[str, Any]] | None = None,
+    allow_insecure_webhooks: bool = False,
+    auth_throttle: AuthThrottle | None = None,
 ) -> FastAPI:
-    """The ASGI app. ``pipeline`` is a name from ``pipelines/`` or a YAML path (the default agent)."""
+    """The ASGI app. ``pipeline`` is a name from ``pipelines/`` or a YAML path (the default agent).
+    ``allow_insecure_webhooks``: webhooks may go to ``http://`` and private addresses (local
+    development; a ``store`` given here keeps its own setting)."""
     configs = dict(pipelines) if pipelines is not None else load_pipelines()
     if pipeline not in configs:
         cfg = load_pipeline(pipeline if Path(pipeline).suffix in (".yaml", ".yml") else PROJECT_ROOT / "pipelines" / f"{pipeline}.yaml")
@@ -48,16 +57,24 @@ def create_app(
         pipeline = cfg.name
     state = ServerState(
         data_dir=Path(data_dir),
-        store=store or Store(Path(data_dir)),
+        store=store or Store(Path(data_dir), allow_insecure_webhooks=allow_insecure_webhooks),
         pool=pool or ModelPool(),
         pipelines=configs,
         default_pipeline=pipeline,
         sweep_interval_s=sweep_interval_s,
         ice_servers=list(ice_servers or []),
     )
+    if auth_throttle is not None:
+        state.throttle = auth_throttle
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state.store.keys.inside_data_dir:
+            logger.warning(
+                f"the encryption keys are inside the data directory ({state.store.keys.keystore}): a copy of the "
+                "directory is a copy of the keys, so deleting a tenant does not make its backups unreadable. "
+                "Move keystore.bin (and master.key) to a key directory outside it and set VOICECORE_KEY_DIR."
+            )
         sweeper = asyncio.create_task(_sweep_periodically(state))
         webhook_worker = WebhookWorker(state.store)
         webhooks = asyncio.create_task(webhook_worker.run())
@@ -77,11 +94,30 @@ def create_app(
             except (asyncio.TimeoutError, TimeoutError):
                 pass  # a delivery in flight is retried after the next start (the outbox keeps it)
 
-    app = FastAPI(title="voicecore", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="voicecore", version="0.1.0", lifespan=lifespan, default_response_class=SafeJSONResponse)
     app.include_router(api.router)
     app.include_router(calls.router)
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_middleware(Guard, store=state.store, throttle=state.throttle)
     app.state.vc = state
     return app
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON answers as ASCII (``\\uXXXX`` escapes): any string a client sent, a lone surrogate
+    included, can be answered without an encoding error."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> SafeJSONResponse:
+    """422 naming each bad field and why, never echoing what was sent (it may not even encode)."""
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "invalid")), "type": str(e.get("type", "value_error"))}
+        for e in exc.errors()[:20]
+    ]
+    return SafeJSONResponse({"detail": detail}, status_code=422)
 
 
 async def _end_all_calls(state: ServerState, reason: str) -> None:
@@ -118,17 +154,21 @@ class _Server(uvicorn.Server):
 
 
 def _uvicorn_config(app: FastAPI, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app, host=host, port=port, ws="websockets-sansio", ws_max_size=WS_MAX_FRAME, lifespan="on",
-        log_level=log_level, timeout_graceful_shutdown=15, access_log=False,  # URLs may hold numbers
+        log_level=log_level.lower(), timeout_graceful_shutdown=15, access_log=False,  # URLs may hold numbers
     )
+    install_log_redaction()  # after uvicorn set up its loggers: their handlers get the filter too
+    return config
 
 
 @contextlib.asynccontextmanager
-async def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+async def running_server(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"
+) -> AsyncIterator[str]:
     """Run ``app`` in this event loop on an ephemeral port (tests, benchmarks); yields the base URL."""
     state: ServerState = app.state.vc
-    server = _Server(_uvicorn_config(app, host, port), state)
+    server = _Server(_uvicorn_config(app, host, port, log_level=log_level), state)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     try:
@@ -145,9 +185,11 @@ async def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -
         await asyncio.wait_for(task, timeout=90)  # calls, then reports (30 s) and webhooks (15 s) drain
 
 
-def serve(host: str, port: int, data_dir: Path, pipeline: str) -> None:
-    """Run the server until SIGINT/SIGTERM; every active call's record is closed before exit."""
-    app = create_app(data_dir=data_dir, pipeline=pipeline)
+def serve(host: str, port: int, data_dir: Path, pipeline: str, *, log_level: str = "INFO",
+          allow_insecure_webhooks: bool = False) -> None:  # fmt: skip
+    """Run the server until SIGINT/SIGTERM; every active call's record is closed before exit.
+    ``log_level`` governs voicecore's and uvicorn's logs alike."""
+    app = create_app(data_dir=data_dir, pipeline=pipeline, allow_insecure_webhooks=allow_insecure_webhooks)
     state: ServerState = app.state.vc
-    server = _Server(_uvicorn_config(app, host, port, log_level="info"), state)
+    server = _Server(_uvicorn_config(app, host, port, log_level=log_level), state)
     server.run()

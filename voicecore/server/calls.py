@@ -23,8 +23,11 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from loguru import logger
 
 from voicecore.records import CallRecord
+from voicecore.server.guard import Throttled, check_key, client_address, query_token
 from voicecore.server.state import CALL_TOKEN_TTL_S, ServerState
 from voicecore.session import CallSession, open_call, outbound_check
+from voicecore.storage import ApiKeyInfo
+from voicecore.storage.schema import CALL_ROLES
 from voicecore.telephony import PROTOCOLS, create_protocol
 from voicecore.telephony.base import CallStart
 from voicecore.telephony.twilio import twiml_connect_stream, twiml_hangup
@@ -41,6 +44,11 @@ router = APIRouter()
 
 def _state(request: Request | WebSocket) -> ServerState:
     return request.app.state.vc  # type: ignore[no-any-return]
+
+
+def may_take_calls(key: ApiKeyInfo | None) -> bool:
+    """Only ``admin`` and ``agent`` keys open calls (media streams, WebRTC, provider webhooks)."""
+    return key is not None and key.role in CALL_ROLES
 
 
 async def start_call(state: ServerState, tenant: str, pipeline: str | None, record: CallRecord,
@@ -85,11 +93,17 @@ async def metrics(request: Request) -> str:
 async def twilio_voice(request: Request) -> Response:
     state = _state(request)
     form = await request.form()
-    token = request.query_params.get("token") or str(form.get("token") or "")
-    key = await asyncio.to_thread(state.store.tenants.authenticate, token) if token else None
+    token = query_token(request.scope) or str(form.get("token") or "")
+    try:
+        key = await check_key(state.store, state.throttle, token, client_address(request.scope))
+    except Throttled as e:
+        return PlainTextResponse(str(e), status_code=429, headers={"Retry-After": str(int(e.retry_after))})
     if key is None:
         logger.warning("twilio voice webhook: missing or invalid API key")
         return PlainTextResponse("missing or invalid API key (pass ?token=KEY on the webhook URL)", status_code=403)
+    if not may_take_calls(key):  # before anything is looked up: a refusal says nothing about a number
+        return PlainTextResponse(f"this API key's role ({key.role}) may not take calls (agent or admin)",
+                                 status_code=403)  # fmt: skip
     tenant = key.tenant
     pipeline_name = request.query_params.get("pipeline")
     if pipeline_name is not None and pipeline_name not in state.pipelines:
@@ -127,6 +141,7 @@ async def media_stream(ws: WebSocket, provider: str) -> None:
     await ws.accept()
     state = _state(ws)
     protocol = create_protocol(provider)
+    address = client_address(ws.scope)
     opened: list[CallSession] = []
 
     async def authenticate(start: CallStart) -> CallAuth | None:
@@ -138,7 +153,14 @@ async def media_stream(ws: WebSocket, provider: str) -> None:
         if redeemed is not None:
             tenant, pipeline = redeemed
         else:
-            key = await asyncio.to_thread(state.store.tenants.authenticate, token)
+            try:
+                key = await check_key(state.store, state.throttle, token, address)
+            except Throttled:
+                state.metrics.call_rejected(provider, "throttled")
+                return None
+            if key is not None and not may_take_calls(key):
+                state.metrics.call_rejected(provider, "role")
+                return None
             tenant, pipeline = (key.tenant if key else None), None
         if tenant is None:
             state.metrics.call_rejected(provider, "bad_token")
@@ -157,9 +179,13 @@ async def media_stream(ws: WebSocket, provider: str) -> None:
         opened.append(session)
         return session
 
+    query = dict(ws.query_params)
+    token = query_token(ws.scope)  # taken out of the URL before anything logged it
+    if token is not None:
+        query["token"] = token
     call = MediaStreamCall(
         protocol, StarletteMediaSocket(ws), authenticate=authenticate, open_call=open_stream_call,
-        headers={k.lower(): v for k, v in ws.headers.items()}, query=dict(ws.query_params),
+        headers={k.lower(): v for k, v in ws.headers.items()}, query=query,
     )  # fmt: skip
     reason = await call.run(shutting_down=lambda: state.shutting_down)
     end_call(state, opened[0] if opened else None, provider, reason)
@@ -181,7 +207,8 @@ async def webrtc_config(request: Request) -> dict[str, Any]:
 
 
 async def _bearer_tenant(state: ServerState, request: Request, *, allow_call_token: bool) -> str:
-    """The tenant of a request's ``Authorization: Bearer`` API key (or one-time call token); 401 otherwise."""
+    """The tenant of a request's ``Authorization: Bearer`` key that may take calls (or of a one-time
+    call token); 401 / 403 / 429 otherwise."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -191,10 +218,15 @@ async def _bearer_tenant(state: ServerState, request: Request, *, allow_call_tok
         redeemed = state.redeem_call_token(token)
         if redeemed is not None:
             return redeemed[0]
-    key = await asyncio.to_thread(state.store.tenants.authenticate, token)
+    try:
+        key = await check_key(state.store, state.throttle, token, client_address(request.scope))
+    except Throttled as e:
+        raise HTTPException(429, str(e), {"Retry-After": str(int(e.retry_after))}) from None
     if key is None:
         logger.warning("rejected a request with an invalid API key")
         raise HTTPException(401, "invalid API key")
+    if not may_take_calls(key):
+        raise HTTPException(403, f"this API key's role ({key.role}) may not take calls (agent or admin)")
     return key.tenant
 
 

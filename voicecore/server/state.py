@@ -11,6 +11,7 @@ from typing import Any
 from voicecore.config import PROJECT_ROOT, PipelineConfig, load_pipeline
 from voicecore.model_pool import ModelPool
 from voicecore.reports import ReportScheduler
+from voicecore.server.guard import AuthThrottle
 from voicecore.server.metrics import Metrics
 from voicecore.session import CallSession
 from voicecore.storage import Store
@@ -28,6 +29,7 @@ class ServerState:
     pipelines: dict[str, PipelineConfig]
     default_pipeline: str
     metrics: Metrics = field(default_factory=Metrics)
+    throttle: AuthThrottle = field(default_factory=AuthThrottle)
     reports: ReportScheduler = field(default_factory=ReportScheduler)
     calls: dict[str, CallSession] = field(default_factory=dict)
     calls_started: int = 0

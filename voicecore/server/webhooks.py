@@ -7,6 +7,12 @@ fans each new event out to the tenant's endpoints subscribed to its type, one
 *delivery* per endpoint, and sends it:
 
 * ``POST`` of the event as JSON (UTF-8), no redirects followed, 10 s timeout;
+* the endpoint's host is resolved again at every connection and every address it
+  resolves to must be public (:func:`voicecore.storage.outbox.is_public_address`):
+  the connection goes to an address that was checked, so a DNS answer that
+  changes after the endpoint was registered cannot point the sender at the
+  loopback, a private network or a metadata service (``serve
+  --allow-insecure-webhooks`` lifts this for local development);
 * a 2xx answer delivers it; anything else (another status, a timeout, a refused
   connection) is retried after an exponential backoff with jitter
   (``base_delay_s * 2**(attempt-1)``, capped at ``max_delay_s``, times a random
@@ -23,10 +29,11 @@ fans each new event out to the tenant's endpoints subscribed to its type, one
   subscribed to its type when the worker first sees it; a deactivated endpoint's
   deliveries wait (within the outbox's 7-day lifetime) until it is active again.
 
-Endpoint URLs must be HTTPS; plain HTTP is accepted only for the loopback
-(``127.0.0.1``, ``localhost``, ``[::1]``: tests and local development). URLs with
-credentials, link-local, multicast or unspecified IP addresses are refused
-(:func:`voicecore.storage.outbox.check_webhook_url`, checked when an endpoint is stored).
+Endpoint URLs must be ``https://`` to a host whose addresses are all public
+(:func:`voicecore.storage.outbox.check_webhook_url`, checked when an endpoint is
+stored and again, by address, when the sender connects). A failed delivery
+records what the tenant can act on — the HTTP status of its endpoint, "no
+answer", "connection failed", "address not allowed" — never what else answered.
 
 What a payload carries, decided at sending time from the tenant's current policy:
 
@@ -79,8 +86,10 @@ import asyncio
 import copy
 import hashlib
 import hmac
+import ipaddress
 import json
 import random
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -89,6 +98,7 @@ from loguru import logger
 
 from voicecore.policy.models import Policy
 from voicecore.storage import Store, WebhookDelivery
+from voicecore.storage.outbox import is_public_address
 
 SIGNATURE_HEADER = "X-Voicecore-Signature"
 USER_AGENT = "voicecore-webhooks/0.1"
@@ -162,6 +172,29 @@ def deliverable_payload(payload: dict[str, Any], policy: Policy) -> dict[str, An
     return out
 
 
+# --------------------------------------------------------------------------- connecting
+
+
+class AddressNotAllowed(OSError):
+    """The endpoint's host resolved to an address webhooks may not be sent to."""
+
+
+def public_only_resolver() -> Any:
+    """An aiohttp resolver that resolves like the default one and refuses a host with any
+    non-public address: aiohttp then connects to exactly the addresses that were checked."""
+    from aiohttp.resolver import ThreadedResolver
+
+    class PublicOnlyResolver(ThreadedResolver):
+        async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
+            hosts = await super().resolve(host, port, family)
+            for h in hosts:
+                if not is_public_address(ipaddress.ip_address(h["host"])):
+                    raise AddressNotAllowed(f"{host} resolves to an address webhooks may not be sent to")
+            return hosts
+
+    return PublicOnlyResolver()
+
+
 # --------------------------------------------------------------------------- the worker
 
 
@@ -184,9 +217,12 @@ class WebhookWorker:
         poll_interval_s: float = 1.0,
         batch: int = 20,
         concurrency: int = 4,
+        allow_insecure: bool | None = None,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
     ):
+        """``allow_insecure`` (default: the store's ``allow_insecure_webhooks``) lets deliveries go to
+        loopback and private addresses (local development, tests)."""
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.store = store
@@ -198,6 +234,7 @@ class WebhookWorker:
         self.poll_interval_s = poll_interval_s
         self.batch = batch
         self.concurrency = concurrency
+        self.allow_insecure = store.outbox.allow_insecure_webhooks if allow_insecure is None else allow_insecure
         self._clock = clock
         self._rng = rng
         self._wake = asyncio.Event()
@@ -224,7 +261,8 @@ class WebhookWorker:
         import aiohttp
 
         logger.info("webhook worker started")
-        connector = aiohttp.TCPConnector(limit=self.concurrency * 2)
+        resolver = None if self.allow_insecure else public_only_resolver()
+        connector = aiohttp.TCPConnector(limit=self.concurrency * 2, resolver=resolver)
         async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT}) as session:
             while not self._stopping:
                 try:
@@ -264,7 +302,6 @@ class WebhookWorker:
         return len(due)
 
     async def _deliver(self, session: Any, d: WebhookDelivery, policy: Policy) -> None:
-        import aiohttp
 
         body = encode_body(deliverable_payload(d.payload, policy))
         timestamp = int(self._clock())
@@ -278,21 +315,10 @@ class WebhookWorker:
         }
         status: int | None = None
         error: str | None = None
-        try:
-            async with session.post(
-                d.url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-            ) as response:
-                status = response.status
-        except TimeoutError:
-            error = f"no answer within {self.timeout_s:g} s"
-        except aiohttp.ClientError as e:
-            error = f"connection failed ({type(e).__name__})"
-        except OSError as e:
-            error = f"connection failed ({type(e).__name__})"
+        if not self.allow_insecure and not _may_connect(d.url):
+            error = "address not allowed"
+        else:
+            status, error = await self._post(session, d.url, body, headers)
         if status is not None and 200 <= status < 300:
             await asyncio.to_thread(self.store.outbox.delivered, d.delivery_id, status_code=status)
             self.delivered += 1
@@ -316,3 +342,41 @@ class WebhookWorker:
             "webhook {} to endpoint {}: attempt {} failed ({}), retrying in {:.0f} s",
             d.event_id[:8], d.endpoint_id, d.attempts, error, retry_at - self._clock(),
         )  # fmt: skip
+
+    async def _post(self, session: Any, url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
+        """POST one delivery: (HTTP status, None) or (None, what went wrong, for the tenant)."""
+        import aiohttp
+
+        status: int | None = None
+        error: str | None = None
+        try:
+            async with session.post(
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            ) as response:
+                status = response.status
+        except TimeoutError:
+            error = f"no answer within {self.timeout_s:g} s"
+        except (aiohttp.ClientError, OSError) as e:
+            # Only what the tenant can act on: not which error a host or port answered with.
+            cause = e.__cause__ if isinstance(e, aiohttp.ClientConnectorError) else e
+            blocked = isinstance(e, AddressNotAllowed) or isinstance(cause, AddressNotAllowed) or (
+                isinstance(e, aiohttp.ClientConnectorError) and isinstance(e.os_error, AddressNotAllowed)
+            )
+            error = "address not allowed" if blocked else "connection failed"
+        return status, error
+
+
+def _may_connect(url: str) -> bool:
+    """False for a URL whose host is an IP address that is not public (a resolved name is
+    checked by the connector's resolver)."""
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(url).hostname or ""
+        return is_public_address(ipaddress.ip_address(host))
+    except ValueError:
+        return True

@@ -18,12 +18,17 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from voicecore.storage.crypto import Keystore
 from voicecore.storage.database import Database, StorageError
 
 _GENESIS = "0" * 64
+
+
+class TenantRef(Protocol):
+    id: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -57,24 +62,36 @@ class AuditLog:
         canonical = json.dumps([entry_id, at, actor, tenant, action, object_id, prev_hash], separators=(",", ":"))
         return hmac.new(key, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
 
-    def append_in_tx(self, actor: str, tenant: str | None, action: str, object_id: str | None) -> int:
+    def _tenant(self, tenant: TenantRef | str | None) -> tuple[str | None, str | None]:
+        """(name, id) of the tenant an entry is about: entries are kept (and listed) by tenant id,
+        so a tenant deleted and created again under the same name starts with an empty log."""
+        if tenant is None:
+            return None, None
+        if isinstance(tenant, str):
+            row = self._db.fetchone("SELECT id FROM tenants WHERE name = ?", (tenant,))
+            return tenant, (row[0] if row else None)
+        return tenant.name, tenant.id
+
+    def append_in_tx(self, actor: str, tenant: TenantRef | str | None, action: str, object_id: str | None) -> int:
         """Inside a write transaction (the change it records): append one chained entry."""
         if not self._db.in_transaction:
             raise StorageError("internal error: audit entry outside a transaction")
+        name, tenant_id = self._tenant(tenant)
         key = self._keystore.operator_key("audit")
         last = self._db.fetchone("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
         seq = self._db.fetchone("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
         prev_hash = last[1] if last else _GENESIS
         entry_id = max(last[0] if last else 0, seq[0] if seq else 0) + 1
         at = self._db.clock()
-        digest = self._hash(key, entry_id, at, actor, tenant, action, object_id, prev_hash)
+        digest = self._hash(key, entry_id, at, actor, name, action, object_id, prev_hash)
         self._db.insert(
             "audit_log",
             {
                 "id": entry_id,
                 "at": at,
                 "actor": actor,
-                "tenant": tenant,
+                "tenant": name,
+                "tenant_id": tenant_id,
                 "action": action,
                 "object_id": object_id,
                 "prev_hash": prev_hash,
@@ -83,18 +100,21 @@ class AuditLog:
         )
         return entry_id
 
-    def append(self, actor: str, tenant: str | None, action: str, object_id: str | None = None) -> int:
+    def append(self, actor: str, tenant: TenantRef | str | None, action: str, object_id: str | None = None) -> int:
         """Append one entry in its own transaction (a read, or a change made outside storage)."""
         with self._db.tx():
             return self.append_in_tx(actor, tenant, action, object_id)
 
     def list(self, tenant: str | None = None, *, limit: int = 100) -> list[AuditEntry]:
-        """The latest entries (of one tenant, or all), newest first."""
+        """The latest entries (of the tenant named ``tenant`` as it is now, or all), newest first."""
         sql = "SELECT id, at, actor, tenant, action, object_id FROM audit_log"
         params: list[Any] = []
         if tenant is not None:
-            sql += " WHERE tenant = ?"
-            params.append(tenant)
+            _name, tenant_id = self._tenant(tenant)
+            if tenant_id is None:
+                return []
+            sql += " WHERE tenant_id = ?"
+            params.append(tenant_id)
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(int(limit))
         return [AuditEntry(**r) for r in self._db.rows(sql, params)]

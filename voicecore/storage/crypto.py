@@ -3,15 +3,22 @@
 * Each tenant has two random 256-bit keys: an AES-GCM data key (transcripts,
   recordings, reports, contacts, outbox payloads) and an HMAC key for the keyed
   hash of phone numbers (lookups, opt-outs that survive erasure, audit object ids).
-* The keys live in one keystore file, separate from the database
-  (``<data_dir>/keystore.bin`` by default), encrypted as a whole with AES-GCM
-  under the master key.
+* The keys live in one keystore file in the **key directory**, outside the data
+  directory (``<data_dir>-keys/keystore.bin`` next to it by default, or
+  ``VOICECORE_KEY_DIR``), encrypted as a whole with AES-GCM under the master key.
 * The master key comes from ``VOICECORE_MASTER_KEY`` (32 bytes, base64 or hex) or,
-  when that is not set, from a generated key file (``<data_dir>/master.key``,
-  mode 0600; a key file readable by group or others is refused).
+  when that is not set, from a generated key file in the key directory
+  (``master.key``, mode 0600; a key file readable by group or others is refused).
 * Deleting a tenant removes its keys from the keystore (and overwrites the old
-  keystore file before replacing it): every ciphertext of that tenant, in the
-  database, in a backup or in a recording file, is then unreadable.
+  keystore file before replacing it). A backup of the data directory holds no
+  key, so every ciphertext of that tenant — in the database, in any copy of it,
+  in a recording file — is unreadable from then on. Crypto-shredding asks one
+  thing of backups: keep the key directory out of data backups, or back it up
+  on a shorter lifetime than the data (a key backup older than a deletion still
+  opens that tenant's data).
+* A data directory made by an older voicecore keeps its ``keystore.bin`` (and
+  ``master.key``) inside; it still opens, and :func:`key_locations` reports it so
+  ``serve`` can warn that a copy of the directory is a copy of the keys.
 
 Ciphertext format (database fields): ``b"\\x01" + nonce(12) + AES-GCM(ct || tag)``,
 with associated data binding the ciphertext to its table, tenant, row and column,
@@ -40,6 +47,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MASTER_KEY_ENV = "VOICECORE_MASTER_KEY"
+KEY_DIR_ENV = "VOICECORE_KEY_DIR"
 MASTER_KEY_FILENAME = "master.key"
 KEYSTORE_FILENAME = "keystore.bin"
 
@@ -108,9 +116,30 @@ def _write_private_new(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def resolve_master_key(data_dir: Path, explicit: bytes | str | None = None) -> tuple[bytes, str]:
+@dataclass(frozen=True)
+class KeyLocations:
+    """Where a data directory's keys are: the keystore file and the master key's source."""
+
+    key_dir: Path
+    keystore: Path
+    inside_data_dir: bool  # an older layout: a copy of the data directory copies the keys
+
+
+def key_locations(data_dir: Path, key_dir: Path | str | None = None) -> KeyLocations:
+    """The key directory of ``data_dir``: ``key_dir``, else ``VOICECORE_KEY_DIR``, else
+    ``<data_dir>-keys`` next to it; a data directory that already holds a keystore
+    (an older layout) keeps it."""
+    data_dir = Path(data_dir)
+    if key_dir is None and not os.environ.get(KEY_DIR_ENV) and (data_dir / KEYSTORE_FILENAME).exists():
+        return KeyLocations(data_dir, data_dir / KEYSTORE_FILENAME, True)
+    chosen = Path(key_dir or os.environ.get(KEY_DIR_ENV) or data_dir.parent / f"{data_dir.name}-keys")
+    inside = chosen.resolve() == data_dir.resolve() or data_dir.resolve() in chosen.resolve().parents
+    return KeyLocations(chosen, chosen / KEYSTORE_FILENAME, inside)
+
+
+def resolve_master_key(key_dir: Path, explicit: bytes | str | None = None) -> tuple[bytes, str]:
     """The master key and where it came from: explicit argument, environment, or the key file
-    (generated with mode 0600 on first use)."""
+    in ``key_dir`` (generated with mode 0600 on first use)."""
     if explicit is not None:
         if isinstance(explicit, bytes) and len(explicit) == 32:
             return explicit, "argument"
@@ -120,7 +149,8 @@ def resolve_master_key(data_dir: Path, explicit: bytes | str | None = None) -> t
     env = os.environ.get(MASTER_KEY_ENV)
     if env:
         return decode_master_key(env, MASTER_KEY_ENV), MASTER_KEY_ENV
-    path = data_dir / MASTER_KEY_FILENAME
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = key_dir / MASTER_KEY_FILENAME
     if not path.exists():
         try:
             _write_private_new(path, (generate_master_key() + "\n").encode("ascii"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
+import socket
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,7 +32,6 @@ MAX_WEBHOOK_ENDPOINTS = 20  # per tenant
 WEBHOOK_SECRET_OVERLAP_S = 24 * 3600  # a rotated-out secret still signs deliveries this long
 EVENT_TYPES: tuple[str, ...] = ("call.ended", "report.ready", "optout.requested", "subject.erased")
 MAX_URL_LENGTH = 2048
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
 class InvalidWebhookUrl(StorageError):
@@ -107,18 +107,59 @@ class DeliveryInfo:
 
 # --------------------------------------------------------------------------- URLs
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
+
+def is_public_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``addr`` is a public unicast address: not loopback, private (RFC 1918), link-local
+    (metadata services: 169.254.169.254), CGNAT (100.64/10), unique-local (fc00::/7, e.g. fd00:ec2::254),
+    reserved, documentation, unspecified or multicast; an IPv4 address inside an IPv6 one
+    (mapped, NAT64, 6to4, Teredo) must be public too."""
+    if isinstance(addr, ipaddress.IPv6Address):
+        embedded: list[ipaddress.IPv4Address | None] = [addr.ipv4_mapped, addr.sixtofour]
+        if addr.teredo is not None:
+            embedded.append(addr.teredo[1])
+        if addr in _NAT64:
+            embedded.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+        if any(e is not None and not is_public_address(e) for e in embedded):
+            return False
+    return addr.is_global and not addr.is_multicast
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (blocking: a DNS lookup). ``OSError`` when it does not resolve."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]).split("%", 1)[0] for info in infos})
+
+
+def check_public_host(host: str, port: int) -> list[str]:
+    """The addresses of ``host``, all of them public, or :class:`InvalidWebhookUrl` saying why."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        addresses = [host] if _ip_literal(host) else resolve_host(host, port)
+    except (OSError, UnicodeError):
+        raise InvalidWebhookUrl(f"the webhook host {host!r} does not resolve") from None
+    for a in addresses:
+        if not is_public_address(ipaddress.ip_address(a)):
+            raise InvalidWebhookUrl(
+                "the webhook URL points at a loopback, private, link-local or otherwise non-public address"
+            )
+    return addresses
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
     except ValueError:
         return False
 
 
-def check_webhook_url(url: str) -> str:
-    """``url`` if it may receive webhooks, else :class:`InvalidWebhookUrl` saying why."""
+def check_webhook_url(url: str, *, allow_insecure: bool = False) -> str:
+    """``url`` if it may receive webhooks, else :class:`InvalidWebhookUrl` saying why.
+
+    ``https://`` to a host whose every address is public (resolved now; the sender checks
+    again when it connects). ``allow_insecure`` (``serve --allow-insecure-webhooks``, for
+    local development and tests) also accepts ``http://`` and any address."""
     if not isinstance(url, str) or not url.strip():
         raise InvalidWebhookUrl("the webhook URL is empty")
     url = url.strip()
@@ -129,35 +170,30 @@ def check_webhook_url(url: str) -> str:
     try:
         parts = urlsplit(url)
         host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a bad port
+        port = parts.port
     except ValueError as e:
         raise InvalidWebhookUrl(f"the webhook URL is not valid: {e}") from None
     scheme = parts.scheme.lower()
-    if scheme not in ("https", "http"):
-        raise InvalidWebhookUrl("the webhook URL must use https:// (http:// only to 127.0.0.1 or localhost)")
+    allowed = ("https", "http") if allow_insecure else ("https",)
+    if scheme not in allowed:
+        raise InvalidWebhookUrl(
+            "the webhook URL must use https:// (http:// only with serve --allow-insecure-webhooks)"
+        )
     if not host:
         raise InvalidWebhookUrl("the webhook URL has no host")
     if parts.username is not None or parts.password is not None:
         raise InvalidWebhookUrl("the webhook URL must not carry credentials; the signature authenticates requests")
     if parts.fragment:
         raise InvalidWebhookUrl("the webhook URL must not have a #fragment")
-    if scheme == "http" and not _is_loopback(host):
-        raise InvalidWebhookUrl("plain http:// is allowed only to 127.0.0.1 or localhost (tests); use https://")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        ip = None
-    if ip is not None and not ip.is_loopback and (
-        ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved
-    ):
-        raise InvalidWebhookUrl("the webhook URL points at a link-local, multicast or unspecified address")
+    if not allow_insecure:
+        check_public_host(host, port or 443)
     return parts._replace(scheme=scheme).geturl()
 
 
 def _check_endpoint(
-    url: str | None, events: list[str] | tuple[str, ...] | None, description: str | None
+    url: str | None, events: list[str] | tuple[str, ...] | None, description: str | None, *, allow_insecure: bool
 ) -> tuple[str | None, list[str] | None]:
-    checked_url = check_webhook_url(url) if url is not None else None
+    checked_url = check_webhook_url(url, allow_insecure=allow_insecure) if url is not None else None
     checked_events: list[str] | None = None
     if events is not None:
         unknown = [e for e in events if e not in EVENT_TYPES]
@@ -188,10 +224,11 @@ def _endpoint(r: dict[str, Any], tenant: str) -> WebhookEndpoint:
 class Outbox:
     """Outbox events, webhook endpoints and their deliveries."""
 
-    def __init__(self, db: Database, tenants: TenantRepository, audit: AuditLog):
+    def __init__(self, db: Database, tenants: TenantRepository, audit: AuditLog, *, allow_insecure_webhooks: bool = False):
         self._db = db
         self._tenants = tenants
         self._audit = audit
+        self.allow_insecure_webhooks = allow_insecure_webhooks
 
     # -- events ------------------------------------------------------------------------
 
@@ -260,9 +297,10 @@ class Outbox:
         description: str | None = None,
         actor: str,
     ) -> tuple[WebhookEndpoint, str]:
-        """Add a webhook endpoint (HTTPS; plain HTTP only to the loopback) subscribed to ``events``.
+        """Add a webhook endpoint (``https://`` to a public address, see :func:`check_webhook_url`)
+        subscribed to ``events``.
         Returns the endpoint and its signing secret, which is shown this once (stored encrypted)."""
-        checked_url, checked_events = _check_endpoint(url, events, description)
+        checked_url, checked_events = _check_endpoint(url, events, description, allow_insecure=self.allow_insecure_webhooks)
         secret = "whsec_" + secrets.token_urlsafe(32)
         endpoint_id = "wh_" + secrets.token_hex(8)
         with self._db.lock:
@@ -324,7 +362,7 @@ class Outbox:
     ) -> tuple[WebhookEndpoint, str | None] | None:
         """Change an endpoint; ``None`` if it does not exist for this tenant. With ``rotate_secret``
         a new secret is returned (shown once); the old one keeps signing for a day beside it."""
-        checked_url, checked_events = _check_endpoint(url, events, description)
+        checked_url, checked_events = _check_endpoint(url, events, description, allow_insecure=self.allow_insecure_webhooks)
         with self._db.lock:
             t = self._tenants.row(tenant)
             r = self._db.one("SELECT * FROM webhook_endpoints WHERE tenant_id = ? AND id = ?", (t.id, endpoint_id))

@@ -14,7 +14,7 @@ from loguru import logger
 
 from voicecore.storage.audit import AuditLog
 from voicecore.storage.database import Database, epoch, shred
-from voicecore.storage.tenants import RECORDINGS_DIRNAME
+from voicecore.storage.tenants import EXPORTS_DIRNAME, RECORDINGS_DIRNAME
 
 
 @dataclass
@@ -53,7 +53,8 @@ class Retention:
                 paths = [self._data_dir / r["path"] for r in db.rows(f"SELECT path FROM recordings WHERE {of_expired}", (ts, ts))]
                 for table in ("recordings", "turns", "reports"):
                     result.deleted[table] = db.execute(f"DELETE FROM {table} WHERE {of_expired}", (ts, ts))
-                for table in ("calls", "contacts", "outbox"):
+                paths += [self._data_dir / r["path"] for r in db.rows("SELECT path FROM exports WHERE expires_at <= ?", (ts,))]
+                for table in ("calls", "contacts", "outbox", "exports"):
                     result.deleted[table] = db.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (ts,))
                 db.execute(
                     "DELETE FROM webhook_deliveries WHERE expires_at <= ? OR event_id NOT IN (SELECT event_id FROM outbox)",
@@ -74,7 +75,7 @@ class Retention:
                 )
             for p in paths:
                 result.files_removed += int(shred(p))
-            result.files_removed += self._remove_orphan_recordings()
+            result.files_removed += self._remove_orphan_files()
             result.wal_truncated = db.compact()
         logger.info(
             "retention sweep: {} rows deleted, {} transcripts cleared, {} files removed",
@@ -82,16 +83,18 @@ class Retention:
         )  # fmt: skip
         return result
 
-    def _remove_orphan_recordings(self) -> int:
-        folder = self._data_dir / RECORDINGS_DIRNAME
-        if not folder.exists():
-            return 0
-        known = {str(r["path"]) for r in self._db.rows("SELECT path FROM recordings")}
+    def _remove_orphan_files(self) -> int:
+        """Recording and export files no row knows (a crash between writing a file and its row)."""
+        known = {str(r["path"]) for t in ("recordings", "exports") for r in self._db.rows(f"SELECT path FROM {t}")}
         removed = 0
-        for tenant_dir in folder.iterdir():
-            if not tenant_dir.is_dir():
+        for name in (RECORDINGS_DIRNAME, EXPORTS_DIRNAME):
+            folder = self._data_dir / name
+            if not folder.exists():
                 continue
-            for f in tenant_dir.iterdir():
-                if str(f.relative_to(self._data_dir)) not in known:
-                    removed += int(shred(f))
+            for tenant_dir in folder.iterdir():
+                if not tenant_dir.is_dir():
+                    continue
+                for f in tenant_dir.iterdir():
+                    if str(f.relative_to(self._data_dir)) not in known:
+                        removed += int(shred(f))
         return removed

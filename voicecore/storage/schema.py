@@ -14,8 +14,13 @@ holds no call content and no clear phone number; it is chained with HMAC-SHA256.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
-ROLES: tuple[str, ...] = ("admin", "analyst", "viewer")
+SCHEMA_VERSION = 3
+#: API key roles: ``admin`` (everything in its tenant), ``agent`` (calls only: media streams,
+#: WebRTC, provider webhooks), ``analyst`` (calls, transcripts, recordings, reports, exports),
+#: ``viewer`` (call metadata only).
+ROLES: tuple[str, ...] = ("admin", "agent", "analyst", "viewer")
+#: Roles whose keys may open calls.
+CALL_ROLES: frozenset[str] = frozenset({"admin", "agent"})
 
 _SCHEMA_V1: tuple[str, ...] = (
     """CREATE TABLE tenants (
@@ -207,12 +212,49 @@ _SCHEMA_V2: tuple[str, ...] = (
     "CREATE INDEX outbox_dispatch ON outbox(dispatched, status)",
 )
 
+# Version 3: the ``agent`` role; audit entries keyed by tenant id (a tenant created again
+# under an old name does not inherit the old log); subject exports stored encrypted.
+_SCHEMA_V3: tuple[str, ...] = (
+    """CREATE TABLE api_keys_v3 (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        role TEXT NOT NULL CHECK (role IN ('admin', 'agent', 'analyst', 'viewer')),
+        salt BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        label TEXT,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    )""",
+    "INSERT INTO api_keys_v3 SELECT id, tenant_id, role, salt, hash, label, created_at, revoked_at FROM api_keys",
+    "DROP TABLE api_keys",
+    "ALTER TABLE api_keys_v3 RENAME TO api_keys",
+    "CREATE INDEX api_keys_tenant ON api_keys(tenant_id)",
+    "ALTER TABLE audit_log ADD COLUMN tenant_id TEXT",
+    # Entries written before the tenant of that name was created belong to an earlier tenant.
+    """UPDATE audit_log SET tenant_id = (
+        SELECT t.id FROM tenants t WHERE t.name = audit_log.tenant AND audit_log.at >= t.created_at
+    )""",
+    "CREATE INDEX audit_log_tenant ON audit_log(tenant_id, id)",
+    """CREATE TABLE exports (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        subject_hash TEXT NOT NULL,
+        path TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+    "CREATE INDEX exports_subject ON exports(tenant_id, subject_hash)",
+    "CREATE INDEX exports_expiry ON exports(expires_at)",
+)
+
 # MIGRATIONS[i] upgrades a database from user_version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # Tables holding tenant data (deleted with the tenant), children first.
 TENANT_TABLES: tuple[str, ...] = (
+    "exports",
     "webhook_deliveries",
     "webhook_endpoints",
     "turns",

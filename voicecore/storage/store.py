@@ -1,6 +1,6 @@
 """``Store``: one data directory's database, keystore and recordings, and the repositories over them.
 
-    store = Store(data_dir)                      # creates data_dir/voicecore.db, keystore.bin, master.key
+    store = Store(data_dir)                      # data_dir/voicecore.db; keys in <data_dir>-keys/
     api_key = store.tenants.create("acme", "policies/default.yaml", actor="cli")
     key = store.tenants.authenticate(api_key)    # ApiKeyInfo(tenant="acme", role="admin", ...)
     store.calls.save(record)                     # as the tenant policy allows
@@ -23,7 +23,7 @@ from typing import Self
 
 from voicecore.storage.audit import AuditLog
 from voicecore.storage.calls import CallRepository
-from voicecore.storage.crypto import KEYSTORE_FILENAME, Keystore, resolve_master_key
+from voicecore.storage.crypto import Keystore, key_locations, resolve_master_key
 from voicecore.storage.database import DB_FILENAME, Database
 from voicecore.storage.outbox import Outbox
 from voicecore.storage.retention import Retention
@@ -44,20 +44,26 @@ class Store:
         data_dir: str | Path,
         *,
         master_key: bytes | str | None = None,
-        keystore_path: str | Path | None = None,
+        key_dir: str | Path | None = None,
+        allow_insecure_webhooks: bool = False,
         clock: Callable[[], float] = time.time,
     ):
+        """``key_dir``: where the keystore (and a generated master key file) live; default
+        ``VOICECORE_KEY_DIR``, else ``<data_dir>-keys`` next to the data directory
+        (see :mod:`voicecore.storage.crypto`). ``allow_insecure_webhooks``: accept ``http://``
+        and private addresses for webhook endpoints (local development, tests)."""
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.recordings_dir = self.data_dir / RECORDINGS_DIRNAME
-        key, source = resolve_master_key(self.data_dir, master_key)
-        self.keystore = Keystore(
-            Path(keystore_path) if keystore_path else self.data_dir / KEYSTORE_FILENAME, key, source
-        )
+        self.keys = key_locations(self.data_dir, key_dir)
+        self.keys.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key, source = resolve_master_key(self.keys.key_dir, master_key)
+        self.keystore = Keystore(self.keys.keystore, key, source)
+        self.master_key_source = source
         self.db = Database(self.data_dir / DB_FILENAME, clock=clock)
         self.audit = AuditLog(self.db, self.keystore)
         self.tenants = TenantRepository(self.db, self.keystore, self.audit, self.data_dir)
-        self.outbox = Outbox(self.db, self.tenants, self.audit)
+        self.outbox = Outbox(self.db, self.tenants, self.audit, allow_insecure_webhooks=allow_insecure_webhooks)
         self.calls = CallRepository(self.db, self.tenants, self.outbox, self.audit, self.data_dir)
         self.subjects = SubjectRepository(self.db, self.tenants, self.calls, self.outbox, self.audit, self.data_dir)
         self.retention = Retention(self.db, self.audit, self.data_dir)

@@ -9,9 +9,11 @@ with the actor their caller names; so is every change.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
+import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,9 +33,9 @@ from voicecore.storage.calls import (
     report_from_row,
 )
 from voicecore.storage.crypto import TenantKeys, field_aad
-from voicecore.storage.database import Database, shred
+from voicecore.storage.database import Database, StorageError, shred
 from voicecore.storage.outbox import Outbox
-from voicecore.storage.tenants import TenantRepository
+from voicecore.storage.tenants import EXPORTS_DIRNAME, TenantRepository
 from voicecore.views import call_view, iso, report_view
 
 
@@ -54,9 +56,25 @@ class ErasureResult:
     reports: int = 0
     contacts: int = 0
     outbox: int = 0
+    exports: int = 0
     mentions_scrubbed: int = 0
     opted_out: bool = False
     wal_truncated: bool = False
+
+
+#: An export kept for the subject is deleted this long after it was made (or with the subject's erasure).
+EXPORT_TTL_DAYS = 7
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """A stored (encrypted) subject export: no content, the subject by the start of its keyed hash."""
+
+    export_id: str
+    subject: str  # "subject:<first 16 hex digits of the keyed hash>"
+    bytes: int
+    created_at: float
+    expires_at: float
 
 
 @dataclass
@@ -66,6 +84,39 @@ class SubjectExport:
 
     document: dict[str, Any]
     recordings: dict[str, bytes] = field(default_factory=dict)
+
+    def to_zip(self) -> bytes:
+        """``export.json`` and ``recordings/*.wav`` as one zip file (in memory)."""
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("export.json", json.dumps(self.document, indent=2, ensure_ascii=False))
+            for name, wav in self.recordings.items():
+                z.writestr(name, wav)
+        return buffer.getvalue()
+
+    def write(self, target: Path) -> None:
+        """Write ``export.json`` and the recordings under ``target`` (a new folder), files mode 0600."""
+        for rel, wav in self.recordings.items():
+            (target / "recordings").mkdir(exist_ok=True, mode=0o700)
+            fd = os.open(target / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(wav)
+        fd = os.open(target / "export.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(self.document, f, indent=2, ensure_ascii=False)
+
+
+def _new_folder(parent: Path, name: str) -> Path:
+    """A new folder ``parent/name`` (``name-2``, ... when it exists), mode 0700."""
+    parent.mkdir(parents=True, exist_ok=True)
+    target, n = parent / name, 1
+    while True:
+        try:
+            target.mkdir(mode=0o700)
+            return target
+        except FileExistsError:
+            n += 1
+            target = parent / f"{name}-{n}"
 
 
 def _scrub_json(value: Any, e164: str, region: str) -> tuple[Any, int]:
@@ -361,36 +412,88 @@ class SubjectRepository:
     def export(self, tenant: str, phone: str, out_dir: str | Path, *, actor: str) -> Path:
         """Write everything the tenant holds about ``phone`` to a new directory under ``out_dir``:
         ``export.json`` (calls with turns, reports, contacts, opt-out and restriction status) and
-        ``recordings/*.wav``. Returns the directory (mode 0700). Audited (``subject.exported``)."""
+        ``recordings/*.wav``. Returns the directory (mode 0700). Audited (``subject.exported``).
+        A plaintext copy outside voicecore: neither retention nor erasure reaches it
+        (:meth:`store_export` keeps one that they do)."""
         data = self.export_data(tenant, phone, actor=actor)
         h = self.hash(tenant, phone)
         stamp = datetime.fromtimestamp(self._db.clock(), UTC).strftime("%Y%m%dT%H%M%SZ")
-        base = Path(out_dir) / f"{tenant}-{h[:12]}-{stamp}"
-        target, n = base, 1
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        while True:  # a second export within the same second gets its own folder
-            try:
-                target.mkdir(mode=0o700)
-                break
-            except FileExistsError:
-                n += 1
-                target = base.with_name(f"{base.name}-{n}")
-        for rel, wav in data.recordings.items():
-            (target / "recordings").mkdir(exist_ok=True, mode=0o700)
-            fd = os.open(target / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        target = _new_folder(Path(out_dir), f"{tenant}-{h[:12]}-{stamp}")
+        data.write(target)
+        return target
+
+    # -- stored exports ------------------------------------------------------------------
+
+    def store_export(self, tenant: str, phone: str, *, actor: str) -> ExportInfo:
+        """Export everything the tenant holds about ``phone`` into the store: a zip encrypted with
+        the tenant's key, kept :data:`EXPORT_TTL_DAYS` days (the retention sweep deletes it) and
+        deleted with the subject's erasure or the tenant. Audited (``subject.exported``)."""
+        data = self.export_data(tenant, phone, actor=actor)
+        with self._db.lock:
+            s = self._tenants.subject(tenant, phone)
+            now = self._db.clock()
+            export_id = "ex_" + secrets.token_hex(10)
+            rel = Path(EXPORTS_DIRNAME) / s.tenant.id / f"{export_id}.vcexp"
+            blob = s.keys.encrypt(data.to_zip(), field_aad("exports", s.tenant.id, export_id, "zip").encode())
+            (self._data_dir / rel).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self._data_dir / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
-                f.write(wav)
-        fd = os.open(target / "export.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data.document, f, indent=2, ensure_ascii=False)
+                f.write(blob)
+            info = ExportInfo(export_id, s.audit_id, len(blob), now, now + EXPORT_TTL_DAYS * 86400)
+            with self._db.tx():
+                self._db.insert(
+                    "exports",
+                    {"id": export_id, "tenant_id": s.tenant.id, "subject_hash": s.hash, "path": str(rel),
+                     "bytes": info.bytes, "created_at": now, "expires_at": info.expires_at},
+                )  # fmt: skip
+            return info
+
+    def exports(self, tenant: str) -> list[ExportInfo]:
+        """The tenant's stored exports, newest first (no content)."""
+        t = self._tenants.row(tenant)
+        return [
+            ExportInfo(r["id"], f"subject:{r['subject_hash'][:16]}", r["bytes"], r["created_at"], r["expires_at"])
+            for r in self._db.rows(
+                "SELECT id, subject_hash, bytes, created_at, expires_at FROM exports WHERE tenant_id = ? "
+                "ORDER BY created_at DESC",
+                (t.id,),
+            )
+        ]
+
+    def read_export(self, tenant: str, export_id: str, *, actor: str) -> bytes:
+        """A stored export's zip, decrypted (in memory). Audited (``export.read``)."""
+        with self._db.lock:
+            t = self._tenants.row(tenant)
+            r = self._db.one("SELECT id, path FROM exports WHERE tenant_id = ? AND id = ?", (t.id, export_id))
+            if r is None:
+                raise StorageError(f"tenant {tenant!r} has no export {export_id!r} (expired, erased or never made)")
+            blob = (self._data_dir / r["path"]).read_bytes()
+            data = self._tenants.data_keys(t).decrypt(blob, field_aad("exports", t.id, export_id, "zip").encode())
+            self._audit.append(actor, t, "export.read", f"export:{export_id}")
+            return data
+
+    def write_export(self, tenant: str, export_id: str, out_dir: str | Path, *, actor: str) -> Path:
+        """A stored export unpacked under ``out_dir`` (a new folder): a plaintext copy that
+        retention and erasure no longer reach. Audited (``export.read``)."""
+        data = self.read_export(tenant, export_id, actor=actor)
+        target = _new_folder(Path(out_dir), f"{tenant}-{export_id}")
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            for name in z.namelist():
+                path = (target / name).resolve()
+                if target.resolve() not in path.parents:
+                    raise StorageError(f"export {export_id}: unexpected member {name!r}")
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(z.read(name))
         return target
 
     # -- erasure -------------------------------------------------------------------------
 
     def erase(self, tenant: str, phone: str, *, actor: str) -> ErasureResult:
         """Erase everything the tenant holds about ``phone``: its calls, turns, recordings (files
-        shredded), reports, contact, outbox events, and mentions of the number in other calls'
-        transcripts, reports and contacts (replaced by "[erased]"). Only the keyed hash survives
+        shredded), reports, contact, stored exports, outbox events, and mentions of the number in
+        other calls' transcripts, reports, contacts and outbox payloads (replaced by "[erased]"). Only the keyed hash survives
         (opt-out and restriction keep working). Then the database is compacted so no bytes remain.
         Other tenants are untouched. Audited (``subject.erased``); ``subject.erased`` outbox event."""
         with self._db.lock:
@@ -424,6 +527,11 @@ class SubjectRepository:
                     "DELETE FROM calls WHERE tenant_id = ? AND (caller_hash = ? OR callee_hash = ?)", sc
                 )
                 res.contacts = self._db.execute("DELETE FROM contacts WHERE tenant_id = ? AND phone_hash = ?", (tid, h))
+                paths += [
+                    self._data_dir / r["path"]
+                    for r in self._db.rows("SELECT path FROM exports WHERE tenant_id = ? AND subject_hash = ?", (tid, h))
+                ]
+                res.exports = self._db.execute("DELETE FROM exports WHERE tenant_id = ? AND subject_hash = ?", (tid, h))
                 res.opted_out = (
                     self._db.execute(
                         "UPDATE opt_outs SET phone_enc = NULL WHERE tenant_id = ? AND phone_hash = ?", (tid, h)
@@ -462,6 +570,13 @@ class SubjectRepository:
                     count += n
                     blob = keys.encrypt_text(new, field_aad("turns", tid, row_key, column))
                     self._db.execute(f"UPDATE turns SET {column}_enc = ? WHERE id = ?", (blob, tr["id"]))
+        # Events waiting for (or kept after) delivery: a payload that names the number no longer does.
+        for r in self._db.rows("SELECT id, event_id, payload_enc FROM outbox WHERE tenant_id = ?", (tid,)):
+            aad = field_aad("outbox", tid, r["event_id"], "payload")
+            payload, n = _scrub_json(keys.decrypt_json(r["payload_enc"], aad), e164, region)
+            if n:
+                count += n
+                self._db.execute("UPDATE outbox SET payload_enc = ? WHERE id = ?", (keys.encrypt_json(payload, aad), r["id"]))
         for table, column in (("reports", "body"), ("contacts", "fields")):
             for r in self._db.rows(
                 f"SELECT id, {column}_enc FROM {table} WHERE tenant_id = ? AND {column}_enc IS NOT NULL", (tid,)

@@ -32,6 +32,7 @@ from voicecore.storage.database import Database, StorageError, shred
 from voicecore.storage.schema import ROLES, TENANT_TABLES
 
 RECORDINGS_DIRNAME = "recordings"
+EXPORTS_DIRNAME = "exports"
 
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _API_KEY = re.compile(r"^vck_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})$")
@@ -244,20 +245,25 @@ class TenantRepository:
         with self._db.lock:
             tenant = self.row(name)
             tid = tenant.id
-            paths = [Path(r["path"]) for r in self._db.rows("SELECT path FROM recordings WHERE tenant_id = ?", (tid,))]
+            paths = [
+                Path(r["path"])
+                for table in ("recordings", "exports")
+                for r in self._db.rows(f"SELECT path FROM {table} WHERE tenant_id = ?", (tid,))
+            ]
             with self._db.tx():
                 for table in TENANT_TABLES:
                     self._db.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (tid,))
                 self._db.execute("DELETE FROM tenants WHERE id = ?", (tid,))
-                self._audit.append_in_tx(actor, name, "tenant.deleted", f"tenant:{name}")
+                self._audit.append_in_tx(actor, tenant, "tenant.deleted", f"tenant:{name}")
             self._keystore.destroy(tid)
             for rel in paths:
                 shred(self._data_dir / rel)
-            tenant_dir = self._data_dir / RECORDINGS_DIRNAME / tid
-            if tenant_dir.exists():
-                for leftover in tenant_dir.iterdir():
-                    shred(leftover)
-                tenant_dir.rmdir()
+            for folder in (RECORDINGS_DIRNAME, EXPORTS_DIRNAME):
+                tenant_dir = self._data_dir / folder / tid
+                if tenant_dir.exists():
+                    for leftover in tenant_dir.iterdir():
+                        shred(leftover)
+                    tenant_dir.rmdir()
             self._db.compact()
         logger.info("tenant {} deleted and its keys destroyed", name)
 
