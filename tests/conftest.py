@@ -1,4 +1,16 @@
-"""Shared fixtures: the real default models (loaded once per test session) and spoken caller audio."""
+"""Shared fixtures: the real default models (loaded once per test session) and spoken caller audio.
+
+Two guards run around every test (see ``tests/suite_guards.py``):
+
+* **models**: a test not marked ``models`` that loads or uses a model (an engine constructor,
+  or the shared ``ModelPool``) fails, naming the model and the test, so ``pytest -m "not models"``
+  really runs without them;
+* **logs**: every log record at INFO or above — loguru's and stdlib ``logging``'s (uvicorn,
+  websockets, aiohttp, ...) — is searched for API keys, one-time call tokens, webhook secrets,
+  stream secrets (by pattern, and literally for every secret and provider credential created
+  in this process) and for the sentences callers said; a test whose logs hold one fails at
+  teardown, naming the logger and level and showing the secret masked.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +25,69 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import suite_guards as guards  # tests/suite_guards.py (pytest puts tests/ on sys.path for this conftest)
 from loguru import logger
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _stderr_masked(message) -> None:
+    """loguru's WARNING+ lines on stderr (pytest shows them for a failed test), secrets masked."""
+    sys.stderr.write(guards.LOG_WATCH.masked(str(message)))
+
+
 def pytest_configure(config):
     logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    logger.add(_stderr_masked, level="WARNING",
+               format="{time:HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}\n{exception}")
+    guards.install_model_guard()
+    guards.install_log_watch()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    guards.MODEL_GUARD.enter(item)  # before any fixture of the test (session-scoped ones too) is set up
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    item.stash.setdefault(guards.REPORTS, []).append(report)
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _models_only_when_marked(request):
+    """Fails a test not marked ``models`` that loaded or used a model (even where the load was
+    caught, e.g. in the server's threads), unless its own error already said so."""
+    yield
+    violations = guards.MODEL_GUARD.take_violations()
+    said = " ".join(r.longreprtext for r in request.node.stash.get(guards.REPORTS, []) if r.failed)
+    violations = [v for v in violations if v not in said]
+    if violations:
+        pytest.fail("\n".join(violations), pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _log_watch():
+    """Watches every log record of the session; the check of what is left after the last test
+    (server shut-downs at session end) runs here."""
+    guards.LOG_WATCH.start()
+    yield guards.LOG_WATCH
+    problems = guards.LOG_WATCH.check()
+    guards.LOG_WATCH.stop()
+    if problems:
+        pytest.fail(problems, pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_secrets_in_logs(_log_watch):
+    """Privacy rule: no key, token, webhook secret or caller sentence in any log record at INFO or
+    above during the test (set-up and teardown of its fixtures included)."""
+    yield _log_watch
+    problems = _log_watch.check()
+    if problems:
+        pytest.fail(problems, pytrace=False)
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +135,7 @@ def say():
     from voicecore.transports.file import espeak
 
     def _say(text: str, voice: str = "en-us", speed: int = 140):
+        guards.LOG_WATCH.add_sentence(text)  # what a caller says never reaches a log
         return espeak(text, voice=voice, speed=speed)
 
     return _say
@@ -104,7 +172,9 @@ class TelephonyServer:
 
 @pytest.fixture(scope="session")
 async def telephony_server(pool, tmp_path_factory):
-    """One server for the telephony tests: real models (loaded at start-up), a fresh data dir."""
+    """One server for the telephony tests: the real models (loaded for the first test marked
+    ``models`` that uses it, see ``_models_loaded_for_server_tests``), a fresh data dir. uvicorn
+    logs at INFO, so its connection lines go through the log check too."""
     import asyncio
 
     from voicecore.server import create_app, running_server
@@ -116,11 +186,22 @@ async def telephony_server(pool, tmp_path_factory):
     keys = {name: store.tenants.create(name, actor="test") for name in ("acme", "globex")}
     # Every test here comes from 127.0.0.1 and some send wrong keys on purpose: a budget no
     # test run exhausts (the throttle has tests of its own).
-    app = create_app(data_dir=data_dir, pool=pool, store=store, auth_throttle=AuthThrottle(burst=100_000))
-    async with running_server(app) as base_url:
+    app = create_app(data_dir=data_dir, pool=pool, store=store, preload=False,
+                     auth_throttle=AuthThrottle(burst=100_000))  # fmt: skip
+    async with running_server(app, log_level="info") as base_url:
         yield TelephonyServer(base_url, app, store, keys, data_dir)
     await asyncio.sleep(0)
     store.close()
+
+
+@pytest.fixture(autouse=True)
+def _models_loaded_for_server_tests(request):
+    """A ``models`` test on the shared server finds the default pipeline's models loaded (as
+    ``serve`` preloads them), so its calls are not slowed by a load; a test not marked ``models``
+    loads nothing (a call it starts would, and the model guard fails it)."""
+    if "telephony_server" in request.fixturenames and request.node.get_closest_marker("models"):
+        state = request.getfixturevalue("telephony_server").app.state.vc
+        state.pool.for_pipeline(state.pipelines[state.default_pipeline])
 
 
 # --------------------------------------------------------------------------- a webhook receiver
@@ -154,7 +235,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 receiver.received.append(Received(dict(self.headers.items()), body))
                 receiver.arrived.set()

@@ -4,6 +4,7 @@ reply's last frame is padded with silence, and each clause's mark follows its la
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from pipecat.frames.frames import EndFrame, OutputAudioRawFrame
 from pipecat.pipeline.pipeline import Pipeline
@@ -16,15 +17,31 @@ from voicecore.transports.base import AgentAudioOutput, CallTransport
 RATE = 8000
 
 
+class VirtualClock:
+    """Time that moves only when the pacer sleeps: the schedule it keeps, free of machine speed."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
 class ScriptTransport(CallTransport):
     """Writes down, in order, every frame and mark the output hands over."""
 
     name = "script"
     acknowledges_marks = True
 
-    def __init__(self, frame_bytes: int):
+    def __init__(self, frame_bytes: int, clock: VirtualClock | None = None):
         self._frame_bytes = frame_bytes
         self.sent: list[tuple[str, object]] = []
+        self.clock = clock
+        self.written_at: list[float] = []  # virtual time of each audio frame
 
     @property
     def output_sample_rate(self) -> int:
@@ -36,16 +53,18 @@ class ScriptTransport(CallTransport):
 
     async def write_audio(self, frame: bytes) -> None:
         self.sent.append(("audio", frame))
+        self.written_at.append(self.clock.now if self.clock else 0.0)
 
     async def send_mark(self, name: str) -> None:
         self.sent.append(("mark", name))
 
 
-async def play(transport: ScriptTransport, items: list[object]) -> list[tuple[str, str, str, bool]]:
+async def play(transport: ScriptTransport, items: list[object], **options: Any) -> list[tuple[str, str, str, bool]]:
     finished: list[tuple[str, str, str, bool]] = []
     output = AgentAudioOutput(
-        transport, realtime=False,
+        transport, realtime=options.pop("realtime", False),
         on_reply_finished=lambda rid, kind, generated, heard, cut: finished.append((rid, generated, heard, cut)),
+        **options,
     )  # fmt: skip
     worker = PipelineWorker(
         Pipeline([output]),
@@ -120,3 +139,31 @@ async def test_frames_follow_the_transport_frame_size():
     ])  # fmt: skip
     frames = [v for k, v in transport.sent if k == "audio"]
     assert [len(f) for f in frames] == [3200, 3200, 3200]  # type: ignore[arg-type]
+
+
+async def test_long_messages_are_sent_one_whole_message_plus_the_lead_ahead():
+    """Exotel's 8 kHz messages are 200 ms (3200 B): each must reach the far end before the one
+    ahead of it starts playing, with ``lead_ms`` to spare — not just ``lead_ms`` before its own turn."""
+    clock = VirtualClock()
+    transport = ScriptTransport(frame_bytes=3200, clock=clock)  # 200 ms per message at 8 kHz
+    await play(transport, [
+        AgentReplyStartFrame(reply_id="r1"),
+        AgentClauseFrame(reply_id="r1", index=0, text="A long answer."),
+        audio(3200 * 6),
+        AgentReplyDoneFrame(reply_id="r1", generated_text="A long answer."),
+    ], realtime=True, lead_ms=100, clock=clock, sleep=clock.sleep)  # fmt: skip
+    sent = transport.written_at
+    assert len(sent) == 6
+    start = sent[0]  # the first message starts playing as it is sent
+    for k in range(1, len(sent)):
+        plays_at = start + 0.2 * k
+        previous_starts = start + 0.2 * (k - 1)
+        # sent one whole message plus 100 ms before it plays: 100 ms before the one ahead starts
+        assert sent[k] <= previous_starts - 0.1 + 1e-6 or k == 1, (k, sent[k] - start)
+        assert plays_at - sent[k] >= 0.2 + 0.1 - 1e-6 or k == 1, (k, plays_at - sent[k])
+    assert abs((sent[-1] - start) - (0.2 * 5 - 0.3)) < 1e-6  # and not earlier than that: still paced
+
+
+def test_the_lead_is_one_frame_plus_lead_ms():
+    assert abs(AgentAudioOutput(ScriptTransport(frame_bytes=3200), lead_ms=100).lead_s - 0.3) < 1e-9
+    assert abs(AgentAudioOutput(ScriptTransport(frame_bytes=320), lead_ms=100).lead_s - 0.12) < 1e-9

@@ -3,9 +3,13 @@ other tenant's object, through the real app (``create_app``) and a real Store.
 
 What each cell checks:
 - a role below the route's least role gets 403 (before anything is looked up);
-- another tenant's call, webhook, delivery or opt-out is 404, as if it did not exist, and
-  collection routes answer only with the caller's own tenant's data;
-- an allowed request answers as documented and did what it says (checked in the Store);
+- another tenant's call, webhook, delivery, opt-out or provider account is 404, as if it did
+  not exist, and collection routes answer only with the caller's own tenant's data;
+- an allowed request answers as documented and did what it says, read back from the Store:
+  the thing was returned, created, changed (the policy PUT writes a policy unlike the stored
+  one) or deleted, and the change or content read is audited under the key's id;
+- a refused request (403, or 404 for another tenant's object) did nothing: the state the route
+  would change is as it was, and nothing was audited (nothing read, nothing changed);
 - no response of any cell contains the other tenant's identifiers or content, and no response
   to a viewer contains transcript text or a full phone number.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import secrets
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ from voicecore.storage import MASTER_KEY_ENV, Store
 ROLES = ("admin", "analyst", "viewer")
 RANK = {"viewer": 0, "analyst": 1, "admin": 2}
 MARK = "zebra-marmalade"  # planted in every transcript and report: content a viewer must never see
+PUBLIC_URL = "https://voice.example.com"  # the server's public URL (provider snippets are built on it)
 
 POLICY = """version: 1
 name: {name}
@@ -140,7 +146,7 @@ def build_app(store: Store, data_dir: Path, receptionist: Any) -> Any:
     # The matrix sends wrong keys on purpose, all from one address: a budget it never exhausts
     # (the throttle is tested in test_security.py).
     app = create_app(data_dir=data_dir, store=store, preload=False, pipelines={receptionist.name: receptionist},
-                     auth_throttle=AuthThrottle(burst=100_000))  # fmt: skip
+                     auth_throttle=AuthThrottle(burst=100_000), public_url=PUBLIC_URL)  # fmt: skip
     try:
         app.url_path_for("me")
     except NoMatchFound:
@@ -164,11 +170,13 @@ class TenantData:
     delivery_id: str
     wav: bytes
     mark: str  # its planted content
+    account_sid: str  # its Twilio account (shown to its admins)
+    auth_token: str  # its Twilio auth token (never shown to anyone)
 
     def identifiers(self) -> list[str]:
         """What must never appear in an answer to the other tenant."""
         return [self.call_id, self.optout_hash, self.webhook_id, self.delivery_id, self.mark, self.phone,
-                self.optout_phone, *self.key_ids.values()]  # fmt: skip
+                self.optout_phone, self.account_sid, self.auth_token, *self.key_ids.values()]  # fmt: skip
 
 
 @dataclass
@@ -220,8 +228,10 @@ def make_tenant(store: Store, name: str, index: int) -> TenantData:
     store.outbox.dispatch()
     deliveries = store.outbox.deliveries(name, endpoint.id)
     assert deliveries
+    account_sid, auth_token = f"AC{index:032x}", secrets.token_hex(16)
+    store.providers.set(name, "twilio", {"auth_token": auth_token, "account_sid": account_sid}, actor="test")
     return TenantData(name, keys, key_ids, phone, rec.call_id, optout_phone, entry.phone_hash, endpoint.id,
-                      deliveries[0].id, wav, mark)  # fmt: skip
+                      deliveries[0].id, wav, mark, account_sid, auth_token)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -259,13 +269,32 @@ class Spec:
 
     kind: "object" (another tenant's object is 404), "collection" (answers with ``me``'s data
     only), "subject" (a phone number is looked up in ``me``'s data only).
+    check: the effect of an allowed call — what it returned, or what it created, changed or
+    deleted, read back from the Store (every route has one).
+    observe: for a route that changes something, the state it would change (read straight from
+    the database, so observing is not itself audited): a refused call (403, or 404 for another
+    tenant's object) must leave it as it was.
+    audited: the audit action an allowed call appends, with the key's id as the actor.
     """
 
     kind: str
     ok: int
     build: Callable[[World, TenantData, TenantData], Req]
-    check: Callable[[World, TenantData, TenantData, Reply], None] = lambda w, me, target, r: None
+    check: Callable[[World, TenantData, TenantData, Reply], None]
+    observe: Callable[[World, TenantData, TenantData], Any] | None = None
+    audited: str | None = None
     check_other: Callable[[World, TenantData, TenantData, Reply], None] | None = None  # after a 404
+
+
+def _tid(w: World, tenant: str) -> str:
+    return w.store.tenants.row(tenant).id
+
+
+def _me_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    body = r.json()
+    assert body["tenant"] == me.name
+    assert body["key_id"] in me.key_ids.values()
+    assert me.key_ids[body["role"]] == body["key_id"]  # the key used, and its own role
 
 
 def _calls_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
@@ -312,8 +341,13 @@ def _erase_build(w: World, me: TenantData, target: TenantData) -> Req:
     return Req("POST", "/v1/subjects/erase", json_body={"phone": phone})
 
 
+def _erase_observe(w: World, me: TenantData, target: TenantData) -> Any:
+    call_id = target.__dict__["disposable_calls"][-1][1]
+    return w.store.db.rows("SELECT tenant_id, call_id FROM calls WHERE call_id = ?", (call_id,))
+
+
 def _erase_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
-    phone, call_id = target.__dict__["disposable_calls"][-1]
+    call_id = target.__dict__["disposable_calls"][-1][1]
     if me is target:
         assert r.json()["calls"] == 1
         assert w.store.calls.get(me.name, call_id, include_transcript=False, actor="test") is None
@@ -328,6 +362,11 @@ def _restrict_build(w: World, me: TenantData, target: TenantData) -> Req:
     return Req("POST", "/v1/subjects/restrict", json_body={"phone": phone, "restricted": True})
 
 
+def _restrict_observe(w: World, me: TenantData, target: TenantData) -> Any:
+    phone = target.__dict__["restricted_phone"]
+    return (w.store.subjects.is_restricted(me.name, phone), w.store.subjects.is_restricted(target.name, phone))
+
+
 def _restrict_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
     phone = target.__dict__["restricted_phone"]
     assert r.json() == {"restricted": True, "changed": True}
@@ -338,6 +377,15 @@ def _restrict_check(w: World, me: TenantData, target: TenantData, r: Reply) -> N
 
 def _optouts_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
     assert me.optout_hash in [e["phone_hash"] for e in r.json()]
+
+
+def _optout_hashes(w: World, tenant: str) -> list[str]:
+    return [r["phone_hash"] for r in w.store.db.rows(
+        "SELECT phone_hash FROM opt_outs WHERE tenant_id = ? ORDER BY phone_hash", (_tid(w, tenant),))]
+
+
+def _optouts_observe(w: World, me: TenantData, target: TenantData) -> Any:
+    return _optout_hashes(w, me.name), _optout_hashes(w, target.name)
 
 
 def _optout_add_build(w: World, me: TenantData, target: TenantData) -> Req:
@@ -359,33 +407,66 @@ def _optout_delete_build(w: World, me: TenantData, target: TenantData) -> Req:
     if me is target:
         phone = w.fresh_phone()
         w.store.subjects.add_optout(me.name, phone, actor="test")
-        h = next(e.phone_hash for e in w.store.subjects.optouts(me.name, actor="test") if e.phone == phone)
+        h = w.store.subjects.hash(me.name, phone)
+        assert h in _optout_hashes(w, me.name)
+        target.__dict__["deleted_optout"] = h
         return Req("DELETE", f"/v1/optouts/{h}")
     return Req("DELETE", f"/v1/optouts/{target.optout_hash}")
 
 
 def _optout_delete_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
-    assert target.optout_hash in [e.phone_hash for e in w.store.subjects.optouts(target.name, actor="test")]
+    assert r.body == b""
+    assert target.__dict__["deleted_optout"] not in _optout_hashes(w, me.name)  # off the list
+    assert me.optout_hash in _optout_hashes(w, me.name)  # and only that one
+
+
+def _optout_delete_other_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert target.optout_hash in _optout_hashes(w, target.name)
 
 
 def _policy_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
-    assert r.json()["name"] == f"{me.name}-policy"
+    body = r.json()
+    assert body["name"] == w.store.tenants.policy(me.name).name == f"{me.name}-policy"
+    assert body["yaml"] == w.store.tenants.policy_yaml(me.name)
+
+
+CHANGED_POLICY = POLICY.replace("name: {name}", "name: {name}-v2").replace("  transcripts: 30", "  transcripts: 7")
 
 
 def _policy_put_build(w: World, me: TenantData, target: TenantData) -> Req:
-    return Req("PUT", "/v1/policy", content=POLICY.format(name=f"{me.name}-policy").encode(),
+    """A policy unlike the stored one: another name, another transcript retention."""
+    stored = w.store.tenants.policy(me.name)
+    assert stored.name == f"{me.name}-policy" and stored.retention.transcripts == 30
+    return Req("PUT", "/v1/policy", content=CHANGED_POLICY.format(name=f"{me.name}-policy").encode(),
                content_type="application/yaml")  # fmt: skip
 
 
+def _policy_observe(w: World, me: TenantData, target: TenantData) -> Any:
+    return w.store.tenants.policy_yaml(me.name), w.store.tenants.policy_yaml(target.name)
+
+
 def _policy_put_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
-    assert w.store.tenants.policy(me.name).name == f"{me.name}-policy"
-    assert w.store.tenants.policy(target.name).name == f"{target.name}-policy"
+    assert r.json()["name"] == f"{me.name}-policy-v2"
+    stored = w.store.tenants.policy(me.name)
+    assert stored.name == f"{me.name}-policy-v2" and stored.retention.transcripts == 7  # it took effect
+    assert w.store.tenants.policy(target.name).name == f"{target.name}-policy" or me is target
+    # back to the world's policy, for the routes that follow
+    w.store.tenants.set_policy(me.name, POLICY.format(name=f"{me.name}-policy"), actor="test")
 
 
 def _webhooks_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
     ids = [e["id"] for e in r.json()]
     assert me.webhook_id in ids
     assert all("secret" not in e for e in r.json())
+
+
+def _webhook_ids(w: World, tenant: str) -> list[str]:
+    return [r["id"] for r in w.store.db.rows(
+        "SELECT id FROM webhook_endpoints WHERE tenant_id = ? ORDER BY id", (_tid(w, tenant),))]
+
+
+def _webhooks_observe(w: World, me: TenantData, target: TenantData) -> Any:
+    return _webhook_ids(w, me.name), _webhook_ids(w, target.name)
 
 
 def _webhook_create_build(w: World, me: TenantData, target: TenantData) -> Req:
@@ -395,33 +476,148 @@ def _webhook_create_build(w: World, me: TenantData, target: TenantData) -> Req:
 def _webhook_create_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
     body = r.json()
     assert body["secret"].startswith("whsec_") and body["events"] == ["report.ready"]
-    assert w.store.outbox.webhook(me.name, body["id"]) is not None
+    created = w.store.outbox.webhook(me.name, body["id"])
+    assert created is not None and created.url == "https://127.0.0.1:9/voicecore"
     assert w.store.outbox.webhook(target.name, body["id"]) is None or me is target
     assert w.store.outbox.delete_webhook(me.name, body["id"], actor="test")
 
 
 def _webhook_get_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
     assert r.json()["id"] == me.webhook_id and "secret" not in r.json()
+    assert r.json()["description"] == f"hook of {me.name}"
+
+
+def _webhook_descriptions(w: World, me: TenantData, target: TenantData) -> Any:
+    return [(r["id"], r["description"]) for r in w.store.db.rows(
+        "SELECT id, description FROM webhook_endpoints WHERE id IN (?, ?) ORDER BY id", (me.webhook_id, target.webhook_id))]
 
 
 def _webhook_patch_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
     assert r.json()["description"] == "patched" and r.json()["secret"] is None
+    stored = w.store.outbox.webhook(me.name, me.webhook_id)
+    assert stored is not None and stored.description == "patched"  # it took effect
     w.store.outbox.update_webhook(me.name, me.webhook_id, description=f"hook of {me.name}", actor="test")
+
+
+def _webhook_patch_other_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    stored = w.store.outbox.webhook(target.name, target.webhook_id)
+    assert stored is not None and stored.description == f"hook of {target.name}"
 
 
 def _webhook_delete_build(w: World, me: TenantData, target: TenantData) -> Req:
     if me is target:
         endpoint, _ = w.store.outbox.create_webhook(me.name, "https://127.0.0.1:9/gone", actor="test")
+        target.__dict__["deleted_webhook"] = endpoint.id
         return Req("DELETE", f"/v1/webhooks/{endpoint.id}")
     return Req("DELETE", f"/v1/webhooks/{target.webhook_id}")
 
 
 def _webhook_delete_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert r.body == b""
+    assert w.store.outbox.webhook(me.name, target.__dict__["deleted_webhook"]) is None  # gone
+    assert w.store.outbox.webhook(me.name, me.webhook_id) is not None  # and only that one
+
+
+def _webhook_delete_other_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
     assert w.store.outbox.webhook(target.name, target.webhook_id) is not None
 
 
 def _deliveries_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
     assert me.delivery_id in [d["id"] for d in r.json()]
+
+
+def _delivery_state(w: World, delivery_id: str) -> tuple[str, int, float]:
+    r = w.store.db.one("SELECT status, attempts, next_attempt_at FROM webhook_deliveries WHERE id = ?", (delivery_id,))
+    assert r is not None
+    return r["status"], r["attempts"], r["next_attempt_at"]
+
+
+FAR_FUTURE = 4_000_000_000.0
+
+
+def _retry_build(w: World, me: TenantData, target: TenantData) -> Req:
+    """The delivery dead-lettered after five attempts first, so that a retry has something to change."""
+    w.store.db.execute("UPDATE webhook_deliveries SET status = 'dead', attempts = 5, next_attempt_at = ? WHERE id = ?",
+                       (FAR_FUTURE, target.delivery_id))  # fmt: skip
+    return Req("POST", f"/v1/webhooks/{target.webhook_id}/deliveries/{target.delivery_id}/retry")
+
+
+def _retry_observe(w: World, me: TenantData, target: TenantData) -> Any:
+    return _delivery_state(w, target.delivery_id)
+
+
+def _retry_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert r.json() == {"id": me.delivery_id, "status": "pending"}
+    status, attempts, next_at = _delivery_state(w, me.delivery_id)
+    assert (status, attempts) == ("pending", 0) and next_at < FAR_FUTURE  # queued again, from scratch
+
+
+def _retry_other_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert _delivery_state(w, target.delivery_id) == ("dead", 5, FAR_FUTURE)
+
+
+def _provider_rows(w: World, tenant: str) -> list[tuple[str, str | None, float, str | None]]:
+    return [(r["provider"], r["account_id"], r["updated_at"], r["stream_key_id"]) for r in w.store.db.rows(
+        "SELECT provider, account_id, updated_at, stream_key_id FROM provider_credentials WHERE tenant_id = ? "
+        "ORDER BY provider", (_tid(w, tenant),))]  # fmt: skip
+
+
+def _providers_observe(w: World, me: TenantData, target: TenantData) -> Any:
+    return _provider_rows(w, me.name), _provider_rows(w, target.name)
+
+
+def _providers_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    (twilio,) = [a for a in r.json() if a["provider"] == "twilio"]
+    assert (twilio["tenant"], twilio["account_id"], twilio["secrets_set"]) == (me.name, me.account_sid, ["auth_token"])
+    assert me.auth_token not in r.text  # names of secrets, never their values
+
+
+def _provider_set_build(w: World, me: TenantData, target: TenantData) -> Req:
+    secret = secrets.token_hex(16)
+    target.__dict__["vonage_secret"] = secret
+    assert w.store.providers.get(me.name, "vonage") is None
+    return Req("PUT", "/v1/providers/vonage",
+               json_body={"credentials": {"signature_secret": secret, "application_id": f"app-{me.name}"}})  # fmt: skip
+
+
+def _provider_set_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    body = r.json()
+    assert (body["provider"], body["tenant"], body["secrets_set"]) == ("vonage", me.name, ["signature_secret"])
+    assert target.__dict__["vonage_secret"] not in r.text
+    stored = w.store.providers.secrets(me.name, "vonage")
+    assert stored is not None and stored["signature_secret"] == target.__dict__["vonage_secret"]  # it took effect
+    assert w.store.providers.get(me.name, "vonage").account_id == f"app-{me.name}"  # type: ignore[union-attr]
+    assert w.store.providers.get(target.name, "vonage") is None or me is target
+    assert w.store.providers.delete(me.name, "vonage", actor="test")
+
+
+def _provider_delete_build(w: World, me: TenantData, target: TenantData) -> Req:
+    if me is target:
+        w.store.providers.set(me.name, "plivo", {"auth_token": secrets.token_hex(16)}, actor="test")
+    else:  # the other tenant has Plivo credentials, this one none: nothing of the other's can be deleted
+        w.store.providers.delete(me.name, "plivo", actor="test")
+        w.store.providers.set(target.name, "plivo", {"auth_token": secrets.token_hex(16)}, actor="test")
+    return Req("DELETE", "/v1/providers/plivo")
+
+
+def _provider_delete_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert r.body == b""
+    assert w.store.providers.get(me.name, "plivo") is None  # gone
+    assert w.store.providers.get(me.name, "twilio") is not None  # and only that one
+
+
+def _provider_delete_other_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert w.store.providers.get(target.name, "plivo") is not None
+
+
+def _snippet_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    import re
+
+    body = r.json()
+    assert body["provider"] == "telnyx" and body["public_url"] == PUBLIC_URL
+    assert "voice.example.com" in body["snippet"]
+    (secret,) = set(re.findall(r"vcs[0-9a-f]{60}", body["snippet"]))  # a new stream secret, shown this once
+    assert w.store.providers.authenticate_stream_secret("telnyx", secret) == me.name  # it took effect
 
 
 def _audit_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
@@ -431,50 +627,73 @@ def _audit_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None
 
 
 SPECS: dict[tuple[str, str], Spec] = {
-    ("GET", "/v1/me"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/me"),
-                            lambda w, me, t, r: None),  # fmt: skip
+    ("GET", "/v1/me"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/me"), _me_check),
     ("GET", "/v1/calls"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/calls"), _calls_check),
     ("GET", "/v1/calls/{call_id}"): Spec("object", 200, lambda w, me, t: Req("GET", f"/v1/calls/{t.call_id}"), _call_check),
     ("GET", "/v1/calls/{call_id}/transcript"): Spec(
-        "object", 200, lambda w, me, t: Req("GET", f"/v1/calls/{t.call_id}/transcript"), _transcript_check
+        "object", 200, lambda w, me, t: Req("GET", f"/v1/calls/{t.call_id}/transcript"), _transcript_check,
+        audited="transcript.read",
     ),
     ("GET", "/v1/calls/{call_id}/recording"): Spec(
-        "object", 200, lambda w, me, t: Req("GET", f"/v1/calls/{t.call_id}/recording"), _recording_check
+        "object", 200, lambda w, me, t: Req("GET", f"/v1/calls/{t.call_id}/recording"), _recording_check,
+        audited="recording.read",
     ),
     ("GET", "/v1/calls/{call_id}/report"): Spec(
-        "object", 200, lambda w, me, t: Req("GET", f"/v1/calls/{t.call_id}/report"), _report_check
+        "object", 200, lambda w, me, t: Req("GET", f"/v1/calls/{t.call_id}/report"), _report_check,
+        audited="report.read",
     ),
-    ("POST", "/v1/subjects/export"): Spec("subject", 200, _export_build, _export_check),
-    ("POST", "/v1/subjects/erase"): Spec("subject", 200, _erase_build, _erase_check),
-    ("POST", "/v1/subjects/restrict"): Spec("subject", 200, _restrict_build, _restrict_check),
-    ("GET", "/v1/optouts"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/optouts"), _optouts_check),
-    ("POST", "/v1/optouts"): Spec("subject", 201, _optout_add_build, _optout_add_check),
+    ("POST", "/v1/subjects/export"): Spec("subject", 200, _export_build, _export_check, audited="subject.exported"),
+    ("POST", "/v1/subjects/erase"): Spec("subject", 200, _erase_build, _erase_check, _erase_observe,
+                                         audited="subject.erased"),
+    ("POST", "/v1/subjects/restrict"): Spec("subject", 200, _restrict_build, _restrict_check, _restrict_observe,
+                                            audited="subject.restricted"),
+    ("GET", "/v1/optouts"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/optouts"), _optouts_check,
+                                 audited="optouts.read"),
+    ("POST", "/v1/optouts"): Spec("subject", 201, _optout_add_build, _optout_add_check, _optouts_observe,
+                                  audited="optout.added"),
     ("DELETE", "/v1/optouts/{phone_hash}"): Spec(
-        "object", 204, _optout_delete_build, check_other=_optout_delete_check
+        "object", 204, _optout_delete_build, _optout_delete_check, _optouts_observe, audited="optout.removed",
+        check_other=_optout_delete_other_check,
     ),
     ("GET", "/v1/policy"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/policy"), _policy_check),
-    ("PUT", "/v1/policy"): Spec("collection", 200, _policy_put_build, _policy_put_check),
+    ("PUT", "/v1/policy"): Spec("collection", 200, _policy_put_build, _policy_put_check, _policy_observe,
+                                audited="policy.changed"),
     ("GET", "/v1/webhooks"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/webhooks"), _webhooks_check),
-    ("POST", "/v1/webhooks"): Spec("collection", 201, _webhook_create_build, _webhook_create_check),
+    ("POST", "/v1/webhooks"): Spec("collection", 201, _webhook_create_build, _webhook_create_check, _webhooks_observe,
+                                   audited="webhook.created"),
     ("GET", "/v1/webhooks/{endpoint_id}"): Spec(
         "object", 200, lambda w, me, t: Req("GET", f"/v1/webhooks/{t.webhook_id}"), _webhook_get_check
     ),
     ("PATCH", "/v1/webhooks/{endpoint_id}"): Spec(
         "object", 200,
         lambda w, me, t: Req("PATCH", f"/v1/webhooks/{t.webhook_id}", json_body={"description": "patched"}),
-        _webhook_patch_check,
+        _webhook_patch_check, _webhook_descriptions, audited="webhook.updated", check_other=_webhook_patch_other_check,
     ),  # fmt: skip
     ("DELETE", "/v1/webhooks/{endpoint_id}"): Spec(
-        "object", 204, _webhook_delete_build, check_other=_webhook_delete_check
+        "object", 204, _webhook_delete_build, _webhook_delete_check, _webhooks_observe, audited="webhook.deleted",
+        check_other=_webhook_delete_other_check,
     ),
     ("GET", "/v1/webhooks/{endpoint_id}/deliveries"): Spec(
         "object", 200, lambda w, me, t: Req("GET", f"/v1/webhooks/{t.webhook_id}/deliveries"), _deliveries_check
     ),
     ("POST", "/v1/webhooks/{endpoint_id}/deliveries/{delivery_id}/retry"): Spec(
-        "object", 202,
-        lambda w, me, t: Req("POST", f"/v1/webhooks/{t.webhook_id}/deliveries/{t.delivery_id}/retry"),
-    ),  # fmt: skip
-    ("GET", "/v1/audit"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/audit"), _audit_check),
+        "object", 202, _retry_build, _retry_check, _retry_observe, audited="webhook.redelivered",
+        check_other=_retry_other_check,
+    ),
+    ("GET", "/v1/audit"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/audit"), _audit_check,
+                               audited="audit.read"),
+    ("GET", "/v1/providers"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/providers"), _providers_check),
+    ("PUT", "/v1/providers/{provider}"): Spec("collection", 200, _provider_set_build, _provider_set_check,
+                                              _providers_observe, audited="provider.credentials_set"),
+    ("DELETE", "/v1/providers/{provider}"): Spec(
+        "object", 204, _provider_delete_build, _provider_delete_check, _providers_observe,
+        audited="provider.credentials_deleted", check_other=_provider_delete_other_check,
+    ),
+    ("POST", "/v1/providers/{provider}/snippet"): Spec(
+        "collection", 200,
+        lambda w, me, t: Req("POST", "/v1/providers/telnyx/snippet", json_body={"new_stream_secret": True}),
+        _snippet_check, _providers_observe, audited="provider.stream_secret_created",
+    ),
 }
 
 
@@ -502,16 +721,28 @@ async def test_permission_matrix(world: World, route: tuple[str, str, str], role
     other = world.tenants["globex"]
     target = me if whose == "own" else other
     req = spec.build(world, me, target)
+    state = spec.observe(world, me, target) if spec.observe is not None else None
+    last_audit = max((e.id for e in world.store.audit.list(limit=1)), default=0)
     reply = await send(world, req, me.keys[role])
-    if RANK[role] < RANK[least]:
-        assert reply.status == 403, reply.text
-    elif whose == "other" and spec.kind == "object":
-        assert reply.status == 404, reply.text
-        if spec.check_other is not None:
-            spec.check_other(world, me, target, reply)
+    audited = [(e.action, e.actor, e.tenant) for e in world.store.audit.list(limit=50) if e.id > last_audit]
+    if RANK[role] < RANK[least] or (whose == "other" and spec.kind == "object"):
+        # refused: the status says so, and nothing happened — nothing changed, read or audited
+        if RANK[role] < RANK[least]:
+            assert reply.status == 403, reply.text
+            assert role in reply.json()["detail"] and least in reply.json()["detail"]
+        else:
+            assert reply.status == 404, reply.text
+            if spec.check_other is not None:
+                spec.check_other(world, me, target, reply)
+        assert set(reply.json()) == {"detail"}, reply.text
+        if spec.observe is not None:
+            assert spec.observe(world, me, target) == state, "a refused request changed the state"
+        assert audited == [], f"a refused request was acted on: {audited}"
     else:
         assert reply.status == spec.ok, reply.text
         spec.check(world, me, target, reply)
+        if spec.audited is not None:
+            assert (spec.audited, f"apikey:{me.key_ids[role]}", me.name) in audited, audited
     # Nothing of the other tenant leaks into any answer (a number the request itself names aside).
     asked = json.dumps(req.json_body) if req.json_body is not None else ""
     for ident in other.identifiers():

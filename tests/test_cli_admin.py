@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 import pytest
+import suite_guards as guards
 from click.testing import CliRunner, Result
 
 from voicecore.cli import cli
@@ -430,18 +431,27 @@ def test_retention_sweep_with_now_in_the_future(data: Path) -> None:
 # --------------------------------------------------------------------------- real processes
 
 ENV = {k: v for k, v in os.environ.items() if k not in (MASTER_KEY_ENV, "VOICECORE_DATA_DIR")}
-ENV["VOICECORE_LOG_LEVEL"] = "WARNING"
+ENV["VOICECORE_LOG_LEVEL"] = "INFO"  # the process's log lines (stderr) are checked for secrets
+ENV["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def voicecore(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "voicecore.cli", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    """``python -m voicecore.cli ARGS`` in a real process. Its stderr (the log lines) must hold no
+    key, token or secret (stdout is what the command prints on purpose: ``tenants add`` prints the
+    new key, once)."""
+    out = subprocess.run([sys.executable, "-m", "voicecore.cli", *args], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    leaks = guards.LOG_WATCH.findings(out.stderr)
+    assert not leaks, "secrets in the CLI's log lines: " + ", ".join(f"{w} {guards.mask(s)}" for w, s in leaks)
+    return out
 
 
 def test_process_tenant_key_and_call_show(data: Path) -> None:
     out = voicecore("tenants", "add", "acme", "--json", "--data-dir", str(data))
     assert out.returncode == 0, out.stderr
     key = json.loads(out.stdout)["api_key"]
+    assert key not in out.stderr
+    guards.LOG_WATCH.add_secret(key)  # made in that process: looked for literally from now on
     rec = make_call("acme")
     with Store(data) as store:
         assert store.tenants.authenticate(key).tenant == "acme"

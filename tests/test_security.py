@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twilio.request_validator import RequestValidator
 from loguru import logger
 from test_api_permissions import AsgiClient
 
@@ -117,8 +118,9 @@ async def test_no_key_token_or_secret_reaches_any_log_line_at_any_level(app: Any
             import aiohttp
 
             async with aiohttp.ClientSession() as session:
-                url = with_query(f"{base}/twilio/voice", token=keys["viewer"])
-                async with session.post(url, data={"CallSid": "CA1", "From": "+14155550100"}) as reply:
+                url = f"{base}/providers/twilio/acme/answer"
+                form = {"CallSid": "CA1", "From": "+14155550100"}
+                async with session.post(url, data=form, headers={"X-Twilio-Signature": keys["viewer"]}) as reply:
                     assert reply.status == 403
     text = logs.text
     accepted = [line for line in logs.lines if "[accepted]" in line]
@@ -139,7 +141,8 @@ def test_the_redaction_covers_every_form_of_credential() -> None:
                  "whsec_abcdefghijklmnop", "password=hunter2&x=1"):  # fmt: skip
         cleaned = redact_secrets(line)
         assert "[redacted]" in cleaned
-        for secret in (key, "sometoken123", "ct_AbCdEfGh", "whsec_abc", "hunter2"):
+        for secret in (key, "sometoken123", "ct_AbCdEfGh", "whsec_abc", "hunter2", "0a1b2c3d4e", "0123456789",
+                       "c2lnbmF0dXJl"):
             assert secret not in cleaned
 
 
@@ -281,19 +284,22 @@ async def test_only_agent_and_admin_keys_open_calls_and_a_refusal_tells_nothing_
             assert client.close_code == 1008, role
         assert state.calls_started == 0
         async with aiohttp.ClientSession() as session:
+            # Provider answer URLs take no API key at all: the provider's signature decides, and a
+            # refusal of an outbound call to an opted-out number happens only for a signed request.
+            store.providers.set("acme", "twilio", {"auth_token": "twilio-auth-token"}, actor="test")
+            url = f"{base}/providers/twilio/acme/answer"
             answers = {}
-            for role in ("viewer", "analyst", "agent", "admin"):
+            for signed in (False, True):
                 for callee in ("+14155550111", "+14155550222"):  # opted out, and not
-                    url = with_query(f"{base}/twilio/voice", token=keys[role])
-                    form = {"CallSid": f"CA{role}{callee}", "Direction": "outbound-api", "To": callee}
-                    async with session.post(url, data=form) as reply:
-                        answers[(role, callee)] = (reply.status, await reply.text())
-            for role in ("viewer", "analyst"):
-                assert answers[(role, "+14155550111")] == answers[(role, "+14155550222")]  # nothing to tell apart
-                assert answers[(role, "+14155550111")][0] == 403
-            for role in ("agent", "admin"):
-                assert "<Hangup" in answers[(role, "+14155550111")][1]
-                assert "<Connect>" in answers[(role, "+14155550222")][1]
+                    form = {"CallSid": f"CA{signed}{callee}", "Direction": "outbound-api", "To": callee}
+                    signature = RequestValidator("twilio-auth-token").compute_signature(url, form) if signed else \
+                        keys["admin"]
+                    async with session.post(url, data=form, headers={"X-Twilio-Signature": signature}) as reply:
+                        answers[(signed, callee)] = (reply.status, await reply.text())
+            assert answers[(False, "+14155550111")] == answers[(False, "+14155550222")]  # nothing to tell apart
+            assert answers[(False, "+14155550111")][0] == 403
+            assert "<Hangup" in answers[(True, "+14155550111")][1]
+            assert "<Connect>" in answers[(True, "+14155550222")][1]
             for role, status in (("viewer", 403), ("analyst", 403), ("agent", 200), ("admin", 200)):
                 async with session.post(f"{base}/webrtc/token", headers={"Authorization": f"Bearer {keys[role]}"}) as r:
                     assert r.status == status, role

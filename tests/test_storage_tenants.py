@@ -213,7 +213,7 @@ def test_deleting_a_tenant_destroys_its_key_so_backups_cannot_be_read(tmp_path: 
 
 def test_schema_is_versioned_and_reopening_keeps_data(tmp_path: Path) -> None:
     s = Store(tmp_path / "d")
-    assert s.schema_version() == 3
+    assert s.schema_version() == 4
     s.tenants.create("acme", actor="test")
     s.close()
     s = Store(tmp_path / "d")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from twilio.request_validator import RequestValidator
 
 from voicecore.testing.callers import (
     AsteriskClient,
@@ -89,7 +90,7 @@ REJECTED: list[AuthCase] = [
     AuthCase("twilio-unknown-key", lambda s: TwilioClient(url(s, "twilio"), token=WRONG_KEY)),
     AuthCase("twilio-tampered-key", lambda s: TwilioClient(url(s, "twilio"), token=tampered(s.keys["acme"]))),
     AuthCase("twilio-garbage-token", lambda s: TwilioClient(url(s, "twilio"), token="hello' OR 1=1 --")),
-    AuthCase("twilio-unknown-call-token", lambda s: TwilioClient(url(s, "twilio"), token="ct_" + "A" * 32)),
+    AuthCase("twilio-unknown-call-token", lambda s: TwilioClient(url(s, "twilio"), token="ct" + "a" * 40)),
     AuthCase("twilio-key-in-query-is-not-accepted", lambda s: TwilioClient(url(s, "twilio", token=s.keys["acme"]),
                                                                            token=None),
              note="Twilio strips query strings from Stream URLs; the key must come as a <Parameter>"),
@@ -204,6 +205,7 @@ async def test_stream_without_a_valid_key_is_closed_1008(case: AuthCase, telepho
     await assert_rejected(telephony_server, client)
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("case", ACCEPTED, ids=[c.id for c in ACCEPTED])
 async def test_stream_with_the_tenant_key_starts_and_is_stored_for_that_tenant(case: AuthCase, telephony_server):
     server = telephony_server
@@ -235,6 +237,7 @@ async def test_revoked_key_is_refused(telephony_server):
     await assert_rejected(server, TwilioClient(server.ws_url("twilio"), token=key, label="revoked-key"))
 
 
+@pytest.mark.models
 async def test_an_agent_key_takes_calls_and_viewer_or_analyst_keys_do_not(telephony_server):
     """Roles on call paths (issue 11.5): ``agent`` (and ``admin``) keys open media streams; the
     read-only roles of the admin API are refused before any pipeline starts."""
@@ -255,10 +258,32 @@ async def test_an_agent_key_takes_calls_and_viewer_or_analyst_keys_do_not(teleph
 # --------------------------------------------------------------------------- Twilio webhook and call tokens
 
 
-def _post(url: str, form: dict[str, str]) -> tuple[int, str, str]:
+def _twilio_form(call_sid: str, caller: str = "+14155550123") -> dict[str, str]:
+    return {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller, "To": "+14155550999",
+            "Direction": "inbound", "CallStatus": "ringing"}
+
+
+TWILIO_AUTH_TOKENS = {"acme": "acme-twilio-auth-token", "globex": "globex-twilio-auth-token"}
+
+
+@pytest.fixture
+def twilio_accounts(telephony_server):
+    """acme's and globex's Twilio auth tokens on the shared server (removed afterwards)."""
+    store = telephony_server.store
+    for tenant, token in TWILIO_AUTH_TOKENS.items():
+        store.providers.set(tenant, "twilio", {"auth_token": token}, actor="test")
+    yield
+    for tenant in TWILIO_AUTH_TOKENS:
+        store.providers.delete(tenant, "twilio", actor="test")
+
+
+def _post_signed(url: str, form: dict[str, str], auth_token: str | None) -> tuple[int, str, str]:
+    """POST ``form`` as Twilio does: signed with the account's auth token over the URL it calls."""
     data = urllib.parse.urlencode(form).encode()
-    req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if auth_token is not None:
+        headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(url, form)
+    req = urllib.request.Request(url, data=data, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.headers.get("content-type", ""), r.read().decode()
@@ -266,14 +291,12 @@ def _post(url: str, form: dict[str, str]) -> tuple[int, str, str]:
         return e.code, e.headers.get("content-type", ""), e.read().decode()
 
 
-def _twilio_form(call_sid: str, caller: str = "+14155550123") -> dict[str, str]:
-    return {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": caller, "To": "+14155550999",
-            "Direction": "inbound", "CallStatus": "ringing"}
-
-
-async def webhook(server, api_key: str | None, call_sid: str, caller: str = "+14155550123") -> tuple[int, str, str]:
-    target = server.base_url + "/twilio/voice" + (f"?token={urllib.parse.quote(api_key)}" if api_key else "")
-    return await asyncio.to_thread(_post, target, _twilio_form(call_sid, caller))
+async def webhook(server, tenant: str, call_sid: str, caller: str = "+14155550123", *,
+                  auth_token: str | None | bool = True, form: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Twilio's voice webhook for ``tenant``'s number, signed with ``auth_token`` (True: the tenant's)."""
+    target = f"{server.base_url}/providers/twilio/{tenant}/answer"
+    token = TWILIO_AUTH_TOKENS[tenant] if auth_token is True else (auth_token or None)
+    return await asyncio.to_thread(_post_signed, target, form or _twilio_form(call_sid, caller), token)
 
 
 def parse_twiml(body: str) -> tuple[str, dict[str, str]]:
@@ -286,18 +309,23 @@ def parse_twiml(body: str) -> tuple[str, dict[str, str]]:
     return stream.get("url"), params
 
 
-async def test_twilio_webhook_without_a_key_is_refused(telephony_server):
-    status, _ctype, body = await webhook(telephony_server, None, "CA" + "1" * 32)
-    assert status in (401, 403), (status, body)
+async def test_twilio_webhook_without_a_valid_signature_is_refused(telephony_server, twilio_accounts):
+    status, _ctype, body = await webhook(telephony_server, "acme", "CA" + "1" * 32, auth_token=None)
+    assert status == 403, (status, body)
     assert "<Stream" not in body
-    status, _ctype, body = await webhook(telephony_server, WRONG_KEY, "CA" + "2" * 32)
-    assert status in (401, 403), (status, body)
+    status, _ctype, body = await webhook(telephony_server, "acme", "CA" + "2" * 32, auth_token="not-the-token")
+    assert status == 403, (status, body)
+    # globex's signature does not open acme's answer URL
+    status, _ctype, body = await webhook(telephony_server, "acme", "CA" + "2" * 32,
+                                         auth_token=TWILIO_AUTH_TOKENS["globex"])  # fmt: skip
+    assert status == 403, (status, body)
 
 
-async def test_twilio_call_token_works_once_for_its_tenant(telephony_server):
+@pytest.mark.models
+async def test_twilio_call_token_works_once_for_its_tenant(telephony_server, twilio_accounts):
     server = telephony_server
     call_sid = "CA" + "3" * 32
-    status, ctype, body = await webhook(server, server.keys["globex"], call_sid, caller="+14155550123")
+    status, ctype, body = await webhook(server, "globex", call_sid, caller="+14155550123")
     assert status == 200, body
     assert "xml" in ctype, ctype
     stream_url, params = parse_twiml(body)
@@ -305,7 +333,7 @@ async def test_twilio_call_token_works_once_for_its_tenant(telephony_server):
     assert parts.path == "/ws/twilio" and not parts.query, f"stream URL {stream_url!r} (no query allowed: 31922)"
     assert params.get("from") == "+14155550123" and params.get("to") == "+14155550999", params
     token = params.get("token")
-    assert token and token != server.keys["globex"], "the webhook must not echo the tenant's API key into TwiML"
+    assert token and token.isalnum() and "vck_" not in body, "the webhook must not put an API key into TwiML"
     for name, value in params.items():
         assert len(name) + len(value) < 500, f"<Parameter> {name} too long for Twilio"
 
@@ -330,11 +358,11 @@ async def test_twilio_call_token_works_once_for_its_tenant(telephony_server):
     await assert_rejected(server, again, ids={again.stream_sid})
 
 
-async def test_twilio_call_token_is_bound_to_its_call(telephony_server):
+async def test_twilio_call_token_is_bound_to_its_call(telephony_server, twilio_accounts):
     """A call token minted by globex's webhook for one CallSid opens no stream for another call."""
     server = telephony_server
     globex_call = "CA" + "4" * 32
-    status, _ctype, body = await webhook(server, server.keys["globex"], globex_call)
+    status, _ctype, body = await webhook(server, "globex", globex_call)
     assert status == 200, body
     _url, params = parse_twiml(body)
     other_call = "CA" + "5" * 32
@@ -342,41 +370,38 @@ async def test_twilio_call_token_is_bound_to_its_call(telephony_server):
     await assert_rejected(server, client)
 
 
-async def test_other_tenants_key_cannot_take_over_a_call_announced_for_a_tenant(telephony_server):
+async def test_other_tenants_key_cannot_take_over_a_call_announced_for_a_tenant(telephony_server, twilio_accounts):
     """globex's webhook announced CallSid X; acme's key on a stream claiming CallSid X is refused."""
     server = telephony_server
     globex_call = "CA" + "6" * 32
-    status, _ctype, body = await webhook(server, server.keys["globex"], globex_call)
+    status, _ctype, body = await webhook(server, "globex", globex_call)
     assert status == 200, body
     client = TwilioClient(server.ws_url("twilio"), token=server.keys["acme"], call_sid=globex_call,
                           label="acme-key-globex-call")
     await assert_rejected(server, client)
 
 
-async def test_outbound_call_to_an_opted_out_number_is_hung_up_before_any_stream(telephony_server):
+async def test_outbound_call_to_an_opted_out_number_is_hung_up_before_any_stream(telephony_server, twilio_accounts):
     """Privacy rule 5: a number on the opt-out list is never called again. When Twilio asks for
     instructions on an answered outbound call, serve hangs up instead of connecting a stream."""
     server = telephony_server
-    key = server.keys["globex"]
     callee = "+14155550777"
     await asyncio.to_thread(server.store.subjects.add_optout, "globex", callee, source="test", actor="test")
     started = server.app.state.vc.calls_started
-    target = server.base_url + "/twilio/voice?token=" + urllib.parse.quote(key)
 
     def form(direction: str, to: str, sid: str) -> dict[str, str]:
         return {"CallSid": sid, "AccountSid": "AC" + "0" * 32, "From": "+14155550999", "To": to,
                 "Direction": direction, "CallStatus": "in-progress"}
 
-    status, ctype, body = await asyncio.to_thread(_post, target, form("outbound-api", callee, "CA" + "7" * 32))
+    status, ctype, body = await webhook(server, "globex", "", form=form("outbound-api", callee, "CA" + "7" * 32))
     assert status == 200 and "xml" in ctype, (status, body)
     root = ET.fromstring(body)
     assert root.find("./Hangup") is not None and "<Stream" not in body, body
     # an outbound call to a number that is not on the list connects as usual
-    status, _ctype, body = await asyncio.to_thread(_post, target, form("outbound-api", "+14155550778", "CA" + "8" * 32))
+    status, _ctype, body = await webhook(server, "globex", "", form=form("outbound-api", "+14155550778", "CA" + "8" * 32))
     assert status == 200 and parse_twiml(body)[0].endswith("/ws/twilio"), body
     # the list binds the tenant that holds it only
-    other = server.base_url + "/twilio/voice?token=" + urllib.parse.quote(server.keys["acme"])
-    status, _ctype, body = await asyncio.to_thread(_post, other, form("outbound-dial", callee, "CA" + "9" * 32))
+    status, _ctype, body = await webhook(server, "acme", "", form=form("outbound-dial", callee, "CA" + "9" * 32))
     assert status == 200 and "<Stream" in body, body
     assert server.app.state.vc.calls_started == started  # nothing was started by the refused call
     await asyncio.to_thread(server.store.subjects.remove_optout, "globex", callee, actor="test")

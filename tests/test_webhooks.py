@@ -251,7 +251,8 @@ def test_schema_migrates_from_version_1(tmp_path: Path) -> None:
     s = Store(tmp_path / "d", allow_insecure_webhooks=True)
     s.tenants.create("acme", actor="test")
     assert s.calls.save(ended_call("acme"))
-    # Turn it back into a version-1 database (undo version 3, then version 2).
+    # Turn it back into a version-1 database (undo version 4, 3, then 2).
+    s.db.sqlite.execute("DROP TABLE provider_credentials")
     s.db.sqlite.execute("DROP INDEX audit_log_tenant")
     s.db.sqlite.execute("ALTER TABLE audit_log DROP COLUMN tenant_id")
     s.db.sqlite.execute("DROP TABLE exports")
@@ -262,7 +263,7 @@ def test_schema_migrates_from_version_1(tmp_path: Path) -> None:
     s.db.sqlite.execute("PRAGMA user_version=1")
     s.close()
     s = Store(tmp_path / "d", allow_insecure_webhooks=True)
-    assert s.schema_version() == SCHEMA_VERSION == 3
+    assert s.schema_version() == SCHEMA_VERSION == 4
     assert s.audit.verify().ok and [e.action for e in s.audit.list("acme")][-1] == "tenant.created"
     assert len(s.calls.list("acme", actor="test")) == 1
     assert [e.type for e in s.outbox.events("acme", actor="test")] == ["call.ended"]

@@ -153,6 +153,13 @@ def api_key_view(k: Any) -> dict[str, Any]:
             "created_at": iso(k.created_at), "revoked_at": iso(k.revoked_at)}  # fmt: skip
 
 
+def provider_account_view(a: Any) -> dict[str, Any]:
+    """A tenant's account at a provider: which secrets are set (never their values)."""
+    return {"provider": a.provider, "tenant": a.tenant, "secrets_set": list(a.secrets_set),
+            "missing": list(a.missing), "account_id": a.account_id, "has_stream_secret": a.has_stream_secret,
+            "created_at": iso(a.created_at), "updated_at": iso(a.updated_at)}  # fmt: skip
+
+
 def optout_view(e: Any) -> dict[str, Any]:
     return {"phone": e.phone, "phone_hash": e.phone_hash, "source": e.source, "created_at": iso(e.created_at)}
 

@@ -4,6 +4,7 @@ HTTP API and the tests use; the verbs live one group per module and are added he
 - :mod:`~voicecore.cli.run` — ``demo``, ``run``, ``chat``, ``serve``;
 - :mod:`~voicecore.cli.calls` — ``calls list``, ``calls show``;
 - :mod:`~voicecore.cli.data` — ``tenants``, ``subjects``, ``optout``, ``retention``, ``audit``, ``policy``;
+- :mod:`~voicecore.cli.providers` — ``providers set|list|delete|snippet``;
 - :mod:`~voicecore.cli.bench` — ``bench latency|compare|concurrency|overhead``.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from voicecore.cli import bench, calls, data, run
+from voicecore.cli import bench, calls, data, providers, run
 from voicecore.cli.options import setup_logging
 
 
@@ -39,6 +40,7 @@ for command in (
     data.retention,
     data.audit,
     data.policy,
+    providers.providers,
     bench.bench,
 ):
     cli.add_command(command)

@@ -144,15 +144,24 @@ def chat(pipeline: str, messages: tuple[str, ...]) -> None:
               default=None, help="voicecore's and uvicorn's log level (default: info, or $VOICECORE_LOG_LEVEL).")
 @click.option("--allow-insecure-webhooks", is_flag=True,
               help="Let webhook endpoints use http:// and private or loopback addresses (local development only).")
+@click.option("--public-url", envvar="VOICECORE_PUBLIC_URL", default=None, metavar="URL",
+              help="The public https://host[:port] providers reach this server at (or $VOICECORE_PUBLIC_URL); "
+                   "every URL given to a provider derives from it, wss:// for media.")
+@click.option("--telnyx-codec", type=click.Choice(["PCMU", "PCMA", "L16"]), default="PCMU", show_default=True,
+              help="What Telnyx streams are set up to take back (stream_bidirectional_codec).")
+@click.option("--telnyx-sample-rate", type=click.Choice(["8000", "16000", "22050", "24000", "48000"]),
+              default="8000", show_default=True, help="stream_bidirectional_sampling_rate (L16 only).")
 def serve(host: str, port: int, data_dir: Path | None, pipeline: str, log_level: str | None,
-          allow_insecure_webhooks: bool) -> None:  # fmt: skip
+          allow_insecure_webhooks: bool, public_url: str | None, telnyx_codec: str,
+          telnyx_sample_rate: str) -> None:  # fmt: skip
     """Host telephony media streams (Twilio, Telnyx, Vonage, Plivo, Exotel, Asterisk) on WebSockets.
 
     \b
-    WS   /ws/{twilio,telnyx,vonage,plivo,exotel,asterisk}
-    POST /twilio/voice?token=KEY   TwiML <Connect><Stream> for Twilio's voice webhook
-    GET  /healthz, /metrics
-    Create a tenant and its API key first: voicecore tenants add NAME (keys for calls: --role agent).
+    WS       /ws/{twilio,telnyx,vonage,plivo,exotel,asterisk}   media streams
+    GET|POST /providers/{provider}/{tenant}/answer             the providers' answer URLs
+    GET      /healthz, /metrics
+    Create a tenant first (voicecore tenants add NAME), store its provider credentials
+    (voicecore providers set ...) and paste what `voicecore providers snippet` prints.
     """
     import os
 
@@ -161,8 +170,16 @@ def serve(host: str, port: int, data_dir: Path | None, pipeline: str, log_level:
 
     level = (log_level or os.environ.get("VOICECORE_LOG_LEVEL") or "info").upper()
     setup_logging(level)
+    if public_url is not None:
+        from voicecore.telephony.snippets import check_public_url
+
+        try:
+            public_url = check_public_url(public_url)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--public-url") from None
     try:
         run_server(host, port, resolve_data_dir(data_dir), pipeline, log_level=level,
-                   allow_insecure_webhooks=allow_insecure_webhooks)  # fmt: skip
+                   allow_insecure_webhooks=allow_insecure_webhooks, public_url=public_url,
+                   telnyx_codec=telnyx_codec, telnyx_sample_rate=int(telnyx_sample_rate))  # fmt: skip
     except ConfigError as e:
         raise click.ClickException(str(e)) from None

@@ -21,6 +21,8 @@ route                                     admin  analyst  viewer
 ``GET|PUT /v1/policy``                    yes    403      403
 ``/v1/webhooks...`` (CRUD, deliveries)    yes    403      403
 ``GET /v1/audit``                         yes    403      403
+``/v1/providers...`` (credentials,        yes    403      403
+snippets: :mod:`.api_providers`)
 ========================================  =====  =======  ======
 
 [1] A viewer sees call metadata only: phone numbers masked (``+1*******71``), no
@@ -632,4 +634,9 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/v1/webhooks/{endpoint_id}/deliveries", "admin"),
     ("POST", "/v1/webhooks/{endpoint_id}/deliveries/{delivery_id}/retry", "admin"),
     ("GET", "/v1/audit", "admin"),
+    # voicecore.server.api_providers
+    ("GET", "/v1/providers", "admin"),
+    ("PUT", "/v1/providers/{provider}", "admin"),
+    ("DELETE", "/v1/providers/{provider}", "admin"),
+    ("POST", "/v1/providers/{provider}/snippet", "admin"),
 )

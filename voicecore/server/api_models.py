@@ -196,3 +196,39 @@ class AuditOut(BaseModel):
     actor: str
     action: str
     object_id: str | None
+
+
+ProviderName = Literal["twilio", "telnyx", "vonage", "plivo", "exotel", "asterisk"]
+
+
+class ProviderCredentialsIn(BaseModel):
+    """Credentials for one provider (Twilio: auth_token, account_sid; Telnyx: public_key;
+    Vonage: signature_secret, application_id; Plivo: auth_token, auth_id)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    credentials: dict[str, str] = Field(min_length=1, max_length=8)
+
+
+class ProviderAccountOut(BaseModel):
+    provider: ProviderName
+    tenant: str
+    secrets_set: list[str]
+    missing: list[str]
+    account_id: str | None
+    has_stream_secret: bool
+    created_at: str | None
+    updated_at: str | None
+
+
+class SnippetBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str | None = Field(default=None, max_length=128)
+    new_stream_secret: bool = False
+
+
+class SnippetOut(BaseModel):
+    provider: ProviderName
+    public_url: str
+    snippet: str = Field(description="What to paste into the provider (a new stream secret appears here once)")

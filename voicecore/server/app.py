@@ -25,12 +25,15 @@ from loguru import logger
 
 from voicecore.config import PROJECT_ROOT, PipelineConfig, load_pipeline
 from voicecore.model_pool import ModelPool
-from voicecore.server import api, calls
+from voicecore.server import answers, api, api_providers, calls
 from voicecore.server.guard import AuthThrottle, Guard
 from voicecore.server.logs import install_log_redaction
 from voicecore.server.state import ServerState, load_pipelines
 from voicecore.server.webhooks import WebhookWorker
 from voicecore.storage import Store
+from voicecore.telephony import create_protocol
+from voicecore.telephony.snippets import check_public_url
+from voicecore.telephony.telnyx import TELNYX_CODECS
 from voicecore.transports.telephony import WS_MAX_FRAME
 
 
@@ -46,10 +49,20 @@ def create_app(
     ice_servers: list[dict[str, Any]] | None = None,
     allow_insecure_webhooks: bool = False,
     auth_throttle: AuthThrottle | None = None,
+    public_url: str | None = None,
+    telnyx_codec: str = "PCMU",
+    telnyx_sample_rate: int = 8000,
 ) -> FastAPI:
     """The ASGI app. ``pipeline`` is a name from ``pipelines/`` or a YAML path (the default agent).
     ``allow_insecure_webhooks``: webhooks may go to ``http://`` and private addresses (local
-    development; a ``store`` given here keeps its own setting)."""
+    development; a ``store`` given here keeps its own setting). ``public_url``: the deployment's
+    public base URL (every URL given to a provider derives from it; ``ValueError`` if malformed).
+    ``telnyx_codec``/``telnyx_sample_rate``: what Telnyx streams take back (PCMU, PCMA or L16)."""
+    if public_url is not None:
+        public_url = check_public_url(public_url)
+    if telnyx_codec not in TELNYX_CODECS:
+        raise ValueError(f"telnyx codec must be one of {', '.join(TELNYX_CODECS)}, got {telnyx_codec!r}")
+    create_protocol("telnyx", outbound_encoding=telnyx_codec, outbound_sample_rate=telnyx_sample_rate)  # checks
     configs = dict(pipelines) if pipelines is not None else load_pipelines()
     if pipeline not in configs:
         cfg = load_pipeline(pipeline if Path(pipeline).suffix in (".yaml", ".yml") else PROJECT_ROOT / "pipelines" / f"{pipeline}.yaml")
@@ -63,6 +76,9 @@ def create_app(
         default_pipeline=pipeline,
         sweep_interval_s=sweep_interval_s,
         ice_servers=list(ice_servers or []),
+        public_url=public_url,
+        telnyx_codec=telnyx_codec,
+        telnyx_sample_rate=telnyx_sample_rate if telnyx_codec == "L16" else 8000,
     )
     if auth_throttle is not None:
         state.throttle = auth_throttle
@@ -75,6 +91,15 @@ def create_app(
                 "directory is a copy of the keys, so deleting a tenant does not make its backups unreadable. "
                 "Move keystore.bin (and master.key) to a key directory outside it and set VOICECORE_KEY_DIR."
             )
+        if state.public_url is None:
+            logger.warning(
+                "no public URL (serve --public-url https://host or VOICECORE_PUBLIC_URL): the URLs handed to "
+                "providers are derived from each request and say ws:// unless a proxy sends X-Forwarded-Proto: "
+                "https — Twilio, Telnyx, Vonage, Plivo and Exotel refuse ws://, and signatures are checked "
+                "against that derived URL"
+            )
+        elif not state.public_url.startswith("https://"):
+            logger.warning(f"the public URL {state.public_url} is http://: providers refuse the ws:// media URLs")
         sweeper = asyncio.create_task(_sweep_periodically(state))
         webhook_worker = WebhookWorker(state.store)
         webhooks = asyncio.create_task(webhook_worker.run())
@@ -96,7 +121,9 @@ def create_app(
 
     app = FastAPI(title="voicecore", version="0.1.0", lifespan=lifespan, default_response_class=SafeJSONResponse)
     app.include_router(api.router)
+    app.include_router(api_providers.router)
     app.include_router(calls.router)
+    app.include_router(answers.router)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_middleware(Guard, store=state.store, throttle=state.throttle)
     app.state.vc = state
@@ -186,10 +213,12 @@ async def running_server(
 
 
 def serve(host: str, port: int, data_dir: Path, pipeline: str, *, log_level: str = "INFO",
-          allow_insecure_webhooks: bool = False) -> None:  # fmt: skip
+          allow_insecure_webhooks: bool = False, public_url: str | None = None, telnyx_codec: str = "PCMU",
+          telnyx_sample_rate: int = 8000) -> None:  # fmt: skip
     """Run the server until SIGINT/SIGTERM; every active call's record is closed before exit.
     ``log_level`` governs voicecore's and uvicorn's logs alike."""
-    app = create_app(data_dir=data_dir, pipeline=pipeline, allow_insecure_webhooks=allow_insecure_webhooks)
+    app = create_app(data_dir=data_dir, pipeline=pipeline, allow_insecure_webhooks=allow_insecure_webhooks,
+                     public_url=public_url, telnyx_codec=telnyx_codec, telnyx_sample_rate=telnyx_sample_rate)
     state: ServerState = app.state.vc
     server = _Server(_uvicorn_config(app, host, port, log_level=log_level), state)
     server.run()

@@ -2,9 +2,10 @@
 
 - ``WS /ws/{twilio,telnyx,vonage,plivo,exotel,asterisk}`` — provider media streams
   (:mod:`voicecore.transports.telephony`), authenticated on their first ``start``
-  before any pipeline starts;
-- ``POST /twilio/voice`` — Twilio's voice webhook, answered with TwiML
-  ``<Connect><Stream>`` carrying a one-time call token, ``from`` and ``to``;
+  before any pipeline starts: a one-time call token from an answer URL, a provider
+  stream secret (static provider settings), an ``agent``/``admin`` API key, or — Vonage —
+  Vonage's own signed JWT checked with the tenant's signature secret;
+- (the providers' answer URLs live in :mod:`voicecore.server.answers`);
 - ``GET /`` (the browser page), ``POST /webrtc/offer``, ``POST /webrtc/token``,
   ``GET /webrtc/config`` — calls from a browser (:mod:`voicecore.transports.webrtc`);
 - ``GET /healthz`` and ``GET /metrics`` (Prometheus text).
@@ -15,22 +16,24 @@ Every call runs :func:`voicecore.session.open_call`, the road the CLI and the te
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, WebSocket
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse
 from loguru import logger
 
 from voicecore.records import CallRecord
 from voicecore.server.guard import Throttled, check_key, client_address, query_token
-from voicecore.server.state import CALL_TOKEN_TTL_S, ServerState
-from voicecore.session import CallSession, open_call, outbound_check
+from voicecore.server.state import CALL_TOKEN_TTL_S, CallGrant, ServerState, is_call_token
+from voicecore.session import CallSession, open_call
 from voicecore.storage import ApiKeyInfo
+from voicecore.storage.providers import STREAM_SECRET_PATTERN
 from voicecore.storage.schema import CALL_ROLES
 from voicecore.telephony import PROTOCOLS, create_protocol
 from voicecore.telephony.base import CallStart
-from voicecore.telephony.twilio import twiml_connect_stream, twiml_hangup
+from voicecore.telephony.signatures import SignatureError, check_vonage_jwt, unverified_jwt_claims
 from voicecore.transports.base import CallRefused, CallTransport
 from voicecore.transports.telephony import (
     CallAuth,
@@ -86,50 +89,6 @@ async def metrics(request: Request) -> str:
     return _state(request).metrics.render()
 
 
-# --------------------------------------------------------------------------- Twilio's voice webhook
-
-
-@router.post("/twilio/voice")
-async def twilio_voice(request: Request) -> Response:
-    state = _state(request)
-    form = await request.form()
-    token = query_token(request.scope) or str(form.get("token") or "")
-    try:
-        key = await check_key(state.store, state.throttle, token, client_address(request.scope))
-    except Throttled as e:
-        return PlainTextResponse(str(e), status_code=429, headers={"Retry-After": str(int(e.retry_after))})
-    if key is None:
-        logger.warning("twilio voice webhook: missing or invalid API key")
-        return PlainTextResponse("missing or invalid API key (pass ?token=KEY on the webhook URL)", status_code=403)
-    if not may_take_calls(key):  # before anything is looked up: a refusal says nothing about a number
-        return PlainTextResponse(f"this API key's role ({key.role}) may not take calls (agent or admin)",
-                                 status_code=403)  # fmt: skip
-    tenant = key.tenant
-    pipeline_name = request.query_params.get("pipeline")
-    if pipeline_name is not None and pipeline_name not in state.pipelines:
-        return PlainTextResponse(f"unknown pipeline {pipeline_name!r}", status_code=404)
-    direction = str(form.get("Direction") or "")
-    if direction.startswith("outbound"):
-        # Twilio asks for instructions when an outbound call is answered: the callee is "To".
-        try:
-            refusal = await asyncio.to_thread(outbound_check, state.store, tenant, str(form.get("To") or ""))
-        except ValueError as e:
-            refusal = f"no valid callee number ({e})"
-        if refusal is not None:
-            logger.warning(f"twilio voice webhook: outbound call for tenant {tenant!r} refused: {refusal}")
-            return Response(twiml_hangup(), media_type="application/xml")
-    call_token = state.mint_call_token(tenant, pipeline_name, str(form.get("CallSid") or "") or None)
-    proto = request.headers.get("x-forwarded-proto", request.url.scheme)
-    host = request.headers.get("x-forwarded-host", request.headers.get("host", request.url.netloc))
-    ws_url = f"{'wss' if proto == 'https' else 'ws'}://{host}/ws/twilio"
-    params = {"token": call_token}
-    for name, field in (("from", "From"), ("to", "To")):
-        value = form.get(field)
-        if value:
-            params[name] = str(value)
-    return Response(twiml_connect_stream(ws_url, params), media_type="application/xml")
-
-
 # --------------------------------------------------------------------------- provider media streams
 
 
@@ -140,19 +99,29 @@ async def media_stream(ws: WebSocket, provider: str) -> None:
         return
     await ws.accept()
     state = _state(ws)
-    protocol = create_protocol(provider)
+    options: dict[str, Any] = {}
+    if provider == "telnyx":
+        options = {"outbound_encoding": state.telnyx_codec, "outbound_sample_rate": state.telnyx_sample_rate}
+    protocol = create_protocol(provider, **options)
     address = client_address(ws.scope)
     opened: list[CallSession] = []
 
     async def authenticate(start: CallStart) -> CallAuth | None:
         token = start.auth_token
-        if not token:
-            state.metrics.call_rejected(provider, "no_token")
-            return None
-        redeemed = state.redeem_call_token(token, start.call_id) if token.startswith("ct_") else None
-        if redeemed is not None:
-            tenant, pipeline = redeemed
-        else:
+        grant: CallGrant | None = None
+        if token and is_call_token(token):
+            grant = state.redeem_call_token(token, start.call_id, provider)
+            tenant = grant.tenant if grant else None
+        elif token and STREAM_SECRET_PATTERN.match(token):
+            try:
+                state.throttle.check(address)
+            except Throttled:
+                state.metrics.call_rejected(provider, "throttled")
+                return None
+            tenant = await asyncio.to_thread(state.store.providers.authenticate_stream_secret, provider, token)
+            if tenant is None:
+                state.throttle.failed(address)
+        elif token:
             try:
                 key = await check_key(state.store, state.throttle, token, address)
             except Throttled:
@@ -161,18 +130,29 @@ async def media_stream(ws: WebSocket, provider: str) -> None:
             if key is not None and not may_take_calls(key):
                 state.metrics.call_rejected(provider, "role")
                 return None
-            tenant, pipeline = (key.tenant if key else None), None
+            tenant = key.tenant if key else None
+        elif start.provider_jwt:
+            tenant = await asyncio.to_thread(_vonage_jwt_tenant, state, start.provider_jwt)
+        else:
+            state.metrics.call_rejected(provider, "no_token")
+            return None
         if tenant is None:
             state.metrics.call_rejected(provider, "bad_token")
+            return None
+        if start.provider_jwt and token and not await asyncio.to_thread(
+            _vonage_jwt_matches, state, tenant, start.provider_jwt
+        ):
+            state.metrics.call_rejected(provider, "bad_provider_jwt")
             return None
         if state.call_announced_to_other_tenant(start.call_id, tenant):
             # The provider announced this call id for another tenant's webhook.
             state.metrics.call_rejected(provider, "foreign_call")
             return None
-        wanted = pipeline or start.custom_parameters.get("pipeline")
+        wanted = (grant.pipeline if grant else None) or start.custom_parameters.get("pipeline")
         if wanted and wanted not in state.pipelines:
             raise CallRefused(f"unknown pipeline {wanted!r}")
-        return CallAuth(tenant=tenant, pipeline=wanted or state.default_pipeline)
+        return CallAuth(tenant=tenant, pipeline=wanted or state.default_pipeline,
+                        caller=grant.caller if grant else None, callee=grant.callee if grant else None)  # fmt: skip
 
     async def open_stream_call(auth: CallAuth, record: CallRecord, transport: MediaStreamTransport) -> CallSession:
         session = await start_call(state, auth.tenant, auth.pipeline, record, transport)
@@ -186,6 +166,7 @@ async def media_stream(ws: WebSocket, provider: str) -> None:
     call = MediaStreamCall(
         protocol, StarletteMediaSocket(ws), authenticate=authenticate, open_call=open_stream_call,
         headers={k.lower(): v for k, v in ws.headers.items()}, query=query,
+        on_unknown_event=state.metrics.unknown_event,
     )  # fmt: skip
     reason = await call.run(shutting_down=lambda: state.shutting_down)
     end_call(state, opened[0] if opened else None, provider, reason)
@@ -206,6 +187,36 @@ async def webrtc_config(request: Request) -> dict[str, Any]:
             "ice_servers": state.ice_servers}  # fmt: skip
 
 
+def _vonage_jwt_tenant(state: ServerState, jwt_token: str) -> str | None:
+    """The tenant of a WebSocket signed only with Vonage's JWT: the one whose Vonage application id
+    the JWT names, if the JWT checks out with that tenant's signature secret."""
+    try:
+        application_id = unverified_jwt_claims(jwt_token).get("application_id")
+    except SignatureError:
+        return None
+    if not isinstance(application_id, str) or not application_id:
+        return None
+    tenants = state.store.providers.tenants_with_account("vonage", application_id)
+    if len(tenants) != 1:
+        return None  # unknown, or shared by tenants: the JWT alone cannot say whose call it is
+    return tenants[0] if _vonage_jwt_matches(state, tenants[0], jwt_token) else None
+
+
+def _vonage_jwt_matches(state: ServerState, tenant: str, jwt_token: str) -> bool:
+    """Whether Vonage's JWT on a stream checks out with ``tenant``'s signature secret (True when the
+    tenant stored none: then the voicecore token alone decides)."""
+    secrets_ = state.store.providers.secrets(tenant, "vonage")
+    if not secrets_ or "signature_secret" not in secrets_:
+        return True
+    try:
+        check_vonage_jwt(secrets_["signature_secret"], jwt_token, now=time.time(),
+                         application_id=secrets_.get("application_id"))  # fmt: skip
+    except SignatureError as e:
+        logger.warning(f"vonage stream for tenant {tenant!r}: {e.reason}")
+        return False
+    return True
+
+
 async def _bearer_tenant(state: ServerState, request: Request, *, allow_call_token: bool) -> str:
     """The tenant of a request's ``Authorization: Bearer`` key that may take calls (or of a one-time
     call token); 401 / 403 / 429 otherwise."""
@@ -214,10 +225,10 @@ async def _bearer_tenant(state: ServerState, request: Request, *, allow_call_tok
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(401, "missing API key: send Authorization: Bearer <key>")
-    if allow_call_token and token.startswith("ct_"):
-        redeemed = state.redeem_call_token(token)
-        if redeemed is not None:
-            return redeemed[0]
+    if allow_call_token and is_call_token(token):
+        grant = state.redeem_call_token(token, provider="webrtc")
+        if grant is not None:
+            return grant.tenant
     try:
         key = await check_key(state.store, state.throttle, token, client_address(request.scope))
     except Throttled as e:
@@ -234,7 +245,7 @@ async def _bearer_tenant(state: ServerState, request: Request, *, allow_call_tok
 async def webrtc_token(request: Request) -> dict[str, Any]:
     state = _state(request)
     tenant = await _bearer_tenant(state, request, allow_call_token=False)
-    return {"token": state.mint_call_token(tenant, None), "expires_in": CALL_TOKEN_TTL_S}
+    return {"token": state.mint_call_token(tenant, None, provider="webrtc"), "expires_in": CALL_TOKEN_TTL_S}
 
 
 @router.post("/webrtc/offer")

@@ -1,4 +1,5 @@
-"""Logs that never hold a key: API keys, call tokens and webhook secrets are cut out of every line.
+"""Logs that never hold a key: API keys, call tokens, stream secrets, provider JWTs and webhook
+secrets are cut out of every line.
 
 Two layers, so a secret in a URL or a header never reaches a log at any level:
 
@@ -24,7 +25,10 @@ REDACTED = "[redacted]"
 
 _SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"vck_[0-9a-f]{12}_[A-Za-z0-9_-]+"),  # tenant API keys
-    re.compile(r"\bct_[A-Za-z0-9_-]{16,}"),  # one-time call tokens
+    re.compile(r"\bct_[A-Za-z0-9_-]{16,}"),  # one-time call tokens (older form)
+    re.compile(r"\bct[0-9a-f]{40}\b"),  # one-time call tokens
+    re.compile(r"\bvcs[0-9a-f]{60}\b"),  # provider stream secrets
+    re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"),  # JWTs (Vonage's signed requests)
     re.compile(r"whsec_[A-Za-z0-9_-]+"),  # webhook signing secrets
     # values of credential-like query parameters and headers, whatever their form
     re.compile(r"(?i)((?:^|[?&\s\"'])(?:token|auth_token|api_key|key|secret|password)=)[^&\s\"']+"),

@@ -38,6 +38,8 @@ class Metrics:
         self.calls_total: dict[tuple[str, str], int] = defaultdict(int)
         self.turns_total: dict[str, int] = defaultdict(int)
         self.rejected_total: dict[tuple[str, str], int] = defaultdict(int)
+        self.unknown_events_total: dict[str, int] = defaultdict(int)
+        self.webhooks_rejected_total: dict[tuple[str, str], int] = defaultdict(int)
         self.latency: dict[str, Histogram] = {stage: Histogram() for stage in TIMELINE_STAGES[1:]}
 
     def call_started(self, provider: str) -> None:
@@ -47,6 +49,16 @@ class Metrics:
     def call_rejected(self, provider: str, why: str) -> None:
         with self._lock:
             self.rejected_total[(provider, why)] += 1
+
+    def unknown_event(self, provider: str) -> None:
+        """A provider sent an event we do not know (counted by provider: the name comes from the far end)."""
+        with self._lock:
+            self.unknown_events_total[provider] += 1
+
+    def answer_rejected(self, provider: str, why: str) -> None:
+        """A provider's answer-URL request failed its signature check (or named no credentials)."""
+        with self._lock:
+            self.webhooks_rejected_total[(provider, why)] += 1
 
     def call_ended(self, provider: str, record: CallRecord | None, reason: str) -> None:
         kind = reason.split(":", 1)[0]
@@ -81,6 +93,18 @@ class Metrics:
             ]
             for (provider, why), n in sorted(self.rejected_total.items()):
                 lines.append(f'voicecore_streams_rejected_total{{transport="{provider}",reason="{why}"}} {n}')
+            lines += [
+                "# HELP voicecore_unknown_events_total Provider media-stream events we do not know (ignored).",
+                "# TYPE voicecore_unknown_events_total counter",
+            ]
+            for provider, n in sorted(self.unknown_events_total.items()):
+                lines.append(f'voicecore_unknown_events_total{{transport="{provider}"}} {n}')
+            lines += [
+                "# HELP voicecore_answer_requests_rejected_total Provider answer-URL requests refused.",
+                "# TYPE voicecore_answer_requests_rejected_total counter",
+            ]
+            for (provider, why), n in sorted(self.webhooks_rejected_total.items()):
+                lines.append(f'voicecore_answer_requests_rejected_total{{provider="{provider}",reason="{why}"}} {n}')
             lines += ["# HELP voicecore_turns_total Caller turns.", "# TYPE voicecore_turns_total counter"]
             for provider, n in sorted(self.turns_total.items()):
                 lines.append(f'voicecore_turns_total{{transport="{provider}"}} {n}')

@@ -19,6 +19,25 @@ from voicecore.storage import Store
 CALL_TOKEN_TTL_S = 120.0
 
 
+@dataclass(frozen=True)
+class CallGrant:
+    """What a one-time call token stands for: a call of ``tenant`` (and the answer request's
+    pipeline, provider call id, caller and callee, which some providers' streams do not repeat)."""
+
+    tenant: str
+    pipeline: str | None
+    expires_at: float
+    call_id: str | None = None
+    provider: str | None = None
+    caller: str | None = field(default=None, repr=False)
+    callee: str | None = field(default=None, repr=False)
+
+
+def is_call_token(token: str) -> bool:
+    """``ct`` + 40 hex digits: letters and digits only, so every provider can carry it."""
+    return len(token) == 42 and token.startswith("ct") and all(c in "0123456789abcdef" for c in token[2:])
+
+
 @dataclass
 class ServerState:
     """What the app shares between requests (the only process-wide state besides the model pool)."""
@@ -33,35 +52,55 @@ class ServerState:
     reports: ReportScheduler = field(default_factory=ReportScheduler)
     calls: dict[str, CallSession] = field(default_factory=dict)
     calls_started: int = 0
-    call_tokens: dict[str, tuple[str, str | None, float, str | None]] = field(default_factory=dict)
+    call_tokens: dict[str, CallGrant] = field(default_factory=dict)
     announced_calls: dict[str, tuple[str, float]] = field(default_factory=dict)  # provider call id -> tenant
     shutting_down: bool = False
     sweep_interval_s: float = 3600.0
     ice_servers: list[dict[str, Any]] = field(default_factory=list)  # none by default: host candidates only
     peer_calls: dict[str, Any] = field(default_factory=dict)
+    #: The deployment's public base URL (``serve --public-url``); every URL given to a provider
+    #: derives from it. None: derived from each request (local use; providers need https/wss).
+    public_url: str | None = None
+    #: What Telnyx streams are set up to take back (``stream_bidirectional_codec`` / sampling rate).
+    telnyx_codec: str = "PCMU"
+    telnyx_sample_rate: int = 8000
 
-    def mint_call_token(self, tenant: str, pipeline: str | None, call_id: str | None = None) -> str:
-        """A one-time token for one call (bound to the provider's call id when known)."""
+    def mint_call_token(
+        self,
+        tenant: str,
+        pipeline: str | None,
+        call_id: str | None = None,
+        *,
+        provider: str | None = None,
+        caller: str | None = None,
+        callee: str | None = None,
+    ) -> str:
+        """A one-time token for one call (bound to the provider and its call id when known)."""
         now = time.monotonic()
-        for tok, entry in list(self.call_tokens.items()):
-            if entry[2] < now:
+        for tok, grant in list(self.call_tokens.items()):
+            if grant.expires_at < now:
                 del self.call_tokens[tok]
         for cid, (_t, exp) in list(self.announced_calls.items()):
             if exp < now:
                 del self.announced_calls[cid]
-        token = "ct_" + secrets.token_urlsafe(24)
-        self.call_tokens[token] = (tenant, pipeline, now + CALL_TOKEN_TTL_S, call_id)
+        token = "ct" + secrets.token_hex(20)
+        self.call_tokens[token] = CallGrant(tenant, pipeline, now + CALL_TOKEN_TTL_S, call_id or None, provider,
+                                            caller or None, callee or None)  # fmt: skip
         if call_id:
             self.announced_calls[call_id] = (tenant, now + CALL_TOKEN_TTL_S)
         return token
 
-    def redeem_call_token(self, token: str, call_id: str | None = None) -> tuple[str, str | None] | None:
-        entry = self.call_tokens.pop(token, None)
-        if entry is None or entry[2] < time.monotonic():
+    def redeem_call_token(self, token: str, call_id: str | None = None, provider: str | None = None) -> CallGrant | None:
+        """The grant of a one-time token, used up; None if unknown, expired, minted for another
+        call id or another provider."""
+        grant = self.call_tokens.pop(token, None)
+        if grant is None or grant.expires_at < time.monotonic():
             return None
-        if entry[3] is not None and entry[3] != call_id:
+        if grant.call_id is not None and grant.call_id != call_id:
             return None  # minted for another call
-        return entry[0], entry[1]
+        if grant.provider is not None and provider is not None and grant.provider != provider:
+            return None  # minted for another provider's stream
+        return grant
 
     def call_announced_to_other_tenant(self, call_id: str | None, tenant: str) -> bool:
         entry = self.announced_calls.get(call_id or "")

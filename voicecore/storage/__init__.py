@@ -40,6 +40,7 @@ from voicecore.storage.recording import (
     RecordingWriter,
     pcm_to_wav,
 )
+from voicecore.storage.providers import ProviderAccountInfo, ProviderAccounts
 from voicecore.storage.retention import Retention, SweepResult
 from voicecore.storage.schema import ROLES, SCHEMA_VERSION
 from voicecore.storage.store import Store, default_data_dir
@@ -78,6 +79,8 @@ __all__ = [
     "OptOutEntry",
     "Outbox",
     "OutboxEvent",
+    "ProviderAccountInfo",
+    "ProviderAccounts",
     "RecordingError",
     "RecordingNotAllowed",
     "RecordingWriter",

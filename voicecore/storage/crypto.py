@@ -160,6 +160,22 @@ def resolve_master_key(key_dir: Path, explicit: bytes | str | None = None) -> tu
     return decode_master_key(path.read_text(encoding="ascii"), str(path)), str(path)
 
 
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32, "maxmem": 64 * 1024 * 1024}
+
+
+def hash_secret(secret: str) -> tuple[bytes, bytes]:
+    """(salt, scrypt hash) of a secret shown once and stored only as a hash (API keys, stream secrets)."""
+    salt = secrets.token_bytes(16)
+    return salt, hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)
+
+
+def secret_matches(secret: str | None, salt: bytes | None, expected: bytes | None) -> bool:
+    """Whether ``secret`` hashes to ``expected``; the scrypt runs (and the comparison is constant
+    time) even with nothing to compare against, so a wrong id costs as much as a wrong secret."""
+    digest = hashlib.scrypt((secret or "x").encode(), salt=salt or b"\0" * 16, **_SCRYPT)
+    return hmac.compare_digest(digest, expected or b"\1" * 32) and expected is not None and secret is not None
+
+
 def field_aad(table: str, tenant_id: str, row: str, column: str) -> str:
     """Associated data binding a database ciphertext to its table, tenant, row and column."""
     return f"vc1|{table}|{tenant_id}|{row}|{column}"

@@ -6,7 +6,7 @@ every query is scoped by it; every stored row carries its expiry
 
 What is encrypted with the tenant key (AES-GCM, :mod:`voicecore.storage.crypto`):
 transcript text, caller/callee numbers, report bodies, contact fields, opt-out
-numbers, outbox payloads, webhook secrets and recording files. What is in
+numbers, outbox payloads, webhook secrets, provider credentials and recording files. What is in
 clear: ids, times, durations, end reasons, latency timelines, provider ids,
 flags, and keyed hashes (HMAC) of phone numbers used for lookups. The audit log
 holds no call content and no clear phone number; it is chained with HMAC-SHA256.
@@ -14,7 +14,7 @@ holds no call content and no clear phone number; it is chained with HMAC-SHA256.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: API key roles: ``admin`` (everything in its tenant), ``agent`` (calls only: media streams,
 #: WebRTC, provider webhooks), ``analyst`` (calls, transcripts, recordings, reports, exports),
 #: ``viewer`` (call metadata only).
@@ -248,12 +248,32 @@ _SCHEMA_V3: tuple[str, ...] = (
     "CREATE INDEX exports_expiry ON exports(expires_at)",
 )
 
+_SCHEMA_V4: tuple[str, ...] = (
+    # A tenant's account at a telephony provider: the secrets that check the provider's
+    # signatures (encrypted JSON), a non-secret account/application id to find the tenant by,
+    # and a stream secret (scrypt hash) for providers that connect with static credentials.
+    """CREATE TABLE provider_credentials (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        provider TEXT NOT NULL,
+        secrets_enc BLOB NOT NULL,
+        account_id TEXT,
+        stream_key_id TEXT UNIQUE,
+        stream_salt BLOB,
+        stream_hash BLOB,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (tenant_id, provider)
+    )""",
+    "CREATE INDEX provider_credentials_account ON provider_credentials(provider, account_id)",
+)
+
 # MIGRATIONS[i] upgrades a database from user_version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # Tables holding tenant data (deleted with the tenant), children first.
 TENANT_TABLES: tuple[str, ...] = (
+    "provider_credentials",
     "exports",
     "webhook_deliveries",
     "webhook_endpoints",

@@ -8,7 +8,8 @@
 The repositories: :attr:`Store.tenants` (tenants, policies, API keys),
 :attr:`Store.calls` (calls, turns, recordings, reports), :attr:`Store.subjects`
 (contacts, opt-outs, restriction, export, erasure), :attr:`Store.outbox`
-(webhook events, endpoints, deliveries), :attr:`Store.retention` (the sweep) and
+(webhook events, endpoints, deliveries), :attr:`Store.providers` (the tenant's provider
+credentials and stream secrets), :attr:`Store.retention` (the sweep) and
 :attr:`Store.audit` (the hash-chained audit log). They share one connection; a
 Store may be used from several threads.
 """
@@ -26,6 +27,7 @@ from voicecore.storage.calls import CallRepository
 from voicecore.storage.crypto import Keystore, key_locations, resolve_master_key
 from voicecore.storage.database import DB_FILENAME, Database
 from voicecore.storage.outbox import Outbox
+from voicecore.storage.providers import ProviderAccounts
 from voicecore.storage.retention import Retention
 from voicecore.storage.subjects import SubjectRepository
 from voicecore.storage.tenants import RECORDINGS_DIRNAME, TenantRepository
@@ -67,6 +69,7 @@ class Store:
         self.calls = CallRepository(self.db, self.tenants, self.outbox, self.audit, self.data_dir)
         self.subjects = SubjectRepository(self.db, self.tenants, self.calls, self.outbox, self.audit, self.data_dir)
         self.retention = Retention(self.db, self.audit, self.data_dir)
+        self.providers = ProviderAccounts(self.db, self.tenants, self.audit)
 
     @property
     def db_path(self) -> Path:

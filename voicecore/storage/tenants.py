@@ -10,7 +10,6 @@ runs scrypt (tens of milliseconds): call it from a worker thread in ``serve``.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from voicecore.policy.models import (
 )
 from voicecore.policy.phone import normalize_phone, subject_key
 from voicecore.storage.audit import AuditLog
-from voicecore.storage.crypto import Keystore, TenantKeys
+from voicecore.storage.crypto import Keystore, TenantKeys, hash_secret, secret_matches
 from voicecore.storage.database import Database, StorageError, shred
 from voicecore.storage.schema import ROLES, TENANT_TABLES
 
@@ -36,7 +35,6 @@ EXPORTS_DIRNAME = "exports"
 
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _API_KEY = re.compile(r"^vck_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})$")
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32, "maxmem": 64 * 1024 * 1024}
 
 
 class UnknownTenant(StorageError):
@@ -275,8 +273,7 @@ class TenantRepository:
             raise StorageError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
-        salt = secrets.token_bytes(16)
-        digest = hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)
+        salt, digest = hash_secret(secret)
         with self._db.lock:
             t = self.row(tenant)
             with self._db.tx():
@@ -333,9 +330,8 @@ class TenantRepository:
             if m
             else None
         )
-        salt = row["salt"] if row else b"\0" * 16
-        expected = row["hash"] if row else b"\1" * 32
-        digest = hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)
-        if not hmac.compare_digest(digest, expected) or row is None or row["revoked_at"] is not None:
+        if not secret_matches(secret, row["salt"] if row else None, row["hash"] if row else None):
+            return None
+        if row is None or row["revoked_at"] is not None:
             return None
         return ApiKeyInfo(row["id"], row["tenant"], row["role"], row["label"], row["created_at"], None)

@@ -30,6 +30,7 @@ from voicecore.telephony.base import (
     Message,
     ProtocolError,
     ProviderProtocol,
+    UnknownEvent,
 )
 from voicecore.telephony.exotel import ExotelProtocol
 from voicecore.telephony.plivo import PlivoProtocol
@@ -58,6 +59,7 @@ __all__ = [
     "Cleared",
     "CallStop",
     "Ignored",
+    "UnknownEvent",
     "TwilioProtocol",
     "TelnyxProtocol",
     "VonageProtocol",

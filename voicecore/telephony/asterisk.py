@@ -13,7 +13,7 @@ The protocol reads both and answers commands in the format Asterisk used for
 Events handled: ``MEDIA_START`` → ``CallStart``; ``DTMF_END digit:5`` → ``Dtmf``;
 ``QUEUE_DRAINED`` / ``MEDIA_MARK_PROCESSED`` → ``MarkPlayed``; ``HANGUP`` →
 ``CallStop``; ``MEDIA_XOFF`` (logged), ``MEDIA_XON``, ``STATUS``,
-``MEDIA_BUFFERING_COMPLETED`` → ``Ignored``. Anything else raises (1002).
+``MEDIA_BUFFERING_COMPLETED`` → ``Ignored``. Anything else → ``UnknownEvent`` (ignored).
 
 Formats: ``ulaw``, ``alaw`` (8 kHz) and signed linear ``slin`` (8 kHz),
 ``slin12`` … ``slin192``. Asterisk's slin is in host byte order, i.e.
@@ -63,6 +63,7 @@ from voicecore.telephony.base import (
     Dtmf,
     Event,
     Ignored,
+    UnknownEvent,
     JsonFields,
     MediaIn,
     Message,
@@ -74,7 +75,7 @@ from voicecore.telephony.base import (
     short_repr,
 )
 
-__all__ = ["AsteriskProtocol", "ASTERISK_FORMATS", "MAX_OUTBOUND_MESSAGE_BYTES"]
+__all__ = ["AsteriskProtocol", "ASTERISK_FORMATS", "MAX_OUTBOUND_MESSAGE_BYTES", "websocket_client_conf", "asterisk_dialplan"]
 
 #: chan_websocket format name → (wire encoding, sample rate).
 ASTERISK_FORMATS: Final[dict[str, tuple[Encoding, int]]] = {
@@ -163,7 +164,7 @@ class AsteriskProtocol(ProviderProtocol):
                     args.append(word)
         handler = self._handlers.get(event)
         if handler is None:
-            raise ProtocolError(f"unknown control message {short_repr(event)}", CLOSE_PROTOCOL_ERROR)
+            return [UnknownEvent(event[:40])]
         if event not in ("MEDIA_START", "HANGUP"):
             self._require_started(event)
         if event == "MEDIA_START" and self._control_format is None:
@@ -268,3 +269,40 @@ class AsteriskProtocol(ProviderProtocol):
 
     def encode_hangup(self) -> list[Message]:
         return [self._command("HANGUP")]
+
+
+def websocket_client_conf(connection: str, ws_url: str, *, username: str, password: str) -> str:
+    """A ``websocket_client.conf`` section for chan_websocket to connect to ``ws_url``
+    (``per_call_config``: one connection per call, the only type chan_websocket takes). The
+    user name and password go out as HTTP Basic auth on the upgrade."""
+    if not connection.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"connection name must be letters, digits, '-' or '_', got {connection!r}")
+    if not ws_url.startswith(("wss://", "ws://")):
+        raise ValueError(f"uri must be wss://host/path, got {ws_url!r}")
+    return "\n".join([
+        f"[{connection}]",
+        "type = websocket_client",
+        "connection_type = per_call_config",
+        f"uri = {ws_url}",
+        f"tls_enabled = {'yes' if ws_url.startswith('wss://') else 'no'}",
+        f"username = {username}",
+        f"password = {password}",
+        "connection_timeout = 500",
+        "reconnect_interval = 500",
+        "reconnect_attempts = 4",
+        "",
+    ])  # fmt: skip
+
+
+def asterisk_dialplan(connection: str, *, context: str = "from-pstn", codec: str = "ulaw") -> str:
+    """Dialplan sending every call of ``context`` to voicecore through ``connection``; the caller
+    and the dialled extension travel as URI parameters (``v()``, each URI-encoded)."""
+    if codec not in ASTERISK_FORMATS:
+        raise ValueError(f"codec must be one of {', '.join(ASTERISK_FORMATS)}, got {codec!r}")
+    options = f"c({codec})v(from=${{URIENCODE(${{CALLERID(num)}})}},to=${{URIENCODE(${{EXTEN}})}})"
+    return "\n".join([
+        f"[{context}]",
+        f"exten => _X.,1,Dial(WebSocket/{connection}/{options})",
+        " same => n,Hangup()",
+        "",
+    ])  # fmt: skip

@@ -34,7 +34,9 @@ Rules shared by all providers:
 * Media, DTMF and marks before the call has started raise ``ProtocolError`` (1002).
 * A stream id that does not match the one from the start message raises (1008):
   a frame for another stream on this socket is treated as a policy violation.
-* Unknown events raise (1002); documented events we do not need return
+* A well-formed message with an unknown event returns ``[UnknownEvent(name)]``:
+  providers add events over time, and a new one must not end calls (the shell
+  logs it at DEBUG and counts it). Documented events we do not need return
   ``[Ignored(...)]``; anything received after the stop is ignored.
 * Sequence numbers: Telnyx may deliver media out of order, so its protocol holds a
   small reorder buffer (see telnyx.py). For the other providers a media message
@@ -85,6 +87,7 @@ from voicecore.telephony.events import (
     MediaIn,
     Message,
     ProtocolError,
+    UnknownEvent,
 )
 from voicecore.telephony.parsing import (
     JsonFields,
@@ -119,6 +122,7 @@ __all__ = [
     "Cleared",
     "CallStop",
     "Ignored",
+    "UnknownEvent",
     "Event",
     "Message",
     "ProviderProtocol",
@@ -167,6 +171,7 @@ class ProviderProtocol(ABC):
         self._handshake_tokens: list[TokenSource] = []
         self._auth_token: str | None = None
         self._auth_source: str | None = None
+        self._provider_jwt: str | None = None
         self._call: CallStart | None = None
         self._stopped = False
         self._in_encoding: Encoding = self.default_encoding
@@ -400,6 +405,7 @@ class ProviderProtocol(ABC):
             encoding=encoding,
             custom_parameters=custom_parameters,
             raw=raw,
+            provider_jwt=self._provider_jwt,
         )
         logger.debug(
             "{} stream {} started: in {} {} Hz, out {} {} Hz, {} ms messages, token from {}",
@@ -489,7 +495,7 @@ class JsonEventProtocol(ProviderProtocol):
             return handler(message)
         if event in self.ignored_events:
             return [Ignored(f"{event} event not used")]
-        raise ProtocolError(f"unknown event {short_repr(event)}", CLOSE_PROTOCOL_ERROR)
+        return [UnknownEvent(event[:40])]
 
     def _receive_bytes(self, data: bytes) -> list[Event]:
         raise ProtocolError("binary frame where JSON text was expected", CLOSE_UNSUPPORTED_DATA)
@@ -498,7 +504,7 @@ class JsonEventProtocol(ProviderProtocol):
 
     def _event_message(self, event: str, **body: Any) -> str:
         message: dict[str, Any] = {"event": event}
-        if self.outbound_stream_key is not None:
+        if self.outbound_stream_key is not None and self.stream_id is not None:
             message[self.outbound_stream_key] = self.stream_id
         return dumps(message | body)
 

@@ -18,7 +18,7 @@ from voicecore.audio.codecs import Encoding
 MAX_FRAME_BYTES: Final = 65536
 
 # WebSocket close codes (RFC 6455 §7.4.1) the shell should close with.
-CLOSE_PROTOCOL_ERROR: Final = 1002  # order/protocol violation: media before start, unknown event
+CLOSE_PROTOCOL_ERROR: Final = 1002  # order/protocol violation: media before start, duplicate start
 CLOSE_UNSUPPORTED_DATA: Final = 1003  # binary vs text, unsupported audio format
 CLOSE_INVALID_PAYLOAD: Final = 1007  # bad JSON, bad base64, wrong field types, missing fields
 CLOSE_POLICY_VIOLATION: Final = 1008  # auth problems, frames for another stream
@@ -60,8 +60,9 @@ class CallStart:
 
     ``sample_rate``/``encoding`` describe the provider's *inbound* audio on the
     wire (``MediaIn.pcm16`` is already decoded to int16 LE at ``sample_rate``).
-    ``auth_token`` is the tenant API key as the provider delivered it (None if it
-    delivered none); the shell must check it before starting a pipeline.
+    ``auth_token`` is the voicecore credential as the provider delivered it — a one-time
+    call token, a provider stream secret or an API key (None if it delivered none); the
+    shell must check it before starting a pipeline.
     """
 
     provider: str
@@ -74,6 +75,10 @@ class CallStart:
     encoding: Encoding
     custom_parameters: dict[str, str] = field(repr=False)
     raw: dict[str, Any] = field(repr=False)
+    #: A credential the provider itself issued for this stream (Vonage's signed JWT from
+    #: ``authorization: {"type": "vonage"}``): checked with the tenant's provider secret, never
+    #: taken for a voicecore key.
+    provider_jwt: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,15 @@ class Ignored:
     reason: str
 
 
-Event: TypeAlias = Connected | CallStart | MediaIn | Dtmf | MarkPlayed | Cleared | CallStop | Ignored
+@dataclass(frozen=True, slots=True)
+class UnknownEvent:
+    """A well-formed message whose event this protocol does not know. Providers add events
+    over time, so it is not an error: the shell logs it at DEBUG, counts it and carries on.
+    ``name`` is the event name cut to 40 characters (it comes from the far end)."""
+
+    name: str
+
+
+Event: TypeAlias = Connected | CallStart | MediaIn | Dtmf | MarkPlayed | Cleared | CallStop | Ignored | UnknownEvent
 #: A WebSocket message to send: ``str`` → TEXT frame, ``bytes`` → BINARY frame.
 Message: TypeAlias = str | bytes

@@ -7,14 +7,20 @@ Inbound (JSON text frames): ``connected``, ``start`` (top-level ``stream_sid``;
 (``media.payload`` base64, about every 100 ms), ``dtmf`` (``dtmf.digit``,
 ``dtmf.duration``), ``mark`` (``mark.name``), ``stop`` (optional ``stop.reason``).
 
-Audio: ``audio/x-raw`` is 16-bit little-endian PCM; newer Exotel docs give
-μ-law as the default of the newer "extension" streams, so ``media_format`` is
-read: an encoding naming mulaw/ulaw selects μ-law at 8 kHz (◐). The rate comes
+Audio: ``audio/x-raw`` (also written ``linear16``, ``audio/L16;rate=N``) is 16-bit
+little-endian PCM; newer Exotel docs give μ-law as the default of the newer
+"extension" streams, so ``media_format`` is read: ``mulaw``/``audio/x-mulaw``
+selects μ-law at 8 kHz (◐). The rate comes
 from ``media_format.sample_rate``, else the ``sample-rate`` query parameter of
 the stream URL (8000, 16000 or 24000), else 8000.
 
+``stream_sid`` is optional on every message (Exotel's own examples leave it out);
+when the start carried none, outbound messages carry none either.
+
 Outbound: ``{"event":"media","stream_sid","media":{"payload"}}``, ``mark`` and
-``{"event":"clear","stream_sid"}``. Exotel wants each media chunk ≥ 3.2 KB,
+``{"event":"clear","stream_sid"}``. A message is 200–400 ms at 8 kHz, so the
+sender must keep at least one whole message of lead (the paced output does:
+its lead is one message plus ``lead_ms``). Exotel wants each media chunk ≥ 3.2 KB,
 ≤ 100 KB and a multiple of 320 B. Its docs call 3.2 KB "100 ms", which holds
 at 16 kHz only: at 8 kHz PCM16 3200 B is 200 ms. The protocol keeps the byte rule
 (it is what Exotel can check) and picks the shortest message of at least
@@ -34,6 +40,7 @@ custom parameters as URL query (at most 3, ≤ 256 chars); they are merged into
 from __future__ import annotations
 
 from typing import ClassVar, Final
+from urllib.parse import urlencode
 
 from voicecore.audio import codecs as audio
 from voicecore.audio.codecs import Encoding
@@ -52,6 +59,8 @@ __all__ = [
     "EXOTEL_SAMPLE_RATES",
     "EXOTEL_MIN_CHUNK_BYTES",
     "EXOTEL_MAX_CHUNK_BYTES",
+    "exotel_stream_url",
+    "exotel_bootstrap",
 ]
 
 EXOTEL_SAMPLE_RATES: Final = frozenset({8000, 16000, 24000})
@@ -71,6 +80,23 @@ def exotel_message_pcm_bytes(min_ms: int, sample_rate: int, encoding: Encoding) 
         if wire >= EXOTEL_MIN_CHUNK_BYTES and wire % EXOTEL_CHUNK_MULTIPLE == 0:
             return pcm_bytes
         ms += 20
+
+
+#: ``media_format.encoding`` names of 16-bit little-endian PCM (the base docs say ``audio/x-raw``,
+#: Exotel's examples ``linear16``, the extension docs ``audio/L16;rate=N``).
+_PCM16_NAMES: Final = frozenset(
+    {"audio/x-raw", "raw", "pcm", "pcm16", "slin", "l16", "linear16", "audio/l16", "audio/x-l16", "audio/linear16"}
+)
+_MULAW_NAMES: Final = frozenset({"mulaw", "ulaw", "audio/x-mulaw", "audio/mulaw", "audio/x-ulaw", "pcmu"})
+
+
+def _rate_parameter(parameters: str) -> int | None:
+    """``rate=16000`` from the parameters of ``audio/L16;rate=16000`` (None if absent or not a number)."""
+    for item in parameters.split(";"):
+        key, _, value = item.partition("=")
+        if key.strip() == "rate" and value.strip().isdigit():
+            return int(value.strip())
+    return None
 
 
 class ExotelProtocol(JsonEventProtocol):
@@ -110,19 +136,22 @@ class ExotelProtocol(JsonEventProtocol):
         self._sequence.advance(self._sequence_number(message))
         start = message.get_obj("start")
         assert start is not None
-        stream_sid = start.get_str("stream_sid", required=False) or message.get_str("stream_sid")
+        # Exotel's own examples leave stream_sid out of some messages: it is optional everywhere.
+        stream_sid = start.get_str("stream_sid", required=False) or message.get_str("stream_sid", required=False)
         encoding: Encoding = "pcm16le"
         rate = self._query_rate or 8000
         media_format = start.get_obj("media_format", required=False)
         if media_format is not None:
-            name = (media_format.get_str("encoding", required=False) or "audio/x-raw").lower()
-            given_rate = media_format.get_int("sample_rate")
+            raw_name = media_format.get_str("encoding", required=False) or "audio/x-raw"
+            name, _, parameters = raw_name.strip().lower().partition(";")
+            given_rate = media_format.get_int("sample_rate") or _rate_parameter(parameters)
             bits = media_format.get_int("bit_rate")
-            if "mulaw" in name or "ulaw" in name:
+            if name.strip() in _MULAW_NAMES:
                 encoding = "mulaw"
-            elif name not in ("audio/x-raw", "raw", "pcm", "slin", "audio/l16", "audio/x-l16"):
+            elif name.strip() not in _PCM16_NAMES:
                 raise ProtocolError(
-                    f"start.media_format.encoding {name[:40]!r} is not supported (audio/x-raw or mulaw)",
+                    f"start.media_format.encoding {raw_name[:40]!r} is not supported "
+                    "(audio/x-raw, linear16, audio/L16 or mulaw)",
                     CLOSE_UNSUPPORTED_DATA,
                 )
             elif bits not in (None, 16):
@@ -153,3 +182,23 @@ class ExotelProtocol(JsonEventProtocol):
                 token_sources=[("start.custom_parameters.token", start_params.get("token"))],
             )
         ]
+
+
+def exotel_stream_url(ws_url: str, *, sample_rate: int = 8000, parameters: dict[str, str] | None = None) -> str:
+    """The Voicebot applet's stream URL: ``sample-rate`` and up to 3 custom parameters (Exotel's
+    limit, 256 characters in all) in the query."""
+    if sample_rate not in EXOTEL_SAMPLE_RATES:
+        raise ValueError(f"sample_rate must be one of {sorted(EXOTEL_SAMPLE_RATES)}, got {sample_rate}")
+    params = dict(parameters or {})
+    if len(params) > 3:
+        raise ValueError("Exotel passes at most 3 custom parameters")
+    custom = urlencode(params)
+    if len(custom) > 256:
+        raise ValueError("Exotel custom parameters must stay within 256 characters")
+    query = urlencode({"sample-rate": str(sample_rate)}) + (f"&{custom}" if custom else "")
+    return f"{ws_url}?{query}"
+
+
+def exotel_bootstrap(stream_url: str) -> dict[str, str]:
+    """What the applet's https URL answers: the stream URL for this call (Exotel's dynamic form)."""
+    return {"url": stream_url}

@@ -29,7 +29,10 @@ handshake query ``token``, ``Authorization`` (Bearer, or Basic password) or
 
 from __future__ import annotations
 
-from typing import ClassVar
+import re
+import xml.etree.ElementTree as ET
+from typing import ClassVar, Final
+from urllib.parse import urlsplit
 
 from voicecore.audio import codecs as audio
 from voicecore.audio.codecs import Encoding
@@ -47,7 +50,10 @@ from voicecore.telephony.base import (
     encode_base64,
 )
 
-__all__ = ["PlivoProtocol", "parse_extra_headers"]
+__all__ = ["PlivoProtocol", "parse_extra_headers", "plivo_stream_xml", "PLIVO_CONTENT_TYPES", "MAX_EXTRA_HEADERS_BYTES"]
+
+#: The Stream ``contentType`` values Plivo documents.
+PLIVO_CONTENT_TYPES: Final = ("audio/x-l16;rate=8000", "audio/x-l16;rate=16000", "audio/x-mulaw;rate=8000")
 
 
 def parse_extra_headers(value: object, path: str) -> dict[str, str]:
@@ -167,3 +173,39 @@ class PlivoProtocol(JsonEventProtocol):
 
     def _clear_messages(self) -> list[Message]:
         return [dumps({"event": "clearAudio", "streamId": self.stream_id})]
+
+
+#: Plivo's ``extraHeaders`` limit, and its alphabet (letters and digits; ``=`` and ``,`` separate).
+MAX_EXTRA_HEADERS_BYTES: Final = 512
+_EXTRA_HEADER_PART = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def plivo_stream_xml(
+    ws_url: str, extra_headers: dict[str, str], *, content_type: str = "audio/x-l16;rate=16000"
+) -> str:
+    """Plivo answer XML that streams the call both ways to ``ws_url``.
+
+    ``extra_headers`` (the one-time call token, …) arrive as ``start.extra_headers``; Plivo
+    allows letters and digits only, at most 512 bytes, so a value that breaks that raises
+    ``ValueError`` here instead of failing on a live call. ``contentType`` is always written
+    (Plivo's pages disagree on its default)."""
+    if content_type not in PLIVO_CONTENT_TYPES:
+        raise ValueError(f"contentType must be one of {', '.join(PLIVO_CONTENT_TYPES)}, got {content_type!r}")
+    parts = urlsplit(ws_url)
+    if parts.scheme not in ("wss", "ws") or not parts.netloc:
+        raise ValueError(f"stream URL must be wss://host/path, got {ws_url!r}")
+    for key, value in extra_headers.items():
+        if not _EXTRA_HEADER_PART.match(key) or not _EXTRA_HEADER_PART.match(value):
+            raise ValueError(f"extraHeaders {key!r}: Plivo allows letters and digits only in names and values")
+    header_text = ",".join(f"{k}={v}" for k, v in extra_headers.items())
+    if len(header_text.encode()) > MAX_EXTRA_HEADERS_BYTES:
+        raise ValueError(f"extraHeaders must stay within {MAX_EXTRA_HEADERS_BYTES} bytes")
+    response = ET.Element("Response")
+    attributes = {
+        "bidirectional": "true", "keepCallAlive": "true", "audioTrack": "inbound", "contentType": content_type,
+    }  # fmt: skip
+    if header_text:
+        attributes["extraHeaders"] = header_text
+    stream = ET.SubElement(response, "Stream", attributes)
+    stream.text = ws_url
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(response, encoding="unicode")

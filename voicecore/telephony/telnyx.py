@@ -21,28 +21,35 @@ given up. Late and duplicate frames are dropped (``Ignored``). ``stop`` and
 :meth:`receive_close` release what is held.
 
 Outbound: ``{"event":"media","media":{"payload":…}}`` (no stream id), ``mark``,
-``clear`` — in the encoding of the *bidirectional* codec. Telnyx configures that
-separately (``stream_bidirectional_codec``, default PCMU, and
-``stream_bidirectional_sampling_rate``) and does not repeat it in ``start``, so
-by default the protocol answers in the inbound format; set ``outbound_encoding``
-(``"PCMU"``, ``"PCMA"``, ``"L16"``) and ``outbound_sample_rate`` when the call was
-set up differently, and feed ``encode_media`` at ``output_sample_rate``.
-``clear`` returns pending marks (``marks_returned_on_clear``).
+``clear`` — in the *bidirectional* codec, which Telnyx configures apart from the
+caller's (``stream_bidirectional_codec``: PCMU unless set, whatever the call's codec;
+``stream_bidirectional_mode`` must be ``rtp`` or Telnyx drops what we send) and does
+not repeat in ``start``. So the protocol answers in PCMU at 8 kHz unless told
+otherwise: ``outbound_encoding`` (``"PCMU"``, ``"PCMA"``, ``"L16"``) and, for L16,
+``outbound_sample_rate`` must match what the call was set up with (``serve
+--telnyx-codec``; :func:`texml_connect_stream` and :func:`call_control_stream_parameters`
+write the same into what Telnyx is given). Feed ``encode_media`` at
+``output_sample_rate``. ``clear`` returns pending marks (``marks_returned_on_clear``).
 
 Auth token: the ``x-telnyx-streaming-auth-token`` upgrade header (set by
-``stream_auth_token``), or ``start.custom_parameters.token``; both present and
-different → 1008. Hang-up is a REST call (``encode_hangup`` returns []).
+``stream_auth_token``; Telnyx repeats it as ``connected.x-telnyx-streaming-auth-token``),
+the query parameter ``token`` or ``start.custom_parameters.token``; all present ones
+must agree, else 1008. Hang-up is a REST call (``encode_hangup`` returns []).
 """
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from typing import ClassVar, Final, Literal
+from urllib.parse import urlsplit
 
 from loguru import logger
 
 from voicecore.audio import codecs as audio
 from voicecore.audio.codecs import Encoding
 from voicecore.telephony.base import (
+    CLOSE_INVALID_PAYLOAD,
     CLOSE_UNSUPPORTED_DATA,
     Event,
     Handler,
@@ -55,9 +62,11 @@ from voicecore.telephony.base import (
     TokenSource,
 )
 
-__all__ = ["TelnyxProtocol"]
+__all__ = ["TelnyxProtocol", "texml_connect_stream", "call_control_stream_parameters", "TELNYX_CODECS"]
 
 TelnyxCodecName = Literal["PCMU", "PCMA", "L16"]
+#: ``stream_bidirectional_codec`` values voicecore can send.
+TELNYX_CODECS: Final = ("PCMU", "PCMA", "L16")
 _L16_RATES: Final = frozenset({8000, 16000, 22050, 24000, 48000})
 
 
@@ -71,7 +80,8 @@ class TelnyxProtocol(JsonEventProtocol):
     """Telnyx media streaming protocol.
 
     Options: ``l16_byte_order`` ("big" default, "little"), ``outbound_encoding``
-    and ``outbound_sample_rate`` (None: same as inbound), ``reorder_window``
+    (the call's ``stream_bidirectional_codec``, default PCMU) and ``outbound_sample_rate``
+    (its ``stream_bidirectional_sampling_rate``, L16 only; default 8000), ``reorder_window``
     (frames held for a gap, default 3), ``message_ms`` (multiple of 20, default 20).
     """
 
@@ -84,7 +94,7 @@ class TelnyxProtocol(JsonEventProtocol):
         self,
         *,
         l16_byte_order: Literal["big", "little"] = "big",
-        outbound_encoding: TelnyxCodecName | None = None,
+        outbound_encoding: TelnyxCodecName = "PCMU",
         outbound_sample_rate: int | None = None,
         reorder_window: int = 3,
         message_ms: int = 20,
@@ -93,21 +103,38 @@ class TelnyxProtocol(JsonEventProtocol):
             raise ValueError(f"l16_byte_order must be 'big' or 'little', got {l16_byte_order!r}")
         super().__init__(message_ms=message_ms)
         self._l16: Encoding = "pcm16be" if l16_byte_order == "big" else "pcm16le"
-        self._outbound: Encoding | None = None
-        if outbound_encoding is not None:
-            self._outbound = _wire_encoding(outbound_encoding, self._l16)
-            if self._outbound is None:
-                raise ValueError(f"outbound_encoding must be PCMU, PCMA or L16, got {outbound_encoding!r}")
-        if outbound_sample_rate is not None and outbound_sample_rate <= 0:
-            raise ValueError(f"outbound_sample_rate must be positive, got {outbound_sample_rate}")
-        self._outbound_rate = outbound_sample_rate
+        outbound = _wire_encoding(outbound_encoding, self._l16) if isinstance(outbound_encoding, str) else None
+        if outbound is None:
+            raise ValueError(f"outbound_encoding must be PCMU, PCMA or L16, got {outbound_encoding!r}")
+        self._outbound: Encoding = outbound
+        if outbound_sample_rate is not None and (
+            outbound_encoding.upper() != "L16" or outbound_sample_rate not in _L16_RATES
+        ) and outbound_sample_rate != 8000:
+            raise ValueError(
+                f"outbound_sample_rate {outbound_sample_rate} is not valid for {outbound_encoding} "
+                f"(PCMU/PCMA: 8000; L16: {sorted(_L16_RATES)})"
+            )
+        self._outbound_rate = outbound_sample_rate or 8000
+        self._connected_token: str | None = None
         self._reorder: ReorderBuffer[MediaIn] = ReorderBuffer(reorder_window)
 
     def _event_handlers(self) -> dict[str, Handler]:
         return super()._event_handlers() | {"error": self._on_error}
 
     def _handshake_token_sources(self) -> list[TokenSource]:
-        return [("x-telnyx-streaming-auth-token header", self._headers.get("x-telnyx-streaming-auth-token"))]
+        return [
+            ("x-telnyx-streaming-auth-token header", self._headers.get("x-telnyx-streaming-auth-token")),
+            ("query parameter 'token'", self._query.get("token")),
+        ]
+
+    def _on_connected(self, message: JsonFields) -> list[Event]:
+        nested = message.data.get("connected")
+        token = nested.get("x-telnyx-streaming-auth-token") if isinstance(nested, dict) else None
+        token = token or message.data.get("x-telnyx-streaming-auth-token")
+        if token is not None and not isinstance(token, str):
+            raise ProtocolError("connected.x-telnyx-streaming-auth-token must be a string", CLOSE_INVALID_PAYLOAD)
+        self._connected_token = token or None
+        return super()._on_connected(message)
 
     def _on_start(self, message: JsonFields) -> list[Event]:
         self._sequence.advance(self._sequence_number(message))
@@ -138,8 +165,8 @@ class TelnyxProtocol(JsonEventProtocol):
                 raise ProtocolError(
                     f"start.media_format.sample_rate {rate} is not valid for {codec}", CLOSE_UNSUPPORTED_DATA
                 )
-        out_encoding = self._outbound or encoding
-        out_rate = 8000 if self._outbound in ("mulaw", "alaw") else self._outbound_rate or rate
+        out_encoding = self._outbound
+        out_rate = 8000 if self._outbound in ("mulaw", "alaw") else self._outbound_rate
         return [
             self._begin_call(
                 stream_id=stream_id,
@@ -153,7 +180,10 @@ class TelnyxProtocol(JsonEventProtocol):
                 out_encoding=out_encoding,
                 out_sample_rate=out_rate,
                 message_pcm_bytes=audio.pcm16_bytes_for_ms(self._message_ms, out_rate),
-                token_sources=[("start.custom_parameters.token", params.get("token"))],
+                token_sources=[
+                    ("connected.x-telnyx-streaming-auth-token", self._connected_token),
+                    ("start.custom_parameters.token", params.get("token")),
+                ],
             )
         ]
 
@@ -179,3 +209,50 @@ class TelnyxProtocol(JsonEventProtocol):
         title = payload.get("title") if isinstance(payload, dict) else None
         logger.warning("telnyx stream {} reported an error: code={} title={!r}", self.stream_id, code, title)
         return [Ignored(f"telnyx error event (code {code})")]
+
+
+def texml_connect_stream(ws_url: str, parameters: Mapping[str, str], *, codec: str = "PCMU") -> str:
+    """TeXML (served from the TeXML application's voice URL) that connects the call to a
+    bidirectional stream at ``ws_url``: ``bidirectionalMode="rtp"`` (without it Telnyx drops the
+    audio we send) and ``bidirectionalCodec`` (``PCMU`` or ``PCMA``; TeXML has no L16).
+    ``parameters`` become ``<Parameter>`` children, as in TwiML."""
+    if codec not in ("PCMU", "PCMA"):
+        raise ValueError(f"TeXML bidirectionalCodec must be PCMU or PCMA, got {codec!r}")
+    _check_stream_url(ws_url)
+    response = ET.Element("Response")
+    connect = ET.SubElement(response, "Connect")
+    stream = ET.SubElement(connect, "Stream", {
+        "url": ws_url, "track": "inbound_track", "bidirectionalMode": "rtp", "bidirectionalCodec": codec,
+    })  # fmt: skip
+    for name, value in parameters.items():
+        ET.SubElement(stream, "Parameter", {"name": name, "value": value})
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(response, encoding="unicode")
+
+
+def call_control_stream_parameters(
+    ws_url: str, *, codec: str = "PCMU", sample_rate: int = 8000, auth_token: str | None = None
+) -> dict[str, object]:
+    """The streaming parameters of a Call Control ``dial`` or ``streaming_start`` command
+    (``answer`` takes the same minus ``stream_auth_token`` and the sampling rate)."""
+    if codec not in ("PCMU", "PCMA", "L16"):
+        raise ValueError(f"stream_bidirectional_codec must be PCMU, PCMA or L16, got {codec!r}")
+    _check_stream_url(ws_url)
+    params: dict[str, object] = {
+        "stream_url": ws_url,
+        "stream_track": "inbound_track",
+        "stream_bidirectional_mode": "rtp",
+        "stream_bidirectional_codec": codec,
+    }
+    if codec == "L16":
+        if sample_rate not in _L16_RATES:
+            raise ValueError(f"L16 sampling rate must be one of {sorted(_L16_RATES)}, got {sample_rate}")
+        params["stream_bidirectional_sampling_rate"] = sample_rate
+    if auth_token:
+        params["stream_auth_token"] = auth_token
+    return params
+
+
+def _check_stream_url(ws_url: str) -> None:
+    parts = urlsplit(ws_url)
+    if parts.scheme not in ("wss", "ws") or not parts.netloc:
+        raise ValueError(f"stream URL must be wss://host/path, got {ws_url!r}")

@@ -2,7 +2,8 @@
 
 Inbound: the first message is text, ``{"event":"websocket:connected",
 "content-type":"audio/l16;rate=16000", …}`` (it also carries the NCCO
-``headers``); then BINARY frames of 16-bit signed little-endian mono PCM,
+``headers``; the older guide's example has no ``event`` key, so a first message
+with a ``content-type`` and no event counts as the same); then BINARY frames of 16-bit signed little-endian mono PCM,
 20 ms each (320 B at 8 kHz, 640 B at 16 kHz, 960 B at 24 kHz). Further text
 events: ``websocket:cleared``, ``websocket:notify`` (``payload`` we sent back),
 ``websocket:dtmf`` (``digit``/``duration`` at the top level, or in a ``dtmf``
@@ -20,6 +21,13 @@ echoed there), ``headers.token`` in that message, the handshake query
 ``token``, ``Authorization`` (Bearer, or Basic password) or
 ``x-voicecore-token`` header. The doc marks the exact echo of NCCO headers ◐/❓.
 
+Signed WebSockets: with ``authorization: {"type": "vonage"}`` on the NCCO endpoint,
+Vonage sends ``Authorization: Bearer <JWT>`` — *its* token (HS256 with the account's
+signature secret), not ours. A Bearer value shaped like a JWT is therefore not an
+auth token: it goes to ``CallStart.provider_jwt`` for the shell to check with the
+tenant's signature secret. (``{"type": "custom", "value": "Bearer <our token>"}``
+sends our own token, which is read as above.)
+
 Caller/callee/call id: ``from``/``to``/``uuid`` (or ``conversation_uuid``),
 looked up at the top level of ``websocket:connected``, then in its ``headers``
 object, then in the handshake query. ``custom_parameters`` collects the string
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, ClassVar, Final
+from urllib.parse import urlsplit
 
 from voicecore.audio import codecs as audio
 from voicecore.telephony.base import (
@@ -49,11 +58,14 @@ from voicecore.telephony.base import (
     MediaIn,
     Message,
     ProtocolError,
+    TokenSource,
     dumps,
     parse_dtmf_digit,
+    parse_json_object,
 )
+from voicecore.telephony.signatures import looks_like_jwt
 
-__all__ = ["VonageProtocol", "VONAGE_SAMPLE_RATES"]
+__all__ = ["VonageProtocol", "VONAGE_SAMPLE_RATES", "ncco_connect", "MAX_NCCO_HEADER_BYTES"]
 
 VONAGE_SAMPLE_RATES: Final = frozenset({8000, 16000, 24000})
 _CONTENT_TYPE_RE: Final = re.compile(r"\s*audio/l16\s*;\s*rate\s*=\s*(\d+)\s*", re.IGNORECASE)
@@ -74,6 +86,24 @@ class VonageProtocol(JsonEventProtocol):
         super().__init__()
         self._in_rate = self._out_rate = sample_rate
 
+    def _handshake_token_sources(self) -> list[TokenSource]:
+        authorization = self._headers.get("authorization", "")
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and looks_like_jwt(value.strip()):
+            self._provider_jwt = value.strip()  # Vonage's signed-WebSocket JWT, not a voicecore token
+            headers = {k: v for k, v in self._headers.items() if k != "authorization"}
+            saved, self._headers = self._headers, headers
+            try:
+                return super()._handshake_token_sources()
+            finally:
+                self._headers = saved
+        return super()._handshake_token_sources()
+
+    @property
+    def provider_jwt(self) -> str | None:
+        """Vonage's JWT from a signed WebSocket's ``Authorization`` header (None without one)."""
+        return self._provider_jwt
+
     def _event_handlers(self) -> dict[str, Handler]:
         return {
             "websocket:connected": self._on_connected_start,
@@ -81,6 +111,13 @@ class VonageProtocol(JsonEventProtocol):
             "websocket:notify": self._on_notify,
             "websocket:dtmf": self._on_vonage_dtmf,
         }
+
+    def _receive_text(self, text: str) -> list[Event]:
+        data = parse_json_object(text)
+        if "event" not in data and "content-type" in data and not self.started:
+            # The older guide's first message: NCCO headers and the content-type, no event key.
+            return self._on_connected_start(JsonFields(data))
+        return super()._receive_text(text)
 
     def _on_connected_start(self, message: JsonFields) -> list[Event]:
         content_type = message.get_str("content-type", required=False)
@@ -170,3 +207,33 @@ class VonageProtocol(JsonEventProtocol):
 
     def _clear_messages(self) -> list[Message]:
         return [dumps({"action": "clear"})]
+
+
+#: Vonage echoes the NCCO ``headers`` in its first message; its guide caps them at 512 bytes.
+MAX_NCCO_HEADER_BYTES: Final = 512
+
+
+def ncco_connect(
+    ws_url: str, headers: dict[str, str], *, sample_rate: int = 16000, signed: bool = True
+) -> list[dict[str, object]]:
+    """The NCCO (answer-URL response) that connects the call to a WebSocket at ``ws_url``.
+
+    ``headers`` come back in the ``websocket:connected`` message (the one-time call token,
+    caller and callee); ``signed`` adds ``authorization: {"type": "vonage"}`` so the upgrade
+    carries Vonage's JWT, checked with the tenant's signature secret."""
+    if sample_rate not in VONAGE_SAMPLE_RATES:
+        raise ValueError(f"sample_rate must be one of {sorted(VONAGE_SAMPLE_RATES)}, got {sample_rate}")
+    parts = urlsplit(ws_url)
+    if parts.scheme not in ("wss", "ws") or not parts.netloc:
+        raise ValueError(f"WebSocket URI must be wss://host/path, got {ws_url!r}")
+    if len(dumps(headers).encode()) > MAX_NCCO_HEADER_BYTES:
+        raise ValueError(f"NCCO websocket headers must stay under {MAX_NCCO_HEADER_BYTES} bytes")
+    endpoint: dict[str, object] = {
+        "type": "websocket",
+        "uri": ws_url,
+        "content-type": f"audio/l16;rate={sample_rate}",
+        "headers": dict(headers),
+    }
+    if signed:
+        endpoint["authorization"] = {"type": "vonage"}
+    return [{"action": "connect", "endpoint": [endpoint]}]

@@ -8,8 +8,8 @@ the last processor of every pipeline, which
 
 - cuts agent audio into the transport's frames (``CallTransport.frame_bytes``):
   the one place agent audio is sliced, so each frame is one provider message;
-- paces those frames at real time with a small lead (``lead_ms``), so a
-  barge-in can silence the line at once;
+- paces those frames at real time with a small lead (one frame plus ``lead_ms``),
+  so the far end never runs dry and a barge-in can silence the line at once;
 - sends one mark after the last audio of each clause and learns from the
   transport's mark acknowledgements (or, for local transports, from its own
   playback clock) which clauses the caller heard;
@@ -23,7 +23,7 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -183,16 +183,24 @@ class AgentAudioOutput(FrameProcessor):
         on_reply_finished: ReplyFinished | None = None,
         tap: Callable[[bytes], None] | None = None,
         name: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ):
+        """``lead_ms``: how far ahead of playback audio is sent *beyond one whole frame*: the far
+        end always holds the frame being played plus at least ``lead_ms`` (Exotel's 8 kHz
+        messages are 200–400 ms long, so a lead shorter than a message leaves no margin).
+        ``clock``/``sleep`` are the pacer's time source (virtual time in tests)."""
         super().__init__(name=name or "AgentAudioOutput")
         self._transport = transport
         self._realtime = realtime
-        self._lead = lead_ms / 1000
+        self._now = clock
+        self._sleep = sleep
         self._on_reply_started = on_reply_started
         self._on_reply_finished = on_reply_finished
         self._tap = tap  # sees every byte of agent audio sent (the recording seam)
         self._rate = transport.output_sample_rate
         self._frame_bytes = transport.frame_bytes
+        self._lead = lead_ms / 1000 + self._frame_bytes / 2 / self._rate
         self._queue: deque[object] = deque()
         self._partial = bytearray()  # agent audio not yet a whole frame (sent with the next audio)
         self._wakeup = asyncio.Event()
@@ -213,6 +221,11 @@ class AgentAudioOutput(FrameProcessor):
     # -- state the session and the tests look at ---------------------------------------
 
     @property
+    def lead_s(self) -> float:
+        """How long before its playback time a frame is sent: one frame plus ``lead_ms``."""
+        return self._lead
+
+    @property
     def busy(self) -> bool:
         """Audio queued or still playing."""
         return bool(self._queue) or bool(self._partial) or self._speaking
@@ -226,7 +239,7 @@ class AgentAudioOutput(FrameProcessor):
         """Output stream offset (samples) the far end is estimated to have played."""
         if not self._realtime:
             return self._sent
-        played = int((time.monotonic() - self._stream_start) * self._rate) if self._speaking else self._burst_samples
+        played = int((self._now() - self._stream_start) * self._rate) if self._speaking else self._burst_samples
         return self._position_base + max(0, min(self._burst_samples, played))
 
     # -- frames ------------------------------------------------------------------------
@@ -264,8 +277,8 @@ class AgentAudioOutput(FrameProcessor):
 
     async def _drain(self, timeout: float = 30.0) -> None:
         """At the end of a call: let queued audio finish playing."""
-        deadline = time.monotonic() + timeout
-        while (self._queue or self._speaking) and time.monotonic() < deadline:
+        deadline = self._now() + timeout
+        while (self._queue or self._speaking) and self._now() < deadline:
             await asyncio.sleep(0.02)
 
     async def _stop_pacer(self) -> None:
@@ -338,14 +351,14 @@ class AgentAudioOutput(FrameProcessor):
     async def _send_frame(self, frame: bytes) -> None:
         n = len(frame) // 2
         if self._realtime:
-            now = time.monotonic()
+            now = self._now()
             if not self._speaking:
                 self._stream_start = now
                 self._burst_samples = 0
                 self._position_base = self._sent
             ahead = self._stream_start + self._burst_samples / self._rate - now
             if ahead > self._lead:
-                await asyncio.sleep(ahead - self._lead)
+                await self._sleep(ahead - self._lead)
         if not self._speaking:
             self._speaking = True
             await self.push_frame(BotStartedSpeakingFrame(), FrameDirection.UPSTREAM)
@@ -356,7 +369,7 @@ class AgentAudioOutput(FrameProcessor):
                 reply.timeline.mark("first_audio_out")
         await self._transport.write_audio(frame)
         if reply is not None:
-            self.last_write_at[reply.reply_id] = time.monotonic()
+            self.last_write_at[reply.reply_id] = self._now()
         if self._tap is not None:
             self._tap(frame)
         self._sent += n
@@ -369,7 +382,7 @@ class AgentAudioOutput(FrameProcessor):
         self._wakeup.clear()
         if self._speaking:
             remaining = (
-                self._stream_start + self._burst_samples / self._rate - time.monotonic() if self._realtime else 0.0
+                self._stream_start + self._burst_samples / self._rate - self._now() if self._realtime else 0.0
             )
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.0, remaining) + 0.01)
@@ -433,7 +446,7 @@ class AgentAudioOutput(FrameProcessor):
             self._pacer = self.create_task(self._pace())
         if had_audio:
             self.interruptions += 1
-            self.last_clear_at = time.monotonic()
+            self.last_clear_at = self._now()
             await self._transport.clear()
         acks = self._transport.acknowledges_marks
         for reply_id, reply in list(self._replies.items()):

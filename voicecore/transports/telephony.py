@@ -4,15 +4,18 @@
 
 1. the upgrade request's headers and query go to ``protocol.handshake``;
 2. frames go through the protocol; the first ``CallStart`` is authenticated
-   (tenant API key or one-time call token) *before* any pipeline starts — a
-   missing or wrong key closes the socket with 1008 and nothing else happens;
+   (one-time call token, provider stream secret, agent API key or the provider's
+   own signed JWT) *before* any pipeline starts — a missing or wrong one closes the
+   socket with 1008 and nothing else happens;
 3. caller audio, DTMF and mark acknowledgements go to the running call
    (:class:`~voicecore.transports.base.LiveCall`); agent frames, marks and
    clears come back through :class:`MediaStreamTransport`;
-4. a ``ProtocolError`` (or a message flood) closes this call with the protocol's
+4. an event the protocol does not know is logged at DEBUG, counted
+   (``on_unknown_event``) and ignored;
+5. a ``ProtocolError`` (or a message flood) closes this call with the protocol's
    close code and a logged reason; the record of what was said is kept; the
    server and every other call go on;
-5. ``stop``, hang-up, socket close or server shutdown end the call and close
+6. ``stop``, hang-up, socket close or server shutdown end the call and close
    its record, with the reason.
 
 Sockets are reached through the small :class:`MediaSocket` protocol
@@ -25,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from loguru import logger
@@ -41,6 +44,7 @@ from voicecore.telephony.base import (
     Message,
     ProtocolError,
     ProviderProtocol,
+    UnknownEvent,
 )
 from voicecore.transports.base import CallRefused, CallTransport, LiveCall
 
@@ -173,6 +177,9 @@ class CallAuth:
 
     tenant: str
     pipeline: str | None = None
+    #: Caller and callee from the answer request, for providers whose stream does not say (Plivo).
+    caller: str | None = field(default=None, repr=False)
+    callee: str | None = field(default=None, repr=False)
 
 
 Authenticate = Callable[[CallStart], Awaitable[CallAuth | None]]
@@ -196,6 +203,7 @@ class MediaStreamCall:
         headers: Mapping[str, str],
         query: Mapping[str, str],
         flood_limit_per_s: int = 400,
+        on_unknown_event: Callable[[str], None] | None = None,
     ):
         self.protocol = protocol
         self.socket = socket
@@ -204,6 +212,7 @@ class MediaStreamCall:
         self._headers = headers
         self._query = query
         self._flood = FloodGuard(flood_limit_per_s)
+        self._on_unknown_event = on_unknown_event
         self.call: LiveCall | None = None
         self._watcher: asyncio.Future | None = None
         self.end_reason: str | None = None
@@ -328,6 +337,11 @@ class MediaStreamCall:
                 await self.call.dtmf(event.digit)
         elif isinstance(event, CallStop):
             return True
+        elif isinstance(event, UnknownEvent):
+            # Providers add events over time: a new one must not end calls.
+            logger.debug(f"{self.provider} stream: ignored unknown event {event.name!r}")
+            if self._on_unknown_event is not None:
+                self._on_unknown_event(self.provider)
         return False
 
     async def _start(self, start: CallStart) -> None:
@@ -337,8 +351,8 @@ class MediaStreamCall:
         record = CallRecord(
             tenant=auth.tenant,
             transport=self.provider,
-            caller=start.caller,
-            callee=start.callee,
+            caller=start.caller or auth.caller,
+            callee=start.callee or auth.callee,
             provider_ids={k: v for k, v in (("stream_id", start.stream_id), ("call_id", start.call_id)) if v},
         )
         transport = MediaStreamTransport(self.protocol, self._send)
