@@ -28,7 +28,14 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.common import envelope, output_dir, stats, stats_row, text_table, write_json
+from benchmarks.common import (
+    envelope,
+    output_dir,
+    stats,
+    stats_row,
+    text_table,
+    write_json,
+)
 from voicecore.config import PROJECT_ROOT, load_pipeline
 from voicecore.server import create_app, running_server
 from voicecore.storage import Store

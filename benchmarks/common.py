@@ -345,10 +345,11 @@ class VoicecoreServer:
     ``start.customParameters.token``. Stored calls are read back through ``store``.
     """
 
-    def __init__(self, work_dir: Path, *, pipeline: str = "receptionist", log_name: str = "voicecore-serve.log"):
+    def __init__(self, work_dir: Path, *, pipeline: str = "receptionist", log_name: str = "voicecore-serve.log",
+                 data_name: str = "voicecore-data"):  # fmt: skip
         from voicecore.storage import Store
 
-        self.data_dir = work_dir / "voicecore-data"
+        self.data_dir = work_dir / data_name
         self.store = Store(self.data_dir)
         self.tenant = "bench"
         self.api_key = self.store.tenants.create(self.tenant, policy_yaml=BENCH_POLICY_YAML, actor="bench")

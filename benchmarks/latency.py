@@ -296,13 +296,34 @@ async def voicecore_call(server: VoicecoreServer, index: int, group: list[Uttera
 
 
 def run(*, smoke: bool = False, out: str | Path | None = None, per_call: int = 4, pipeline: str = "receptionist",
-        utterances: list[str] | None = None) -> tuple[dict[str, Any], Path]:
-    """Run the latency benchmark; returns the JSON document and the output folder."""
-    return asyncio.run(_run(smoke=smoke, out=out, per_call=per_call, pipeline=pipeline, utterances=utterances))
+        utterances: list[str] | None = None, remote_llm: bool = False) -> tuple[dict[str, Any], Path]:
+    """Run the latency benchmark; returns the JSON document and the output folder. ``remote_llm``:
+    then the same corpus again with the pipeline's LLM on an OpenAI-compatible server
+    (llama-cpp-python's, same GGUF, on 127.0.0.1), and the ratio of the two."""
+    return asyncio.run(_run(smoke=smoke, out=out, per_call=per_call, pipeline=pipeline, utterances=utterances,
+                            remote_llm=remote_llm))
+
+
+def remote_pipeline_file(pipeline: str, endpoint: str, model: str, folder: Path) -> Path:
+    """``pipeline`` with its LLM at ``endpoint`` (declared ``location: local``), as a YAML file."""
+    import yaml
+
+    from voicecore.config import load_pipeline, resolve_pipeline_path
+
+    data = load_pipeline(resolve_pipeline_path(pipeline)).model_dump(mode="json", exclude_none=True)
+    data["name"] = f"{data['name']}-remote-llm"
+    data["models"]["llm"] = {"endpoint": endpoint, "model": model, "location": "local"}
+    path = folder / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
 
 
 async def _run(*, smoke: bool, out: str | Path | None, per_call: int, pipeline: str,
-               utterances: list[str] | None) -> tuple[dict[str, Any], Path]:
+               utterances: list[str] | None, remote_llm: bool = False) -> tuple[dict[str, Any], Path]:
     started = time.time()
     folder = output_dir("latency", out)
     ids = list(SMOKE_IDS) if smoke else (utterances or [s.id for s in CORPUS])
@@ -310,7 +331,7 @@ async def _run(*, smoke: bool, out: str | Path | None, per_call: int, pipeline: 
     groups = split_calls(corpus, 2 if smoke else per_call)
     doc = envelope("latency", smoke=smoke, started=started, config={
         "pipeline": pipeline, "utterances": len(corpus), "calls": len(groups), "utterances_per_call": len(groups[0]),
-        "answer_timeout_s": ANSWER_TIMEOUT_S, "server": "voicecore serve (subprocess)",
+        "answer_timeout_s": ANSWER_TIMEOUT_S, "server": "voicecore serve (subprocess)", "remote_llm": remote_llm,
     })
     doc["corpus"] = [u.describe() for u in corpus]
     with VoicecoreServer(folder, pipeline=pipeline) as server:
@@ -319,10 +340,38 @@ async def _run(*, smoke: bool, out: str | Path | None, per_call: int, pipeline: 
     doc["summary"] = summarise(rows, calls)
     doc["turns"] = rows
     doc["plots"] = plot_latency(rows, folder, "voicecore")
+    if remote_llm:
+        from voicecore.testing.inference import LlamaCppServer
+
+        with LlamaCppServer(folder / "llama-server.log") as llm:
+            path = remote_pipeline_file(pipeline, llm.url, llm.alias, folder)
+            with VoicecoreServer(folder, pipeline=str(path), log_name="voicecore-serve-remote-llm.log",
+                                 data_name="voicecore-data-remote-llm") as server:  # fmt: skip
+                r_calls, r_rows = await run_voicecore_calls(server, groups)
+            requests = llm.completions()
+        r_summary = summarise(r_rows, r_calls)
+        local_v2v, remote_v2v = doc["summary"]["voice_to_voice_ms"], r_summary["voice_to_voice_ms"]
+        doc["remote_llm"] = {
+            "server": "python -m llama_cpp.server (same GGUF, 127.0.0.1)", "pipeline_file": path.name,
+            "server_start_s": llm.started_in_s, "chat_completions": requests, "summary": r_summary, "turns": r_rows,
+            "ratio_remote_to_in_process": {
+                "voice_to_voice_p50": ratio(remote_v2v["p50"], local_v2v["p50"]),
+                "voice_to_voice_p95": ratio(remote_v2v["p95"], local_v2v["p95"]),
+                "llm_first_token_p50": ratio(r_summary["server_stages_ms"]["llm_first_token"]["p50"],
+                                             doc["summary"]["server_stages_ms"]["llm_first_token"]["p50"]),
+            },
+        }  # fmt: skip
     doc["duration_s"] = round(time.time() - started, 1)
     write_json(folder / "latency.json", doc)
     return doc, folder
 
 
 def report(doc: dict[str, Any]) -> str:
-    return summary_table(doc["summary"], "voicecore turn latency (ms after the end of caller speech)")
+    out = summary_table(doc["summary"], "voicecore turn latency (ms after the end of caller speech)")
+    remote = doc.get("remote_llm")
+    if remote:
+        out += "\n\n" + summary_table(remote["summary"], "the same, LLM on an OpenAI-compatible server (llama_cpp.server)")
+        r = remote["ratio_remote_to_in_process"]
+        out += (f"\nremote / in process: voice-to-voice p50 x{r['voice_to_voice_p50']}, p95 x{r['voice_to_voice_p95']}, "
+                f"LLM first token p50 x{r['llm_first_token_p50']} ({remote['chat_completions']} chat completions served)")
+    return out

@@ -10,6 +10,8 @@ PYTHON="${PYTHON:-python3}"
 need_apt=()
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || need_apt+=(sox)
+# nginx: the many-workers test runs the deploy/ recipe in front of two workers
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 if [ "${VOICECORE_BROWSER_TESTS:-0}" = "1" ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 fi

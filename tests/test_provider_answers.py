@@ -28,7 +28,13 @@ from voicecore.server import create_app, running_server
 from voicecore.server.guard import AuthThrottle
 from voicecore.server.state import is_call_token
 from voicecore.storage import Store
-from voicecore.testing.callers import PlivoClient, ProviderClient, TwilioClient, VonageClient, ExotelClient
+from voicecore.testing.callers import (
+    ExotelClient,
+    PlivoClient,
+    ProviderClient,
+    TwilioClient,
+    VonageClient,
+)
 
 TENANTS = {"acme": None, "globex": None}
 PUBLIC = "https://voice.example.test"

@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_provider_answers import VONAGE_APP, VONAGE_SECRET, media_target, send, signed_request
+from test_provider_answers import (
+    VONAGE_APP,
+    VONAGE_SECRET,
+    media_target,
+    send,
+    signed_request,
+)
 from test_provider_signatures import telnyx_keys, vonage_jwt
 
 from voicecore.testing.callers import (

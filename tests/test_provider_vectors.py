@@ -36,7 +36,10 @@ from voicecore.telephony import (
 )
 from voicecore.telephony.exotel import exotel_bootstrap, exotel_stream_url
 from voicecore.telephony.plivo import plivo_stream_xml
-from voicecore.telephony.telnyx import call_control_stream_parameters, texml_connect_stream
+from voicecore.telephony.telnyx import (
+    call_control_stream_parameters,
+    texml_connect_stream,
+)
 from voicecore.telephony.vonage import ncco_connect
 
 CALL_TOKEN = "ct" + "0123456789abcdef0123456789abcdef01234567"

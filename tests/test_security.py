@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twilio.request_validator import RequestValidator
 from loguru import logger
 from test_api_permissions import AsgiClient
+from twilio.request_validator import RequestValidator
 
 from voicecore.records import CallRecord, Turn
 from voicecore.server import create_app, running_server

@@ -9,10 +9,17 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,12 +72,110 @@ class Voice(_Strict):
     first_clause_max_words: Annotated[int, Field(ge=2, le=40)] = 8
 
 
-class ModelRefs(_Strict):
-    """Which models a pipeline uses: a preset name from ``models/presets.yaml`` or a path."""
 
-    stt: str = "default"
-    llm: str = "default"
-    tts: str = "default"
+
+# --- model presets -----------------------------------------------------------------
+
+
+# Where a remote backend declares it runs: "local" (this machine: a loopback or unix endpoint)
+# or a region code the tenants' policies name (eu, us, uk, ...; see voicecore.policy.KNOWN_REGIONS).
+Location = Annotated[str, Field(pattern=r"^[a-z]{2,8}$")]
+
+
+class _Remote(_Strict):
+    """What every stage's remote backend declares (``endpoint`` set: the model runs elsewhere).
+    ``kind`` defaults to the stage's remote kind when an endpoint is given."""
+
+    LOCAL_KIND: ClassVar[str] = ""
+    REMOTE_KIND: ClassVar[str] = ""
+
+    endpoint: Annotated[str, Field(pattern=r"^(https?|unix)://\S+$")] | None = None
+    location: Location | None = None
+    # The environment variable holding the endpoint's API key (never the key itself in a file).
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    model: str | None = None  # the model name the endpoint serves (remote only)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _remote_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("endpoint") and "kind" not in data:
+            data = {**data, "kind": cls.REMOTE_KIND}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_matches_endpoint(self) -> _Remote:
+        kind = getattr(self, "kind")
+        if self.location is not None and self.endpoint is None:
+            raise ValueError("location is declared by remote backends only; set endpoint too (or drop location)")
+        if self.endpoint is not None and kind == self.LOCAL_KIND:
+            raise ValueError(f"kind {kind} runs in process; a model at an endpoint is kind {self.REMOTE_KIND}")
+        if kind != self.LOCAL_KIND and self.endpoint is None:
+            raise ValueError(f"kind {kind} needs an endpoint (the server's base URL, e.g. http://host:8080/v1)")
+        if self.endpoint is not None and (getattr(self, "path", None) or getattr(self, "package", None)
+                                          or getattr(self, "file", None)):  # fmt: skip
+            raise ValueError("give either endpoint (a remote model) or path/package (a model in process), not both")
+        return self
+
+
+class STTPreset(_Remote):
+    # faster-whisper in process; openai: an OpenAI-compatible /v1/audio/transcriptions endpoint
+    LOCAL_KIND: ClassVar[str] = "faster-whisper"
+    REMOTE_KIND: ClassVar[str] = "openai"
+    kind: Literal["faster-whisper", "openai"] = "faster-whisper"
+    package: str | None = None  # a Python package with get_model_path()
+    path: str | None = None
+    compute_type: str = "int8"
+    beam_size: Annotated[int, Field(ge=1, le=10)] = 1
+    cpu_threads: Annotated[int, Field(ge=1, le=64)] = 2
+    language: str = "en"
+    # Encoder window: 30 = Whisper's standard window. None = the utterance plus 5 s (at
+    # least 10 s): ~0.2 s faster per turn at the same word error rate on our corpus.
+    encoder_window_s: Annotated[float, Field(ge=5, le=30)] | None = None
+
+
+class LLMPreset(_Remote):
+    # llama-cpp: a GGUF in process; openai: an OpenAI-compatible chat endpoint (llama-server,
+    # vLLM, llama-cpp-python's server), chosen by setting ``endpoint``.
+    LOCAL_KIND: ClassVar[str] = "llama-cpp"
+    REMOTE_KIND: ClassVar[str] = "openai"
+    kind: Literal["llama-cpp", "openai"] = "llama-cpp"
+    package: str | None = None  # a package whose folder holds `file`
+    file: str | None = None
+    path: str | None = None
+    # llama-server's slots: each call keeps to one slot (id_slot), so its prompt prefix stays cached.
+    slots: Annotated[int, Field(ge=1, le=1024)] | None = None
+    n_ctx: Annotated[int, Field(ge=256, le=32768)] = 2048
+    n_threads: Annotated[int, Field(ge=1, le=64)] = 2
+    n_batch: Annotated[int, Field(ge=8, le=4096)] = 256
+    chat_format: Literal["chatml"] = "chatml"
+
+
+class TTSPreset(_Remote):
+    # piper in process; piper-http: Piper's HTTP server (POST / {"text"}); openai: /v1/audio/speech
+    LOCAL_KIND: ClassVar[str] = "piper"
+    REMOTE_KIND: ClassVar[str] = "piper-http"
+    kind: Literal["piper", "piper-http", "openai"] = "piper"
+    package: str | None = None  # a package with model_path() / config_path()
+    path: str | None = None  # .onnx voice; its .onnx.json beside it
+    threads: Annotated[int, Field(ge=1, le=64)] = 2
+    voice: str | None = None  # remote: the server's voice name
+    sample_rate: Annotated[int, Field(ge=8000, le=48000)] = 22050  # remote: the rate clauses are resampled to
+
+
+class ModelPresets(_Strict):
+    stt: dict[str, STTPreset]
+    llm: dict[str, LLMPreset]
+    tts: dict[str, TTSPreset]
+
+
+class ModelRefs(_Strict):
+    """Which models a pipeline uses: a preset name from ``models/presets.yaml``, a path, or a
+    preset written out in place (e.g. a remote backend: ``llm: {endpoint: ..., location: eu}``)."""
+
+    stt: str | STTPreset = "default"
+    llm: str | LLMPreset = "default"
+    tts: str | TTSPreset = "default"
 
 
 class PipelineConfig(_Strict):
@@ -95,49 +200,6 @@ class PipelineConfig(_Strict):
     @classmethod
     def _strip(cls, v: str) -> str:
         return v.strip()
-
-
-# --- model presets -----------------------------------------------------------------
-
-
-class STTPreset(_Strict):
-    kind: Literal["faster-whisper"] = "faster-whisper"
-    package: str | None = None  # a Python package with get_model_path()
-    path: str | None = None
-    endpoint: str | None = None  # a remote service (refused by local-only policies)
-    compute_type: str = "int8"
-    beam_size: Annotated[int, Field(ge=1, le=10)] = 1
-    cpu_threads: Annotated[int, Field(ge=1, le=64)] = 2
-    language: str = "en"
-    # Encoder window: 30 = Whisper's standard window. None = the utterance plus 5 s (at
-    # least 10 s): ~0.2 s faster per turn at the same word error rate on our corpus.
-    encoder_window_s: Annotated[float, Field(ge=5, le=30)] | None = None
-
-
-class LLMPreset(_Strict):
-    kind: Literal["llama-cpp"] = "llama-cpp"
-    package: str | None = None  # a package whose folder holds `file`
-    file: str | None = None
-    path: str | None = None
-    endpoint: str | None = None
-    n_ctx: Annotated[int, Field(ge=256, le=32768)] = 2048
-    n_threads: Annotated[int, Field(ge=1, le=64)] = 2
-    n_batch: Annotated[int, Field(ge=8, le=4096)] = 256
-    chat_format: Literal["chatml"] = "chatml"
-
-
-class TTSPreset(_Strict):
-    kind: Literal["piper"] = "piper"
-    package: str | None = None  # a package with model_path() / config_path()
-    path: str | None = None  # .onnx voice; its .onnx.json beside it
-    endpoint: str | None = None
-    threads: Annotated[int, Field(ge=1, le=64)] = 2
-
-
-class ModelPresets(_Strict):
-    stt: dict[str, STTPreset]
-    llm: dict[str, LLMPreset]
-    tts: dict[str, TTSPreset]
 
 
 def _format_validation_error(source: str, err: ValidationError) -> str:
@@ -214,7 +276,9 @@ def _package_dir(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _ref_preset(kind: str, ref: str, presets: ModelPresets) -> Any:
+def _ref_preset(kind: str, ref: str | BaseModel, presets: ModelPresets) -> Any:
+    if isinstance(ref, BaseModel):
+        return ref  # written out in the pipeline
     table: dict[str, Any] = getattr(presets, kind)
     if ref in table:
         return table[ref]
@@ -227,9 +291,11 @@ def _ref_preset(kind: str, ref: str, presets: ModelPresets) -> Any:
     )
 
 
-def resolve_stt(ref: str, presets: ModelPresets | None = None) -> tuple[STTPreset, str]:
+def resolve_stt(ref: str | STTPreset, presets: ModelPresets | None = None) -> tuple[STTPreset, str]:
     """The preset and the CTranslate2 model folder for an STT reference."""
     preset = _ref_preset("stt", ref, presets or load_presets())
+    if preset.endpoint:
+        return preset, preset.endpoint
     if preset.path:
         return preset, preset.path
     if preset.package:
@@ -241,9 +307,11 @@ def resolve_stt(ref: str, presets: ModelPresets | None = None) -> tuple[STTPrese
     raise ConfigError(f"models.stt: preset {ref!r} names neither a path nor a package (remote endpoints run elsewhere)")
 
 
-def resolve_llm(ref: str, presets: ModelPresets | None = None) -> tuple[LLMPreset, str]:
-    """The preset and the GGUF file for an LLM reference."""
+def resolve_llm(ref: str | LLMPreset, presets: ModelPresets | None = None) -> tuple[LLMPreset, str]:
+    """The preset and the GGUF file (or, for a remote model, the endpoint) for an LLM reference."""
     preset = _ref_preset("llm", ref, presets or load_presets())
+    if preset.endpoint:
+        return preset, preset.endpoint
     if preset.path:
         return preset, preset.path
     if preset.package:
@@ -261,9 +329,11 @@ def resolve_llm(ref: str, presets: ModelPresets | None = None) -> tuple[LLMPrese
     raise ConfigError(f"models.llm: preset {ref!r} names neither a path nor a package")
 
 
-def resolve_tts(ref: str, presets: ModelPresets | None = None) -> tuple[TTSPreset, str, str]:
+def resolve_tts(ref: str | TTSPreset, presets: ModelPresets | None = None) -> tuple[TTSPreset, str, str]:
     """The preset, the Piper .onnx voice and its .onnx.json config for a TTS reference."""
     preset = _ref_preset("tts", ref, presets or load_presets())
+    if preset.endpoint:
+        return preset, preset.endpoint, ""
     if preset.path:
         model = Path(preset.path)
         cfg = model.with_name(model.name + ".json")
@@ -280,3 +350,8 @@ def resolve_tts(ref: str, presets: ModelPresets | None = None) -> tuple[TTSPrese
 
 def bundled_resource(package: str, name: str) -> str:
     return str(importlib.resources.files(package).joinpath(name))
+
+
+def resolve_preset(kind: str, ref: str | BaseModel, presets: ModelPresets | None = None) -> Any:
+    """The preset a pipeline's ``models.<kind>`` names (a name, a path or one written out), loading nothing."""
+    return _ref_preset(kind, ref, presets or load_presets())

@@ -15,26 +15,34 @@ from typing import Any
 from loguru import logger
 
 from voicecore.config import (
+    ConfigError,
+    LLMPreset,
     ModelPresets,
     PipelineConfig,
+    STTPreset,
+    TTSPreset,
     load_presets,
     resolve_llm,
+    resolve_preset,
     resolve_stt,
     resolve_tts,
 )
 from voicecore.policy import BackendInfo
 from voicecore.services.cpu import CpuPriority
 from voicecore.services.llm import LlamaEngine
+from voicecore.services.llm_remote import RemoteLLMEngine
 from voicecore.services.stt import WhisperEngine
+from voicecore.services.stt_remote import RemoteSTTEngine
 from voicecore.services.tts import PiperEngine
+from voicecore.services.tts_remote import RemoteTTSEngine
 from voicecore.services.vad import SmartTurnEngine
 
 
 @dataclass
 class PipelineModels:
-    stt: WhisperEngine
-    llm: LlamaEngine
-    tts: PiperEngine
+    stt: WhisperEngine | RemoteSTTEngine
+    llm: LlamaEngine | RemoteLLMEngine
+    tts: PiperEngine | RemoteTTSEngine
     smart_turn: SmartTurnEngine | None
 
 
@@ -65,32 +73,54 @@ class ModelPool:
             return model
 
     def backends(self, config: PipelineConfig) -> list[BackendInfo]:
-        """Where each model of a pipeline runs (for the policy's location check), loading nothing."""
+        """Where each model of a pipeline runs (for the policy's location check), loading nothing.
+        Raises ``ConfigError`` for a reference that names no preset or path."""
         out: list[BackendInfo] = []
         for kind in ("stt", "llm", "tts"):
-            preset = getattr(self.presets, kind).get(getattr(config.models, kind))
-            endpoint = preset.endpoint if preset is not None else None
-            out.append(BackendInfo.from_endpoint(kind, endpoint) if endpoint else BackendInfo(kind, True))
+            out.append(backend_info(kind, resolve_preset(kind, getattr(config.models, kind), self.presets)))
         if config.turn_taking.smart_turn:
             out.append(BackendInfo("turn", True))
         return out
 
-    def stt(self, ref: str) -> WhisperEngine:
+    def stt(self, ref: str | STTPreset) -> WhisperEngine | RemoteSTTEngine:
         preset, path = resolve_stt(ref, self.presets)
+        if preset.endpoint:
+            key = ("stt-remote", preset.endpoint, preset.model or "", preset.language, preset.api_key_env or "")
+            return self._get(key, f"remote STT client {preset.endpoint}", lambda: RemoteSTTEngine(preset))
         key = ("stt", path, preset.compute_type, str(preset.cpu_threads), str(preset.beam_size),
                str(preset.encoder_window_s))
         return self._get(key, f"STT {path}", lambda: WhisperEngine(path, preset, self.cpu))
 
-    def llm(self, ref: str) -> LlamaEngine:
+    def llm(self, ref: str | LLMPreset) -> LlamaEngine | RemoteLLMEngine:
         preset, path = resolve_llm(ref, self.presets)
+        if preset.endpoint:  # a client, made once; the model runs on the server
+            key = ("llm-remote", preset.endpoint, preset.model or "", str(preset.slots), preset.api_key_env or "")
+            return self._get(key, f"remote LLM client {preset.endpoint}", lambda: RemoteLLMEngine(preset))
         return self._get(("llm", path, str(preset.n_ctx)), f"LLM {path}", lambda: LlamaEngine(path, preset, self.cpu))
 
-    def tts(self, ref: str) -> PiperEngine:
+    def tts(self, ref: str | TTSPreset) -> PiperEngine | RemoteTTSEngine:
         preset, model, cfg = resolve_tts(ref, self.presets)
+        if preset.endpoint:
+            key = ("tts-remote", preset.endpoint, preset.kind, preset.voice or "", str(preset.sample_rate),
+                   preset.model or "", preset.api_key_env or "")
+            return self._get(key, f"remote TTS client {preset.endpoint}", lambda: RemoteTTSEngine(preset))
         return self._get(("tts", model), f"TTS {model}", lambda: PiperEngine(model, cfg, preset.threads, self.cpu))
 
     def smart_turn(self) -> SmartTurnEngine:
         return self._get(("turn", SmartTurnEngine.MODEL_FILE), "smart-turn v3", SmartTurnEngine)
+
+    async def aclose(self) -> None:
+        """Close the remote backends' clients of the running event loop (a server's shutdown);
+        a later call opens them again."""
+        with self._lock:
+            models = list(self._models.values())
+        for model in models:
+            close = getattr(model, "aclose", None)
+            if close is not None and getattr(model, "remote", False):
+                try:
+                    await close()
+                except Exception as e:  # closing is best effort
+                    logger.debug(f"closing a remote backend client: {e!r}")
 
     def for_pipeline(self, config: PipelineConfig) -> PipelineModels:
         """Every model ``config`` needs (loading those not loaded yet)."""
@@ -100,3 +130,23 @@ class ModelPool:
             tts=self.tts(config.models.tts),
             smart_turn=self.smart_turn() if config.turn_taking.smart_turn else None,
         )
+
+
+def backend_info(kind: str, preset: object) -> BackendInfo:
+    """Where one stage's model runs, as the tenant's processing-location rule sees it: in process
+    (no endpoint); at an endpoint that declares ``location: local`` (it must then be on this
+    machine: loopback or a unix socket) or a region (``eu``, ``us``...); or, declaring nothing, local
+    when the endpoint is on this machine and remote with no region otherwise."""
+    endpoint = getattr(preset, "endpoint", None)
+    location = getattr(preset, "location", None)
+    if not endpoint:
+        return BackendInfo(kind, True)
+    seen = BackendInfo.from_endpoint(kind, endpoint)
+    if location is None:
+        return seen
+    if location == "local":
+        if not seen.is_local:
+            raise ConfigError(f"models.{kind}: location local, but {endpoint} is not on this machine "
+                              "(local means a loopback address or a unix socket; declare its region instead)")  # fmt: skip
+        return seen
+    return BackendInfo(kind, False, location, endpoint)

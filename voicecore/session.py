@@ -319,6 +319,10 @@ class CallSession:
                 await self.recorder.close()
             except Exception as e:
                 logger.error(f"call {self.call_id[:8]}: recording not closed cleanly ({type(e).__name__})")
+        failures = [f for stage in ("stt", "llm", "tts")
+                    for f in getattr(getattr(self._call, stage, None), "backend_failures", None) or []]  # fmt: skip
+        if failures:
+            self.record.flags["backend_failures"] = list(failures)  # which backend failed, turn by turn
         self.record.ended_at = time.time()
         self.record.end_reason = reason
         logger.info(
@@ -647,10 +651,13 @@ async def open_call(
                 logger.error(f"call {finished.call_id[:8]}: the call record could not be stored ({type(e).__name__})")
                 return
             if reports is not None and stored and any(t.role == "caller" and t.text.strip() for t in finished.turns):
+                engine = pool.llm(config.models.llm)
+                if getattr(engine, "remote", False):
+                    # Reports constrain a local model with a JSON grammar; a remote one is not asked.
+                    logger.info(f"call {finished.call_id[:8]}: no post-call report (the pipeline's LLM is remote)")
+                    return
                 # The post-call report runs on the LLM's thread, yielding to live turns.
-                reports.schedule(
-                    store, pool.llm(config.models.llm), tenant, finished.call_id, policy=policy, turns=finished.turns
-                )
+                reports.schedule(store, engine, tenant, finished.call_id, policy=policy, turns=finished.turns)
 
     session = CallSession(
         config,

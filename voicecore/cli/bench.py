@@ -77,9 +77,12 @@ def bench() -> None:
 @out_option
 @click.option("--per-call", default=4, show_default=True, help="Utterances per call.")
 @click.option("--pipeline", default="receptionist", show_default=True, help="Agent the server answers with.")
-def latency(smoke: bool, out: Path | None, per_call: int, pipeline: str) -> None:
+@click.option("--remote-llm", is_flag=True,
+              help="Then again with the LLM on an OpenAI-compatible server (llama_cpp.server, same GGUF) and "
+                   "print the ratio.")
+def latency(smoke: bool, out: Path | None, per_call: int, pipeline: str, remote_llm: bool) -> None:
     """Turn latency per stage and voice-to-voice (p50/p95/max), and STT word error rate."""
-    _run("latency", smoke=smoke, out=out, per_call=per_call, pipeline=pipeline)
+    _run("latency", smoke=smoke, out=out, per_call=per_call, pipeline=pipeline, remote_llm=remote_llm)
 
 
 @bench.command()

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import click
 
-from voicecore.cli.options import ACTOR, data_dir_option, echo_json, json_option, open_store, tenant_option
+from voicecore.cli.options import (
+    ACTOR,
+    data_dir_option,
+    echo_json,
+    json_option,
+    open_store,
+    tenant_option,
+)
 from voicecore.telephony.signatures import CREDENTIAL_FIELDS
 from voicecore.telephony.snippets import PUBLIC_URL_ENV, SNIPPET_PROVIDERS
 from voicecore.views import provider_account_view, text_table, utc_text

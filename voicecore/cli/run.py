@@ -151,15 +151,21 @@ def chat(pipeline: str, messages: tuple[str, ...]) -> None:
               help="What Telnyx streams are set up to take back (stream_bidirectional_codec).")
 @click.option("--telnyx-sample-rate", type=click.Choice(["8000", "16000", "22050", "24000", "48000"]),
               default="8000", show_default=True, help="stream_bidirectional_sampling_rate (L16 only).")
+@click.option("--max-calls", type=click.IntRange(min=1), default=None, envvar="VOICECORE_MAX_CALLS",
+              help="Calls this worker takes at once; beyond it new streams are refused (close 1013) and "
+                   "GET /healthz/ready answers 503. Default: no limit.")
+@click.option("--drain-timeout", "drain_timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds calls in progress may go on after SIGTERM (no new calls meanwhile); 0 ends them at once.")
 def serve(host: str, port: int, data_dir: Path | None, pipeline: str, log_level: str | None,
           allow_insecure_webhooks: bool, public_url: str | None, telnyx_codec: str,
-          telnyx_sample_rate: str) -> None:  # fmt: skip
+          telnyx_sample_rate: str, max_calls: int | None, drain_timeout: float) -> None:  # fmt: skip
     """Host telephony media streams (Twilio, Telnyx, Vonage, Plivo, Exotel, Asterisk) on WebSockets.
 
     \b
     WS       /ws/{twilio,telnyx,vonage,plivo,exotel,asterisk}   media streams
     GET|POST /providers/{provider}/{tenant}/answer             the providers' answer URLs
-    GET      /healthz, /metrics
+    GET      /healthz, /healthz/ready, /metrics
+    SIGTERM drains: no new calls, the calls in progress finish (--drain-timeout).
     Create a tenant first (voicecore tenants add NAME), store its provider credentials
     (voicecore providers set ...) and paste what `voicecore providers snippet` prints.
     """
@@ -180,6 +186,7 @@ def serve(host: str, port: int, data_dir: Path | None, pipeline: str, log_level:
     try:
         run_server(host, port, resolve_data_dir(data_dir), pipeline, log_level=level,
                    allow_insecure_webhooks=allow_insecure_webhooks, public_url=public_url,
-                   telnyx_codec=telnyx_codec, telnyx_sample_rate=int(telnyx_sample_rate))  # fmt: skip
+                   telnyx_codec=telnyx_codec, telnyx_sample_rate=int(telnyx_sample_rate),
+                   max_calls=max_calls, drain_timeout_s=drain_timeout)  # fmt: skip
     except ConfigError as e:
         raise click.ClickException(str(e)) from None

@@ -20,7 +20,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Request, Response
 
 from voicecore.server.api import AUTH_RESPONSES, Admin, _run, _store
-from voicecore.server.api_models import ProviderAccountOut, ProviderCredentialsIn, SnippetBody, SnippetOut
+from voicecore.server.api_models import (
+    ProviderAccountOut,
+    ProviderCredentialsIn,
+    SnippetBody,
+    SnippetOut,
+)
 from voicecore.telephony.snippets import SNIPPET_PROVIDERS
 from voicecore.views import provider_account_view
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,20 @@ def create_app(
     public_url: str | None = None,
     telnyx_codec: str = "PCMU",
     telnyx_sample_rate: int = 8000,
+    max_calls: int | None = None,
+    drain_timeout_s: float = 60.0,
 ) -> FastAPI:
     """The ASGI app. ``pipeline`` is a name from ``pipelines/`` or a YAML path (the default agent).
     ``allow_insecure_webhooks``: webhooks may go to ``http://`` and private addresses (local
     development; a ``store`` given here keeps its own setting). ``public_url``: the deployment's
     public base URL (every URL given to a provider derives from it; ``ValueError`` if malformed).
-    ``telnyx_codec``/``telnyx_sample_rate``: what Telnyx streams take back (PCMU, PCMA or L16)."""
+    ``telnyx_codec``/``telnyx_sample_rate``: what Telnyx streams take back (PCMU, PCMA or L16).
+    ``max_calls``: calls this worker takes at once (None: no limit); ``drain_timeout_s``: how long
+    calls in progress may go on after SIGTERM before they are ended."""
+    if max_calls is not None and max_calls < 1:
+        raise ValueError(f"max_calls must be at least 1, got {max_calls}")
+    if drain_timeout_s < 0:
+        raise ValueError(f"drain timeout must be 0 or more seconds, got {drain_timeout_s}")
     if public_url is not None:
         public_url = check_public_url(public_url)
     if telnyx_codec not in TELNYX_CODECS:
@@ -79,6 +88,8 @@ def create_app(
         public_url=public_url,
         telnyx_codec=telnyx_codec,
         telnyx_sample_rate=telnyx_sample_rate if telnyx_codec == "L16" else 8000,
+        max_calls=max_calls,
+        drain_timeout_s=drain_timeout_s,
     )
     if auth_throttle is not None:
         state.throttle = auth_throttle
@@ -118,6 +129,7 @@ def create_app(
                 await asyncio.wait_for(webhooks, timeout=15)
             except (asyncio.TimeoutError, TimeoutError):
                 pass  # a delivery in flight is retried after the next start (the outbox keeps it)
+            await state.pool.aclose()
 
     app = FastAPI(title="voicecore", version="0.1.0", lifespan=lifespan, default_response_class=SafeJSONResponse)
     app.include_router(api.router)
@@ -169,20 +181,50 @@ async def _sweep_periodically(state: ServerState) -> None:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, telling the app it is shutting down before connections are closed."""
+    """uvicorn, draining before it stops: the first SIGTERM/SIGINT stops new calls (streams are
+    refused with 1013, ``/healthz/ready`` answers 503) and lets the calls in progress finish, up to
+    the drain timeout; then (or at once when no call is in progress, or on a second signal) the
+    app is told it is shutting down and uvicorn closes what is left."""
 
     def __init__(self, config: uvicorn.Config, state: ServerState):
         super().__init__(config)
         self._vc_state = state
+        self._drain_deadline: float | None = None
 
     def handle_exit(self, sig: int, frame: Any) -> None:
+        state = self._vc_state
+        if self._drain_deadline is None and state.drain_timeout_s > 0 and not self.should_exit:
+            state.draining = True
+            self._drain_deadline = time.monotonic() + state.drain_timeout_s
+            # (a signal handler: nothing that may block here; the tick below does the rest)
+            return
+        self._stop_now(sig, frame)
+
+    def _stop_now(self, sig: int | None = None, frame: Any = None) -> None:
         self._vc_state.shutting_down = True
-        super().handle_exit(sig, frame)
+        if sig is None:
+            self.should_exit = True
+        else:
+            super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        state = self._vc_state
+        if self._drain_deadline is not None and not self.should_exit:
+            if counter % 10 == 0 and state.active_calls:
+                logger.info(f"draining: {state.active_calls} call(s) in progress, no new calls taken")
+            if not state.active_calls:
+                logger.info("drained: no call in progress; stopping")
+                self._stop_now()
+            elif time.monotonic() >= self._drain_deadline:
+                logger.warning(f"drain timeout: ending {state.active_calls} call(s) still in progress")
+                self._stop_now()
+        return await super().on_tick(counter)
 
 
 def _uvicorn_config(app: FastAPI, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
     config = uvicorn.Config(
         app, host=host, port=port, ws="websockets-sansio", ws_max_size=WS_MAX_FRAME, lifespan="on",
+        loop="asyncio", http="h11",  # the same everywhere, whatever extras (uvloop, httptools) are installed
         log_level=log_level.lower(), timeout_graceful_shutdown=15, access_log=False,  # URLs may hold numbers
     )
     install_log_redaction()  # after uvicorn set up its loggers: their handlers get the filter too
@@ -214,11 +256,14 @@ async def running_server(
 
 def serve(host: str, port: int, data_dir: Path, pipeline: str, *, log_level: str = "INFO",
           allow_insecure_webhooks: bool = False, public_url: str | None = None, telnyx_codec: str = "PCMU",
-          telnyx_sample_rate: int = 8000) -> None:  # fmt: skip
-    """Run the server until SIGINT/SIGTERM; every active call's record is closed before exit.
-    ``log_level`` governs voicecore's and uvicorn's logs alike."""
+          telnyx_sample_rate: int = 8000, max_calls: int | None = None,
+          drain_timeout_s: float = 60.0) -> None:  # fmt: skip
+    """Run the server until SIGINT/SIGTERM: then it drains (no new calls; the calls in progress
+    finish, up to ``drain_timeout_s``) and every call's record is closed before exit. A second
+    signal stops at once. ``log_level`` governs voicecore's and uvicorn's logs alike."""
     app = create_app(data_dir=data_dir, pipeline=pipeline, allow_insecure_webhooks=allow_insecure_webhooks,
-                     public_url=public_url, telnyx_codec=telnyx_codec, telnyx_sample_rate=telnyx_sample_rate)
+                     public_url=public_url, telnyx_codec=telnyx_codec, telnyx_sample_rate=telnyx_sample_rate,
+                     max_calls=max_calls, drain_timeout_s=drain_timeout_s)
     state: ServerState = app.state.vc
     server = _Server(_uvicorn_config(app, host, port, log_level=log_level), state)
     server.run()

@@ -21,19 +21,28 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, WebSocket
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from loguru import logger
 
 from voicecore.records import CallRecord
 from voicecore.server.guard import Throttled, check_key, client_address, query_token
-from voicecore.server.state import CALL_TOKEN_TTL_S, CallGrant, ServerState, is_call_token
+from voicecore.server.state import (
+    CALL_TOKEN_TTL_S,
+    CallGrant,
+    ServerState,
+    is_call_token,
+)
 from voicecore.session import CallSession, open_call
 from voicecore.storage import ApiKeyInfo
 from voicecore.storage.providers import STREAM_SECRET_PATTERN
 from voicecore.storage.schema import CALL_ROLES
 from voicecore.telephony import PROTOCOLS, create_protocol
 from voicecore.telephony.base import CallStart
-from voicecore.telephony.signatures import SignatureError, check_vonage_jwt, unverified_jwt_claims
+from voicecore.telephony.signatures import (
+    SignatureError,
+    check_vonage_jwt,
+    unverified_jwt_claims,
+)
 from voicecore.transports.base import CallRefused, CallTransport
 from voicecore.transports.telephony import (
     CallAuth,
@@ -60,10 +69,19 @@ async def start_call(state: ServerState, tenant: str, pipeline: str | None, reco
     name = pipeline or state.default_pipeline
     if name not in state.pipelines:
         raise CallRefused(f"unknown pipeline {name!r}")
-    session = await open_call(
-        pool=state.pool, store=state.store, tenant=tenant, config=state.pipelines[name], transport=transport,
-        record=record, reports=state.reports,
-    )  # fmt: skip
+    not_ready = state.readiness()
+    if not_ready is not None:
+        state.metrics.call_rejected(record.transport, not_ready)
+        why = f"this worker is full ({state.max_calls} calls)" if not_ready == "full" else f"this worker is {not_ready.replace('_', ' ')}"
+        raise CallRefused(f"{why}; try another worker", try_again=True)
+    state.opening_calls += 1  # holds the place while the call opens (policy, models, greeting)
+    try:
+        session = await open_call(
+            pool=state.pool, store=state.store, tenant=tenant, config=state.pipelines[name], transport=transport,
+            record=record, reports=state.reports,
+        )  # fmt: skip
+    finally:
+        state.opening_calls -= 1
     state.calls[session.call_id] = session
     state.calls_started += 1
     state.metrics.call_started(record.transport)
@@ -81,7 +99,18 @@ def end_call(state: ServerState, session: CallSession | None, transport: str, re
 
 @router.get("/healthz")
 async def healthz(request: Request) -> dict[str, Any]:
+    """Liveness: the process answers (200 while draining too)."""
     return {"status": "ok", "active_calls": len(_state(request).calls)}
+
+
+@router.get("/healthz/ready")
+async def ready(request: Request) -> JSONResponse:
+    """Readiness for a load balancer: 200 while this worker takes new calls, 503 when it is full
+    (``serve --max-calls``), draining (SIGTERM) or shutting down."""
+    state = _state(request)
+    why = state.readiness()
+    body = {"status": why or "ready", "active_calls": state.active_calls, "max_calls": state.max_calls}
+    return JSONResponse(body, status_code=200 if why is None else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
@@ -97,8 +126,16 @@ async def media_stream(ws: WebSocket, provider: str) -> None:
     if provider not in PROTOCOLS:
         await ws.close(code=1008, reason=f"unknown provider {provider!r}")
         return
-    await ws.accept()
     state = _state(ws)
+    not_ready = state.readiness()
+    if not_ready is not None:
+        # Full or draining: refuse the upgrade itself with 503, so a load balancer in front
+        # (nginx proxy_next_upstream http_503, HAProxy, ...) hands the stream to another worker.
+        state.metrics.call_rejected(provider, not_ready)
+        await ws.send_denial_response(JSONResponse({"detail": f"this worker is {not_ready.replace('_', ' ')}; "
+                                                              "try another worker"}, 503, {"Retry-After": "5"}))
+        return
+    await ws.accept()
     options: dict[str, Any] = {}
     if provider == "telnyx":
         options = {"outbound_encoding": state.telnyx_codec, "outbound_sample_rate": state.telnyx_sample_rate}
@@ -268,6 +305,8 @@ async def webrtc_offer(request: Request) -> dict[str, Any]:
         try:
             return await start_call(state, tenant, name, record, transport)
         except CallRefused as e:
+            if e.try_again:
+                raise HTTPException(503, f"call refused: {e.reason}", {"Retry-After": "5"}) from None
             raise HTTPException(403, f"call refused: {e.reason}") from None
 
     def on_end(peer: PeerCall) -> None:

@@ -64,6 +64,28 @@ class ServerState:
     #: What Telnyx streams are set up to take back (``stream_bidirectional_codec`` / sampling rate).
     telnyx_codec: str = "PCMU"
     telnyx_sample_rate: int = 8000
+    #: ``serve --max-calls``: calls this worker takes at once (None: no limit). Beyond it a new
+    #: stream is refused before any model runs and ``/healthz/ready`` answers 503.
+    max_calls: int | None = None
+    #: SIGTERM received: no new calls, the ones in progress finish (up to ``drain_timeout_s``).
+    draining: bool = False
+    drain_timeout_s: float = 60.0
+    opening_calls: int = 0  # calls being opened (counted against max_calls before they are active)
+
+    @property
+    def active_calls(self) -> int:
+        return len(self.calls) + len(self.peer_calls) + self.opening_calls
+
+    def readiness(self) -> str | None:
+        """Why this worker should get no new call now (``draining``, ``shutting_down``, ``full``),
+        or None when it is ready."""
+        if self.shutting_down:
+            return "shutting_down"
+        if self.draining:
+            return "draining"
+        if self.max_calls is not None and self.active_calls >= self.max_calls:
+            return "full"
+        return None
 
     def mint_call_token(
         self,

@@ -516,6 +516,7 @@ class LlamaLLMProcessor(FrameProcessor):
         self.last_stats: GenerationStats | None = None
         self.stats: list[GenerationStats] = []
         self.generations_cancelled = 0
+        self.backend_failures: list[dict[str, str]] = []  # {"kind", "backend", "error"} per failed turn
 
     @property
     def conversation(self) -> Conversation:
@@ -590,7 +591,8 @@ class LlamaLLMProcessor(FrameProcessor):
             stats.cancelled = result.stats.cancelled
             stats.paused_s += result.stats.paused_s
             stats.total_s += result.stats.total_s
-        stats.generated_tokens = len(tokens)
+        if tokens:  # (a remote model reports its count in the stats and no token ids)
+            stats.generated_tokens = len(tokens)
         return Generation(text="".join(texts), tokens=tokens, stats=stats)
 
     async def _respond(self, timeline: TurnTimeline, cancel: threading.Event) -> None:
@@ -635,12 +637,17 @@ class LlamaLLMProcessor(FrameProcessor):
                 await self.push_frame(LLMTextFrame(text=reply))
                 self._conversation.add_agent(reply, reply_id=reply_id)
             else:
-                self._conversation.add_agent(reply, result.tokens, reply_id=reply_id)
+                self._conversation.add_agent(reply, result.tokens or None, reply_id=reply_id)
         except asyncio.CancelledError:
             cancel.set()
             raise
         except Exception as e:
-            logger.error(f"{self}: generation failed: {e!r}; speaking the fallback reply")
+            # which backend failed goes to the call record (never the prompt or the reply)
+            failure = {"kind": getattr(e, "kind", "llm"), "backend": getattr(e, "endpoint", "in-process"),
+                       "error": getattr(e, "what", type(e).__name__)}  # fmt: skip
+            self.backend_failures.append(failure)
+            logger.error(f"{self}: generation failed ({failure['backend']}: {failure['error']}); "
+                         "speaking the fallback reply")  # fmt: skip
             timeline.mark("llm_first_token")
             await self.push_frame(LLMTextFrame(text=self._fallback))
             self._conversation.add_agent(self._fallback, reply_id=reply_id)

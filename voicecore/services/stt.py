@@ -263,6 +263,7 @@ class WhisperSTTProcessor(FrameProcessor):
         self._preroll: list[np.ndarray] = []
         self._in_turn = False
         self._final_tasks: set[asyncio.Task] = set()
+        self.backend_failures: list[dict[str, str]] = []  # {"kind", "backend", "error"} per failed turn
 
     @property
     def busy(self) -> bool:
@@ -346,7 +347,10 @@ class WhisperSTTProcessor(FrameProcessor):
             raise
         except Exception as e:
             # The caller must not be left with a silent line: say so and let them repeat.
-            logger.error(f"{self}: transcription failed: {e!r}")
+            failure = {"kind": getattr(e, "kind", "stt"), "backend": getattr(e, "endpoint", "in-process"),
+                       "error": getattr(e, "what", type(e).__name__)}  # fmt: skip
+            self.backend_failures.append(failure)
+            logger.error(f"{self}: transcription failed ({failure['backend']}: {failure['error']})")
             speculator.reset()
             if self._fallback:
                 await self.push_frame(AgentSayFrame(text=self._fallback, kind="fallback"))

@@ -219,6 +219,7 @@ class PiperTTSProcessor(FrameProcessor):
         self._clause_index = 0
         self._spoken: list[str] = []
         self._say_ids = itertools.count(1)
+        self.backend_failures: list[dict[str, str]] = []  # {"kind", "backend", "error"} per lost clause
 
     @property
     def sample_rate(self) -> int:
@@ -296,6 +297,7 @@ class PiperTTSProcessor(FrameProcessor):
         self._clause_index += 1
         self._spoken.append(clause)
         audio = None
+        error: Exception | None = None
         for attempt in (1, 2):  # a failed synthesis is tried once more: the caller must not hear a gap
             try:
                 audio = await self._engine.synthesize(
@@ -305,8 +307,13 @@ class PiperTTSProcessor(FrameProcessor):
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                logger.error(f"{self}: synthesis failed (attempt {attempt}): {e!r}")
+                error = e
+                logger.error(f"{self}: synthesis failed (attempt {attempt}): "
+                             f"{getattr(e, 'endpoint', 'in-process')}: {getattr(e, 'what', type(e).__name__)}")  # fmt: skip
         if audio is None:
+            self.backend_failures.append({"kind": getattr(error, "kind", "tts"),
+                                          "backend": getattr(error, "endpoint", "in-process"),
+                                          "error": getattr(error, "what", type(error).__name__)})  # fmt: skip
             return
         pcm = self._resampler.process(np.frombuffer(audio, dtype=np.int16))
         await self._push_audio(pcm.tobytes())

@@ -34,13 +34,13 @@ from voicecore.storage.outbox import (
     WebhookEndpoint,
     check_webhook_url,
 )
+from voicecore.storage.providers import ProviderAccountInfo, ProviderAccounts
 from voicecore.storage.recording import (
     RecordingError,
     RecordingStream,
     RecordingWriter,
     pcm_to_wav,
 )
-from voicecore.storage.providers import ProviderAccountInfo, ProviderAccounts
 from voicecore.storage.retention import Retention, SweepResult
 from voicecore.storage.schema import ROLES, SCHEMA_VERSION
 from voicecore.storage.store import Store, default_data_dir

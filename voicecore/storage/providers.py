@@ -29,7 +29,12 @@ from voicecore.storage.crypto import field_aad, hash_secret, secret_matches
 from voicecore.storage.database import Database, StorageError
 from voicecore.storage.tenants import TenantRepository
 from voicecore.telephony.signatures import CREDENTIAL_FIELDS, check_credentials
-from voicecore.telephony.snippets import STREAM_SECRET_PROVIDERS, SnippetContext, check_public_url, provider_snippet
+from voicecore.telephony.snippets import (
+    STREAM_SECRET_PROVIDERS,
+    SnippetContext,
+    check_public_url,
+    provider_snippet,
+)
 
 __all__ = ["ProviderAccounts", "ProviderAccountInfo", "STREAM_SECRET_PATTERN"]
 

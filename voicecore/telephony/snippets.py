@@ -23,7 +23,10 @@ from voicecore.telephony.asterisk import asterisk_dialplan, websocket_client_con
 from voicecore.telephony.exotel import exotel_bootstrap, exotel_stream_url
 from voicecore.telephony.plivo import plivo_stream_xml
 from voicecore.telephony.signatures import CREDENTIAL_FIELDS
-from voicecore.telephony.telnyx import call_control_stream_parameters, texml_connect_stream
+from voicecore.telephony.telnyx import (
+    call_control_stream_parameters,
+    texml_connect_stream,
+)
 from voicecore.telephony.twilio import twiml_connect_stream
 from voicecore.telephony.vonage import ncco_connect
 

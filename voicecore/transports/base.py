@@ -51,8 +51,11 @@ class CallRefused(Exception):
     """The call may not run (unknown tenant, a policy that forbids the pipeline, an unknown
     pipeline...). ``reason`` says why; transports close the call with it."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, *, try_again: bool = False):
         self.reason = reason
+        #: the refusal is about this worker, not the call (full, draining): a provider or load
+        #: balancer may place the call again, elsewhere (WebSocket close 1013, HTTP 503)
+        self.try_again = try_again
         super().__init__(reason)
 
 

@@ -274,7 +274,8 @@ class MediaStreamCall:
         except CallRefused as e:
             logger.warning(f"{self.provider} call refused: {e.reason}")
             reason = f"refused: {e.reason}"
-            close_code = CLOSE_POLICY_VIOLATION
+            # a full or draining worker: 1013 (try again later), the provider may place the call elsewhere
+            close_code = CLOSE_TRY_AGAIN_LATER if e.try_again else CLOSE_POLICY_VIOLATION
         except _Unauthenticated as e:
             logger.warning(f"{self.provider} stream rejected: {e}")
             reason = f"unauthenticated: {e}"
