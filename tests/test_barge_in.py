@@ -31,6 +31,7 @@ LONG_TALKER = {
         "explanations of at least ten sentences, describing every service in detail."
     ),
     "greeting": "",
+    "facts": None,  # the model must talk (a question about the facts would be answered from the data)
 }
 GATE_WORDS = 12  # a few seconds of speech: the agent is still talking when the caller cuts in
 GATE_TIMEOUT_S = 120.0  # a gate nobody releases lets go on its own (a failed test does not hang)

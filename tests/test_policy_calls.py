@@ -638,8 +638,9 @@ async def test_a_crashing_llm_turn_speaks_the_fallback_and_the_call_goes_on(pool
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine, "generate_sync", crash_once)
+    no_facts = receptionist.model_copy(update={"facts": None})  # the model must be asked both questions
     record, transport, _session = await run_call(
-        receptionist, pool,
+        no_facts, pool,
         [say("What are your opening hours on Saturday?"), say("Where is your office?", voice="en-us+m3")],
         realtime=False, tenant="dev", store=None,
     )  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
+from datetime import date as date_type
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -72,6 +73,104 @@ class Voice(_Strict):
     first_clause_max_words: Annotated[int, Field(ge=2, le=40)] = 8
 
 
+
+
+# --- facts: what the business states (answers come from here, never from the model) -------------
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_HOURS_RE = r"^(closed|([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d(, *([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d)*)$"
+Hours = Annotated[str, Field(pattern=_HOURS_RE)]  # "08:00-18:00", "08:00-12:00, 13:00-17:00" or "closed"
+
+
+class WeeklyHours(_Strict):
+    monday: Hours = "closed"
+    tuesday: Hours = "closed"
+    wednesday: Hours = "closed"
+    thursday: Hours = "closed"
+    friday: Hours = "closed"
+    saturday: Hours = "closed"
+    sunday: Hours = "closed"
+
+    @model_validator(mode="after")
+    def _ranges_in_order(self) -> WeeklyHours:
+        for day in WEEKDAYS:
+            for start, end in parse_hours(getattr(self, day)):
+                if end <= start:
+                    raise ValueError(f"{day}: {start}-{end} ends before it starts")
+        return self
+
+
+def parse_hours(text: str) -> list[tuple[str, str]]:
+    """``"08:00-12:00, 13:00-17:00"`` as ``[("08:00", "12:00"), ("13:00", "17:00")]``; closed is ``[]``."""
+    if text.strip() == "closed":
+        return []
+    return [tuple(part.strip().split("-", 1)) for part in text.split(",")]  # type: ignore[misc]
+
+
+class Closure(_Strict):
+    """A day the hours do not hold: closed (``hours: closed``, the default) or special hours."""
+
+    date: date_type
+    hours: Hours = "closed"
+    note: Annotated[str, Field(max_length=200)] = ""
+
+
+class PublicHolidays(_Strict):
+    """Closed on the public holidays of a country (and subdivision), from the ``holidays`` package."""
+
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+    subdivision: Annotated[str, Field(max_length=10)] | None = None
+
+
+class Service(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=80)]
+    price: Annotated[float, Field(ge=0)] | None = None
+    duration_min: Annotated[int, Field(ge=1, le=1440)] | None = None
+    # Other words callers use for it ("teeth cleaning", "hygiene visit").
+    aliases: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(default_factory=list, max_length=20)
+
+
+class FaqEntry(_Strict):
+    # The answer is given when the caller's words contain every word of one of these phrases.
+    phrases: list[Annotated[str, Field(min_length=1, max_length=120)]] = Field(min_length=1, max_length=20)
+    answer: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class Facts(_Strict):
+    """What the business states. The agent answers questions about these from the data itself, and
+    a reply that states a day, time, price, phone number or address beyond them is not spoken."""
+
+    business: Annotated[str, Field(max_length=120)] = ""
+    timezone: Annotated[str, Field(max_length=64)] = "UTC"
+    currency: Annotated[str, Field(max_length=20)] = "dollars"
+    hours: WeeklyHours | None = None
+    holidays: PublicHolidays | None = None
+    closures: list[Closure] = Field(default_factory=list, max_length=366)
+    address: Annotated[str, Field(max_length=300)] = ""
+    phone: Annotated[str, Field(max_length=40)] = ""
+    services: list[Service] = Field(default_factory=list, max_length=100)
+    faq: list[FaqEntry] = Field(default_factory=list, max_length=200)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as America/New_York)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _closures_once(self) -> Facts:
+        days = [c.date for c in self.closures]
+        if len(set(days)) != len(days):
+            raise ValueError("closures: a date is listed twice")
+        names = [n.lower() for s in self.services for n in (s.name, *s.aliases)]
+        if len(set(names)) != len(names):
+            raise ValueError("services: a name or alias is used twice")
+        return self
 
 
 # --- model presets -----------------------------------------------------------------
@@ -190,6 +289,8 @@ class PipelineConfig(_Strict):
         "Sorry, I had a problem there. Could you say that again?"
     )
     models: ModelRefs = ModelRefs()
+    # What the business states (hours, address, prices, FAQ): answered from the data, never invented.
+    facts: Facts | None = None
     llm: LLMParams = LLMParams()
     turn_taking: TurnTaking = TurnTaking()
     voice: Voice = Voice()

@@ -19,6 +19,7 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
 
+from voicecore.agent.facts import FactBook
 from voicecore.config import PipelineConfig
 from voicecore.model_pool import ModelPool
 from voicecore.records import TurnTimeline
@@ -76,6 +77,7 @@ def build_call_pipeline(
 ) -> CallPipeline:
     """The call's pipeline, on the pool's shared models (load them first, in a thread:
     :meth:`ModelPool.for_pipeline`, or :meth:`ModelPool.llm` for a text call)."""
+    facts = FactBook(config.facts) if config.facts is not None else None
     llm = LlamaLLMProcessor(
         pool.llm(config.models.llm),
         conversation,
@@ -83,6 +85,7 @@ def build_call_pipeline(
         fallback_reply=config.fallback_reply,
         on_caller_text=on_caller_text,
         on_prompt=on_prompt,
+        facts=facts,
     )
     vad: VADTurnProcessor | None = None
     stt: WhisperSTTProcessor | None = None

@@ -45,6 +45,7 @@ from pipecat.frames.frames import (
 from pipecat.utils.time import time_now_iso8601
 from pipecat.workers.runner import WorkerRunner
 
+from voicecore.agent.facts import FactBook
 from voicecore.audio.resample import RateFollower
 from voicecore.config import ConfigError, PipelineConfig
 from voicecore.frames import AgentSayFrame
@@ -135,7 +136,7 @@ class CallSession:
         self._greet = greet
         self._listen = listen  # False: caller audio is dropped unheard (restricted callers)
         self.conversation = Conversation(
-            system_prompt=config.system_prompt,
+            system_prompt=system_prompt(config),
             context=context_builder
             or PolicyContext(policy or DEFAULT_POLICY, history_messages=2 * config.llm.history_turns),
         )
@@ -319,6 +320,11 @@ class CallSession:
                 await self.recorder.close()
             except Exception as e:
                 logger.error(f"call {self.call_id[:8]}: recording not closed cleanly ({type(e).__name__})")
+        llm = getattr(self._call, "llm", None) if self._call else None
+        if llm is not None and getattr(llm, "fact_answers", None):
+            self.record.flags["fact_answers"] = list(llm.fact_answers)  # topics answered from the facts
+        if llm is not None and getattr(llm, "facts_blocked", None):
+            self.record.flags["facts_blocked"] = list(llm.facts_blocked)  # what the model was not let say
         failures = [f for stage in ("stt", "llm", "tts")
                     for f in getattr(getattr(self._call, stage, None), "backend_failures", None) or []]  # fmt: skip
         if failures:
@@ -547,6 +553,14 @@ class CallSession:
 
 
 # -- starting a call under a tenant policy ------------------------------------------------------
+
+
+def system_prompt(config: PipelineConfig) -> str:
+    """The pipeline's system prompt, with its facts in plain sentences after it."""
+    if config.facts is None:
+        return config.system_prompt
+    facts = FactBook(config.facts).prompt_text()
+    return f"{config.system_prompt}\n{facts}" if facts else config.system_prompt
 
 
 def outbound_check(store: Store, tenant: str, callee: str) -> str | None:

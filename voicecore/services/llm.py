@@ -42,6 +42,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from voicecore.agent.facts import FactBook, FactGuard
 from voicecore.config import LLMParams, LLMPreset
 from voicecore.records import TurnTimeline
 from voicecore.services.conversation import ChatMessage, Conversation
@@ -498,10 +499,13 @@ class LlamaLLMProcessor(FrameProcessor):
         fallback_reply: str,
         on_caller_text: Callable[[str, TurnTimeline], bool | None] | None = None,
         on_prompt: Callable[[str], None] | None = None,
+        facts: FactBook | None = None,
         name: str | None = None,
     ):
         """``on_caller_text`` sees every final caller transcript first; returning ``False``
-        means the session handles that turn itself and the model does not answer it."""
+        means the session handles that turn itself and the model does not answer it.
+        ``facts``: questions about them are answered from the data (the model is not asked),
+        and a generated clause stating a fact they do not back is not spoken (:class:`FactGuard`)."""
         super().__init__(name=name or "LlamaLLM")
         self._engine = engine
         self._conversation = conversation
@@ -517,6 +521,10 @@ class LlamaLLMProcessor(FrameProcessor):
         self.stats: list[GenerationStats] = []
         self.generations_cancelled = 0
         self.backend_failures: list[dict[str, str]] = []  # {"kind", "backend", "error"} per failed turn
+        self._facts = facts
+        self._unanswered = ""  # the caller's words since the agent last answered (unredacted, not logged)
+        self.fact_answers: list[str] = []  # topics answered from the facts, turn by turn
+        self.facts_blocked: list[str] = []  # facts the model stated that the facts do not back
 
     @property
     def conversation(self) -> Conversation:
@@ -545,6 +553,8 @@ class LlamaLLMProcessor(FrameProcessor):
                 await self._stop_generation()
                 return
             self._conversation.add_caller(frame.text)
+            # what the caller said as heard (the history holds it redacted): the fact answers read it
+            self._unanswered = f"{self._unanswered} {frame.text}".strip()
             await self._stop_generation()
             if self._caller_speaking:
                 # The caller already went on speaking: answer once their new turn ends
@@ -602,15 +612,33 @@ class LlamaLLMProcessor(FrameProcessor):
         def on_text(piece: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, piece)
 
-        messages = self._conversation.prompt_messages()
-        if self._on_prompt is not None:
-            self._on_prompt(LlamaEngine.render(messages))
-        prompt = self._engine.prompt_tokens(messages, self._conversation.generated)
         self.last_stats = None
         reply_id = f"r{next(self._reply_ids)}"
         start = LLMFullResponseStartFrame()
         start.metadata["timeline"] = timeline
         start.metadata["reply_id"] = reply_id
+        said, self._unanswered = self._unanswered, ""
+        answer = self._facts.answer(said) if self._facts is not None and said else None
+        if answer is not None:  # a question about the facts: answered from the data, the model is not asked
+            await self.push_frame(start)
+            timeline.mark("llm_first_token")
+            text_frame = LLMTextFrame(text=answer.text)
+            text_frame.metadata["timeline"] = timeline
+            await self.push_frame(text_frame)
+            self._conversation.add_agent(answer.text, reply_id=reply_id)
+            self.fact_answers.append(answer.topic)
+            end = LLMFullResponseEndFrame()
+            end.metadata["timeline"] = timeline
+            end.metadata["reply_id"] = reply_id
+            end.metadata["truncated"] = False
+            await self.push_frame(end)
+            return
+        messages = self._conversation.prompt_messages()
+        if self._on_prompt is not None:
+            self._on_prompt(LlamaEngine.render(messages))
+        prompt = self._engine.prompt_tokens(messages, self._conversation.generated)
+        guard = FactGuard(self._facts) if self._facts is not None else None
+        spoken: list[str] = []
         await self.push_frame(start)
         job = asyncio.ensure_future(self._generate_reply(prompt, cancel, on_text))
         job.add_done_callback(lambda _f: loop.call_soon_threadsafe(queue.put_nowait, None))
@@ -620,9 +648,26 @@ class LlamaLLMProcessor(FrameProcessor):
                 if piece is None:
                     break
                 timeline.mark("llm_first_token")
+                if guard is not None:  # whole clauses, checked against the facts
+                    piece = guard.feed(piece)
+                    if guard.stopped:
+                        cancel.set()  # the rest of this reply is not spoken: stop generating it
+                    if not piece:
+                        continue
+                spoken.append(piece)
                 text_frame = LLMTextFrame(text=piece)
                 text_frame.metadata["timeline"] = timeline
                 await self.push_frame(text_frame)
+            if guard is not None:
+                tail = guard.flush()
+                if tail:
+                    spoken.append(tail)
+                    text_frame = LLMTextFrame(text=tail)
+                    text_frame.metadata["timeline"] = timeline
+                    await self.push_frame(text_frame)
+                if guard.blocked:
+                    self.facts_blocked += guard.blocked
+                    logger.debug(f"{self}: a clause was not spoken: {'; '.join(guard.blocked)}")
             result = job.result()
             self.last_stats = result.stats
             self.stats.append(result.stats)
@@ -631,11 +676,13 @@ class LlamaLLMProcessor(FrameProcessor):
                 f"(evaluated {result.stats.evaluated_prompt_tokens}), first token "
                 f"{(result.stats.first_token_s or 0) * 1000:.0f} ms"
             )
-            reply = result.text.strip()
+            reply = ("".join(spoken) if guard is not None else result.text).strip()
             if not reply:
                 reply = self._fallback
                 await self.push_frame(LLMTextFrame(text=reply))
                 self._conversation.add_agent(reply, reply_id=reply_id)
+            elif guard is not None and guard.blocked:
+                self._conversation.add_agent(reply, reply_id=reply_id)  # what was said, not what was generated
             else:
                 self._conversation.add_agent(reply, result.tokens or None, reply_id=reply_id)
         except asyncio.CancelledError:
