@@ -22,6 +22,9 @@ from voicecore.storage import (
     generate_master_key,
 )
 
+
+pytestmark = pytest.mark.usefixtures("database")
+
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
 
@@ -105,6 +108,7 @@ def test_policy_from_file_default_and_replacement(store: Store, tmp_path: Path) 
     assert any(e.action == "policy.changed" and e.actor == "ops" for e in store.audit.list("plain"))
 
 
+@pytest.mark.databases("sqlite")  # the keystore file; PostgreSQL keeps keys wrapped in the database
 def test_keys_live_outside_the_data_directory_in_private_files(store: Store) -> None:
     store.tenants.create("acme", actor="test")
     key_dir = store.data_dir.parent / "data-keys"
@@ -118,6 +122,7 @@ def test_keys_live_outside_the_data_directory_in_private_files(store: Store) -> 
     assert b"tenants" not in (key_dir / "keystore.bin").read_bytes()
 
 
+@pytest.mark.databases("sqlite")  # the keystore file; PostgreSQL keeps keys wrapped in the database
 def test_a_data_directory_with_its_keys_inside_still_opens_and_says_so(tmp_path: Path) -> None:
     """An older layout: keystore.bin and master.key inside the data directory."""
     s = Store(tmp_path / "d")
@@ -132,6 +137,7 @@ def test_a_data_directory_with_its_keys_inside_still_opens_and_says_so(tmp_path:
     s.close()
 
 
+@pytest.mark.databases("sqlite")  # the keystore file; PostgreSQL keeps keys wrapped in the database
 def test_the_key_directory_can_be_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOICECORE_KEY_DIR", str(tmp_path / "vault"))
     s = Store(tmp_path / "d")
@@ -175,6 +181,7 @@ def _call(tenant: str, text: str) -> CallRecord:
     return r
 
 
+@pytest.mark.databases("sqlite")  # a copy of the data directory; PostgreSQL: test_postgresql.py
 def test_deleting_a_tenant_destroys_its_key_so_backups_cannot_be_read(tmp_path: Path) -> None:
     """Privacy rule 9 (issue 11.4): a full copy of the data directory, taken before the tenant is
     deleted, cannot be decrypted afterwards with anything that remains."""
@@ -211,6 +218,7 @@ def test_deleting_a_tenant_destroys_its_key_so_backups_cannot_be_read(tmp_path: 
     s.close()
 
 
+@pytest.mark.databases("sqlite")  # PRAGMAs of the SQLite file
 def test_schema_is_versioned_and_reopening_keeps_data(tmp_path: Path) -> None:
     s = Store(tmp_path / "d")
     assert s.schema_version() == 4

@@ -52,12 +52,15 @@ def create_app(
     public_url: str | None = None,
     telnyx_codec: str = "PCMU",
     telnyx_sample_rate: int = 8000,
+    database_url: str | None = None,
 ) -> FastAPI:
     """The ASGI app. ``pipeline`` is a name from ``pipelines/`` or a YAML path (the default agent).
     ``allow_insecure_webhooks``: webhooks may go to ``http://`` and private addresses (local
     development; a ``store`` given here keeps its own setting). ``public_url``: the deployment's
     public base URL (every URL given to a provider derives from it; ``ValueError`` if malformed).
-    ``telnyx_codec``/``telnyx_sample_rate``: what Telnyx streams take back (PCMU, PCMA or L16)."""
+    ``telnyx_codec``/``telnyx_sample_rate``: what Telnyx streams take back (PCMU, PCMA or L16).
+    ``database_url``: PostgreSQL shared by several workers (default ``VOICECORE_DATABASE_URL``, else
+    the data directory's SQLite file); checked before anything else starts."""
     if public_url is not None:
         public_url = check_public_url(public_url)
     if telnyx_codec not in TELNYX_CODECS:
@@ -70,7 +73,7 @@ def create_app(
         pipeline = cfg.name
     state = ServerState(
         data_dir=Path(data_dir),
-        store=store or Store(Path(data_dir), allow_insecure_webhooks=allow_insecure_webhooks),
+        store=store or Store(Path(data_dir), allow_insecure_webhooks=allow_insecure_webhooks, database_url=database_url),
         pool=pool or ModelPool(),
         pipelines=configs,
         default_pipeline=pipeline,
@@ -105,7 +108,8 @@ def create_app(
         webhooks = asyncio.create_task(webhook_worker.run())
         if preload:
             await asyncio.to_thread(state.pool.for_pipeline, state.pipelines[state.default_pipeline])
-        logger.info(f"voicecore serve ready: default pipeline {state.default_pipeline!r}, data in {state.data_dir}")
+        logger.info(f"voicecore serve ready: default pipeline {state.default_pipeline!r}, data in {state.data_dir}, "
+                    f"database: {state.store.database}")
         try:
             yield
         finally:
@@ -214,11 +218,12 @@ async def running_server(
 
 def serve(host: str, port: int, data_dir: Path, pipeline: str, *, log_level: str = "INFO",
           allow_insecure_webhooks: bool = False, public_url: str | None = None, telnyx_codec: str = "PCMU",
-          telnyx_sample_rate: int = 8000) -> None:  # fmt: skip
+          telnyx_sample_rate: int = 8000, database_url: str | None = None) -> None:  # fmt: skip
     """Run the server until SIGINT/SIGTERM; every active call's record is closed before exit.
     ``log_level`` governs voicecore's and uvicorn's logs alike."""
     app = create_app(data_dir=data_dir, pipeline=pipeline, allow_insecure_webhooks=allow_insecure_webhooks,
-                     public_url=public_url, telnyx_codec=telnyx_codec, telnyx_sample_rate=telnyx_sample_rate)
+                     public_url=public_url, telnyx_codec=telnyx_codec, telnyx_sample_rate=telnyx_sample_rate,
+                     database_url=database_url)
     state: ServerState = app.state.vc
     server = _Server(_uvicorn_config(app, host, port, log_level=log_level), state)
     server.run()

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from voicecore.policy.context import stored_transcript_text
 from voicecore.policy.decisions import expires_at as policy_expires_at
@@ -393,7 +393,7 @@ class CallRepository:
                             "expires_at": exp,
                         },
                     )
-                except sqlite3.IntegrityError:
+                except IntegrityError:
                     raise StorageError(f"call {call_id} already has a {track!r} recording") from None
             (self._data_dir / RECORDINGS_DIRNAME / t.id).mkdir(parents=True, exist_ok=True, mode=0o700)
             return RecordingWriter(
@@ -414,7 +414,7 @@ class CallRepository:
                     "UPDATE recordings SET bytes = ?, complete = ? WHERE id = ?",
                     (writer.bytes_written, int(writer.complete), writer.recording_id),
                 )
-        except (sqlite3.Error, StorageError) as exc:  # the row may have been erased meanwhile
+        except (SQLAlchemyError, StorageError) as exc:  # the row may have been erased meanwhile
             logger.warning("could not update recording {} after close: {}", writer.recording_id, exc)
 
     def recording_wav(self, keys: TenantKeys, row: dict[str, Any]) -> bytes | None:

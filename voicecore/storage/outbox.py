@@ -446,11 +446,11 @@ class Outbox:
                 for r in rows:
                     targets = [eid for eid, types in endpoints.get(r["tenant_id"], []) if r["type"] in types]
                     for eid in targets:
-                        created += self._db.execute(
-                            "INSERT OR IGNORE INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, status, "
-                            "attempts, next_attempt_at, created_at, expires_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-                            ("dl_" + secrets.token_hex(10), r["tenant_id"], r["event_id"], eid, now, now, r["expires_at"]),
-                        )
+                        created += self._db.insert_ignore("webhook_deliveries", {
+                            "id": "dl_" + secrets.token_hex(10), "tenant_id": r["tenant_id"], "event_id": r["event_id"],
+                            "endpoint_id": eid, "status": "pending", "attempts": 0, "next_attempt_at": now,
+                            "created_at": now, "expires_at": r["expires_at"],
+                        })  # fmt: skip
                     if targets:
                         self._db.execute("UPDATE outbox SET dispatched = 1 WHERE event_id = ?", (r["event_id"],))
                     else:
@@ -523,7 +523,8 @@ class Outbox:
         """Inside a transaction: once no delivery of the event is pending, mark the outbox event
         delivered (every endpoint took it) or dead (some endpoint never did)."""
         r = self._db.one(
-            "SELECT SUM(status = 'pending') AS pending, SUM(status = 'dead') AS dead, COUNT(*) AS n "
+            "SELECT SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending, "
+            "SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END) AS dead, COUNT(*) AS n "
             "FROM webhook_deliveries WHERE event_id = ?",
             (event_id,),
         )

@@ -262,7 +262,7 @@ class TenantRepository:
                     for leftover in tenant_dir.iterdir():
                         shred(leftover)
                     tenant_dir.rmdir()
-            self._db.compact()
+            self._db.compact(full=True)
         logger.info("tenant {} deleted and its keys destroyed", name)
 
     # -- API keys --------------------------------------------------------------------
