@@ -340,14 +340,18 @@ class Database:
     def insert_ignore(self, table: str, row: dict[str, Any]) -> int:
         """Insert a row unless it conflicts with a unique key; returns 1 if it was inserted."""
         build = pg_insert if self.is_postgresql else sqlite_insert
-        stmt = build(TABLES[table]).values(**row).on_conflict_do_nothing()
-        return int(self._execute(stmt, None, lambda r: r.rowcount))
+        table_ = TABLES[table]
+        # RETURNING counts what was inserted (psycopg reports no rowcount for ON CONFLICT DO NOTHING).
+        stmt = build(table_).values(**row).on_conflict_do_nothing().returning(*table_.primary_key.columns)
+        return len(self._execute(stmt, None, lambda r: r.all()))
 
-    def for_update(self, sql: str) -> str:
-        """A ``SELECT`` that claims the rows it returns: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL
-        (another worker skips them until this transaction ends); on SQLite the ``BEGIN IMMEDIATE``
-        of the transaction already excludes every other writer."""
-        return f"{sql} FOR UPDATE SKIP LOCKED" if self.is_postgresql else sql
+    def for_update(self, sql: str, *, of: str | None = None) -> str:
+        """A ``SELECT`` (inside :meth:`tx`) that claims the rows it returns: ``FOR UPDATE [OF
+        of] SKIP LOCKED`` on PostgreSQL (another worker skips them until this transaction ends);
+        on SQLite the transaction's ``BEGIN IMMEDIATE`` already excludes every other writer."""
+        if not self.is_postgresql:
+            return sql
+        return f"{sql} FOR UPDATE{f' OF {of}' if of else ''} SKIP LOCKED"
 
     def lock_row(self, sql: str) -> str:
         """A ``SELECT`` that waits for and locks its rows (``FOR UPDATE`` on PostgreSQL)."""
