@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything voicecore needs on a fresh machine, idempotently:
-# Debian packages for spoken test audio (espeak-ng, sox) when run as root,
+# Debian packages for spoken test audio (espeak-ng, sox) and PostgreSQL for the tests when run as root,
 # a virtual environment in .venv, and the package with its embedded default models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,10 @@ PYTHON="${PYTHON:-python3}"
 need_apt=()
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || need_apt+=(sox)
+# PostgreSQL's server programs for the tests' own throw-away cluster (tests/pg.py).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  need_apt+=(postgresql)
+fi
 if [ "${VOICECORE_BROWSER_TESTS:-0}" = "1" ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 fi
