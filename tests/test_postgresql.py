@@ -298,3 +298,17 @@ def test_erasure_leaves_no_form_of_the_number_and_no_sentence_in_the_cluster_fil
         assert not (store.data_dir / rel).exists()
     eb.assert_erased_in_store(store)
     store.close()
+
+
+def test_one_retention_sweep_at_a_time_the_others_skip(tmp_path: Path, pg_url: str) -> None:
+    a, b = worker(tmp_path, "a"), worker(tmp_path, "b")
+    a.tenants.create("acme", actor="test")
+    with a.db.tx():
+        assert a.db.try_lock("retention")  # worker a is sweeping
+        r = b.retention.sweep(actor="test")
+        assert r.skipped and r.total == 0
+    r = b.retention.sweep(actor="test")
+    assert not r.skipped
+    assert [e.action for e in b.audit.list()].count("retention.swept") == 1  # the skipped one left no trace
+    a.close()
+    b.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import re
 import threading
@@ -352,6 +353,17 @@ class Database:
         if not self.is_postgresql:
             return sql
         return f"{sql} FOR UPDATE{f' OF {of}' if of else ''} SKIP LOCKED"
+
+    def try_lock(self, name: str) -> bool:
+        """Inside :meth:`tx`: take the named lock for the rest of the transaction unless another
+        worker holds it (``pg_try_advisory_xact_lock`` on PostgreSQL; on SQLite the transaction's
+        ``BEGIN IMMEDIATE`` already excludes every other writer). Work only one worker should do at
+        a time (the retention sweep) is skipped by the others."""
+        if not self.is_postgresql:
+            return True
+        key = int.from_bytes(hashlib.sha256(f"voicecore:{name}".encode()).digest()[:8], "big", signed=True)
+        row = self.fetchone("SELECT pg_try_advisory_xact_lock(?)", (key,))
+        return bool(row and row[0])
 
     def lock_row(self, sql: str) -> str:
         """A ``SELECT`` that waits for and locks its rows (``FOR UPDATE`` on PostgreSQL)."""
