@@ -239,3 +239,35 @@ def test_ensure_tenant_without_key(store: Store) -> None:
     assert not store.tenants.ensure("default")
     assert store.tenants.api_keys("default") == []
     assert [t.name for t in store.tenants.list()] == ["default"]
+
+
+@pytest.mark.databases("sqlite")  # the SQLite file the code before Alembic made
+def test_a_file_made_before_alembic_is_refused_then_stamped_by_db_upgrade_keeping_its_data(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from voicecore.cli import cli
+    from voicecore.storage import StorageError, migrate
+
+    d = tmp_path / "d"
+    s = Store(d)
+    s.tenants.create("acme", actor="test")
+    rec = CallRecord(tenant="acme", caller="+14155552671")
+    rec.turns = [Turn("caller", "keep me")]
+    rec.ended_at = rec.started_at + 1
+    s.calls.save(rec)
+    # What that code left: schema version 4 (user_version), no Alembic tables.
+    for table in ("alembic_version", "audit_head", "wrapped_keys"):
+        s.db.sqlite.execute(f"DROP TABLE {table}")
+    assert s.db.sqlite.execute("PRAGMA user_version").fetchone()[0] == 4
+    s.close()
+    with pytest.raises(StorageError, match=rf"pre-Alembic schema version 4.*`voicecore db upgrade --data-dir {d}`"):
+        Store(d)
+    res = CliRunner().invoke(cli, ["db", "upgrade", "--data-dir", str(d)])
+    assert res.exit_code == 0, res.output
+    assert f"upgraded from user_version 4 to revision {migrate.head_revision()}" in res.output
+    s = Store(d)  # stamped, not recreated: the data is there and the audit chain goes on
+    got = s.calls.get("acme", rec.call_id, actor="t")
+    assert got is not None and got.turns is not None and got.turns[0].text == "keep me"
+    s.audit.append("test", "acme", "after.upgrade")
+    assert s.audit.verify().ok and s.audit.verify().entries == 4
+    s.close()

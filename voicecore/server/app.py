@@ -88,7 +88,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if state.store.keys.inside_data_dir:
+        if state.store.keys.inside_data_dir and state.store.db.is_sqlite:
             logger.warning(
                 f"the encryption keys are inside the data directory ({state.store.keys.keystore}): a copy of the "
                 "directory is a copy of the keys, so deleting a tenant does not make its backups unreadable. "
