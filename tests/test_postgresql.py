@@ -312,3 +312,39 @@ def test_one_retention_sweep_at_a_time_the_others_skip(tmp_path: Path, pg_url: s
     assert [e.action for e in b.audit.list()].count("retention.swept") == 1  # the skipped one left no trace
     a.close()
     b.close()
+
+
+# --------------------------------------------------------------------------- two serve workers
+
+
+async def test_two_serve_workers_on_one_database_share_calls_keys_and_opt_outs(
+    tmp_path: Path, pg_url: str, receptionist
+) -> None:  # fmt: skip
+    from starlette.routing import NoMatchFound
+    from test_api_permissions import AsgiClient
+
+    from voicecore.server import api, create_app
+    from voicecore.session import outbound_check
+
+    apps = []
+    for name in ("a", "b"):  # what `serve --database-url` builds, with VOICECORE_KEY_DIR per worker
+        app = create_app(data_dir=tmp_path / name, preload=False, pipelines={receptionist.name: receptionist},
+                         database_url=pg_url)  # fmt: skip
+        try:
+            app.url_path_for("me")
+        except NoMatchFound:
+            app.include_router(api.router)
+        apps.append(app)
+    a, b = (app.state.vc.store for app in apps)
+    assert a is not b and a.database == b.database and "PostgreSQL database" in a.database
+    key = a.tenants.create("acme", actor="test")  # created on worker a
+    rec = ended_call("acme", "please call me back")
+    assert a.calls.save(rec)  # a call that ended on worker a
+    reply = await AsgiClient(apps[1]).request("GET", "/v1/calls", key=key)  # worker b's API, a's key
+    assert reply.status == 200, reply.body
+    assert rec.call_id in reply.body.decode()
+    assert outbound_check(b, "acme", "+14155552671") is None
+    a.subjects.add_optout("acme", "+14155552671", source="call", actor="test")  # spoken on worker a
+    assert outbound_check(b, "acme", "+14155552671") is not None  # worker b refuses the number at once
+    for s in (a, b):
+        s.close()
