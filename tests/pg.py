@@ -52,7 +52,10 @@ def free_port() -> int:
 class PostgresCluster:
     """A throw-away PostgreSQL cluster (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """``durable``: fsync and synchronous commit on, as a deployment runs (off by default:
+        the tests need no crash safety and run faster without)."""
+        self.durable = durable
         self.base = Path(tempfile.mkdtemp(prefix="voicecore-pg-"))
         self.data = self.base / "data"
         self.port = free_port()
@@ -89,8 +92,9 @@ class PostgresCluster:
         self._run(pg_bin("initdb"), "-D", str(self.data), "-U", USER, "-E", "UTF8", "--locale=C",
                   "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "--no-sync")  # fmt: skip
         pwfile.unlink()
-        options = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c max_connections=200 -c shared_buffers=32MB")  # fmt: skip
+        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off"
         self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.base / "server.log"),
                   "-w", "-t", "60", "start")  # fmt: skip
         return self

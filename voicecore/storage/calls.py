@@ -197,6 +197,7 @@ class CallRepository:
                         "expires_at": meta_exp,
                     },
                 )
+                turn_rows: list[dict[str, Any]] = []
                 for idx, turn in enumerate(record.turns):
                     row_key = f"{cid}/{idx}"
                     text = stored_transcript_text(policy, turn.text)
@@ -204,8 +205,7 @@ class CallRepository:
                     timeline = None
                     if turn.timeline is not None:
                         timeline = {**turn.timeline.relative_ms(), "voice_to_voice_ms": turn.timeline.voice_to_voice_ms()}
-                    self._db.insert(
-                        "turns",
+                    turn_rows.append(
                         {
                             "tenant_id": tid,
                             "call_id": cid,
@@ -221,6 +221,7 @@ class CallRepository:
                             "text_expires_at": text_exp if (text is not None or generated is not None) else None,
                         },
                     )
+                self._db.insert_many("turns", turn_rows)
                 if record.ended_at is not None and (previous is None or previous["ended_at"] is None):
                     payload: dict[str, Any] = {
                         "call_id": cid,

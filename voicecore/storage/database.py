@@ -176,6 +176,11 @@ class Database:
         self._tx: Connection | None = None
         self.path: Path | None = Path(self.url.database) if self.dialect == "sqlite" else None
         self.engine: Engine = self._engine()
+        # A statement outside tx() is its own transaction: in autocommit on PostgreSQL (no BEGIN and
+        # ROLLBACK round trips around a read); SQLite reads already run without BEGIN (see _on_begin).
+        self._single: Engine = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.dialect == "postgresql" else self.engine
+        )
         self._sqlite_utils: Any = None
         if check:
             self.check_connection()
@@ -305,7 +310,7 @@ class Database:
             if self._tx is not None:
                 result = self._tx.execute(stmt, params) if params else self._tx.execute(stmt)
                 return fetch(result)
-            with self.engine.connect() as conn:
+            with self._single.connect() as conn:
                 result = conn.execute(stmt, params) if params else conn.execute(stmt)
                 out = fetch(result)
                 conn.commit()
@@ -337,6 +342,11 @@ class Database:
 
     def insert(self, table: str, row: dict[str, Any]) -> None:
         self._execute(insert(TABLES[table]).values(**row), None, lambda r: None)
+
+    def insert_many(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Insert rows in one statement (executemany: one round trip on PostgreSQL)."""
+        if rows:
+            self._execute(insert(TABLES[table]), rows, lambda r: None)  # type: ignore[arg-type]
 
     def insert_ignore(self, table: str, row: dict[str, Any]) -> int:
         """Insert a row unless it conflicts with a unique key; returns 1 if it was inserted."""
