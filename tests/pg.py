@@ -92,12 +92,21 @@ class PostgresCluster:
         self._run(pg_bin("initdb"), "-D", str(self.data), "-U", USER, "-E", "UTF8", "--locale=C",
                   "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "--no-sync")  # fmt: skip
         pwfile.unlink()
+        self._start_server()
+        return self
+
+    def _start_server(self) -> None:
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c max_connections=200"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off"
+        # -l: the server's output goes to a file (not to pg_ctl's pipes, which would never close)
         self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.base / "server.log"),
                   "-w", "-t", "60", "start")  # fmt: skip
-        return self
+
+    def restart(self) -> None:
+        """Stop (fast: open connections are cut) and start again with the same options."""
+        self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+        self._start_server()
 
     def stop(self) -> None:
         try:

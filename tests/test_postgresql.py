@@ -348,3 +348,15 @@ async def test_two_serve_workers_on_one_database_share_calls_keys_and_opt_outs(
     assert outbound_check(b, "acme", "+14155552671") is not None  # worker b refuses the number at once
     for s in (a, b):
         s.close()
+
+
+def test_a_postgresql_restart_between_writes_costs_no_write(tmp_path: Path, pg_url: str,
+                                                            pg_cluster: PostgresCluster) -> None:  # fmt: skip
+    s = worker(tmp_path, "a")
+    s.tenants.create("acme", actor="test")
+    assert s.calls.save(ended_call("acme"))
+    pg_cluster.restart()  # every pooled connection is now dead
+    assert s.calls.save(ended_call("acme"))  # a dead connection is found (pre-ping) and replaced
+    assert len(s.calls.list("acme", actor="test")) == 2
+    assert s.audit.verify().ok
+    s.close()
