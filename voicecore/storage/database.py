@@ -205,6 +205,7 @@ class Database:
             # One connection shared by the threads (serialised by self.lock), as SQLite wants it.
             engine = create_engine(
                 self.url,
+                hide_parameters=True,  # an error message never shows a row's values
                 poolclass=StaticPool,
                 connect_args={"check_same_thread": False, "timeout": 30.0},
             )
@@ -233,6 +234,7 @@ class Database:
             return engine
         return create_engine(
             self.url,
+            hide_parameters=True,  # an error message never shows a row's values
             pool_pre_ping=True,
             pool_size=5,
             max_overflow=5,
