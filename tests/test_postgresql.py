@@ -360,3 +360,32 @@ def test_a_postgresql_restart_between_writes_costs_no_write(tmp_path: Path, pg_u
     assert len(s.calls.list("acme", actor="test")) == 2
     assert s.audit.verify().ok
     s.close()
+
+
+def test_a_claim_skips_the_rows_another_worker_holds_instead_of_waiting(tmp_path: Path, pg_url: str) -> None:
+    import time
+
+
+    a, b = worker(tmp_path, "a"), worker(tmp_path, "b")
+    a.tenants.create("acme", actor="test")
+    a.outbox.create_webhook("acme", "http://127.0.0.1:9/hook", actor="test")
+    tenant = a.tenants.row("acme")
+    keys = a.tenants.data_keys(tenant)
+    for i in range(10):
+        with a.db.tx():
+            a.outbox.add_in_tx(tenant, keys, "call.ended", {"n": i})
+    assert a.outbox.dispatch() == 10
+    with a.db.tx():  # worker a is in the middle of claiming 4 deliveries
+        held = {r[0] for r in a.db.fetchall(a.db.for_update(
+            "SELECT id FROM webhook_deliveries ORDER BY next_attempt_at, created_at LIMIT 4"))}  # fmt: skip
+        got: set[str] = set()
+        t0 = time.monotonic()
+        claiming = threading.Thread(target=lambda: got.update(d.delivery_id for d in b.outbox.claim(limit=10, lease_s=300)))
+        claiming.start()
+        claiming.join(timeout=5)
+        waited, still_waiting = time.monotonic() - t0, claiming.is_alive()
+    claiming.join(timeout=30)  # (if it waited for a's rows, it goes on now that a is done)
+    assert not still_waiting, f"worker b waited {waited:.1f} s for the rows worker a holds"
+    assert len(held) == 4 and len(got) == 6 and not (held & got)  # b took the other six
+    a.close()
+    b.close()
