@@ -389,3 +389,30 @@ def test_a_claim_skips_the_rows_another_worker_holds_instead_of_waiting(tmp_path
     assert len(held) == 4 and len(got) == 6 and not (held & got)  # b took the other six
     a.close()
     b.close()
+
+
+def test_two_workers_creating_the_same_tenant_at_once_one_is_told_it_exists(tmp_path: Path, pg_url: str) -> None:
+    from voicecore.storage import TenantExists
+
+    stores = [worker(tmp_path, n) for n in ("a", "b", "c", "d")]
+    outcomes: list[str] = []
+    start = threading.Barrier(len(stores))
+
+    def create(s: Store) -> None:
+        start.wait()
+        try:
+            s.tenants.create("acme", actor="test", with_key=False)
+            outcomes.append("created")
+        except TenantExists:
+            outcomes.append("exists")
+
+    threads = [threading.Thread(target=create, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outcomes) == ["created", "exists", "exists", "exists"]
+    assert stores[0].db.fetchone("SELECT COUNT(*) FROM wrapped_keys WHERE key_id LIKE 'tenant:%'")[0] == 1
+    assert stores[1].audit.verify().ok
+    for s in stores:
+        s.close()
