@@ -94,9 +94,9 @@ def database_url(value: str | URL | Path | None, data_dir: Path | None = None) -
     try:
         url = make_url(value) if isinstance(value, str) else value
     except ArgumentError:
-        shown = value.split("@")[-1] if isinstance(value, str) else ""
+        # Not echoed: a malformed URL may still hold a password.
         raise StorageError(
-            f"database URL …{shown!r} is not a URL: use postgresql://user:password@host:port/database "
+            "the database URL is not a URL: use postgresql://user:password@host:port/database "
             "or sqlite:///path/to/voicecore.db"
         ) from None
     backend, _, driver = url.drivername.partition("+")
