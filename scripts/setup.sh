@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything voicecore needs on a fresh machine, idempotently:
-# Debian packages for spoken test audio (espeak-ng, sox) when run as root,
+# Debian packages for spoken test audio (espeak-ng, sox) and PostgreSQL for the tests when run as root,
 # a virtual environment in .venv, and the package with its embedded default models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,10 @@ command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || need_apt+=(sox)
 # nginx: the many-workers test runs the deploy/ recipe in front of two workers
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+# PostgreSQL's server programs for the tests' own throw-away cluster (tests/pg.py).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  need_apt+=(postgresql)
+fi
 if [ "${VOICECORE_BROWSER_TESTS:-0}" = "1" ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 fi

@@ -105,6 +105,8 @@ def store(tmp_path, request):
     local receivers when the module sets ``ALLOW_INSECURE_WEBHOOKS = True``."""
     from voicecore.storage import Store
 
+    if "database" in request.fixturenames:
+        request.getfixturevalue("database")  # VOICECORE_DATABASE_URL set before the store opens
     s = Store(tmp_path / "data", allow_insecure_webhooks=getattr(request.module, "ALLOW_INSECURE_WEBHOOKS", False))
     for name, policy_yaml in getattr(request.module, "TENANTS", {}).items():
         s.tenants.create(name, policy_yaml=policy_yaml, actor="test")
@@ -265,3 +267,48 @@ def receiver() -> Iterator[Receiver]:
     r.release.set()
     server.shutdown()
     server.server_close()
+
+
+# --------------------------------------------------------------------------- SQLite and PostgreSQL
+# A module whose tests run against both databases says so with
+#     pytestmark = pytest.mark.usefixtures("database")
+# (and ``@pytest.mark.databases("sqlite")`` on a test about the SQLite file itself); every Store the
+# test opens then uses that database (through VOICECORE_DATABASE_URL).
+
+
+def pytest_generate_tests(metafunc):
+    if "database" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("databases")  # @pytest.mark.databases("sqlite")
+        backends = only.args if only else getattr(metafunc.module, "DATABASES", ("sqlite", "postgresql"))
+        metafunc.parametrize("database", backends, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A real PostgreSQL server (Debian's package) for the session: tests/pg.py."""
+    import pg
+
+    cluster = pg.PostgresCluster().start()
+    pg.CURRENT = cluster
+    yield cluster
+    pg.CURRENT = None
+    cluster.stop()
+
+
+@pytest.fixture
+def database(request, monkeypatch):
+    """``sqlite``: the data directory's file; ``postgresql``: a fresh database on the session's
+    cluster. Returns the URL (``None`` for SQLite) and sets VOICECORE_DATABASE_URL to it."""
+    from voicecore.storage import DATABASE_URL_ENV
+
+    if request.param == "sqlite":
+        monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+        yield None
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    name = cluster.create_database()
+    url = cluster.url(name)
+    guards.LOG_WATCH.add_secret(cluster.password)  # a log line holding the password fails the test
+    monkeypatch.setenv(DATABASE_URL_ENV, url)
+    yield url
+    cluster.drop_database(name)

@@ -133,12 +133,25 @@ def _mentions_subject(text: str) -> bool:
     return any(f in text for f in FORMS) or NAME in text
 
 
+class _Rows(list):
+    def fetchone(self) -> Any:
+        return self[0] if self else None
+
+    def fetchall(self) -> list[Any]:
+        return list(self)
+
+
+def _query(store: Store) -> Any:
+    """``sqlite3``-style ``execute(sql, params).fetchone()/fetchall()`` on either database."""
+    return lambda sql, params=(): _Rows(store.db.fetchall(sql, params))
+
+
 def needles(store: Store) -> Needles:
     """Everything of the subject the files hold before erasure: the clear forms, and the stored
     bytes — every ciphertext of the subject's rows, and every ciphertext at tenant a whose
     plaintext mentions the number or the name (the erasure deletes or rewrites each of them).
     A ciphertext is identified by its version byte, nonce and first bytes."""
-    q = store.db.sqlite.execute
+    q = _query(store)
     out = Needles()
     for text in [*FORMS, NAME, SENTENCE]:
         out.gone[f"plaintext {text!r}"] = text.encode()

@@ -179,9 +179,12 @@ def db_leaks(store: Store, windows: list[bytes]) -> list[str]:
     """Every value in every table of the store's database (through SQL, WAL included):
     no caller PCM, no WAV, no tone in any blob."""
     found = []
-    tables = [r[0] for r in store.db.sqlite.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()]
+    from sqlalchemy import inspect
+
+    with store.db.engine.connect() as conn:
+        tables = inspect(conn).get_table_names()
     for table in tables:
-        for row in store.db.sqlite.execute(f'SELECT * FROM "{table}"').fetchall():
+        for row in store.db.fetchall(f'SELECT * FROM "{table}"'):
             for value in row:
                 data = value.encode() if isinstance(value, str) else value
                 if not isinstance(data, bytes) or len(data) < 64:
@@ -349,6 +352,7 @@ async def test_call_recorder_pairs_agent_audio_with_the_caller_clock_and_holds_l
     assert frames2.shape[0] == RATE * 3 and np.all(frames2[:, 1] == 5) and np.all(frames2[:, 0] == 0)
 
 
+@pytest.mark.usefixtures("database")  # on SQLite and on PostgreSQL
 def test_the_leak_scan_finds_call_audio_in_any_form_and_not_in_ciphertext(store, tmp_path):
     """The scan used by the recording tests can fail: it finds the planted tone and caller PCM as a
     WAV, as raw 8 kHz stereo, inside a larger file; it finds nothing in encrypted recordings or
@@ -380,8 +384,8 @@ def test_the_leak_scan_finds_call_audio_in_any_form_and_not_in_ciphertext(store,
     assert db_leaks(store, windows) == []
     assert store.calls.read_recording("acme", "call-1", actor="test") is not None
     # audio that did get into the database (in clear, resampled) would be found
-    store.db.sqlite.execute("CREATE TABLE leak (b BLOB)")
-    store.db.sqlite.execute("INSERT INTO leak VALUES (?)", (at_8k.tobytes(),))
+    store.db.execute(f"CREATE TABLE leak (b {'BYTEA' if store.db.is_postgresql else 'BLOB'})")
+    store.db.execute("INSERT INTO leak VALUES (?)", (at_8k.tobytes(),))
     assert db_leaks(store, windows) == [f"leak: {TONE_HZ:.0f} Hz tone"]
     # a WAV at another rate, stereo, found by decoding its header, also where raw scans are off
     other = tmp_path / "b.wav"

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
+from pg import RawConnection
 
 from voicecore.records import CallRecord, Turn
 from voicecore.storage import Store
+
+
+pytestmark = pytest.mark.usefixtures("database")
 
 TENANTS = {"acme": None}  # tenant.created, apikey.created
 
@@ -30,9 +33,9 @@ def _activity(request: pytest.FixtureRequest) -> None:
     s.audit.append("api:key1", "acme", "webhook.created", "webhook:1")
 
 
-def raw(store: Store) -> sqlite3.Connection:
-    """A second, plain connection: what someone with file access could do."""
-    return sqlite3.connect(store.db_path, isolation_level=None)
+def raw(store: Store) -> RawConnection:
+    """A second, plain connection: what someone with file (or database) access could do."""
+    return RawConnection(store)
 
 
 def test_intact_log_verifies(store: Store) -> None:

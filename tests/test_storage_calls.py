@@ -10,6 +10,9 @@ import pytest
 from voicecore.records import CallRecord, Turn, TurnTimeline
 from voicecore.storage import Store
 
+
+pytestmark = pytest.mark.usefixtures("database")
+
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 CARD = "4111 1111 1111 1111"
 
@@ -122,9 +125,9 @@ def test_no_storage_policy_keeps_metadata_and_timelines_only(store: Store) -> No
     assert got is not None and got.turns is not None
     assert all(t.text is None and t.generated_text is None for t in got.turns)
     assert got.turns[1].timeline is not None
-    count = store.db.sqlite.execute(
+    count = store.db.fetchone(
         "SELECT COUNT(*) FROM turns WHERE text_enc IS NOT NULL OR generated_enc IS NOT NULL"
-    ).fetchone()[0]
+    )[0]
     assert count == 0
     assert store.calls.save_report("b", rec.call_id, {"summary": "x"}) is None
     assert store.subjects.upsert_contact("b", "+14155552671", {"name": "Ada"}) is None
@@ -217,10 +220,10 @@ def test_every_row_carries_an_expiry(store: Store) -> None:
     store.calls.save_report("a", rec.call_id, {"x": 1})
     store.subjects.upsert_contact("a", "+14155552671", {"name": "A"})
     for table in ("calls", "turns", "reports", "contacts", "outbox"):
-        nulls = store.db.sqlite.execute(f"SELECT COUNT(*) FROM {table} WHERE expires_at IS NULL").fetchone()[0]
-        total = store.db.sqlite.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        nulls = store.db.fetchone(f"SELECT COUNT(*) FROM {table} WHERE expires_at IS NULL")[0]
+        total = store.db.fetchone(f"SELECT COUNT(*) FROM {table}")[0]
         assert total > 0 and nulls == 0, table
-    call_exp = store.db.sqlite.execute("SELECT expires_at - stored_at FROM calls").fetchone()[0]
+    call_exp = store.db.fetchone("SELECT expires_at - stored_at FROM calls")[0]
     assert call_exp == pytest.approx(365 * 86400)
-    text_exp = store.db.sqlite.execute("SELECT MAX(text_expires_at) - MAX(expires_at) FROM turns").fetchone()[0]
+    text_exp = store.db.fetchone("SELECT MAX(text_expires_at) - MAX(expires_at) FROM turns")[0]
     assert text_exp == pytest.approx((30 - 365) * 86400)

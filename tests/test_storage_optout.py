@@ -6,9 +6,13 @@ import hashlib
 import sqlite3
 
 import pytest
+from pg import stored_bytes
 
 from voicecore.records import CallRecord, Turn
 from voicecore.storage import Store
+
+
+pytestmark = pytest.mark.usefixtures("database")
 
 TENANTS = {"a": None, "b": None}
 
@@ -30,9 +34,9 @@ def test_add_list_remove(store: Store) -> None:
 def test_number_is_stored_as_keyed_hash_and_ciphertext_only(store: Store) -> None:
     store.subjects.add_optout("a", "+14155552671", actor="test")
     store.subjects.add_optout("b", "+14155552671", actor="test")
-    raw = b"".join(p.read_bytes() for p in store.files())
+    raw = stored_bytes(store)  # the SQLite files, or the PostgreSQL cluster's files after a CHECKPOINT
     assert b"4155552671" not in raw
-    hashes = [r[0] for r in store.db.sqlite.execute("SELECT phone_hash FROM opt_outs").fetchall()]
+    hashes = [r[0] for r in store.db.fetchall("SELECT phone_hash FROM opt_outs")]
     assert len(set(hashes)) == 2  # keyed per tenant: the same number hashes differently
     assert hashlib.sha256(b"+14155552671").hexdigest() not in hashes  # not a plain (guessable) hash
 
@@ -78,4 +82,4 @@ def test_optout_survives_erasure(store: Store) -> None:
     assert store.subjects.is_opted_out("a", "+14155552671")
     (entry,) = store.subjects.optouts("a", actor="test")
     assert entry.phone is None  # the number itself is gone
-    assert store.db.sqlite.execute("SELECT call_id, phone_enc FROM opt_outs").fetchone() == (None, None)
+    assert store.db.fetchone("SELECT call_id, phone_enc FROM opt_outs") == (None, None)

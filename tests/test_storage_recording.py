@@ -13,6 +13,9 @@ import pytest
 from voicecore.storage import RecordingError, RecordingNotAllowed, StorageError, Store
 from voicecore.storage.recording import read_recording_file
 
+
+pytestmark = pytest.mark.usefixtures("database")
+
 ON = "recording: {mode: on}\nretention: {recordings: 30}\n"
 CONSENT = "recording: {mode: consent, announcement: 'May we record?'}\nretention: {recordings: 30}\n"
 
@@ -52,7 +55,7 @@ def test_recording_is_encrypted_on_disk_and_decrypts_to_the_same_pcm(store: Stor
         assert r.readframes(r.getnframes()) == pcm
     (entry,) = [e for e in store.audit.list("on") if e.action == "recording.read"]
     assert entry.actor == "analyst" and entry.object_id == "recording:call-1/mixed"
-    call_bytes = store.db.sqlite.execute("SELECT bytes, complete FROM recordings").fetchone()
+    call_bytes = store.db.fetchone("SELECT bytes, complete FROM recordings")
     assert tuple(call_bytes) == (len(pcm), 1)
 
 
@@ -91,7 +94,7 @@ def test_tampered_or_moved_recording_does_not_decrypt(store: Store) -> None:
     with store.calls.open_recording("on", "call-1", 8000, chunk_bytes=1600) as w:
         w.write(tone(seconds=1.0, rate=8000))
     (path,) = recording_files(store)
-    row = store.db.sqlite.execute("SELECT id, tenant_id FROM recordings").fetchone()
+    row = store.db.fetchone("SELECT id, tenant_id FROM recordings")
     keys = store.keystore.get(row[1])
     assert read_recording_file(path, keys, row[0]).complete
     data = bytearray(path.read_bytes())
@@ -100,7 +103,7 @@ def test_tampered_or_moved_recording_does_not_decrypt(store: Store) -> None:
     with pytest.raises(RecordingError, match="authenticate"):
         read_recording_file(path, keys, row[0])
     # another tenant's key cannot read it either
-    other = store.db.sqlite.execute("SELECT id FROM tenants WHERE name = 'consent'").fetchone()[0]
+    other = store.db.fetchone("SELECT id FROM tenants WHERE name = 'consent'")[0]
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(RecordingError):
@@ -112,7 +115,7 @@ def test_recording_cut_short_keeps_audio_up_to_the_last_chunk(store: Store) -> N
     with store.calls.open_recording("on", "call-1", 8000, chunk_bytes=1600) as w:
         w.write(pcm)
     (path,) = recording_files(store)
-    row = store.db.sqlite.execute("SELECT id, tenant_id FROM recordings").fetchone()
+    row = store.db.fetchone("SELECT id, tenant_id FROM recordings")
     keys = store.keystore.get(row[1])
     data = path.read_bytes()
     # drop the final chunk (a crash before close): 28 bytes of framing + an empty final chunk
@@ -121,6 +124,7 @@ def test_recording_cut_short_keeps_audio_up_to_the_last_chunk(store: Store) -> N
     assert not got.complete and got.pcm == pcm
 
 
+@pytest.mark.databases("sqlite")  # a copy of the data and key directories; PostgreSQL: test_postgresql.py
 def test_a_copied_recording_cannot_be_decrypted_once_the_tenant_key_is_destroyed(tmp_path: Path) -> None:
     """Privacy rule 9: destroying the tenant's key makes every copy of its recordings unreadable."""
     import shutil

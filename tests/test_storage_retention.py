@@ -7,8 +7,13 @@ import struct
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from voicecore.records import CallRecord, Turn, TurnTimeline
 from voicecore.storage import Store
+
+
+pytestmark = pytest.mark.usefixtures("database")
 
 DAY = 86400.0
 T0 = 1_800_000_000.0
@@ -55,6 +60,7 @@ def planted_call(tenant: str) -> CallRecord:
     return r
 
 
+@pytest.mark.databases("sqlite")  # the SQLite file and its -wal; PostgreSQL: plain VACUUM (README)
 def test_sweep_removes_expired_data_and_leaves_no_bytes(tmp_path: Path) -> None:
     clock = Clock(T0)
     store = Store(tmp_path / "data", clock=clock)
@@ -144,7 +150,7 @@ def test_sweep_removes_orphaned_recording_files(tmp_path: Path) -> None:
     w.write(b"\x01\x02" * 8000)
     w.close()
     # a crash between deleting the row and unlinking the file leaves an orphan
-    store.db.sqlite.execute("DELETE FROM recordings")
+    store.db.execute("DELETE FROM recordings")
     orphan = next(store.recordings_dir.rglob("*.vcrec"))
     r = store.retention.sweep(T0, actor="test")
     assert r.files_removed == 1 and not orphan.exists()

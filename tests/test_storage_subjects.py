@@ -11,11 +11,15 @@ import wave
 from pathlib import Path
 
 import pytest
+from pg import database_files, stored_bytes
 
 from voicecore.policy import InvalidPhoneNumber
 from voicecore.records import CallRecord, Turn
 from voicecore.storage import Store
 from voicecore.views import call_view
+
+
+pytestmark = pytest.mark.usefixtures("database")
 
 E164 = "+14155552671"
 NATIONAL = "(415) 555-2671"
@@ -35,7 +39,10 @@ def tone(freq: float, seconds: float = 1.0, rate: int = 8000) -> bytes:
 
 
 def every_file(store: Store) -> list[Path]:
-    return [p for p in store.data_dir.rglob("*") if p.is_file()]
+    """The data directory's files and the database's (on PostgreSQL the cluster's data files,
+    after a CHECKPOINT; its WAL is searched for the number only: see the erasure test)."""
+    files = {p for p in store.data_dir.rglob("*") if p.is_file()}
+    return sorted(files | set(database_files(store, wal=False)))
 
 
 def raw_hits(store: Store, needles: list[bytes]) -> int:
@@ -78,7 +85,7 @@ def populated(tmp_path: Path) -> Store:
 
 
 def subject_ciphertexts(store: Store, tenant: str) -> list[bytes]:
-    tid = store.db.sqlite.execute("SELECT id FROM tenants WHERE name = ?", [tenant]).fetchone()[0]
+    tid = store.db.fetchone("SELECT id FROM tenants WHERE name = ?", [tenant])[0]
     h = store.subjects.hash(tenant, E164)
     blobs: list[bytes] = []
     queries = [
@@ -91,7 +98,7 @@ def subject_ciphertexts(store: Store, tenant: str) -> list[bytes]:
         ("SELECT payload_enc FROM outbox WHERE tenant_id = ? AND subject_hash = ?", (tid, h)),
     ]  # fmt: skip
     for sql, params in queries:
-        blobs += [row[0][1:33] for row in store.db.sqlite.execute(sql, list(params)).fetchall() if row[0]]
+        blobs += [row[0][1:33] for row in store.db.fetchall(sql, params) if row[0]]
     return blobs
 
 
@@ -109,9 +116,9 @@ def test_erasure_removes_every_form_everywhere_and_leaves_other_tenant_intact(po
     assert len(a_call_ids) == 2
     a_rec_files = [
         s.data_dir / row[0]
-        for row in s.db.sqlite.execute(
+        for row in s.db.fetchall(
             "SELECT path FROM recordings r JOIN tenants t ON t.id = r.tenant_id WHERE t.name = 'a'"
-        ).fetchall()
+        )
     ]
 
     result = s.subjects.erase("a", "415.555.2671", actor="dpo")
@@ -124,6 +131,9 @@ def test_erasure_removes_every_form_everywhere_and_leaves_other_tenant_intact(po
         data = p.read_bytes()
         for n in needles:
             assert n not in data, f"{n[:20]!r} left in {p.name}"
+    everything = stored_bytes(s)  # with PostgreSQL's WAL too: the number was never written in clear
+    for form in FORMS:
+        assert form.encode() not in everything
     for p in a_rec_files:
         assert not p.exists()
     # nothing of the subject is left at A, decrypted

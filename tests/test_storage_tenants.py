@@ -22,6 +22,9 @@ from voicecore.storage import (
     generate_master_key,
 )
 
+
+pytestmark = pytest.mark.usefixtures("database")
+
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
 
@@ -105,6 +108,7 @@ def test_policy_from_file_default_and_replacement(store: Store, tmp_path: Path) 
     assert any(e.action == "policy.changed" and e.actor == "ops" for e in store.audit.list("plain"))
 
 
+@pytest.mark.databases("sqlite")  # the keystore file; PostgreSQL keeps keys wrapped in the database
 def test_keys_live_outside_the_data_directory_in_private_files(store: Store) -> None:
     store.tenants.create("acme", actor="test")
     key_dir = store.data_dir.parent / "data-keys"
@@ -118,6 +122,7 @@ def test_keys_live_outside_the_data_directory_in_private_files(store: Store) -> 
     assert b"tenants" not in (key_dir / "keystore.bin").read_bytes()
 
 
+@pytest.mark.databases("sqlite")  # the keystore file; PostgreSQL keeps keys wrapped in the database
 def test_a_data_directory_with_its_keys_inside_still_opens_and_says_so(tmp_path: Path) -> None:
     """An older layout: keystore.bin and master.key inside the data directory."""
     s = Store(tmp_path / "d")
@@ -132,6 +137,7 @@ def test_a_data_directory_with_its_keys_inside_still_opens_and_says_so(tmp_path:
     s.close()
 
 
+@pytest.mark.databases("sqlite")  # the keystore file; PostgreSQL keeps keys wrapped in the database
 def test_the_key_directory_can_be_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOICECORE_KEY_DIR", str(tmp_path / "vault"))
     s = Store(tmp_path / "d")
@@ -175,6 +181,7 @@ def _call(tenant: str, text: str) -> CallRecord:
     return r
 
 
+@pytest.mark.databases("sqlite")  # a copy of the data directory; PostgreSQL: test_postgresql.py
 def test_deleting_a_tenant_destroys_its_key_so_backups_cannot_be_read(tmp_path: Path) -> None:
     """Privacy rule 9 (issue 11.4): a full copy of the data directory, taken before the tenant is
     deleted, cannot be decrypted afterwards with anything that remains."""
@@ -211,6 +218,7 @@ def test_deleting_a_tenant_destroys_its_key_so_backups_cannot_be_read(tmp_path: 
     s.close()
 
 
+@pytest.mark.databases("sqlite")  # PRAGMAs of the SQLite file
 def test_schema_is_versioned_and_reopening_keeps_data(tmp_path: Path) -> None:
     s = Store(tmp_path / "d")
     assert s.schema_version() == 4
@@ -231,3 +239,35 @@ def test_ensure_tenant_without_key(store: Store) -> None:
     assert not store.tenants.ensure("default")
     assert store.tenants.api_keys("default") == []
     assert [t.name for t in store.tenants.list()] == ["default"]
+
+
+@pytest.mark.databases("sqlite")  # the SQLite file the code before Alembic made
+def test_a_file_made_before_alembic_is_refused_then_stamped_by_db_upgrade_keeping_its_data(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from voicecore.cli import cli
+    from voicecore.storage import StorageError, migrate
+
+    d = tmp_path / "d"
+    s = Store(d)
+    s.tenants.create("acme", actor="test")
+    rec = CallRecord(tenant="acme", caller="+14155552671")
+    rec.turns = [Turn("caller", "keep me")]
+    rec.ended_at = rec.started_at + 1
+    s.calls.save(rec)
+    # What that code left: schema version 4 (user_version), no Alembic tables.
+    for table in ("alembic_version", "audit_head", "wrapped_keys"):
+        s.db.sqlite.execute(f"DROP TABLE {table}")
+    assert s.db.sqlite.execute("PRAGMA user_version").fetchone()[0] == 4
+    s.close()
+    with pytest.raises(StorageError, match=rf"pre-Alembic schema version 4.*`voicecore db upgrade --data-dir {d}`"):
+        Store(d)
+    res = CliRunner().invoke(cli, ["db", "upgrade", "--data-dir", str(d)])
+    assert res.exit_code == 0, res.output
+    assert f"upgraded from user_version 4 to revision {migrate.head_revision()}" in res.output
+    s = Store(d)  # stamped, not recreated: the data is there and the audit chain goes on
+    got = s.calls.get("acme", rec.call_id, actor="t")
+    assert got is not None and got.turns is not None and got.turns[0].text == "keep me"
+    s.audit.append("test", "acme", "after.upgrade")
+    assert s.audit.verify().ok and s.audit.verify().entries == 4
+    s.close()

@@ -39,9 +39,12 @@ from voicecore.storage import (
     MASTER_KEY_ENV,
     SCHEMA_VERSION,
     InvalidWebhookUrl,
+    StorageError,
     Store,
     check_webhook_url,
 )
+from voicecore.storage import migrate
+from voicecore.storage.database import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_CONTACTS_POLICY = """version: 1
@@ -260,8 +263,15 @@ def test_schema_migrates_from_version_1(tmp_path: Path) -> None:
     s.db.sqlite.execute("DROP TABLE webhook_endpoints")
     s.db.sqlite.execute("DROP INDEX outbox_dispatch")
     s.db.sqlite.execute("ALTER TABLE outbox DROP COLUMN dispatched")
+    for table in ("alembic_version", "audit_head", "wrapped_keys"):  # what the code before Alembic lacked
+        s.db.sqlite.execute(f"DROP TABLE {table}")
     s.db.sqlite.execute("PRAGMA user_version=1")
     s.close()
+    with pytest.raises(StorageError, match=r"pre-Alembic schema version 1.*run `voicecore db upgrade --data-dir "):
+        Store(tmp_path / "d", allow_insecure_webhooks=True)  # serve refuses an older schema, naming the command
+    db = Database(tmp_path / "d" / "voicecore.db")
+    assert migrate.upgrade(db) == ("user_version 1", migrate.head_revision())
+    db.close()
     s = Store(tmp_path / "d", allow_insecure_webhooks=True)
     assert s.schema_version() == SCHEMA_VERSION == 4
     assert s.audit.verify().ok and [e.action for e in s.audit.list("acme")][-1] == "tenant.created"

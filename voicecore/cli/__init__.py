@@ -5,6 +5,7 @@ HTTP API and the tests use; the verbs live one group per module and are added he
 - :mod:`~voicecore.cli.calls` — ``calls list``, ``calls show``;
 - :mod:`~voicecore.cli.data` — ``tenants``, ``subjects``, ``optout``, ``retention``, ``audit``, ``policy``;
 - :mod:`~voicecore.cli.providers` — ``providers set|list|delete|snippet``;
+- :mod:`~voicecore.cli.db` — ``db upgrade``, ``db current`` (the database schema);
 - :mod:`~voicecore.cli.bench` — ``bench latency|compare|concurrency|overhead``.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from voicecore.cli import bench, calls, data, providers, run
+from voicecore.cli import bench, calls, data, db, providers, run
 from voicecore.cli.options import setup_logging
 
 
@@ -41,6 +42,7 @@ for command in (
     data.audit,
     data.policy,
     providers.providers,
+    db.db,
     bench.bench,
 ):
     cli.add_command(command)

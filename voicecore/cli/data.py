@@ -412,6 +412,9 @@ def retention_sweep(now: datetime | None, data_dir: Path | None, as_json: bool) 
     if as_json:
         echo_json(plain_view(result, total=result.total))
         return
+    if result.skipped:
+        click.echo("Retention sweep skipped: another worker is sweeping the same database right now.")
+        return
     removed = ", ".join(f"{n} {table}" for table, n in result.deleted.items() if n) or "no rows"
     click.echo(f"Retention sweep at {utc_text(result.at)}: removed {removed}; "
                f"{result.transcripts_cleared} transcript texts cleared; "

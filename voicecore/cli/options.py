@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from voicecore.config import (
     ConfigError,
@@ -27,12 +27,14 @@ from voicecore.config import (
 from voicecore.policy.models import PolicyError
 from voicecore.policy.phone import InvalidPhoneNumber
 from voicecore.storage import (
+    DATABASE_URL_ENV,
     DB_FILENAME,
     CryptoError,
     StorageError,
     Store,
     UnknownTenant,
     default_data_dir,
+    safe_url,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -65,15 +67,47 @@ def model_pool() -> Any:
         raise click.ClickException(str(e)) from None
 
 
-def data_dir_option(f: F) -> F:
-    """``--data-dir DIR``: the data directory (default ``$VOICECORE_DATA_DIR``, else ``./storage``)."""
+_DATABASE_URL_KEY = "voicecore.database_url"
+
+
+def _remember_database_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    ctx.meta[_DATABASE_URL_KEY] = value or None
+
+
+def database_url_option(f: F) -> F:
+    """``--database-url URL`` (or ``$VOICECORE_DATABASE_URL``): PostgreSQL (``postgresql://user:password@host:port/db``)
+    instead of the data directory's SQLite file. Kept in the click context for :func:`open_store`, so a verb
+    that takes ``--data-dir`` takes it too without a parameter of its own."""
     return click.option(
+        "--database-url",
+        envvar=DATABASE_URL_ENV,
+        default=None,
+        metavar="URL",
+        expose_value=False,
+        is_eager=True,
+        callback=_remember_database_url,
+        help="Database: postgresql://user:password@host:port/db (or $VOICECORE_DATABASE_URL). "
+        "Default: the SQLite file in the data directory.",
+    )(f)
+
+
+def database_url() -> str | None:
+    """The ``--database-url`` of the running command (``None``: the data directory's SQLite file)."""
+    ctx = click.get_current_context(silent=True)
+    value = ctx.meta.get(_DATABASE_URL_KEY) if ctx is not None else None
+    return value or None
+
+
+def data_dir_option(f: F) -> F:
+    """``--data-dir DIR``: the data directory (default ``$VOICECORE_DATA_DIR``, else ``./storage``);
+    with it ``--database-url`` (:func:`database_url_option`)."""
+    return database_url_option(click.option(
         "--data-dir",
         "data_dir",
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
         help="Data directory (database, keystore, recordings). Default: $VOICECORE_DATA_DIR, else ./storage.",
-    )(f)
+    )(f))  # fmt: skip
 
 
 def json_option(f: F) -> F:
@@ -97,15 +131,19 @@ def open_store(data_dir: Path | None, *, create: bool = False, phone: str | None
     Without ``create`` a data directory that holds no database is an error (a mistyped
     ``--data-dir`` must not silently create an empty store)."""
     path = resolve_data_dir(data_dir)
-    if not create and not (path / DB_FILENAME).exists():
+    url = database_url()
+    if url is None and not create and not (path / DB_FILENAME).exists():
         raise click.ClickException(
             f"no voicecore database in {path} ({DB_FILENAME} not found); create a tenant first with "
             f"`voicecore tenants add NAME --data-dir {path}`, or pass the right --data-dir / VOICECORE_DATA_DIR"
         )
+    where = f"the data directory {path}" if url is None else safe_url(url)
     try:
-        store = Store(path)
-    except (StorageError, CryptoError, sqlite3.Error, OSError) as e:
-        raise click.ClickException(f"cannot open the data directory {path}: {e}") from None
+        store = Store(path, database_url=url or "")
+    except StorageError as e:
+        raise click.ClickException(str(e)) from None
+    except (CryptoError, SQLAlchemyError, OSError) as e:
+        raise click.ClickException(f"cannot open {where}: {e}") from None
     try:
         with translate_errors(path, phone=phone):
             yield store
@@ -127,8 +165,8 @@ def translate_errors(data_dir: Path, *, phone: str | None = None) -> Iterator[No
         raise click.ClickException(f"invalid policy: {e}") from None
     except (StorageError, CryptoError) as e:
         raise click.ClickException(str(e)) from None
-    except sqlite3.Error as e:
-        raise click.ClickException(f"database error in {data_dir}: {e}") from None
+    except SQLAlchemyError as e:
+        raise click.ClickException(f"database error in {data_dir}: {getattr(e, 'orig', None) or e}") from None
     except OSError as e:
         raise click.ClickException(str(e)) from None
 

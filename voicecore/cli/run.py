@@ -14,11 +14,13 @@ import click
 
 from voicecore.cli.options import (
     data_dir_option,
+    database_url,
     load_pipeline_or_fail,
     model_pool,
     resolve_data_dir,
 )
 from voicecore.config import ConfigError
+from voicecore.storage import CryptoError, StorageError
 from voicecore.views import (
     latency_table,
     live_call_view,
@@ -186,7 +188,8 @@ def serve(host: str, port: int, data_dir: Path | None, pipeline: str, log_level:
     try:
         run_server(host, port, resolve_data_dir(data_dir), pipeline, log_level=level,
                    allow_insecure_webhooks=allow_insecure_webhooks, public_url=public_url,
+                   database_url=database_url() or "",
                    telnyx_codec=telnyx_codec, telnyx_sample_rate=int(telnyx_sample_rate),
                    max_calls=max_calls, drain_timeout_s=drain_timeout)  # fmt: skip
-    except ConfigError as e:
+    except (ConfigError, StorageError, CryptoError) as e:
         raise click.ClickException(str(e)) from None

@@ -55,6 +55,7 @@ def create_app(
     telnyx_sample_rate: int = 8000,
     max_calls: int | None = None,
     drain_timeout_s: float = 60.0,
+    database_url: str | None = None,
 ) -> FastAPI:
     """The ASGI app. ``pipeline`` is a name from ``pipelines/`` or a YAML path (the default agent).
     ``allow_insecure_webhooks``: webhooks may go to ``http://`` and private addresses (local
@@ -62,7 +63,9 @@ def create_app(
     public base URL (every URL given to a provider derives from it; ``ValueError`` if malformed).
     ``telnyx_codec``/``telnyx_sample_rate``: what Telnyx streams take back (PCMU, PCMA or L16).
     ``max_calls``: calls this worker takes at once (None: no limit); ``drain_timeout_s``: how long
-    calls in progress may go on after SIGTERM before they are ended."""
+    calls in progress may go on after SIGTERM before they are ended.
+    ``database_url``: PostgreSQL shared by several workers (default ``VOICECORE_DATABASE_URL``, else
+    the data directory's SQLite file); checked before anything else starts."""
     if max_calls is not None and max_calls < 1:
         raise ValueError(f"max_calls must be at least 1, got {max_calls}")
     if drain_timeout_s < 0:
@@ -79,7 +82,7 @@ def create_app(
         pipeline = cfg.name
     state = ServerState(
         data_dir=Path(data_dir),
-        store=store or Store(Path(data_dir), allow_insecure_webhooks=allow_insecure_webhooks),
+        store=store or Store(Path(data_dir), allow_insecure_webhooks=allow_insecure_webhooks, database_url=database_url),
         pool=pool or ModelPool(),
         pipelines=configs,
         default_pipeline=pipeline,
@@ -96,7 +99,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if state.store.keys.inside_data_dir:
+        if state.store.keys.inside_data_dir and state.store.db.is_sqlite:
             logger.warning(
                 f"the encryption keys are inside the data directory ({state.store.keys.keystore}): a copy of the "
                 "directory is a copy of the keys, so deleting a tenant does not make its backups unreadable. "
@@ -116,7 +119,8 @@ def create_app(
         webhooks = asyncio.create_task(webhook_worker.run())
         if preload:
             await asyncio.to_thread(state.pool.for_pipeline, state.pipelines[state.default_pipeline])
-        logger.info(f"voicecore serve ready: default pipeline {state.default_pipeline!r}, data in {state.data_dir}")
+        logger.info(f"voicecore serve ready: default pipeline {state.default_pipeline!r}, data in {state.data_dir}, "
+                    f"database: {state.store.database}")
         try:
             yield
         finally:
@@ -257,13 +261,13 @@ async def running_server(
 def serve(host: str, port: int, data_dir: Path, pipeline: str, *, log_level: str = "INFO",
           allow_insecure_webhooks: bool = False, public_url: str | None = None, telnyx_codec: str = "PCMU",
           telnyx_sample_rate: int = 8000, max_calls: int | None = None,
-          drain_timeout_s: float = 60.0) -> None:  # fmt: skip
+          drain_timeout_s: float = 60.0, database_url: str | None = None) -> None:  # fmt: skip
     """Run the server until SIGINT/SIGTERM: then it drains (no new calls; the calls in progress
     finish, up to ``drain_timeout_s``) and every call's record is closed before exit. A second
     signal stops at once. ``log_level`` governs voicecore's and uvicorn's logs alike."""
     app = create_app(data_dir=data_dir, pipeline=pipeline, allow_insecure_webhooks=allow_insecure_webhooks,
                      public_url=public_url, telnyx_codec=telnyx_codec, telnyx_sample_rate=telnyx_sample_rate,
-                     max_calls=max_calls, drain_timeout_s=drain_timeout_s)
+                     max_calls=max_calls, drain_timeout_s=drain_timeout_s, database_url=database_url)
     state: ServerState = app.state.vc
     server = _Server(_uvicorn_config(app, host, port, log_level=log_level), state)
     server.run()

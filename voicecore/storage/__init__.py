@@ -1,4 +1,4 @@
-"""Persistent storage: repositories over one SQLite database, encrypted recordings, per-tenant keys.
+"""Persistent storage: repositories over one database (SQLite by default, or PostgreSQL), encrypted recordings, per-tenant keys.
 
 Start with :class:`Store` (see :mod:`voicecore.storage.store`)::
 
@@ -23,7 +23,7 @@ from voicecore.storage.crypto import (
     TenantKeyMissing,
     generate_master_key,
 )
-from voicecore.storage.database import DB_FILENAME, StorageError
+from voicecore.storage.database import DATABASE_URL_ENV, DB_FILENAME, StorageError, safe_url
 from voicecore.storage.outbox import (
     EVENT_TYPES,
     DeliveryInfo,
@@ -43,7 +43,7 @@ from voicecore.storage.recording import (
 )
 from voicecore.storage.retention import Retention, SweepResult
 from voicecore.storage.schema import ROLES, SCHEMA_VERSION
-from voicecore.storage.store import Store, default_data_dir
+from voicecore.storage.store import Store, default_data_dir, default_database_url
 from voicecore.storage.subjects import (
     ErasureResult,
     OptOutEntry,
@@ -59,6 +59,7 @@ from voicecore.storage.tenants import (
 )
 
 __all__ = [
+    "DATABASE_URL_ENV",
     "DB_FILENAME",
     "EVENT_TYPES",
     "MASTER_KEY_ENV",
@@ -102,6 +103,8 @@ __all__ = [
     "WebhookEndpoint",
     "check_webhook_url",
     "default_data_dir",
+    "default_database_url",
+    "safe_url",
     "generate_master_key",
     "pcm_to_wav",
 ]

@@ -78,10 +78,16 @@ class AuditLog:
             raise StorageError("internal error: audit entry outside a transaction")
         name, tenant_id = self._tenant(tenant)
         key = self._keystore.operator_key("audit")
+        # The chain's head row, locked (FOR UPDATE on PostgreSQL; the transaction's BEGIN IMMEDIATE
+        # on SQLite): appends from every worker take their turn, each chaining to the one before.
+        head = self._db.fetchone(self._db.lock_row("SELECT last_id, last_hash FROM audit_head WHERE id = 1"))
+        if head is None:
+            self._db.insert_ignore("audit_head", {"id": 1, "last_id": 0, "last_hash": _GENESIS})
+            head = self._db.fetchone(self._db.lock_row("SELECT last_id, last_hash FROM audit_head WHERE id = 1"))
+            assert head is not None
         last = self._db.fetchone("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
-        seq = self._db.fetchone("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
         prev_hash = last[1] if last else _GENESIS
-        entry_id = max(last[0] if last else 0, seq[0] if seq else 0) + 1
+        entry_id = max(last[0] if last else 0, int(head[0])) + 1
         at = self._db.clock()
         digest = self._hash(key, entry_id, at, actor, name, action, object_id, prev_hash)
         self._db.insert(
@@ -98,6 +104,7 @@ class AuditLog:
                 "hash": digest,
             },
         )
+        self._db.execute("UPDATE audit_head SET last_id = ?, last_hash = ? WHERE id = 1", (entry_id, digest))
         return entry_id
 
     def append(self, actor: str, tenant: TenantRef | str | None, action: str, object_id: str | None = None) -> int:
@@ -142,7 +149,7 @@ class AuditLog:
                     return AuditCheck(False, r["id"], f"entry {r['id']} was modified", count)
                 prev_hash = r["hash"]
                 expected_id += 1
-            seq = self._db.one("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
-            if seq is not None and seq["seq"] >= expected_id:
-                return AuditCheck(False, expected_id, f"entries {expected_id}..{seq['seq']} were deleted", count)
+            head = self._db.one("SELECT last_id FROM audit_head WHERE id = 1")
+            if head is not None and head["last_id"] >= expected_id:
+                return AuditCheck(False, expected_id, f"entries {expected_id}..{head['last_id']} were deleted", count)
             return AuditCheck(True, None, None, count)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from voicecore.policy.context import stored_transcript_text
 from voicecore.policy.decisions import expires_at as policy_expires_at
@@ -197,6 +197,7 @@ class CallRepository:
                         "expires_at": meta_exp,
                     },
                 )
+                turn_rows: list[dict[str, Any]] = []
                 for idx, turn in enumerate(record.turns):
                     row_key = f"{cid}/{idx}"
                     text = stored_transcript_text(policy, turn.text)
@@ -204,8 +205,7 @@ class CallRepository:
                     timeline = None
                     if turn.timeline is not None:
                         timeline = {**turn.timeline.relative_ms(), "voice_to_voice_ms": turn.timeline.voice_to_voice_ms()}
-                    self._db.insert(
-                        "turns",
+                    turn_rows.append(
                         {
                             "tenant_id": tid,
                             "call_id": cid,
@@ -221,6 +221,7 @@ class CallRepository:
                             "text_expires_at": text_exp if (text is not None or generated is not None) else None,
                         },
                     )
+                self._db.insert_many("turns", turn_rows)
                 if record.ended_at is not None and (previous is None or previous["ended_at"] is None):
                     payload: dict[str, Any] = {
                         "call_id": cid,
@@ -393,7 +394,7 @@ class CallRepository:
                             "expires_at": exp,
                         },
                     )
-                except sqlite3.IntegrityError:
+                except IntegrityError:
                     raise StorageError(f"call {call_id} already has a {track!r} recording") from None
             (self._data_dir / RECORDINGS_DIRNAME / t.id).mkdir(parents=True, exist_ok=True, mode=0o700)
             return RecordingWriter(
@@ -414,7 +415,7 @@ class CallRepository:
                     "UPDATE recordings SET bytes = ?, complete = ? WHERE id = ?",
                     (writer.bytes_written, int(writer.complete), writer.recording_id),
                 )
-        except (sqlite3.Error, StorageError) as exc:  # the row may have been erased meanwhile
+        except (SQLAlchemyError, StorageError) as exc:  # the row may have been erased meanwhile
             logger.warning("could not update recording {} after close: {}", writer.recording_id, exc)
 
     def recording_wav(self, keys: TenantKeys, row: dict[str, Any]) -> bytes | None:

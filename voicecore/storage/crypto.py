@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -362,3 +362,87 @@ class Keystore:
                 data = {**data, "operator": {**data["operator"], purpose: _b64(secrets.token_bytes(32))}}
                 self._write(data)
             return _unb64(data["operator"][purpose])
+
+
+class _KeyRows(Protocol):
+    """What :class:`DatabaseKeystore` needs of :class:`~voicecore.storage.database.Database`."""
+
+    def fetchone(self, sql: str, params: Any = ()) -> tuple[Any, ...] | None: ...
+    def execute(self, sql: str, params: Any = ()) -> int: ...
+    def insert_ignore(self, table: str, row: dict[str, Any]) -> int: ...
+
+
+class DatabaseKeystore:
+    """Tenant and operator keys wrapped under the master key in the database's ``wrapped_keys``
+    table: every worker of a PostgreSQL deployment sees the same keys, and deleting a tenant
+    destroys its key for all of them at once (no worker caches a tenant key).
+
+    Each row is ``nonce(12) + AES-GCM(key material)`` with the row's key id as associated
+    data, so a wrapped key copied to another row does not unwrap. The master key comes from
+    ``VOICECORE_MASTER_KEY`` or the key file, never from the database.
+    """
+
+    def __init__(self, db: _KeyRows, master_key: bytes, master_source: str = "argument"):
+        if len(master_key) != 32:
+            raise KeystoreError("master key must be 32 bytes")
+        self._db = db
+        self._master = AESGCM(master_key)
+        self._master_source = master_source
+        self._operator: dict[str, bytes] = {}
+        self.path: Path | None = None
+
+    def _wrap(self, key_id: str, material: bytes) -> bytes:
+        nonce = secrets.token_bytes(_NONCE)
+        return nonce + self._master.encrypt(nonce, material, f"voicecore-wrapped-key|{key_id}".encode())
+
+    def _unwrap(self, key_id: str, blob: bytes) -> bytes:
+        try:
+            return self._master.decrypt(blob[:_NONCE], bytes(blob[_NONCE:]), f"voicecore-wrapped-key|{key_id}".encode())
+        except InvalidTag:
+            raise KeystoreError(
+                f"the wrapped key {key_id!r} in the database cannot be unwrapped with the master key from "
+                f"{self._master_source} (wrong VOICECORE_MASTER_KEY, or the database was set up with another key)"
+            ) from None
+
+    def _load(self, key_id: str) -> bytes | None:
+        row = self._db.fetchone("SELECT wrapped FROM wrapped_keys WHERE key_id = ?", (key_id,))
+        return None if row is None else self._unwrap(key_id, bytes(row[0]))
+
+    def _put(self, key_id: str, material: bytes) -> bool:
+        return bool(self._db.insert_ignore(
+            "wrapped_keys", {"key_id": key_id, "wrapped": self._wrap(key_id, material), "created_at": time.time()}
+        ))  # fmt: skip
+
+    def create(self, tenant_id: str) -> TenantKeys:
+        """New keys for a tenant (error if it already has keys)."""
+        if not self._put(f"tenant:{tenant_id}", secrets.token_bytes(64)):
+            raise KeystoreError(f"tenant id {tenant_id!r} already has keys")
+        return self.get(tenant_id)
+
+    def get(self, tenant_id: str) -> TenantKeys:
+        material = self._load(f"tenant:{tenant_id}")
+        if material is None:
+            raise TenantKeyMissing(
+                f"no key for tenant id {tenant_id!r} (tenant deleted?): its data cannot be decrypted"
+            )
+        return TenantKeys(tenant_id, material[:32], material[32:64])
+
+    def has(self, tenant_id: str) -> bool:
+        return self._db.fetchone("SELECT 1 FROM wrapped_keys WHERE key_id = ?", (f"tenant:{tenant_id}",)) is not None
+
+    def destroy(self, tenant_id: str) -> bool:
+        """Remove a tenant's keys for good (for every worker). Returns whether there were keys."""
+        return self._db.execute("DELETE FROM wrapped_keys WHERE key_id = ?", (f"tenant:{tenant_id}",)) > 0
+
+    def operator_key(self, purpose: str) -> bytes:
+        """A 256-bit operator key for ``purpose`` (e.g. ``audit``), created on first use by any worker."""
+        key = self._operator.get(purpose)
+        if key is None:
+            key_id = f"operator:{purpose}"
+            key = self._load(key_id)
+            if key is None:
+                self._put(key_id, secrets.token_bytes(32))  # another worker may win the race: read back
+                key = self._load(key_id)
+            assert key is not None
+            self._operator[purpose] = key
+        return key

@@ -427,30 +427,36 @@ class Outbox:
         """Fan new outbox events out to the endpoints subscribed to them right now (one pending
         delivery per endpoint). An event no active endpoint wants is settled as delivered (to
         nobody). Returns the number of deliveries created."""
+        pending = "SELECT 1 AS x FROM outbox WHERE dispatched = 0 AND status = 'pending' LIMIT 1"
         with self._db.lock:
-            rows = self._db.rows(
-                "SELECT event_id, tenant_id, type, expires_at FROM outbox WHERE dispatched = 0 AND status = 'pending' "
-                "ORDER BY id LIMIT ?",
-                (int(limit),),
-            )
-            if not rows:
+            if not self._db.exists(pending):  # the common case, without taking the write lock
                 return 0
-            endpoints: dict[str, list[tuple[str, list[str]]]] = {}
-            for e in self._db.rows(
-                "SELECT id, tenant_id, events FROM webhook_endpoints WHERE active = 1 ORDER BY created_at"
-            ):
-                endpoints.setdefault(e["tenant_id"], []).append((e["id"], json.loads(e["events"])))
             now = self._db.clock()
             created = 0
             with self._db.tx():
+                # Claimed row by row: a worker fanning out skips the events another one holds.
+                rows = self._db.rows(
+                    self._db.for_update(
+                        "SELECT event_id, tenant_id, type, expires_at FROM outbox "
+                        "WHERE dispatched = 0 AND status = 'pending' ORDER BY id LIMIT ?"
+                    ),
+                    (int(limit),),
+                )
+                if not rows:
+                    return 0
+                endpoints: dict[str, list[tuple[str, list[str]]]] = {}
+                for e in self._db.rows(
+                    "SELECT id, tenant_id, events FROM webhook_endpoints WHERE active = 1 ORDER BY created_at"
+                ):
+                    endpoints.setdefault(e["tenant_id"], []).append((e["id"], json.loads(e["events"])))
                 for r in rows:
                     targets = [eid for eid, types in endpoints.get(r["tenant_id"], []) if r["type"] in types]
                     for eid in targets:
-                        created += self._db.execute(
-                            "INSERT OR IGNORE INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, status, "
-                            "attempts, next_attempt_at, created_at, expires_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-                            ("dl_" + secrets.token_hex(10), r["tenant_id"], r["event_id"], eid, now, now, r["expires_at"]),
-                        )
+                        created += self._db.insert_ignore("webhook_deliveries", {
+                            "id": "dl_" + secrets.token_hex(10), "tenant_id": r["tenant_id"], "event_id": r["event_id"],
+                            "endpoint_id": eid, "status": "pending", "attempts": 0, "next_attempt_at": now,
+                            "created_at": now, "expires_at": r["expires_at"],
+                        })  # fmt: skip
                     if targets:
                         self._db.execute("UPDATE outbox SET dispatched = 1 WHERE event_id = ?", (r["event_id"],))
                     else:
@@ -467,19 +473,26 @@ class Outbox:
         when the lease ends (by the next worker, after a restart)."""
         ts = self._db.clock() if now is None else now
         out: list[WebhookDelivery] = []
+        due = "SELECT 1 AS x FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ? LIMIT 1"
         with self._db.lock:
-            rows = self._db.rows(
-                "SELECT d.id, d.event_id, d.endpoint_id, d.attempts, d.created_at, d.tenant_id, o.type, o.payload_enc, "
-                "t.name AS tenant, e.url, e.secret_enc, e.previous_secret_enc, e.previous_secret_until "
-                "FROM webhook_deliveries d JOIN outbox o ON o.event_id = d.event_id "
-                "JOIN webhook_endpoints e ON e.id = d.endpoint_id JOIN tenants t ON t.id = d.tenant_id "
-                "WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND e.active = 1 "
-                "ORDER BY d.next_attempt_at, d.created_at LIMIT ?",
-                (ts, int(limit)),
-            )
-            if not rows:
+            if not self._db.exists(due, (ts,)):  # the common case, without taking the write lock
                 return out
             with self._db.tx():
+                # Claimed row by row: FOR UPDATE OF d SKIP LOCKED on PostgreSQL (workers claiming at
+                # the same moment take different deliveries), BEGIN IMMEDIATE on SQLite.
+                rows = self._db.rows(
+                    self._db.for_update(
+                        "SELECT d.id, d.event_id, d.endpoint_id, d.attempts, d.created_at, d.tenant_id, o.type, "
+                        "o.payload_enc, t.name AS tenant, e.url, e.secret_enc, e.previous_secret_enc, "
+                        "e.previous_secret_until "
+                        "FROM webhook_deliveries d JOIN outbox o ON o.event_id = d.event_id "
+                        "JOIN webhook_endpoints e ON e.id = d.endpoint_id JOIN tenants t ON t.id = d.tenant_id "
+                        "WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND e.active = 1 "
+                        "ORDER BY d.next_attempt_at, d.created_at LIMIT ?",
+                        of="d",
+                    ),
+                    (ts, int(limit)),
+                )
                 for r in rows:
                     claimed = self._db.execute(
                         "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ? "
@@ -523,7 +536,8 @@ class Outbox:
         """Inside a transaction: once no delivery of the event is pending, mark the outbox event
         delivered (every endpoint took it) or dead (some endpoint never did)."""
         r = self._db.one(
-            "SELECT SUM(status = 'pending') AS pending, SUM(status = 'dead') AS dead, COUNT(*) AS n "
+            "SELECT SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending, "
+            "SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END) AS dead, COUNT(*) AS n "
             "FROM webhook_deliveries WHERE event_id = ?",
             (event_id,),
         )

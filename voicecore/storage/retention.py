@@ -24,6 +24,7 @@ class SweepResult:
     transcripts_cleared: int = 0
     files_removed: int = 0
     wal_truncated: bool = False
+    skipped: bool = False  # another worker was sweeping at that moment (PostgreSQL)
 
     @property
     def total(self) -> int:
@@ -48,6 +49,10 @@ class Retention:
         db = self._db
         with db.lock:
             with db.tx():
+                if not db.try_lock("retention"):
+                    result.skipped = True
+                    logger.info("retention sweep skipped: another worker is sweeping")
+                    return result
                 expired_calls = "SELECT tenant_id, call_id FROM calls WHERE expires_at <= ?"
                 of_expired = f"expires_at <= ? OR (tenant_id, call_id) IN ({expired_calls})"
                 paths = [self._data_dir / r["path"] for r in db.rows(f"SELECT path FROM recordings WHERE {of_expired}", (ts, ts))]

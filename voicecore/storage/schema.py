@@ -1,4 +1,9 @@
-"""The database schema: every table, and the migrations that build it (``PRAGMA user_version``).
+"""What the schema means, and the migrations of the code before Alembic (``PRAGMA user_version``).
+
+The tables themselves are :mod:`voicecore.storage.tables` (SQLAlchemy metadata, one schema for
+SQLite and PostgreSQL), built by the Alembic revisions in :mod:`voicecore.storage.migrations`.
+:data:`MIGRATIONS` below is kept to bring a SQLite file made before Alembic to version 4, the
+baseline revision (:func:`voicecore.storage.migrate.upgrade`).
 
 Every table that holds data about calls carries the owning ``tenant_id`` and
 every query is scoped by it; every stored row carries its expiry

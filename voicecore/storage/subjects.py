@@ -545,7 +545,7 @@ class SubjectRepository:
                 self._audit.append_in_tx(actor, tenant, "subject.erased", s.audit_id)
             for p in paths:
                 shred(p)
-            res.wal_truncated = self._db.compact()
+            res.wal_truncated = self._db.compact(full=True)
         logger.info(
             "subject erased for tenant {}: {} calls, {} turns, {} recordings, {} reports, {} contacts, {} mentions",
             tenant, res.calls, res.turns, res.recordings, res.reports, res.contacts, res.mentions_scrubbed,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
+from sqlalchemy.exc import IntegrityError
 
 from voicecore.policy.models import (
     Policy,
@@ -188,6 +189,9 @@ class TenantRepository:
                         "tenants", {"id": tenant_id, "name": name, "policy_yaml": text, "created_at": self._db.clock()}
                     )
                     self._audit.append_in_tx(actor, name, "tenant.created", f"tenant:{name}")
+            except IntegrityError:  # another worker created it between the check and the insert
+                self._keystore.destroy(tenant_id)
+                raise TenantExists(name) from None
             except BaseException:
                 self._keystore.destroy(tenant_id)
                 raise
@@ -262,7 +266,7 @@ class TenantRepository:
                     for leftover in tenant_dir.iterdir():
                         shred(leftover)
                     tenant_dir.rmdir()
-            self._db.compact()
+            self._db.compact(full=True)
         logger.info("tenant {} deleted and its keys destroyed", name)
 
     # -- API keys --------------------------------------------------------------------
