@@ -32,7 +32,14 @@ from pg import PostgresCluster, database_files, free_port
 
 from voicecore.cli import cli
 from voicecore.records import CallRecord, Turn
-from voicecore.storage import DATABASE_URL_ENV, StorageError, Store, TenantKeyMissing, UnknownTenant, migrate
+from voicecore.storage import (
+    DATABASE_URL_ENV,
+    StorageError,
+    Store,
+    TenantKeyMissing,
+    UnknownTenant,
+    migrate,
+)
 from voicecore.storage.database import Database
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -157,7 +157,8 @@ async def test_a_signed_answer_request_gets_a_wss_document_with_a_one_time_token
     assert url == f"wss://voice.example.test/ws/{provider}"  # from --public-url, whatever the request said
     assert is_call_token(token) and token.isalnum()
     assert "vck_" not in body and "vcs" not in body  # no API key, no stream secret
-    grant = app.state.vc.call_tokens[token]
+    grant = app.state.vc.store.call_tokens.peek(token)
+    assert grant is not None
     assert grant.tenant == "acme" and grant.provider == provider
     if provider == "plivo":
         assert params == {}  # Plivo's extraHeaders: the token only (letters and digits)
@@ -193,7 +194,7 @@ async def test_unsigned_or_wrongly_signed_answer_requests_are_refused_alike(
     for status, _, body in (unsigned, other_tenant, unknown_tenant, changed):
         assert status == 403 and body == unsigned[2]  # one answer: it tells nothing about the tenant
         assert "ct" not in body.split() and "<Connect>" not in body
-    assert not app.state.vc.call_tokens
+    assert app.state.vc.store.call_tokens.unused() == 0
     rejected = sum(n for (p, _), n in metrics.webhooks_rejected_total.items() if p == provider)
     assert rejected == 4
     async with aiohttp.ClientSession() as session:
@@ -231,7 +232,7 @@ async def test_the_pipeline_of_an_answer_url_and_unknown_ones(server: tuple[str,
     status, _, body = await send(base, signed_request("twilio", credentials, path=path))
     assert status == 200, body
     _, token, _ = media_target("twilio", body)
-    assert app.state.vc.call_tokens[token].pipeline == receptionist.name
+    assert app.state.vc.store.call_tokens.peek(token).pipeline == receptionist.name
     status, _, body = await send(base, signed_request("twilio", credentials, path=answer_path("twilio", query="pipeline=nope")))
     assert status == 404 and "nope" in body
 
@@ -286,7 +287,7 @@ async def test_a_one_time_token_opens_nothing_on_another_providers_socket_or_cal
     # minted for Twilio call CA0001: on Plivo's socket, it is refused (and used up)
     assert await refused(PlivoClient(local(url, base).replace("/twilio", "/plivo"), token=token,
                                      token_in="extra_headers")) == 1008  # fmt: skip
-    assert token not in state.call_tokens
+    assert state.store.call_tokens.peek(token) is None  # used up
     _, _, body = await send(base, signed_request("twilio", credentials))
     url, token, _ = media_target("twilio", body)
     assert await refused(TwilioClient(local(url, base), token=token, call_sid="CAotherCall")) == 1008

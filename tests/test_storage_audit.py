@@ -12,7 +12,6 @@ from pg import RawConnection
 from voicecore.records import CallRecord, Turn
 from voicecore.storage import Store
 
-
 pytestmark = pytest.mark.usefixtures("database")
 
 TENANTS = {"acme": None}  # tenant.created, apikey.created

@@ -10,7 +10,6 @@ import pytest
 from voicecore.records import CallRecord, Turn, TurnTimeline
 from voicecore.storage import Store
 
-
 pytestmark = pytest.mark.usefixtures("database")
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"

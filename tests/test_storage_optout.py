@@ -11,7 +11,6 @@ from pg import stored_bytes
 from voicecore.records import CallRecord, Turn
 from voicecore.storage import Store
 
-
 pytestmark = pytest.mark.usefixtures("database")
 
 TENANTS = {"a": None, "b": None}

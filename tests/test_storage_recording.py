@@ -13,7 +13,6 @@ import pytest
 from voicecore.storage import RecordingError, RecordingNotAllowed, StorageError, Store
 from voicecore.storage.recording import read_recording_file
 
-
 pytestmark = pytest.mark.usefixtures("database")
 
 ON = "recording: {mode: on}\nretention: {recordings: 30}\n"

@@ -12,7 +12,6 @@ import pytest
 from voicecore.records import CallRecord, Turn, TurnTimeline
 from voicecore.storage import Store
 
-
 pytestmark = pytest.mark.usefixtures("database")
 
 DAY = 86400.0

@@ -18,7 +18,6 @@ from voicecore.records import CallRecord, Turn
 from voicecore.storage import Store
 from voicecore.views import call_view
 
-
 pytestmark = pytest.mark.usefixtures("database")
 
 E164 = "+14155552671"

@@ -22,7 +22,6 @@ from voicecore.storage import (
     generate_master_key,
 )
 
-
 pytestmark = pytest.mark.usefixtures("database")
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
@@ -256,7 +255,7 @@ def test_a_file_made_before_alembic_is_refused_then_stamped_by_db_upgrade_keepin
     rec.ended_at = rec.started_at + 1
     s.calls.save(rec)
     # What that code left: schema version 4 (user_version), no Alembic tables.
-    for table in ("alembic_version", "audit_head", "wrapped_keys"):
+    for table in ("alembic_version", "audit_head", "wrapped_keys", "call_tokens"):  # the tables since v4
         s.db.sqlite.execute(f"DROP TABLE {table}")
     assert s.db.sqlite.execute("PRAGMA user_version").fetchone()[0] == 4
     s.close()

@@ -42,8 +42,8 @@ from voicecore.storage import (
     StorageError,
     Store,
     check_webhook_url,
+    migrate,
 )
-from voicecore.storage import migrate
 from voicecore.storage.database import Database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,7 +263,7 @@ def test_schema_migrates_from_version_1(tmp_path: Path) -> None:
     s.db.sqlite.execute("DROP TABLE webhook_endpoints")
     s.db.sqlite.execute("DROP INDEX outbox_dispatch")
     s.db.sqlite.execute("ALTER TABLE outbox DROP COLUMN dispatched")
-    for table in ("alembic_version", "audit_head", "wrapped_keys"):  # what the code before Alembic lacked
+    for table in ("alembic_version", "audit_head", "wrapped_keys", "call_tokens"):  # what the code before Alembic lacked
         s.db.sqlite.execute(f"DROP TABLE {table}")
     s.db.sqlite.execute("PRAGMA user_version=1")
     s.close()

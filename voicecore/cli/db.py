@@ -15,9 +15,16 @@ from pathlib import Path
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from voicecore.cli.options import data_dir_option, database_url, echo_json, json_option, resolve_data_dir
+from voicecore.cli.options import (
+    data_dir_option,
+    database_url,
+    echo_json,
+    json_option,
+    resolve_data_dir,
+)
 from voicecore.storage import StorageError, migrate
-from voicecore.storage.database import Database, database_url as resolve_url
+from voicecore.storage.database import Database
+from voicecore.storage.database import database_url as resolve_url
 
 
 def _database(data_dir: Path | None) -> Database:

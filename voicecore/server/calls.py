@@ -147,7 +147,7 @@ async def media_stream(ws: WebSocket, provider: str) -> None:
         token = start.auth_token
         grant: CallGrant | None = None
         if token and is_call_token(token):
-            grant = state.redeem_call_token(token, start.call_id, provider)
+            grant = await asyncio.to_thread(state.redeem_call_token, token, start.call_id, provider)
             tenant = grant.tenant if grant else None
         elif token and STREAM_SECRET_PATTERN.match(token):
             try:
@@ -181,7 +181,7 @@ async def media_stream(ws: WebSocket, provider: str) -> None:
         ):
             state.metrics.call_rejected(provider, "bad_provider_jwt")
             return None
-        if state.call_announced_to_other_tenant(start.call_id, tenant):
+        if await asyncio.to_thread(state.call_announced_to_other_tenant, start.call_id, tenant):
             # The provider announced this call id for another tenant's webhook.
             state.metrics.call_rejected(provider, "foreign_call")
             return None
@@ -263,7 +263,7 @@ async def _bearer_tenant(state: ServerState, request: Request, *, allow_call_tok
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(401, "missing API key: send Authorization: Bearer <key>")
     if allow_call_token and is_call_token(token):
-        grant = state.redeem_call_token(token, provider="webrtc")
+        grant = await asyncio.to_thread(state.redeem_call_token, token, None, "webrtc")
         if grant is not None:
             return grant.tenant
     try:
@@ -282,7 +282,8 @@ async def _bearer_tenant(state: ServerState, request: Request, *, allow_call_tok
 async def webrtc_token(request: Request) -> dict[str, Any]:
     state = _state(request)
     tenant = await _bearer_tenant(state, request, allow_call_token=False)
-    return {"token": state.mint_call_token(tenant, None, provider="webrtc"), "expires_in": CALL_TOKEN_TTL_S}
+    token = await asyncio.to_thread(state.mint_call_token, tenant, None, provider="webrtc")
+    return {"token": token, "expires_in": CALL_TOKEN_TTL_S}
 
 
 @router.post("/webrtc/offer")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,27 +13,9 @@ from voicecore.server.guard import AuthThrottle
 from voicecore.server.metrics import Metrics
 from voicecore.session import CallSession
 from voicecore.storage import Store
+from voicecore.storage.call_tokens import CALL_TOKEN_TTL_S, CallGrant, is_call_token
 
-CALL_TOKEN_TTL_S = 120.0
-
-
-@dataclass(frozen=True)
-class CallGrant:
-    """What a one-time call token stands for: a call of ``tenant`` (and the answer request's
-    pipeline, provider call id, caller and callee, which some providers' streams do not repeat)."""
-
-    tenant: str
-    pipeline: str | None
-    expires_at: float
-    call_id: str | None = None
-    provider: str | None = None
-    caller: str | None = field(default=None, repr=False)
-    callee: str | None = field(default=None, repr=False)
-
-
-def is_call_token(token: str) -> bool:
-    """``ct`` + 40 hex digits: letters and digits only, so every provider can carry it."""
-    return len(token) == 42 and token.startswith("ct") and all(c in "0123456789abcdef" for c in token[2:])
+__all__ = ["CALL_TOKEN_TTL_S", "CallGrant", "ServerState", "is_call_token", "load_pipelines"]
 
 
 @dataclass
@@ -52,8 +32,6 @@ class ServerState:
     reports: ReportScheduler = field(default_factory=ReportScheduler)
     calls: dict[str, CallSession] = field(default_factory=dict)
     calls_started: int = 0
-    call_tokens: dict[str, CallGrant] = field(default_factory=dict)
-    announced_calls: dict[str, tuple[str, float]] = field(default_factory=dict)  # provider call id -> tenant
     shutting_down: bool = False
     sweep_interval_s: float = 3600.0
     ice_servers: list[dict[str, Any]] = field(default_factory=list)  # none by default: host candidates only
@@ -97,36 +75,17 @@ class ServerState:
         caller: str | None = None,
         callee: str | None = None,
     ) -> str:
-        """A one-time token for one call (bound to the provider and its call id when known)."""
-        now = time.monotonic()
-        for tok, grant in list(self.call_tokens.items()):
-            if grant.expires_at < now:
-                del self.call_tokens[tok]
-        for cid, (_t, exp) in list(self.announced_calls.items()):
-            if exp < now:
-                del self.announced_calls[cid]
-        token = "ct" + secrets.token_hex(20)
-        self.call_tokens[token] = CallGrant(tenant, pipeline, now + CALL_TOKEN_TTL_S, call_id or None, provider,
-                                            caller or None, callee or None)  # fmt: skip
-        if call_id:
-            self.announced_calls[call_id] = (tenant, now + CALL_TOKEN_TTL_S)
-        return token
+        """A one-time token for one call (bound to the provider and its call id when known), in the
+        shared database: any worker's media stream may present it, once. Blocking: call it from a thread."""
+        return self.store.call_tokens.mint(tenant, pipeline, call_id, provider=provider, caller=caller, callee=callee)
 
     def redeem_call_token(self, token: str, call_id: str | None = None, provider: str | None = None) -> CallGrant | None:
-        """The grant of a one-time token, used up; None if unknown, expired, minted for another
-        call id or another provider."""
-        grant = self.call_tokens.pop(token, None)
-        if grant is None or grant.expires_at < time.monotonic():
-            return None
-        if grant.call_id is not None and grant.call_id != call_id:
-            return None  # minted for another call
-        if grant.provider is not None and provider is not None and grant.provider != provider:
-            return None  # minted for another provider's stream
-        return grant
+        """The grant of a one-time token, used up on every worker; None if unknown, used, expired,
+        minted for another call id or another provider. Blocking: call it from a thread."""
+        return self.store.call_tokens.redeem(token, call_id, provider)
 
     def call_announced_to_other_tenant(self, call_id: str | None, tenant: str) -> bool:
-        entry = self.announced_calls.get(call_id or "")
-        return entry is not None and entry[1] >= time.monotonic() and entry[0] != tenant
+        return self.store.call_tokens.announced_to_other_tenant(call_id, tenant)
 
 
 def load_pipelines(folder: Path = PROJECT_ROOT / "pipelines", extra: list[str | Path] | None = None) -> dict[str, PipelineConfig]:

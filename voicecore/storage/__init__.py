@@ -23,7 +23,12 @@ from voicecore.storage.crypto import (
     TenantKeyMissing,
     generate_master_key,
 )
-from voicecore.storage.database import DATABASE_URL_ENV, DB_FILENAME, StorageError, safe_url
+from voicecore.storage.database import (
+    DATABASE_URL_ENV,
+    DB_FILENAME,
+    StorageError,
+    safe_url,
+)
 from voicecore.storage.outbox import (
     EVENT_TYPES,
     DeliveryInfo,

@@ -278,6 +278,7 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # Tables holding tenant data (deleted with the tenant), children first.
 TENANT_TABLES: tuple[str, ...] = (
+    "call_tokens",
     "provider_credentials",
     "exports",
     "webhook_deliveries",

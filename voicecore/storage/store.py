@@ -10,7 +10,8 @@ The repositories: :attr:`Store.tenants` (tenants, policies, API keys),
 :attr:`Store.calls` (calls, turns, recordings, reports), :attr:`Store.subjects`
 (contacts, opt-outs, restriction, export, erasure), :attr:`Store.outbox`
 (webhook events, endpoints, deliveries), :attr:`Store.providers` (the tenant's provider
-credentials and stream secrets), :attr:`Store.retention` (the sweep) and
+credentials and stream secrets), :attr:`Store.call_tokens` (one-time call tokens, shared by
+every worker), :attr:`Store.retention` (the sweep) and
 :attr:`Store.audit` (the hash-chained audit log). They share one database; a
 Store may be used from several threads.
 
@@ -29,10 +30,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
-from voicecore.storage.audit import AuditLog
-from voicecore.storage.calls import CallRepository
 from voicecore.storage import migrate
-from voicecore.storage.crypto import DatabaseKeystore, Keystore, key_locations, resolve_master_key
+from voicecore.storage.audit import AuditLog
+from voicecore.storage.call_tokens import CallTokens
+from voicecore.storage.calls import CallRepository
+from voicecore.storage.crypto import (
+    DatabaseKeystore,
+    Keystore,
+    key_locations,
+    resolve_master_key,
+)
 from voicecore.storage.database import DATABASE_URL_ENV, Database
 from voicecore.storage.database import database_url as resolve_database_url
 from voicecore.storage.outbox import Outbox
@@ -97,6 +104,7 @@ class Store:
         self.subjects = SubjectRepository(self.db, self.tenants, self.calls, self.outbox, self.audit, self.data_dir)
         self.retention = Retention(self.db, self.audit, self.data_dir)
         self.providers = ProviderAccounts(self.db, self.tenants, self.audit)
+        self.call_tokens = CallTokens(self.db, self.tenants)
 
     @property
     def db_path(self) -> Path:

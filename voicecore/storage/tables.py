@@ -313,4 +313,23 @@ wrapped_keys = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# -- revision 0003 -------------------------------------------------------------------
+
+#: One-time call tokens, shared by every worker (see :mod:`voicecore.storage.call_tokens`): the
+#: token's SHA-256, what it grants, the caller/callee numbers encrypted with the tenant key.
+call_tokens = Table(
+    "call_tokens",
+    metadata,
+    Column("token_hash", LargeBinary, primary_key=True),
+    _tenant_fk(),
+    Column("pipeline", Text),
+    Column("provider", Text),
+    Column("call_id", Text),
+    Column("numbers_enc", LargeBinary),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float),
+    Index("call_tokens_call", "call_id"),
+    Index("call_tokens_expiry", "expires_at"),
+)
+
 TABLES: dict[str, Table] = dict(metadata.tables)
