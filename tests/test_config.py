@@ -73,8 +73,13 @@ def test_valid_pipeline_gets_defaults(tmp_path):
 
 def test_shipped_receptionist_is_valid(receptionist):
     assert receptionist.name == "receptionist"
-    assert "opening" in receptionist.system_prompt.lower() or "open" in receptionist.system_prompt.lower()
     assert receptionist.greeting
+    # the opening hours are data (facts), and reach the model's prompt in words
+    from voicecore.session import system_prompt
+
+    assert receptionist.facts is not None and receptionist.facts.hours is not None
+    assert receptionist.facts.hours.saturday == "09:00-13:00" and receptionist.facts.hours.sunday == "closed"
+    assert "Saturday from 9 am to 1 pm" in system_prompt(receptionist)
 
 
 def test_unknown_model_reference_is_named(tmp_path):

@@ -124,7 +124,8 @@ def piper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PiperHttp
 
 def remote_pipeline(receptionist: PipelineConfig, name: str, llm: LLMPreset | str = "default",
                     stt: STTPreset | str = "default", tts: TTSPreset | str = "default") -> PipelineConfig:  # fmt: skip
-    return receptionist.model_copy(update={"name": name, "models": ModelRefs(stt=stt, llm=llm, tts=tts)})
+    # no facts: the questions below must reach the models on the servers (not be answered from the data)
+    return receptionist.model_copy(update={"name": name, "models": ModelRefs(stt=stt, llm=llm, tts=tts), "facts": None})
 
 
 @pytest.fixture
