@@ -72,6 +72,18 @@ def test_the_database_holds_no_usable_token_and_no_number_in_clear(store: Store)
 
 
 @pytest.mark.usefixtures("database")
+def test_erasure_removes_the_subjects_pending_tokens(store: Store) -> None:
+    store.tenants.create("acme", actor="test", with_key=False)
+    theirs = store.call_tokens.mint("acme", None, "CA1", provider="twilio", caller="+14155550100")
+    as_callee = store.call_tokens.mint("acme", None, "CA2", provider="plivo", caller="+14155550111",
+                                       callee="14155550100")  # fmt: skip  (Plivo sends numbers without +)
+    other = store.call_tokens.mint("acme", None, "CA3", provider="twilio", caller="+14155550122")
+    store.subjects.erase("acme", "(415) 555-0100", actor="test")
+    assert store.call_tokens.peek(theirs) is None and store.call_tokens.peek(as_callee) is None
+    assert store.call_tokens.peek(other) is not None  # another caller's call is untouched
+
+
+@pytest.mark.usefixtures("database")
 def test_an_expired_token_is_refused(tmp_path: Path, store: Store) -> None:
     store.tenants.create("acme", actor="test", with_key=False)
     token = store.call_tokens.mint("acme", None, ttl_s=0.0)

@@ -7,7 +7,7 @@ provider and its call id (when known: then only that call's stream may use it), 
 and callee numbers some providers' streams do not repeat.
 
 Stored as the token's SHA-256 (a copy of the database holds no usable token), the numbers
-encrypted with the tenant key; redeeming marks the row used in one conditional UPDATE, so two
+encrypted with the tenant key (and their keyed hashes, so a subject's erasure removes the row); redeeming marks the row used in one conditional UPDATE, so two
 workers racing for one token cannot both win. Rows live until two minutes after they expire:
 the provider call id they name also tells the stream of that call which tenant the provider
 announced it for.
@@ -69,16 +69,21 @@ class CallTokens:
         t = self._tenants.row(tenant)
         token = "ct" + secrets.token_hex(20)
         digest = _digest(token)
-        numbers = None
+        numbers = caller_hash = callee_hash = None
         if caller or callee:
             keys = self._tenants.data_keys(t)
             numbers = keys.encrypt_json({"caller": caller or None, "callee": callee or None}, self._aad(digest))
+            region = self._tenants.policy_of(t).phone_region
+            # the keyed hashes a subject's erasure finds the row by
+            caller_hash = TenantRepository.subject_hash_of(keys, caller, region) if caller else None
+            callee_hash = TenantRepository.subject_hash_of(keys, callee, region) if callee else None
         now = self._db.clock()
         with self._db.tx():
             self._db.execute("DELETE FROM call_tokens WHERE expires_at < ?", (now - KEEP_AFTER_EXPIRY_S,))
             self._db.insert("call_tokens", {
                 "token_hash": digest, "tenant_id": t.id, "pipeline": pipeline, "provider": provider,
-                "call_id": call_id or None, "numbers_enc": numbers, "expires_at": now + ttl_s, "used_at": None,
+                "call_id": call_id or None, "numbers_enc": numbers, "caller_hash": caller_hash,
+                "callee_hash": callee_hash, "expires_at": now + ttl_s, "used_at": None,
             })  # fmt: skip
         return token
 

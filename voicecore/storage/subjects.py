@@ -492,7 +492,7 @@ class SubjectRepository:
 
     def erase(self, tenant: str, phone: str, *, actor: str) -> ErasureResult:
         """Erase everything the tenant holds about ``phone``: its calls, turns, recordings (files
-        shredded), reports, contact, stored exports, outbox events, and mentions of the number in
+        shredded), reports, contact, stored exports, outbox events, pending call tokens, and mentions of the number in
         other calls' transcripts, reports, contacts and outbox payloads (replaced by "[erased]"). Only the keyed hash survives
         (opt-out and restriction keep working). Then the database is compacted so no bytes remain.
         Other tenants are untouched. Audited (``subject.erased``); ``subject.erased`` outbox event."""
@@ -527,6 +527,9 @@ class SubjectRepository:
                     "DELETE FROM calls WHERE tenant_id = ? AND (caller_hash = ? OR callee_hash = ?)", sc
                 )
                 res.contacts = self._db.execute("DELETE FROM contacts WHERE tenant_id = ? AND phone_hash = ?", (tid, h))
+                # a call token minted for the subject's call (its numbers, encrypted, for a few minutes)
+                self._db.execute("DELETE FROM call_tokens WHERE tenant_id = ? AND (caller_hash = ? OR callee_hash = ?)",
+                                 (tid, h, h))  # fmt: skip
                 paths += [
                     self._data_dir / r["path"]
                     for r in self._db.rows("SELECT path FROM exports WHERE tenant_id = ? AND subject_hash = ?", (tid, h))

@@ -326,6 +326,8 @@ call_tokens = Table(
     Column("provider", Text),
     Column("call_id", Text),
     Column("numbers_enc", LargeBinary),
+    Column("caller_hash", Text),
+    Column("callee_hash", Text),
     Column("expires_at", Float, nullable=False),
     Column("used_at", Float),
     Index("call_tokens_call", "call_id"),

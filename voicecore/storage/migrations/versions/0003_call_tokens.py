@@ -26,6 +26,8 @@ def upgrade() -> None:
         sa.Column("provider", sa.Text()),
         sa.Column("call_id", sa.Text()),
         sa.Column("numbers_enc", sa.LargeBinary()),
+        sa.Column("caller_hash", sa.Text()),
+        sa.Column("callee_hash", sa.Text()),
         sa.Column("expires_at", sa.Float(), nullable=False),
         sa.Column("used_at", sa.Float()),
         sa.PrimaryKeyConstraint("token_hash"),
