@@ -296,6 +296,20 @@ def pg_cluster():
 
 
 @pytest.fixture
+def pg_url(pg_cluster, monkeypatch):
+    """A fresh database on the session's cluster, in ``VOICECORE_DATABASE_URL``, with one master key
+    in ``VOICECORE_MASTER_KEY``: what several workers of one deployment share."""
+    from voicecore.storage import DATABASE_URL_ENV
+
+    name = pg_cluster.create_database()
+    url = pg_cluster.url(name)
+    monkeypatch.setenv(DATABASE_URL_ENV, url)
+    monkeypatch.setenv("VOICECORE_MASTER_KEY", "A" * 43 + "=")
+    yield url
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture
 def database(request, monkeypatch):
     """``sqlite``: the data directory's file; ``postgresql``: a fresh database on the session's
     cluster. Returns the URL (``None`` for SQLite) and sets VOICECORE_DATABASE_URL to it."""

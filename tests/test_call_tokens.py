@@ -15,24 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg import PostgresCluster
 from test_provider_answers import TWILIO_TOKEN, media_target, send, signed_request
 
 from voicecore.server import create_app, running_server
 from voicecore.server.guard import AuthThrottle
-from voicecore.storage import DATABASE_URL_ENV, Store
+from voicecore.storage import Store
 from voicecore.storage.call_tokens import is_call_token
 from voicecore.testing.callers import TwilioClient, wait_stored_call
-
-
-@pytest.fixture
-def pg_url(pg_cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch):
-    name = pg_cluster.create_database()
-    url = pg_cluster.url(name)
-    monkeypatch.setenv(DATABASE_URL_ENV, url)
-    monkeypatch.setenv("VOICECORE_MASTER_KEY", "A" * 43 + "=")  # the workers share one master key
-    yield url
-    pg_cluster.drop_database(name)
 
 
 def worker(tmp_path: Path, name: str) -> Store:

@@ -45,16 +45,6 @@ from voicecore.storage.database import Database
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def pg_url(pg_cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch):
-    name = pg_cluster.create_database()
-    url = pg_cluster.url(name)
-    monkeypatch.setenv(DATABASE_URL_ENV, url)
-    monkeypatch.setenv("VOICECORE_MASTER_KEY", "A" * 43 + "=")  # the workers share one master key
-    yield url
-    pg_cluster.drop_database(name)
-
-
 def worker(tmp_path: Path, name: str) -> Store:
     """One worker: its own data directory and key directory, the shared database and master key."""
     return Store(tmp_path / name, key_dir=tmp_path / f"{name}-keys", allow_insecure_webhooks=True)

@@ -163,23 +163,34 @@ async def ask(client: TwilioClient, audio: Any) -> float:
     return utt.speech_end_at
 
 
-@pytest.mark.models
-async def test_a_call_is_answered_by_the_llm_on_an_inference_server(remote_server, llama_server, say) -> None:
-    before = llama_server.completions()
-    client = TwilioClient(f"{remote_server['ws']}/ws/twilio", token=remote_server["keys"]["euro"])
+async def ask_saturday(remote_server: dict[str, Any], say: Any, tenant: str, pipeline: str, *,
+                       timeout: float = 30.0) -> tuple[Any, Any]:  # fmt: skip
+    """A Twilio call of ``tenant`` on ``pipeline``: the greeting, "What time do you open on
+    Saturday?", the agent's answer played out, the hang-up. Returns the agent's audio after the
+    question and the stored call."""
+    key = remote_server["keys"][tenant]
+    client = TwilioClient(f"{remote_server['ws']}/ws/twilio", token=key,
+                          custom={"token": key, "pipeline": pipeline, "from": "+14155550100"})  # fmt: skip
     try:
         assert await client.start()
         asked = await ask(client, say("What time do you open on Saturday?"))
-        reply = await client.wait_media_after(asked, 40)
-        assert reply is not None, f"no reply from the remote LLM\n{llama_server.output()}"
-        assert await client.wait_agent_quiet(quiet=0.8, timeout=40)
-        assert rms(client.agent_audio(since=asked)) > 100
+        assert await client.wait_media_after(asked, timeout) is not None, "silence after the question"
+        assert await client.wait_agent_quiet(quiet=0.8, timeout=timeout)
+        heard = client.agent_audio(since=asked)
         await client.hangup()
     finally:
         await client.close()
-    assert llama_server.completions() > before, "the inference server was never asked"
-    call = await wait_stored_call(remote_server["store"], "euro", client.ids, with_turns=True)
+    call = await wait_stored_call(remote_server["store"], tenant, client.ids, with_turns=True)
     assert call is not None
+    return heard, call
+
+
+@pytest.mark.models
+async def test_a_call_is_answered_by_the_llm_on_an_inference_server(remote_server, llama_server, say) -> None:
+    before = llama_server.completions()
+    heard, call = await ask_saturday(remote_server, say, "euro", "remote", timeout=40)
+    assert rms(heard) > 100
+    assert llama_server.completions() > before, "the inference server was never asked"
     agent = [t for t in call.turns if t.role == "agent" and t.kind != "greeting"]
     assert agent and agent[0].text.strip(), "no agent reply stored"
     assert agent[0].text.strip() != remote_server_fallback(), "the fallback spoke, not the remote model"
@@ -210,19 +221,7 @@ async def test_a_local_only_policy_refuses_the_remote_pipeline_before_any_audio(
 
 @pytest.mark.models
 async def test_an_unreachable_inference_server_gives_the_spoken_fallback(remote_server, say) -> None:
-    key = remote_server["keys"]["homebody"]
-    client = TwilioClient(f"{remote_server['ws']}/ws/twilio", token=key,
-                          custom={"token": key, "pipeline": "remote-down", "from": "+14155550100"})  # fmt: skip
-    try:
-        assert await client.start()
-        asked = await ask(client, say("What time do you open on Saturday?"))
-        assert await client.wait_media_after(asked, 30) is not None, "silence instead of the fallback"
-        assert await client.wait_agent_quiet(quiet=0.8, timeout=30)
-        await client.hangup()
-    finally:
-        await client.close()
-    call = await wait_stored_call(remote_server["store"], "homebody", client.ids, with_turns=True)
-    assert call is not None
+    _heard, call = await ask_saturday(remote_server, say, "homebody", "remote-down")
     agent = [t for t in call.turns if t.role == "agent" and t.kind != "greeting"]
     assert agent and agent[0].text.strip() == remote_server_fallback()
     failures = call.flags.get("backend_failures")
@@ -236,22 +235,11 @@ async def test_every_stage_on_an_inference_server(remote_server, llama_server, w
     """STT on faster-whisper-server, the LLM on llama_cpp.server, TTS on Piper's HTTP server: the
     caller hears the greeting and a reply, every server did its part, the record is the usual one."""
     counts = (whisper_server.transcriptions(), llama_server.completions(), piper_server.syntheses())
-    key = remote_server["keys"]["euro"]
-    client = TwilioClient(f"{remote_server['ws']}/ws/twilio", token=key,
-                          custom={"token": key, "pipeline": "all-remote", "from": "+14155550100"})  # fmt: skip
-    try:
-        assert await client.start()
-        asked = await ask(client, say("What time do you open on Saturday?"))
-        assert await client.wait_media_after(asked, 40) is not None, "no reply"
-        assert await client.wait_agent_quiet(quiet=0.8, timeout=40)
-        assert rms(client.agent_audio(since=asked)) > 100
-        await client.hangup()
-    finally:
-        await client.close()
+    heard, call = await ask_saturday(remote_server, say, "euro", "all-remote", timeout=40)
+    assert rms(heard) > 100
     after = (whisper_server.transcriptions(), llama_server.completions(), piper_server.syntheses())
     assert all(a > b for a, b in zip(after, counts)), (counts, after)
-    call = await wait_stored_call(remote_server["store"], "euro", client.ids, with_turns=True)
-    assert call is not None and "backend_failures" not in call.flags, call and call.flags
+    assert "backend_failures" not in call.flags, call.flags
     caller = " ".join(t.text for t in call.turns if t.role == "caller").lower()
     assert "saturday" in caller, caller
     agent = [t for t in call.turns if t.role == "agent" and t.kind != "greeting"]
@@ -260,19 +248,7 @@ async def test_every_stage_on_an_inference_server(remote_server, llama_server, w
 
 @pytest.mark.models
 async def test_an_unreachable_transcription_server_gives_the_spoken_fallback(remote_server, say) -> None:
-    key = remote_server["keys"]["homebody"]
-    client = TwilioClient(f"{remote_server['ws']}/ws/twilio", token=key,
-                          custom={"token": key, "pipeline": "stt-down", "from": "+14155550100"})  # fmt: skip
-    try:
-        assert await client.start()
-        asked = await ask(client, say("What time do you open on Saturday?"))
-        assert await client.wait_media_after(asked, 30) is not None, "silence instead of the fallback"
-        assert await client.wait_agent_quiet(quiet=0.8, timeout=30)
-        await client.hangup()
-    finally:
-        await client.close()
-    call = await wait_stored_call(remote_server["store"], "homebody", client.ids, with_turns=True)
-    assert call is not None
+    _heard, call = await ask_saturday(remote_server, say, "homebody", "stt-down")
     failures = call.flags.get("backend_failures")
     assert failures and failures[0]["kind"] == "stt" and failures[0]["backend"] == remote_server["down"], failures
     spoken = [t.text.strip() for t in call.turns if t.role == "agent" and t.kind != "greeting"]
