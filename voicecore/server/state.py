@@ -52,7 +52,7 @@ class ServerState:
 
     @property
     def active_calls(self) -> int:
-        return len(self.calls) + len(self.peer_calls) + self.opening_calls
+        return len(self.calls) + self.opening_calls  # (a WebRTC call is in calls too, not only in peer_calls)
 
     def readiness(self) -> str | None:
         """Why this worker should get no new call now (``draining``, ``shutting_down``, ``full``),
