@@ -326,3 +326,12 @@ def database(request, monkeypatch):
     monkeypatch.setenv(DATABASE_URL_ENV, url)
     yield url
     cluster.drop_database(name)
+
+
+def undo_revision_0004(conn) -> None:
+    """What revision 0004 added, removed: the file as the code before it left it."""
+    for table in ("recording_chunks", "report_jobs", "workers"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("DROP INDEX calls_open")
+    conn.execute("ALTER TABLE calls DROP COLUMN worker_id")
+    conn.execute("ALTER TABLE recordings DROP COLUMN location")

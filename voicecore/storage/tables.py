@@ -79,8 +79,10 @@ calls = Table(
     Column("transcript_redacted", Integer, nullable=False, server_default="0"),
     Column("stored_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
+    Column("worker_id", Text),  # revision 0004: the worker that holds the call while it is open
     UniqueConstraint("tenant_id", "call_id"),
     Index("calls_started", "tenant_id", "started_at"),
+    Index("calls_open", "worker_id", "ended_at"),
     Index("calls_caller", "tenant_id", "caller_hash"),
     Index("calls_callee", "tenant_id", "callee_hash"),
     Index("calls_expiry", "expires_at"),
@@ -123,6 +125,8 @@ recordings = Table(
     Column("complete", Integer, nullable=False, server_default="0"),
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
+    # revision 0004: "file" (chunks in <data_dir>/<path>) or "database" (rows of recording_chunks)
+    Column("location", Text, nullable=False, server_default="file"),
     UniqueConstraint("tenant_id", "call_id", "track"),
     Index("recordings_subject", "tenant_id", "subject_hash"),
     Index("recordings_expiry", "expires_at"),
@@ -332,6 +336,68 @@ call_tokens = Table(
     Column("used_at", Float),
     Index("call_tokens_call", "call_id"),
     Index("call_tokens_expiry", "expires_at"),
+)
+
+# -- revision 0004 -------------------------------------------------------------------
+
+#: Every ``serve`` worker's lease: renewed by its heartbeat; a worker whose lease ran out is
+#: ``lost`` and another worker closes its open calls as ``worker_lost``.
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("lease_expires_at", Float, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("closed_by", Text),
+    Column("closed_at", Float),
+    CheckConstraint("state IN ('alive', 'draining', 'stopped', 'lost')", name="workers_state"),
+    Index("workers_lease", "state", "lease_expires_at"),
+)
+
+#: Post-call reports still to generate, claimed row by row by the workers (``SKIP LOCKED`` on
+#: PostgreSQL): a claim lasts until ``claimed_until``; a worker that dies leaves its job to the
+#: next claim. ``input_enc`` holds what the report is made from (encrypted with the tenant key),
+#: so a report can be made even when the policy keeps no transcript; the row goes when the
+#: report is stored, with the subject's erasure, or at ``expires_at``.
+report_jobs = Table(
+    "report_jobs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    _tenant_fk(),
+    Column("call_id", Text, nullable=False),
+    Column("subject_hash", Text),
+    Column("input_enc", LargeBinary),
+    Column("status", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("claimed_by", Text),
+    Column("claimed_until", Float),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    CheckConstraint("status IN ('pending', 'running')", name="report_jobs_status"),
+    UniqueConstraint("tenant_id", "call_id"),
+    Index("report_jobs_due", "status", "claimed_until"),
+    Index("report_jobs_subject", "tenant_id", "subject_hash"),
+    Index("report_jobs_expiry", "expires_at"),
+)
+
+#: Encrypted recording chunks kept in the database (``recordings.location = 'database'``, the
+#: PostgreSQL mode: every worker reads every recording): the same AES-GCM chunks as a file holds.
+recording_chunks = Table(
+    "recording_chunks",
+    metadata,
+    Column(
+        "recording_id",
+        Text,
+        ForeignKey("recordings.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("idx", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("recording_id", "idx"),
 )
 
 TABLES: dict[str, Table] = dict(metadata.tables)
