@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,13 @@ from voicecore.session import CallSession
 from voicecore.storage import Store
 from voicecore.storage.call_tokens import CALL_TOKEN_TTL_S, CallGrant, is_call_token
 
-__all__ = ["CALL_TOKEN_TTL_S", "CallGrant", "ServerState", "is_call_token", "load_pipelines"]
+__all__ = ["CALL_TOKEN_TTL_S", "CallGrant", "ServerState", "is_call_token", "load_pipelines", "new_worker_id"]
+
+
+def new_worker_id() -> str:
+    """This worker's name in the database (its lease, the calls it holds, the work it claims):
+    host, process id and a random suffix, so a restarted process is a new worker."""
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass
@@ -49,6 +58,8 @@ class ServerState:
     draining: bool = False
     drain_timeout_s: float = 60.0
     opening_calls: int = 0  # calls being opened (counted against max_calls before they are active)
+    #: This worker's id (:func:`new_worker_id`): the lease it holds, the calls and work it claims.
+    worker_id: str = field(default_factory=new_worker_id)
 
     @property
     def active_calls(self) -> int:
