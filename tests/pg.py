@@ -108,6 +108,14 @@ class PostgresCluster:
         self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
         self._start_server()
 
+    def pause(self) -> None:
+        """Stop the server (fast: open connections are cut), keeping its files: an outage."""
+        self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    def resume(self) -> None:
+        """Start the server :meth:`pause` stopped, on the same port."""
+        self._start_server()
+
     def stop(self) -> None:
         try:
             self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")

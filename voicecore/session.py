@@ -66,6 +66,7 @@ from voicecore.records import CallRecord, Turn, TurnTimeline
 from voicecore.services.conversation import ContextBuilder, Conversation, PolicyContext
 from voicecore.services.vad import PIPELINE_SAMPLE_RATE
 from voicecore.storage.calls import RecordingNotAllowed
+from voicecore.storage.live_calls import LiveCallWriter, save_call
 from voicecore.storage.recording import RecordingStream
 from voicecore.storage.tenants import UnknownTenant
 from voicecore.transports.base import CallRefused, CallTransport
@@ -121,6 +122,7 @@ class CallSession:
         policy: Policy | None = None,
         store: Store | None = None,
         listen: bool = True,
+        on_changed: Callable[[], None] | None = None,
     ):
         self.config = config
         self.pool = pool
@@ -132,6 +134,7 @@ class CallSession:
         self.policy = policy
         self.store = store
         self._on_ended = on_ended
+        self._on_changed = on_changed  # the record changed (a turn finished): the open call is saved
         self._on_prompt = on_prompt
         self._greet = greet
         self._listen = listen  # False: caller audio is dropped unheard (restricted callers)
@@ -447,6 +450,7 @@ class CallSession:
     def _caller_said(self, text: str, timeline: TurnTimeline) -> bool:
         """Every final caller transcript; ``False`` when the session answers the turn itself."""
         self.record.turns.append(Turn(role="caller", text=text, timeline=timeline))
+        self._changed()
         policy = self.policy
         if policy is None:
             return True
@@ -513,6 +517,11 @@ class CallSession:
             done.set()
         if not self._agent_turns:
             self.replies_finished.set()
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_changed is not None and not self._ended:
+            self._on_changed()
 
     def _agent_audio_tap(self, pcm16: bytes) -> None:
         if self.recorder is not None:
@@ -611,6 +620,7 @@ async def open_call(
     realtime: bool = True,
     greet: bool = True,
     on_prompt: Callable[[str], None] | None = None,
+    worker_id: str | None = None,
 ) -> CallSession:
     """Start a call under the tenant's policy and return the running session: the one road
     for every call.
@@ -624,7 +634,9 @@ async def open_call(
     gets the policy's context builder (with the caller's allow-listed contact fields),
     recording as the policy allows (``consent``: asked first), opt-out handling, and at
     the end ``store.calls.save(record, policy)`` in a worker thread, then the post-call
-    report on ``reports``. Finish the call with ``session.end(reason)``.
+    report on ``reports``. Finish the call with ``session.end(reason)``. With a ``worker_id``
+    (``serve``) the open call is saved as it goes, held by that worker (see
+    :mod:`voicecore.storage.live_calls`); the saves ride out a database outage.
     """
     tenant = tenant or DEFAULT_TENANT
     record = record or CallRecord(pipeline=config.name, transport=transport.name)
@@ -656,11 +668,15 @@ async def open_call(
 
     context = PolicyContext(policy, history_messages=2 * config.llm.history_turns, contact=contact)
     on_ended: CallEnded | None = None
+    writer = LiveCallWriter(store, record, policy, worker_id) if store is not None and worker_id else None
     if store is not None:
 
         async def on_ended(finished: CallRecord) -> None:
             try:
-                stored = await asyncio.to_thread(store.calls.save, finished, policy)
+                if writer is not None:
+                    stored = await writer.finish(finished)
+                else:
+                    stored = await save_call(store, finished, policy)
             except Exception as e:  # the call is over either way; say so loudly (no content in the message)
                 logger.error(f"call {finished.call_id[:8]}: the call record could not be stored ({type(e).__name__})")
                 return
@@ -685,6 +701,9 @@ async def open_call(
         greet=greet,
         policy=policy,
         store=store,
+        on_changed=writer.changed if writer is not None else None,
     )
     await session.start()
+    if writer is not None:
+        writer.changed()  # the call is open: its row says which worker holds it
     return session

@@ -158,9 +158,13 @@ def chat(pipeline: str, messages: tuple[str, ...]) -> None:
                    "GET /healthz/ready answers 503. Default: no limit.")
 @click.option("--drain-timeout", "drain_timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="Seconds calls in progress may go on after SIGTERM (no new calls meanwhile); 0 ends them at once.")
+@click.option("--lease-seconds", "lease_s", type=click.FloatRange(min=0.3, max=3600), default=15.0,
+              show_default=True, envvar="VOICECORE_LEASE_SECONDS",
+              help="This worker's lease in the database, renewed every third of it: a worker silent longer is "
+                   "dead, and another worker closes its open calls as worker_lost.")
 def serve(host: str, port: int, data_dir: Path | None, pipeline: str, log_level: str | None,
           allow_insecure_webhooks: bool, public_url: str | None, telnyx_codec: str,
-          telnyx_sample_rate: str, max_calls: int | None, drain_timeout: float) -> None:  # fmt: skip
+          telnyx_sample_rate: str, max_calls: int | None, drain_timeout: float, lease_s: float) -> None:  # fmt: skip
     """Host telephony media streams (Twilio, Telnyx, Vonage, Plivo, Exotel, Asterisk) on WebSockets.
 
     \b
@@ -168,6 +172,8 @@ def serve(host: str, port: int, data_dir: Path | None, pipeline: str, log_level:
     GET|POST /providers/{provider}/{tenant}/answer             the providers' answer URLs
     GET      /healthz, /healthz/ready, /metrics
     SIGTERM drains: no new calls, the calls in progress finish (--drain-timeout).
+    Each worker holds a lease (--lease-seconds); the calls of a dead worker are closed
+    as worker_lost by another.
     Create a tenant first (voicecore tenants add NAME), store its provider credentials
     (voicecore providers set ...) and paste what `voicecore providers snippet` prints.
     """
@@ -190,6 +196,6 @@ def serve(host: str, port: int, data_dir: Path | None, pipeline: str, log_level:
                    allow_insecure_webhooks=allow_insecure_webhooks, public_url=public_url,
                    database_url=database_url() or "",
                    telnyx_codec=telnyx_codec, telnyx_sample_rate=int(telnyx_sample_rate),
-                   max_calls=max_calls, drain_timeout_s=drain_timeout)  # fmt: skip
+                   max_calls=max_calls, drain_timeout_s=drain_timeout, lease_s=lease_s)  # fmt: skip
     except (ConfigError, StorageError, CryptoError) as e:
         raise click.ClickException(str(e)) from None

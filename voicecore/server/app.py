@@ -28,10 +28,12 @@ from voicecore.config import PROJECT_ROOT, PipelineConfig, load_pipeline
 from voicecore.model_pool import ModelPool
 from voicecore.server import answers, api, api_providers, calls
 from voicecore.server.guard import AuthThrottle, Guard
+from voicecore.server.leases import hold_lease, release_lease
 from voicecore.server.logs import install_log_redaction
 from voicecore.server.state import ServerState, load_pipelines
 from voicecore.server.webhooks import WebhookWorker
 from voicecore.storage import Store
+from voicecore.storage.workers import DEFAULT_LEASE_S
 from voicecore.telephony import create_protocol
 from voicecore.telephony.snippets import check_public_url
 from voicecore.telephony.telnyx import TELNYX_CODECS
@@ -56,6 +58,7 @@ def create_app(
     max_calls: int | None = None,
     drain_timeout_s: float = 60.0,
     database_url: str | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> FastAPI:
     """The ASGI app. ``pipeline`` is a name from ``pipelines/`` or a YAML path (the default agent).
     ``allow_insecure_webhooks``: webhooks may go to ``http://`` and private addresses (local
@@ -65,11 +68,15 @@ def create_app(
     ``max_calls``: calls this worker takes at once (None: no limit); ``drain_timeout_s``: how long
     calls in progress may go on after SIGTERM before they are ended.
     ``database_url``: PostgreSQL shared by several workers (default ``VOICECORE_DATABASE_URL``, else
-    the data directory's SQLite file); checked before anything else starts."""
+    the data directory's SQLite file); checked before anything else starts. ``lease_s``: this
+    worker's lease (renewed every third of it); a worker silent longer is declared lost and its
+    open calls are closed as ``worker_lost`` by another."""
     if max_calls is not None and max_calls < 1:
         raise ValueError(f"max_calls must be at least 1, got {max_calls}")
     if drain_timeout_s < 0:
         raise ValueError(f"drain timeout must be 0 or more seconds, got {drain_timeout_s}")
+    if not 0.3 <= lease_s <= 3600:
+        raise ValueError(f"lease must be between 0.3 and 3600 seconds, got {lease_s}")
     if public_url is not None:
         public_url = check_public_url(public_url)
     if telnyx_codec not in TELNYX_CODECS:
@@ -93,6 +100,7 @@ def create_app(
         telnyx_sample_rate=telnyx_sample_rate if telnyx_codec == "L16" else 8000,
         max_calls=max_calls,
         drain_timeout_s=drain_timeout_s,
+        lease_s=lease_s,
     )
     if auth_throttle is not None:
         state.throttle = auth_throttle
@@ -114,6 +122,7 @@ def create_app(
             )
         elif not state.public_url.startswith("https://"):
             logger.warning(f"the public URL {state.public_url} is http://: providers refuse the ws:// media URLs")
+        lease = asyncio.create_task(hold_lease(state))
         sweeper = asyncio.create_task(_sweep_periodically(state))
         webhook_worker = WebhookWorker(state.store)
         webhooks = asyncio.create_task(webhook_worker.run())
@@ -127,6 +136,8 @@ def create_app(
             state.shutting_down = True
             sweeper.cancel()
             await _end_all_calls(state, "server_shutdown")
+            lease.cancel()
+            await release_lease(state)
             await state.reports.drain(timeout=30)
             webhook_worker.stop()
             try:
@@ -261,13 +272,15 @@ async def running_server(
 def serve(host: str, port: int, data_dir: Path, pipeline: str, *, log_level: str = "INFO",
           allow_insecure_webhooks: bool = False, public_url: str | None = None, telnyx_codec: str = "PCMU",
           telnyx_sample_rate: int = 8000, max_calls: int | None = None,
-          drain_timeout_s: float = 60.0, database_url: str | None = None) -> None:  # fmt: skip
+          drain_timeout_s: float = 60.0, database_url: str | None = None,
+          lease_s: float = DEFAULT_LEASE_S) -> None:  # fmt: skip
     """Run the server until SIGINT/SIGTERM: then it drains (no new calls; the calls in progress
     finish, up to ``drain_timeout_s``) and every call's record is closed before exit. A second
     signal stops at once. ``log_level`` governs voicecore's and uvicorn's logs alike."""
     app = create_app(data_dir=data_dir, pipeline=pipeline, allow_insecure_webhooks=allow_insecure_webhooks,
                      public_url=public_url, telnyx_codec=telnyx_codec, telnyx_sample_rate=telnyx_sample_rate,
-                     max_calls=max_calls, drain_timeout_s=drain_timeout_s, database_url=database_url)
+                     max_calls=max_calls, drain_timeout_s=drain_timeout_s, database_url=database_url,
+                     lease_s=lease_s)
     state: ServerState = app.state.vc
     server = _Server(_uvicorn_config(app, host, port, log_level=log_level), state)
     server.run()

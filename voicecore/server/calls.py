@@ -78,7 +78,7 @@ async def start_call(state: ServerState, tenant: str, pipeline: str | None, reco
     try:
         session = await open_call(
             pool=state.pool, store=state.store, tenant=tenant, config=state.pipelines[name], transport=transport,
-            record=record, reports=state.reports,
+            record=record, reports=state.reports, worker_id=state.worker_id,
         )  # fmt: skip
     finally:
         state.opening_calls -= 1

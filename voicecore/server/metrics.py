@@ -41,6 +41,8 @@ class Metrics:
         self.unknown_events_total: dict[str, int] = defaultdict(int)
         self.webhooks_rejected_total: dict[tuple[str, str], int] = defaultdict(int)
         self.latency: dict[str, Histogram] = {stage: Histogram() for stage in TIMELINE_STAGES[1:]}
+        self.workers_reaped = 0  # other workers this one found dead (lease run out)
+        self.calls_lost = 0  # their open calls it closed as worker_lost
 
     def call_started(self, provider: str) -> None:
         with self._lock:
@@ -105,6 +107,14 @@ class Metrics:
             ]
             for (provider, why), n in sorted(self.webhooks_rejected_total.items()):
                 lines.append(f'voicecore_answer_requests_rejected_total{{provider="{provider}",reason="{why}"}} {n}')
+            lines += [
+                "# HELP voicecore_workers_reaped_total Workers found dead by this one (lease run out).",
+                "# TYPE voicecore_workers_reaped_total counter",
+                f"voicecore_workers_reaped_total {self.workers_reaped}",
+                "# HELP voicecore_calls_closed_worker_lost_total Calls of dead workers closed by this one.",
+                "# TYPE voicecore_calls_closed_worker_lost_total counter",
+                f"voicecore_calls_closed_worker_lost_total {self.calls_lost}",
+            ]
             lines += ["# HELP voicecore_turns_total Caller turns.", "# TYPE voicecore_turns_total counter"]
             for provider, n in sorted(self.turns_total.items()):
                 lines.append(f'voicecore_turns_total{{transport="{provider}"}} {n}')

@@ -17,6 +17,7 @@ from voicecore.server.metrics import Metrics
 from voicecore.session import CallSession
 from voicecore.storage import Store
 from voicecore.storage.call_tokens import CALL_TOKEN_TTL_S, CallGrant, is_call_token
+from voicecore.storage.workers import DEFAULT_LEASE_S
 
 __all__ = ["CALL_TOKEN_TTL_S", "CallGrant", "ServerState", "is_call_token", "load_pipelines", "new_worker_id"]
 
@@ -60,6 +61,8 @@ class ServerState:
     opening_calls: int = 0  # calls being opened (counted against max_calls before they are active)
     #: This worker's id (:func:`new_worker_id`): the lease it holds, the calls and work it claims.
     worker_id: str = field(default_factory=new_worker_id)
+    #: ``serve --lease-seconds``: a worker silent this long is dead; another closes its calls.
+    lease_s: float = DEFAULT_LEASE_S
 
     @property
     def active_calls(self) -> int:

@@ -125,6 +125,27 @@ def report_from_row(r: dict[str, Any], keys: TenantKeys) -> StoredReport:
     return StoredReport(r["id"], r["call_id"], r["status"], r["error"], body, r["created_at"], r["expires_at"])
 
 
+def _ended_event(
+    call_id: str, transport: str, pipeline: str, caller: str | None, callee: str | None, started_at: float,
+    ended_at: float, end_reason: str | None, turns: int, optout: bool, transcript_stored: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """The data of a ``call.ended`` event."""
+    return {
+        "call_id": call_id,
+        "transport": transport,
+        "pipeline": pipeline,
+        "caller": caller,
+        "callee": callee,
+        "started_at": iso(started_at),
+        "ended_at": iso(ended_at),
+        "duration_s": round(ended_at - started_at, 3),
+        "end_reason": end_reason,
+        "turns": turns,
+        "optout": optout,
+        "transcript_stored": transcript_stored,
+    }
+
+
 class CallRepository:
     """Calls, turns, recordings and reports of every tenant."""
 
@@ -137,13 +158,18 @@ class CallRepository:
 
     # -- calls and turns -----------------------------------------------------------------
 
-    def save(self, record: CallRecord, policy: Policy | None = None) -> bool:
+    def save(self, record: CallRecord, policy: Policy | None = None, *, worker_id: str | None = None,
+             turns_from: int | None = None) -> bool:  # fmt: skip
         """Store a call as the policy allows: metadata and timelines (``retention.metadata``), turn text
         encrypted and redacted or not (``retention.transcripts``, ``transcripts.store_redacted``).
         Writes a ``call.ended`` outbox event in the same transaction when the call has ended.
 
-        Idempotent per call id (a later save replaces the earlier one). Returns ``False``
-        when nothing was stored: metadata retention 0, or the caller/callee is restricted.
+        Idempotent per call id (a later save replaces the earlier one): a worker saves an open
+        call (``ended_at`` None) with its ``worker_id`` as it goes, so that what was said is kept
+        if the worker dies (:meth:`close_lost_in_tx`). ``turns_from``: the turns before this index
+        are unchanged since the previous save of this call, so only the later ones are written (a
+        call saved after each turn costs one turn per save, not the whole transcript). Returns
+        ``False`` when nothing was stored: metadata retention 0, or the caller/callee is restricted.
         """
         with self._db.lock:
             t = self._tenants.row(record.tenant)
@@ -171,7 +197,8 @@ class CallRepository:
             caller_e164 = subject_key(record.caller, region) if record.caller else None
             callee_e164 = subject_key(record.callee, region) if record.callee else None
             with self._db.tx():
-                self._db.execute("DELETE FROM turns WHERE tenant_id = ? AND call_id = ?", (tid, cid))
+                first = 0 if turns_from is None or previous is None else max(0, min(turns_from, len(record.turns)))
+                self._db.execute("DELETE FROM turns WHERE tenant_id = ? AND call_id = ? AND idx >= ?", (tid, cid, first))
                 self._db.execute("DELETE FROM calls WHERE tenant_id = ? AND call_id = ?", (tid, cid))
                 self._db.insert(
                     "calls",
@@ -195,10 +222,13 @@ class CallRepository:
                         "transcript_redacted": int(text_exp is not None and policy.transcripts.store_redacted),
                         "stored_at": now,
                         "expires_at": meta_exp,
+                        "worker_id": worker_id,
                     },
                 )
                 turn_rows: list[dict[str, Any]] = []
                 for idx, turn in enumerate(record.turns):
+                    if idx < first:
+                        continue
                     row_key = f"{cid}/{idx}"
                     text = stored_transcript_text(policy, turn.text)
                     generated = stored_transcript_text(policy, turn.generated_text)
@@ -221,27 +251,65 @@ class CallRepository:
                             "text_expires_at": text_exp if (text is not None or generated is not None) else None,
                         },
                     )
-                self._db.insert_many("turns", turn_rows)
+                if turn_rows:
+                    self._db.insert_many("turns", turn_rows)
                 if record.ended_at is not None and (previous is None or previous["ended_at"] is None):
-                    payload: dict[str, Any] = {
-                        "call_id": cid,
-                        "transport": record.transport,
-                        "pipeline": record.pipeline,
-                        "caller": caller_e164,
-                        "callee": callee_e164,
-                        "started_at": iso(record.started_at),
-                        "ended_at": iso(record.ended_at),
-                        "duration_s": record.duration_s,
-                        "end_reason": record.end_reason,
-                        "turns": len(record.turns),
-                        "optout": opted_out,
-                        "transcript_stored": text_exp is not None,
-                    }
+                    payload = _ended_event(
+                        cid, record.transport, record.pipeline, caller_e164, callee_e164, record.started_at,
+                        record.ended_at, record.end_reason, len(record.turns), opted_out, text_exp is not None,
+                    )  # fmt: skip
                     self._outbox.add_in_tx(
                         t, keys, "call.ended", payload, call_id=cid, subject_hash=caller_hash or callee_hash
                     )
             logger.info("call {} stored for tenant {} ({} turns)", cid, record.tenant, len(record.turns))
             return True
+
+    def close_lost_in_tx(self, worker_id: str, ended_at: float) -> list[tuple[str, str]]:
+        """Inside the transaction that declares ``worker_id`` lost: close the calls it still held
+        as ``worker_lost`` at ``ended_at`` (its last heartbeat), keeping what was saved of them
+        (as their policy allowed when saved), with their ``call.ended`` events. Returns
+        ``(tenant name, call id)`` of each call closed."""
+        closed: list[tuple[str, str]] = []
+        rows = self._db.rows(
+            "SELECT c.*, t.name AS tenant_name FROM calls c JOIN tenants t ON t.id = c.tenant_id "
+            "WHERE c.worker_id = ? AND c.ended_at IS NULL ORDER BY c.id",
+            (worker_id,),
+        )
+        for r in rows:
+            t = self._tenants.row(r["tenant_name"])
+            keys = self._tenants.data_keys(t)
+            tid, cid = t.id, r["call_id"]
+            end = max(float(r["started_at"]), ended_at)
+            flags = json.loads(r["flags"] or "{}")
+            flags["worker_lost"] = worker_id
+            self._db.execute(
+                "UPDATE calls SET ended_at = ?, duration_s = ?, end_reason = 'worker_lost', flags = ? "
+                "WHERE tenant_id = ? AND call_id = ? AND ended_at IS NULL",
+                (end, round(end - float(r["started_at"]), 3), json.dumps(flags, sort_keys=True), tid, cid),
+            )
+            stored_text = self._db.exists(
+                "SELECT 1 AS x FROM turns WHERE tenant_id = ? AND call_id = ? AND text_enc IS NOT NULL", (tid, cid)
+            )
+            payload = _ended_event(
+                cid, r["transport"], r["pipeline"],
+                keys.decrypt_text(r["caller_enc"], field_aad("calls", tid, cid, "caller")),
+                keys.decrypt_text(r["callee_enc"], field_aad("calls", tid, cid, "callee")),
+                float(r["started_at"]), end, "worker_lost", int(r["turn_count"]), bool(r["optout"]), stored_text,
+            )  # fmt: skip
+            self._outbox.add_in_tx(
+                t, keys, "call.ended", payload, call_id=cid, subject_hash=r["caller_hash"] or r["callee_hash"]
+            )
+            closed.append((t.name, cid))
+        return closed
+
+    def open_calls(self, worker_id: str | None = None) -> list[tuple[str, str, str | None]]:
+        """Calls not ended yet, as ``(tenant name, call id, worker id)`` (of one worker, or all)."""
+        sql = "SELECT t.name AS tenant, c.call_id, c.worker_id FROM calls c JOIN tenants t ON t.id = c.tenant_id " \
+              "WHERE c.ended_at IS NULL"  # fmt: skip
+        params: tuple[Any, ...] = ()
+        if worker_id is not None:
+            sql, params = sql + " AND c.worker_id = ?", (worker_id,)
+        return [(r["tenant"], r["call_id"], r["worker_id"]) for r in self._db.rows(sql + " ORDER BY c.id", params)]
 
     def turns(self, tenant_id: str, keys: TenantKeys, call_id: str, *, with_text: bool) -> list[StoredTurn]:
         """A call's turns in order (text decrypted only ``with_text``; the caller audits the read)."""

@@ -47,6 +47,7 @@ from voicecore.storage.providers import ProviderAccounts
 from voicecore.storage.retention import Retention
 from voicecore.storage.subjects import SubjectRepository
 from voicecore.storage.tenants import RECORDINGS_DIRNAME, TenantRepository
+from voicecore.storage.workers import WorkerRepository
 
 
 def default_data_dir() -> Path:
@@ -105,6 +106,7 @@ class Store:
         self.retention = Retention(self.db, self.audit, self.data_dir)
         self.providers = ProviderAccounts(self.db, self.tenants, self.audit)
         self.call_tokens = CallTokens(self.db, self.tenants)
+        self.workers = WorkerRepository(self.db, self.calls, self.audit)
 
     @property
     def db_path(self) -> Path:
