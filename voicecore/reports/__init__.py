@@ -78,6 +78,7 @@ from voicecore.reports.generate import (
     ask_model,
     build_report,
     generate_report,
+    pipeline_engines,
 )
 from voicecore.reports.transcript import (
     PURPOSES,
@@ -114,6 +115,7 @@ __all__ = [
     "find_candidates",
     "fit_transcript",
     "generate_report",
+    "pipeline_engines",
     "resolve_day",
     "resolve_slot",
     "resolve_time",
