@@ -23,7 +23,8 @@ and wires the policy seams, each in one place:
   the policy's confirmation and ends the call;
 - a restricted caller hears a short notice, nothing is processed or stored;
 - the record goes to ``store.calls.save`` (in a worker thread) at the end, and
-  the post-call report is scheduled on the given :class:`~voicecore.reports.ReportScheduler`.
+  the post-call report's job is enqueued (``store.report_jobs``) and started on the given
+  :class:`~voicecore.reports.ReportScheduler`.
 """
 
 from __future__ import annotations
@@ -686,8 +687,17 @@ async def open_call(
                     # Reports constrain a local model with a JSON grammar; a remote one is not asked.
                     logger.info(f"call {finished.call_id[:8]}: no post-call report (the pipeline's LLM is remote)")
                     return
-                # The post-call report runs on the LLM's thread, yielding to live turns.
-                reports.schedule(store, engine, tenant, finished.call_id, policy=policy, turns=finished.turns)
+                # The report's job is in the database (any worker may make it if this one stops); this
+                # worker starts it at once, on the LLM's thread, yielding to live turns.
+                try:
+                    job = await asyncio.to_thread(
+                        store.report_jobs.enqueue, tenant, finished.call_id, finished.turns, policy=policy
+                    )
+                except Exception as e:
+                    logger.error(f"call {finished.call_id[:8]}: the report job could not be stored ({type(e).__name__})")
+                    return
+                if job is not None:
+                    reports.submit(store, engine, tenant, finished.call_id)
 
     session = CallSession(
         config,

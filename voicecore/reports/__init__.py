@@ -55,6 +55,12 @@ queued behind a whole transcript. A :class:`ReportScheduler` (owned by the
 server's state, or by a CLI run) runs one report per engine at a time; the
 report's KV state is dropped afterwards. Store calls run in worker threads.
 
+Many machines: a report is a job in the database (``store.report_jobs``, enqueued when
+the call is stored, holding what the report is made from, encrypted), claimed row by row
+by whichever worker runs :meth:`ReportScheduler.run` (``serve``) and deleted with the
+report it produced, so a worker that stops leaves its reports to another
+(:mod:`voicecore.storage.report_jobs`). A CLI run claims its own call's job and drains.
+
 The package: :mod:`~voicecore.reports.transcript` (what the transcript offers,
 dates and times), :mod:`~voicecore.reports.answers` (the report, the questions and
 their JSON schemas), :mod:`~voicecore.reports.generate` (asking, validating,
@@ -78,6 +84,7 @@ from voicecore.reports.generate import (
     ask_model,
     build_report,
     generate_report,
+    pipeline_engines,
 )
 from voicecore.reports.transcript import (
     PURPOSES,
@@ -114,6 +121,7 @@ __all__ = [
     "find_candidates",
     "fit_transcript",
     "generate_report",
+    "pipeline_engines",
     "resolve_day",
     "resolve_slot",
     "resolve_time",

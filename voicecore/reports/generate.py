@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from loguru import logger
 from pydantic import ValidationError
@@ -42,6 +44,21 @@ from voicecore.reports.transcript import (
 )
 from voicecore.services.conversation import ChatMessage
 from voicecore.services.llm import Generation
+from voicecore.storage.report_jobs import (
+    REPORT_LEASE_S,
+    REPORT_MAX_ATTEMPTS,
+    ReportJob,
+    ReportJobLost,
+)
+
+if TYPE_CHECKING:
+    from voicecore.config import PipelineConfig
+    from voicecore.model_pool import ModelPool
+
+#: How often a worker looks for report jobs nobody is working on (another worker's, one that died).
+REPORT_POLL_S = 15.0
+#: A job whose generation raised is claimable again after this long (up to REPORT_MAX_ATTEMPTS claims).
+REPORT_RETRY_S = 30.0
 
 # --------------------------------------------------------------------------- results
 
@@ -160,6 +177,7 @@ async def generate_report(
     turns: Sequence[Any] | None = None,
     actor: str = REPORT_ACTOR,
     engine_lock: asyncio.Lock | None = None,
+    job: ReportJob | None = None,
 ) -> ReportResult:
     """Generate, validate and store the post-call report of a stored call (see the module docstring).
 
@@ -169,19 +187,23 @@ async def generate_report(
     spoke on (tenant-local); default: the UTC date the call started. ``engine_lock`` keeps
     reports on one model one at a time (:class:`ReportScheduler` passes its own). Never raises
     for a bad model answer: that becomes a ``failed`` report with the reason.
+
+    ``job``: the claimed report job this report finishes (its ``turns`` and ``call_date`` are
+    passed too): deleted with the report stored, or without one when nothing is stored (skipped);
+    when another worker took the job meanwhile nothing is stored (``skipped``).
     """
     t0 = time.monotonic()
     policy = policy or await asyncio.to_thread(store.tenants.policy, tenant)
     result = ReportResult(status="skipped", call_id=call_id)
     if policy.retention.reports == 0:
         result.error = "the tenant policy does not store reports (retention.reports is 0)"
-        return result
+        return await _skip(store, job, result)
     call = await asyncio.to_thread(
         store.calls.get, tenant, call_id, actor=actor, include_transcript=turns is None
     )
     if call is None:
         result.error = "the call is not stored (restricted subject, or metadata not kept)"
-        return result
+        return await _skip(store, job, result)
     source = list(turns) if turns is not None else list(call.turns or [])
     if call_date is None:
         call_date = datetime.fromtimestamp(call.started_at, UTC).date()
@@ -197,7 +219,7 @@ async def generate_report(
         error = "nothing to report: the transcript holds no caller speech"
         if turns is None and policy.retention.transcripts == 0:
             error = "no transcript: the policy stores none and the call's turns were not passed"
-        return await _store_failed(store, tenant, call_id, policy, result, error, t0)
+        return await _store_failed(store, tenant, call_id, policy, result, error, t0, job)
 
     owner = f"report:{call_id}"
     async with engine_lock or contextlib.nullcontext():
@@ -221,7 +243,12 @@ async def generate_report(
                     reasons.append(f"attempt {attempt + 1}: {e}")
                     continue
                 body = report.model_dump(mode="json")
-                report_id = await asyncio.to_thread(store.calls.save_report, tenant, call_id, body, policy=policy)
+                try:
+                    report_id = await asyncio.to_thread(
+                        store.calls.save_report, tenant, call_id, body, policy=policy, job=job
+                    )
+                except ReportJobLost as e:
+                    return _lost(result, e, t0)
                 result.status, result.report_id, result.report = "ready", report_id, body
                 result.seconds = round(time.monotonic() - t0, 3)
                 logger.info(
@@ -230,34 +257,86 @@ async def generate_report(
                 return result
         finally:
             engine.forget(owner)
-    return await _store_failed(store, tenant, call_id, policy, result, "; ".join(reasons), t0)
+    return await _store_failed(store, tenant, call_id, policy, result, "; ".join(reasons), t0, job)
+
+
+async def _skip(store: Any, job: ReportJob | None, result: ReportResult) -> ReportResult:
+    if job is not None:
+        await asyncio.to_thread(store.report_jobs.drop, job)
+    return result
+
+
+def _lost(result: ReportResult, e: ReportJobLost, t0: float) -> ReportResult:
+    result.status, result.error, result.report_id, result.report = "skipped", str(e), None, None
+    result.seconds = round(time.monotonic() - t0, 3)
+    logger.warning("report for call {} not stored: another worker took its job", result.call_id[:8])
+    return result
 
 
 async def _store_failed(
-    store: Any, tenant: str, call_id: str, policy: Policy, result: ReportResult, error: str, t0: float
+    store: Any, tenant: str, call_id: str, policy: Policy | None, result: ReportResult, error: str, t0: float,
+    job: ReportJob | None = None,
 ) -> ReportResult:
     result.status, result.error = "failed", error
-    result.report_id = await asyncio.to_thread(
-        store.calls.save_report, tenant, call_id, None, status="failed", error=error, policy=policy
-    )
+    try:
+        result.report_id = await asyncio.to_thread(
+            store.calls.save_report, tenant, call_id, None, status="failed", error=error, policy=policy, job=job
+        )
+    except ReportJobLost as e:
+        return _lost(result, e, t0)
     result.seconds = round(time.monotonic() - t0, 3)
     logger.info("report for call {} failed after {} attempt(s)", call_id[:8], result.attempts)
     logger.debug("report for call {} failed: {}", call_id[:8], error)
     return result
 
 
-class ReportScheduler:
-    """Post-call reports generated in the background, one at a time per model.
+#: Which local model makes the report of a call of a given pipeline (``None``: no local model,
+#: no report). Blocking (it may load the model): called in a worker thread.
+EngineFor = Callable[[str | None], "ReportEngine | None"]
 
-    Owned by whoever runs calls (the server's state; a CLI run) and drained before it
-    stops: ``scheduler.schedule(...)`` after a call is stored, ``await scheduler.drain()``
-    at the end. A report yields the model to live turns (see :func:`generate_report`);
-    running them one by one per model keeps live calls' saved KV states in the engine.
+
+def pipeline_engines(pool: ModelPool, pipelines: Mapping[str, PipelineConfig], default: str) -> EngineFor:
+    """The :data:`EngineFor` of a worker: the LLM of the call's pipeline, or of the worker's default
+    pipeline when the call's is not one it knows; ``None`` for a remote LLM (reports constrain a
+    local model with a JSON grammar; a remote one is not asked)."""
+
+    def engine_for(pipeline: str | None) -> ReportEngine | None:
+        config = pipelines.get(pipeline or "") or pipelines[default]
+        engine = pool.llm(config.models.llm)
+        return None if getattr(engine, "remote", False) else engine  # type: ignore[return-value]
+
+    return engine_for
+
+
+class ReportScheduler:
+    """Post-call reports generated in the background from the report jobs in the database, one at a
+    time per model.
+
+    Owned by whoever runs calls (the server's state; a CLI run) and drained before it stops. After a
+    call is stored its job is enqueued (``store.report_jobs.enqueue``) and the scheduler told
+    (:meth:`submit`). In ``serve``, :meth:`run` claims jobs row by row (this worker's, and those of
+    workers that died or whose lease ran out) and :meth:`submit` wakes it; without :meth:`run` (a
+    CLI run) :meth:`submit` claims that very call's job and generates it. ``await drain()`` at the
+    end. A report yields the model to live turns (see :func:`generate_report`); running them one by
+    one per model keeps live calls' saved KV states in the engine.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        worker_id: str | None = None,
+        *,
+        lease_s: float = REPORT_LEASE_S,
+        max_attempts: int = REPORT_MAX_ATTEMPTS,
+        poll_s: float = REPORT_POLL_S,
+    ) -> None:
+        self.worker_id = worker_id or f"reports-{os.getpid()}-{secrets.token_hex(3)}"
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self.poll_s = poll_s
         self._pending: set[asyncio.Task[ReportResult]] = set()
         self._locks: dict[int, tuple[Any, asyncio.Lock]] = {}
+        self._wake: asyncio.Event | None = None  # set while run() claims jobs
+        self._idle: asyncio.Event | None = None  # run() found nothing to claim since it was last woken
 
     @property
     def pending(self) -> int:
@@ -268,6 +347,12 @@ class ReportScheduler:
         if entry is None or entry[0] is not engine:
             entry = self._locks[id(engine)] = (engine, asyncio.Lock())
         return entry[1]
+
+    def _track(self, coro: Any, name: str) -> asyncio.Task[ReportResult]:
+        task = asyncio.create_task(coro, name=name)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
 
     def schedule(
         self,
@@ -280,8 +365,9 @@ class ReportScheduler:
         turns: Sequence[Any] | None = None,
         call_date: date | None = None,
     ) -> asyncio.Task[ReportResult]:
-        """Generate the report of a just-stored call in the background (see :func:`generate_report`);
-        an unexpected error is logged (without call content), never raised into the call."""
+        """Generate the report of a stored call in the background from what is given, with no job
+        (see :func:`generate_report`); an unexpected error is logged (without call content), never
+        raised into the call. Calls use :meth:`submit`, which survives the worker."""
         lock = self._lock_for(engine)
 
         async def run() -> ReportResult:
@@ -294,16 +380,125 @@ class ReportScheduler:
                 logger.error("report for call {} could not be generated ({})", call_id[:8], type(e).__name__)
                 return ReportResult(status="failed", call_id=call_id, error=type(e).__name__)
 
-        task = asyncio.create_task(run(), name=f"report-{call_id[:8]}")
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        return task
+        return self._track(run(), f"report-{call_id[:8]}")
+
+    def submit(self, store: Any, engine: ReportEngine, tenant: str, call_id: str) -> asyncio.Task[ReportResult] | None:
+        """Start the report of a call whose job this worker just enqueued. With :meth:`run` going
+        (``serve``) it is woken and claims the job (``None`` is returned); otherwise a task claims
+        this call's job when ``engine`` is free and generates it (:meth:`drain` waits for it)."""
+        if self._wake is not None and self._idle is not None:
+            self._idle.clear()
+            self._wake.set()
+            return None
+        lock = self._lock_for(engine)
+
+        async def run() -> ReportResult:
+            async with lock:  # the job is claimed when the model is free: its lease is spent working
+                try:
+                    job = await asyncio.to_thread(
+                        store.report_jobs.claim, self.worker_id, lease_s=self.lease_s, call=(tenant, call_id)
+                    )
+                except Exception as e:
+                    logger.error("report job of call {} could not be claimed ({})", call_id[:8], type(e).__name__)
+                    return ReportResult(status="failed", call_id=call_id, error=type(e).__name__)
+                if job is None:
+                    return ReportResult(status="skipped", call_id=call_id, error="the job is done or held by another worker")
+                return await self._work(store, engine, job, None)
+
+        return self._track(run(), f"report-{call_id[:8]}")
+
+    async def run(self, store: Any, engine_for: EngineFor, *, worker_id: str | None = None) -> None:
+        """Claim report jobs from the database and make their reports until cancelled (``serve``):
+        at once when :meth:`submit` wakes it, else every ``poll_s`` seconds (jobs of workers that
+        died). ``worker_id`` names this worker on the jobs it claims. Cancelled mid-report, the
+        job is given back at once."""
+        if worker_id is not None:
+            self.worker_id = worker_id
+        self._wake, self._idle = asyncio.Event(), asyncio.Event()
+        try:
+            while True:
+                self._wake.clear()
+                job: ReportJob | None = None
+                try:
+                    job = await asyncio.to_thread(store.report_jobs.claim, self.worker_id, lease_s=self.lease_s)
+                except Exception as e:
+                    logger.error("report jobs could not be claimed ({})", type(e).__name__)
+                if job is None:
+                    self._idle.set()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    continue
+                self._idle.clear()
+                try:
+                    engine = await asyncio.to_thread(engine_for, job.pipeline)
+                except Exception as e:
+                    logger.error("no model for the report of call {} ({})", job.call_id[:8], type(e).__name__)
+                    await asyncio.to_thread(store.report_jobs.release, job, retry_after_s=REPORT_RETRY_S)
+                    continue
+                await self._work(store, engine, job, self._lock_for(engine) if engine is not None else None)
+        finally:
+            self._wake = self._idle = None
+
+    async def _work(
+        self, store: Any, engine: ReportEngine | None, job: ReportJob, lock: asyncio.Lock | None
+    ) -> ReportResult:
+        """Make the report of a claimed job (see :func:`generate_report`), renewing the lease meanwhile."""
+        cid = job.call_id
+        if engine is None:
+            logger.info("call {}: no post-call report (the pipeline's LLM is remote)", cid[:8])
+            await asyncio.to_thread(store.report_jobs.drop, job)
+            return ReportResult(status="skipped", call_id=cid, error="the pipeline's LLM is remote")
+        if job.attempts > self.max_attempts:
+            error = f"the report was not made in {job.attempts - 1} attempts (each stopped before it finished)"
+            result = ReportResult(status="failed", call_id=cid, attempts=job.attempts - 1)
+            try:
+                return await _store_failed(store, job.tenant, cid, None, result, error, time.monotonic(), job)
+            except Exception as e:
+                logger.error("report for call {} could not be stored as failed ({})", cid[:8], type(e).__name__)
+                return ReportResult(status="failed", call_id=cid, error=type(e).__name__)
+        lease = asyncio.create_task(self._keep_lease(store, job), name=f"report-lease-{cid[:8]}")
+        try:
+            return await generate_report(
+                store, engine, job.tenant, cid, turns=job.turns, call_date=job.call_date, engine_lock=lock, job=job
+            )
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(store.report_jobs.release, job)  # another worker takes it now
+            raise
+        except Exception as e:
+            logger.error("report for call {} could not be generated ({})", cid[:8], type(e).__name__)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(store.report_jobs.release, job, retry_after_s=REPORT_RETRY_S)
+            return ReportResult(status="failed", call_id=cid, error=type(e).__name__)
+        finally:
+            lease.cancel()
+
+    async def _keep_lease(self, store: Any, job: ReportJob) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                held = await asyncio.to_thread(store.report_jobs.extend, job, self.lease_s)
+            except Exception as e:
+                logger.warning("lease of the report job of call {} not renewed ({})", job.call_id[:8], type(e).__name__)
+                continue
+            if not held:
+                logger.warning("report job of call {} was taken by another worker", job.call_id[:8])
+                return
 
     async def drain(self, timeout: float | None = 60.0) -> int:
-        """Wait for the scheduled reports; returns how many were still unfinished after
-        ``timeout`` (those keep running; nothing is cancelled)."""
-        pending = [t for t in self._pending if not t.done()]
-        if not pending:
+        """Wait for the reports started here (and, with :meth:`run` going, until it finds no job to
+        claim); returns how many were still unfinished after ``timeout`` (those keep running; nothing
+        is cancelled, and an unfinished job stays in the database for the next worker)."""
+        waits: list[asyncio.Future[Any]] = [t for t in self._pending if not t.done()]
+        idle = None
+        if self._idle is not None and not self._idle.is_set():
+            idle = asyncio.ensure_future(self._idle.wait())
+            waits.append(idle)
+        if not waits:
             return 0
-        _done, still = await asyncio.wait(pending, timeout=timeout)
+        try:
+            _done, still = await asyncio.wait(waits, timeout=timeout)
+        finally:
+            if idle is not None:
+                idle.cancel()
         return len(still)

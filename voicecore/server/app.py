@@ -26,6 +26,7 @@ from loguru import logger
 
 from voicecore.config import PROJECT_ROOT, PipelineConfig, load_pipeline
 from voicecore.model_pool import ModelPool
+from voicecore.reports import pipeline_engines
 from voicecore.server import answers, api, api_providers, calls
 from voicecore.server.guard import AuthThrottle, Guard
 from voicecore.server.leases import hold_lease, release_lease
@@ -126,6 +127,9 @@ def create_app(
         sweeper = asyncio.create_task(_sweep_periodically(state))
         webhook_worker = WebhookWorker(state.store)
         webhooks = asyncio.create_task(webhook_worker.run())
+        report_runner = asyncio.create_task(state.reports.run(
+            state.store, pipeline_engines(state.pool, state.pipelines, state.default_pipeline), worker_id=state.worker_id,
+        ))  # fmt: skip
         if preload:
             await asyncio.to_thread(state.pool.for_pipeline, state.pipelines[state.default_pipeline])
         logger.info(f"voicecore serve ready: default pipeline {state.default_pipeline!r}, data in {state.data_dir}, "
@@ -139,6 +143,9 @@ def create_app(
             lease.cancel()
             await release_lease(state)
             await state.reports.drain(timeout=30)
+            report_runner.cancel()  # a report still being made goes back to the database for another worker
+            with contextlib.suppress(asyncio.CancelledError):
+                await report_runner
             webhook_worker.stop()
             try:
                 await asyncio.wait_for(webhooks, timeout=15)

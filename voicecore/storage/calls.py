@@ -34,6 +34,7 @@ from voicecore.storage.crypto import TenantKeys, field_aad
 from voicecore.storage.database import Database, StorageError, epoch
 from voicecore.storage.outbox import Outbox
 from voicecore.storage.recording import RecordingWriter, read_recording_file
+from voicecore.storage.report_jobs import ReportJob, ReportJobs
 from voicecore.storage.tenants import RECORDINGS_DIRNAME, TenantRepository
 from voicecore.views import iso
 
@@ -149,12 +150,16 @@ def _ended_event(
 class CallRepository:
     """Calls, turns, recordings and reports of every tenant."""
 
-    def __init__(self, db: Database, tenants: TenantRepository, outbox: Outbox, audit: AuditLog, data_dir: Path):
+    def __init__(
+        self, db: Database, tenants: TenantRepository, outbox: Outbox, audit: AuditLog, data_dir: Path,
+        report_jobs: ReportJobs | None = None,
+    ):  # fmt: skip
         self._db = db
         self._tenants = tenants
         self._outbox = outbox
         self._audit = audit
         self._data_dir = data_dir
+        self._report_jobs = report_jobs or ReportJobs(db, tenants)
 
     # -- calls and turns -----------------------------------------------------------------
 
@@ -518,10 +523,15 @@ class CallRepository:
         status: str = "ready",
         error: str | None = None,
         policy: Policy | None = None,
+        job: ReportJob | None = None,
     ) -> str | None:
         """Store a post-call report (encrypted) with ``retention.reports``; ``status`` is ``ready``
         or ``failed`` (then ``error`` says why). Writes ``report.ready`` to the outbox for ready
-        reports. Returns the report id, or ``None`` when reports are not stored."""
+        reports. Returns the report id, or ``None`` when reports are not stored.
+
+        ``job``: the claimed report job (:mod:`voicecore.storage.report_jobs`) this report finishes,
+        deleted in the same transaction; when this worker no longer holds it nothing is stored and
+        :class:`~voicecore.storage.report_jobs.ReportJobLost` is raised."""
         if status not in ("ready", "failed"):
             raise StorageError(f"report status must be 'ready' or 'failed', not {status!r}")
         with self._db.lock:
@@ -530,6 +540,9 @@ class CallRepository:
             now = self._db.clock()
             exp = policy_expires_at(policy, "reports", now)
             if exp is None:
+                if job is not None:
+                    with self._db.tx():
+                        self._report_jobs.finish_in_tx(job)
                 return None
             keys = self._tenants.data_keys(t)
             call = self._db.one(
@@ -538,6 +551,8 @@ class CallRepository:
             subject = (call["caller_hash"] or call["callee_hash"]) if call else None
             report_id = secrets.token_hex(16)
             with self._db.tx():
+                if job is not None:
+                    self._report_jobs.finish_in_tx(job)
                 self._db.insert(
                     "reports",
                     {

@@ -56,7 +56,7 @@ class Retention:
                 expired_calls = "SELECT tenant_id, call_id FROM calls WHERE expires_at <= ?"
                 of_expired = f"expires_at <= ? OR (tenant_id, call_id) IN ({expired_calls})"
                 paths = [self._data_dir / r["path"] for r in db.rows(f"SELECT path FROM recordings WHERE {of_expired}", (ts, ts))]
-                for table in ("recordings", "turns", "reports"):
+                for table in ("recordings", "turns", "reports", "report_jobs"):
                     result.deleted[table] = db.execute(f"DELETE FROM {table} WHERE {of_expired}", (ts, ts))
                 paths += [self._data_dir / r["path"] for r in db.rows("SELECT path FROM exports WHERE expires_at <= ?", (ts,))]
                 for table in ("calls", "contacts", "outbox", "exports"):

@@ -285,6 +285,7 @@ TENANT_TABLES: tuple[str, ...] = (
     "webhook_endpoints",
     "turns",
     "reports",
+    "report_jobs",
     "recordings",
     "contacts",
     "opt_outs",

@@ -9,7 +9,8 @@
 The repositories: :attr:`Store.tenants` (tenants, policies, API keys),
 :attr:`Store.calls` (calls, turns, recordings, reports), :attr:`Store.subjects`
 (contacts, opt-outs, restriction, export, erasure), :attr:`Store.outbox`
-(webhook events, endpoints, deliveries), :attr:`Store.providers` (the tenant's provider
+(webhook events, endpoints, deliveries), :attr:`Store.report_jobs` (post-call report jobs,
+claimed by the workers), :attr:`Store.providers` (the tenant's provider
 credentials and stream secrets), :attr:`Store.call_tokens` (one-time call tokens, shared by
 every worker), :attr:`Store.retention` (the sweep) and
 :attr:`Store.audit` (the hash-chained audit log). They share one database; a
@@ -44,6 +45,7 @@ from voicecore.storage.database import DATABASE_URL_ENV, Database
 from voicecore.storage.database import database_url as resolve_database_url
 from voicecore.storage.outbox import Outbox
 from voicecore.storage.providers import ProviderAccounts
+from voicecore.storage.report_jobs import ReportJobs
 from voicecore.storage.retention import Retention
 from voicecore.storage.subjects import SubjectRepository
 from voicecore.storage.tenants import RECORDINGS_DIRNAME, TenantRepository
@@ -101,7 +103,8 @@ class Store:
         self.audit = AuditLog(self.db, self.keystore)
         self.tenants = TenantRepository(self.db, self.keystore, self.audit, self.data_dir)
         self.outbox = Outbox(self.db, self.tenants, self.audit, allow_insecure_webhooks=allow_insecure_webhooks)
-        self.calls = CallRepository(self.db, self.tenants, self.outbox, self.audit, self.data_dir)
+        self.report_jobs = ReportJobs(self.db, self.tenants)
+        self.calls = CallRepository(self.db, self.tenants, self.outbox, self.audit, self.data_dir, self.report_jobs)
         self.subjects = SubjectRepository(self.db, self.tenants, self.calls, self.outbox, self.audit, self.data_dir)
         self.retention = Retention(self.db, self.audit, self.data_dir)
         self.providers = ProviderAccounts(self.db, self.tenants, self.audit)

@@ -54,6 +54,7 @@ class ErasureResult:
     turns: int = 0
     recordings: int = 0
     reports: int = 0
+    report_jobs: int = 0  # reports not made yet (their jobs, with the words they are made from)
     contacts: int = 0
     outbox: int = 0
     exports: int = 0
@@ -492,8 +493,8 @@ class SubjectRepository:
 
     def erase(self, tenant: str, phone: str, *, actor: str) -> ErasureResult:
         """Erase everything the tenant holds about ``phone``: its calls, turns, recordings (files
-        shredded), reports, contact, stored exports, outbox events, pending call tokens, and mentions of the number in
-        other calls' transcripts, reports, contacts and outbox payloads (replaced by "[erased]"). Only the keyed hash survives
+        shredded), reports (and report jobs not done yet), contact, stored exports, outbox events, pending call tokens, and mentions of the number in
+        other calls' transcripts, reports, report jobs, contacts and outbox payloads (replaced by "[erased]"). Only the keyed hash survives
         (opt-out and restriction keep working). Then the database is compacted so no bytes remain.
         Other tenants are untouched. Audited (``subject.erased``); ``subject.erased`` outbox event."""
         with self._db.lock:
@@ -513,6 +514,8 @@ class SubjectRepository:
                     f"DELETE FROM turns WHERE tenant_id = ? AND call_id IN ({subject_calls})", (tid, *sc)
                 )
                 res.reports = self._db.execute(f"DELETE FROM reports WHERE {of_subject}", (tid, h, *sc))
+                # reports not made yet: their jobs hold the subject's words
+                res.report_jobs = self._db.execute(f"DELETE FROM report_jobs WHERE {of_subject}", (tid, h, *sc))
                 res.outbox = self._db.execute(f"DELETE FROM outbox WHERE {of_subject}", (tid, h, *sc))
                 self._db.execute(
                     "DELETE FROM webhook_deliveries WHERE tenant_id = ? AND event_id NOT IN "
@@ -580,7 +583,7 @@ class SubjectRepository:
             if n:
                 count += n
                 self._db.execute("UPDATE outbox SET payload_enc = ? WHERE id = ?", (keys.encrypt_json(payload, aad), r["id"]))
-        for table, column in (("reports", "body"), ("contacts", "fields")):
+        for table, column in (("reports", "body"), ("contacts", "fields"), ("report_jobs", "input")):
             for r in self._db.rows(
                 f"SELECT id, {column}_enc FROM {table} WHERE tenant_id = ? AND {column}_enc IS NOT NULL", (tid,)
             ):
