@@ -82,6 +82,7 @@ def test_a_dead_workers_open_calls_are_closed_as_worker_lost_by_another_keeping_
     (event,) = call_ended_events(b, "acme")
     assert (event["call_id"], event["end_reason"], event["caller"]) == (call.call_id, "worker_lost", "+14155552671")
     assert event["transcript_stored"] is True
+    assert b.report_jobs.pending_for("acme", call.call_id)  # its report is made from what was kept
     assert b.calls.open_calls() == []
     assert not a.workers.heartbeat("worker-a", lease_s=10)  # a comes back: told it was declared lost
     assert {w.id: w.state for w in b.workers.list(include_gone=True)} == {"worker-a": "lost", "worker-b": "alive"}

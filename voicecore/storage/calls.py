@@ -307,6 +307,11 @@ class CallRepository:
             closed.append((t.name, cid))
         return closed
 
+    def stored_turns(self, tenant: str, call_id: str) -> list[StoredTurn]:
+        """A call's stored turns with their text (for its report; not audited: nothing leaves)."""
+        t = self._tenants.row(tenant)
+        return self.turns(t.id, self._tenants.data_keys(t), call_id, with_text=True)
+
     def open_calls(self, worker_id: str | None = None) -> list[tuple[str, str, str | None]]:
         """Calls not ended yet, as ``(tenant name, call id, worker id)`` (of one worker, or all)."""
         sql = "SELECT t.name AS tenant, c.call_id, c.worker_id FROM calls c JOIN tenants t ON t.id = c.tenant_id " \

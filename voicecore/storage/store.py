@@ -109,7 +109,7 @@ class Store:
         self.retention = Retention(self.db, self.audit, self.data_dir)
         self.providers = ProviderAccounts(self.db, self.tenants, self.audit)
         self.call_tokens = CallTokens(self.db, self.tenants)
-        self.workers = WorkerRepository(self.db, self.calls, self.audit)
+        self.workers = WorkerRepository(self.db, self.calls, self.audit, self.report_jobs)
 
     @property
     def db_path(self) -> Path:

@@ -6,7 +6,8 @@ the lease time (:meth:`~WorkerRepository.heartbeat`), says when it drains and wh
 Any worker may :meth:`~WorkerRepository.reap`: a worker whose lease has run out is declared
 ``lost`` by a conditional UPDATE (so exactly one reaper wins), and in the same transaction its
 open calls are closed at its last heartbeat, keeping what was saved of them, with their
-``call.ended`` events and an audit entry. Nothing here is home-made coordination: it is rows in
+``call.ended`` events, their post-call report jobs (from the turns kept) and an audit entry;
+the report jobs it had claimed go back to the others. Nothing here is home-made coordination: it is rows in
 the database every worker already shares, with the database's own locking.
 """
 
@@ -21,6 +22,7 @@ from loguru import logger
 from voicecore.storage.audit import AuditLog
 from voicecore.storage.calls import CallRepository
 from voicecore.storage.database import Database, StorageError
+from voicecore.storage.report_jobs import ReportJobs
 
 DEFAULT_LEASE_S = 15.0
 WORKER_STATES = ("alive", "draining", "stopped", "lost")
@@ -57,10 +59,11 @@ def _check_lease(lease_s: float) -> None:
 class WorkerRepository:
     """The ``workers`` table: leases, heartbeats, and closing the calls of lost workers."""
 
-    def __init__(self, db: Database, calls: CallRepository, audit: AuditLog):
+    def __init__(self, db: Database, calls: CallRepository, audit: AuditLog, report_jobs: ReportJobs):
         self._db = db
         self._calls = calls
         self._audit = audit
+        self._report_jobs = report_jobs
 
     def register(self, worker_id: str, *, lease_s: float = DEFAULT_LEASE_S, host: str | None = None,
                  pid: int | None = None) -> None:  # fmt: skip
@@ -140,7 +143,10 @@ class WorkerRepository:
                 if not won:
                     continue  # another worker reaped it, or it renewed its lease meanwhile
                 closed = self._calls.close_lost_in_tx(w["id"], float(w["heartbeat_at"]))
+                for tenant, call_id in closed:  # its report, from what was kept of it
+                    self._report_jobs.enqueue_in_tx(tenant, call_id, self._calls.stored_turns(tenant, call_id))
                 self._audit.append_in_tx(by, None, "worker.lost", f"worker:{w['id']} calls:{len(closed)}")
+            self._report_jobs.release_claims_of(w["id"])
             lost.append(LostWorker(w["id"], float(w["heartbeat_at"]), tuple(closed)))
             logger.warning(
                 "worker {} lost its lease (last heartbeat {:.0f} s ago): {} call(s) closed as worker_lost",
