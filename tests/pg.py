@@ -105,7 +105,14 @@ class PostgresCluster:
 
     def restart(self) -> None:
         """Stop (fast: open connections are cut) and start again with the same options."""
+        self.stop_server()
+        self._start_server()
+
+    def stop_server(self) -> None:
+        """Stop the server (fast: open connections are cut), keeping the cluster: :meth:`start_server` brings it back."""
         self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    def start_server(self) -> None:
         self._start_server()
 
     def stop(self) -> None:
