@@ -240,3 +240,36 @@ def test_write_never_waits_for_the_database_lock(workers) -> None:
     writer.join()
     w.close()
     assert pcm_of(b.calls.read_recording("acme", "call-1", actor="t")) == pcm
+
+
+async def test_worker_b_api_serves_the_recording_worker_a_wrote(tmp_path: Path, pg_url: str, receptionist) -> None:
+    """``GET /v1/calls/{id}/recording`` on another serve worker: the WAV of the call worker a recorded."""
+    from starlette.routing import NoMatchFound
+    from test_api_permissions import AsgiClient
+
+    from voicecore.server import api, create_app
+
+    apps = []
+    for name in ("a", "b"):
+        app = create_app(data_dir=tmp_path / name, preload=False, pipelines={receptionist.name: receptionist},
+                         database_url=pg_url)  # fmt: skip
+        try:
+            app.url_path_for("me")
+        except NoMatchFound:
+            app.include_router(api.router)
+        apps.append(app)
+    a, b = (app.state.vc.store for app in apps)
+    key = a.tenants.create("acme", policy_yaml=ON, actor="test")
+    rec = CallRecord(tenant="acme", caller=CALLER)
+    rec.turns = [Turn("caller", "hello")]
+    rec.ended_at = rec.started_at + 1
+    assert a.calls.save(rec)
+    pcm = tone(1.5)
+    record(a, rec.call_id, pcm, caller=CALLER)
+    reply = await AsgiClient(apps[1]).request("GET", f"/v1/calls/{rec.call_id}/recording", key=key)
+    assert reply.status == 200, reply.body
+    assert pcm_of(reply.body) == pcm
+    assert [e.action for e in b.audit.list("acme")].count("recording.read") == 1
+    assert files_under(tmp_path / "a" / "recordings") == [] and files_under(tmp_path / "b" / "recordings") == []
+    for s in (a, b):
+        s.close()

@@ -5,9 +5,9 @@ A call is stored once it ends, as the tenant policy allows
 turn text encrypted (and redacted, per ``transcripts.store_redacted``) with
 ``retention.transcripts``, a ``call.ended`` outbox event in the same transaction.
 Recordings stream encrypted while the call runs (:meth:`CallRepository.open_recording`): to
-files with SQLite, to ``recording_chunks`` rows with PostgreSQL (every worker reads them). Every read of call content (transcript,
-recording, report) or of numbers (a list of calls) is audited with the actor its
-caller names.
+files with SQLite, to ``recording_chunks`` rows with PostgreSQL (every worker reads them).
+Every read of call content (transcript, recording, report) or of numbers (a list of calls) is
+audited with the actor its caller names.
 """
 
 from __future__ import annotations

@@ -307,9 +307,10 @@ class RecordingStream:
 
     Memory and I/O: plaintext is held for at most about one second (the agent
     queue is capped, interleaved frames are handed over in the writer's ~1 s
-    chunks). Encryption and ``os.write`` run in a worker thread
-    (``asyncio.to_thread``), one chunk at a time and in order, so a slow disk
-    never stalls the event loop that carries every call's audio.
+    chunks). Encryption and ``os.write`` (or the hand-over of a chunk to the
+    database spool thread) run in a worker thread (``asyncio.to_thread``), one
+    chunk at a time and in order, so a slow disk or database never stalls the
+    event loop that carries every call's audio.
     """
 
     MAX_AGENT_AHEAD_S = 1.0

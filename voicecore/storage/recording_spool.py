@@ -226,9 +226,8 @@ class ChunkSpool:
                 db.execute(insert, rows)
             for end in batch:
                 if isinstance(end, _End) and end.recording_id in alive:
-                    db.execute(
-                        "UPDATE recordings SET bytes = ?, complete = 1 WHERE id = ?", (end.bytes_written, end.recording_id)
-                    )
+                    db.execute("UPDATE recordings SET bytes = ?, complete = 1 WHERE id = ?",
+                               (end.bytes_written, end.recording_id))  # fmt: skip
         gone = [c for c in batch if isinstance(c, _Chunk) and c.recording_id not in alive]
         self.inserted += len(rows)
         for end in batch:
