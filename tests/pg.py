@@ -105,15 +105,14 @@ class PostgresCluster:
 
     def restart(self) -> None:
         """Stop (fast: open connections are cut) and start again with the same options."""
-        self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+        self.stop_server()
         self._start_server()
 
-    def pause(self) -> None:
-        """Stop the server (fast: open connections are cut), keeping its files: an outage."""
+    def stop_server(self) -> None:
+        """Stop the server (fast: open connections are cut), keeping the cluster: :meth:`start_server` brings it back."""
         self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
 
-    def resume(self) -> None:
-        """Start the server :meth:`pause` stopped, on the same port."""
+    def start_server(self) -> None:
         self._start_server()
 
     def stop(self) -> None:

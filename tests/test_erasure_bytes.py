@@ -195,15 +195,21 @@ def needles(store: Store) -> Needles:
     b = tenant_ids["b"]
     for (blob,) in q("SELECT text_enc FROM turns WHERE tenant_id = ? AND text_enc IS NOT NULL", [b]).fetchall():
         cipher("tenant b turns.text", blob, out.kept)
-    for (path,) in q("SELECT path FROM recordings WHERE tenant_id = ? UNION ALL "
+    for (path,) in q("SELECT path FROM recordings WHERE tenant_id = ? AND location = 'file' UNION ALL "
                      "SELECT path FROM exports WHERE tenant_id = ?", [a, a]).fetchall():  # fmt: skip
         out.files.append(path)
         out.gone[f"content of {path}"] = (store.data_dir / path).read_bytes()[64:128]
+    store.calls.flush_recordings(30)
+    for rec_id, idx, data in q("SELECT c.recording_id, c.idx, c.data FROM recording_chunks c JOIN recordings r "
+                               "ON r.id = c.recording_id WHERE r.tenant_id = ?", [a]).fetchall():  # fmt: skip
+        out.gone[f"recording_chunks.data {rec_id[:8]}/{idx}"] = bytes(data)[:33]  # PostgreSQL: the audio is rows
+    in_db = q("SELECT count(*) FROM recordings WHERE tenant_id = ? AND location = 'database'", [a]).fetchone()[0]
     kinds = {label.split()[0] for label in out.gone}
     # every kind of stored data is there to be found (so the test can fail)
     assert {"calls.caller", "opt_outs.phone", "turns.text", "turns.generated", "reports.body", "contacts.fields",
             "outbox.payload"} <= kinds, kinds  # fmt: skip
-    assert len(out.files) == len(CLEAR_MARKERS) + 1  # two recordings, one stored export
+    assert len(out.files) + in_db == len(CLEAR_MARKERS) + 1  # two recordings (files or rows), one stored export
+    assert in_db in (0, len(CLEAR_MARKERS)) and (not in_db or "recording_chunks.data" in kinds)
     return out
 
 

@@ -277,6 +277,7 @@ def test_erasure_leaves_no_form_of_the_number_and_no_sentence_in_the_cluster_fil
     before = b"".join(p.read_bytes() for p in heap())
     stored = {k: v for k, v in n.gone.items() if not k.startswith(("plaintext", "content of"))}
     assert len(stored) >= 15
+    assert len([k for k in stored if k.startswith("recording_chunks.data")]) >= 2  # the recordings are rows here
     for label, needle in stored.items():  # the search can find the subject's stored bytes (so it can fail)
         assert needle in before, f"{label} is not in the cluster's data files before erasure"
 

@@ -32,6 +32,20 @@ def recording_files(store: Store) -> list[Path]:
     return sorted(store.recordings_dir.rglob("*.vcrec")) if store.recordings_dir.exists() else []
 
 
+def stored_recordings(store: Store) -> list[bytes]:
+    """What each recording holds where it is stored: its file (SQLite), or its chunk rows in
+    idx order (PostgreSQL: nothing under the data directory)."""
+    if store.db.is_sqlite:
+        return [p.read_bytes() for p in recording_files(store)]
+    assert recording_files(store) == [], "a recording file on PostgreSQL"
+    store.calls.flush_recordings(30)
+    return [
+        b"".join(bytes(d) for (d,) in store.db.fetchall(
+            "SELECT data FROM recording_chunks WHERE recording_id = ? ORDER BY idx", (rid,)))
+        for (rid,) in store.db.fetchall("SELECT id FROM recordings ORDER BY created_at")
+    ]  # fmt: skip
+
+
 def test_recording_is_encrypted_on_disk_and_decrypts_to_the_same_pcm(store: Store) -> None:
     pcm = tone()
     w = store.calls.open_recording("on", "call-1", 16000)
@@ -39,10 +53,9 @@ def test_recording_is_encrypted_on_disk_and_decrypts_to_the_same_pcm(store: Stor
         w.write(pcm[i : i + 640])
         if i == 32000 * 2:
             # streamed while the call is running, not buffered for the end
-            assert recording_files(store)[0].stat().st_size > 32000
+            assert len(stored_recordings(store)[0]) > 32000
     w.close()
-    (path,) = recording_files(store)
-    raw = path.read_bytes()
+    (raw,) = stored_recordings(store)
     assert not raw.startswith(b"RIFF") and b"RIFF" not in raw and b"WAVE" not in raw
     for offset in range(0, len(pcm) - 64, 16000):
         assert pcm[offset : offset + 64] not in raw  # no window of the tone is on disk
@@ -63,17 +76,18 @@ def test_recording_off_is_refused_and_writes_nothing(store: Store) -> None:
         store.calls.open_recording("off", "call-1", 8000)
     with pytest.raises(RecordingNotAllowed):
         store.calls.open_recording("off", "call-1", 8000, consent=True)
-    assert recording_files(store) == []
+    assert stored_recordings(store) == []
 
 
 def test_consent_policy_records_only_after_yes(store: Store) -> None:
     for answer in (None, False):
         with pytest.raises(RecordingNotAllowed):
             store.calls.open_recording("consent", "call-1", 8000, consent=answer)
-    assert recording_files(store) == []
+    assert stored_recordings(store) == []
     with store.calls.open_recording("consent", "call-1", 8000, consent=True) as w:
         w.write(b"\0\1" * 800)
-    assert len(recording_files(store)) == 1
+    (raw,) = stored_recordings(store)
+    assert len(raw) > 1600
 
 
 def test_restricted_caller_is_not_recorded(store: Store) -> None:
@@ -89,6 +103,7 @@ def test_one_recording_per_call_and_track(store: Store) -> None:
         store.calls.open_recording("on", "call-1", 8000)
 
 
+@pytest.mark.databases("sqlite")  # the file; chunk rows: test_storage_recording_database.py
 def test_tampered_or_moved_recording_does_not_decrypt(store: Store) -> None:
     with store.calls.open_recording("on", "call-1", 8000, chunk_bytes=1600) as w:
         w.write(tone(seconds=1.0, rate=8000))
@@ -109,6 +124,7 @@ def test_tampered_or_moved_recording_does_not_decrypt(store: Store) -> None:
         read_recording_file(path, store.keystore.get(other), row[0])
 
 
+@pytest.mark.databases("sqlite")  # the file; chunk rows: test_storage_recording_database.py
 def test_recording_cut_short_keeps_audio_up_to_the_last_chunk(store: Store) -> None:
     pcm = tone(seconds=1.0, rate=8000)
     with store.calls.open_recording("on", "call-1", 8000, chunk_bytes=1600) as w:

@@ -142,6 +142,7 @@ def test_sweep_removes_expired_data_and_leaves_no_bytes(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.databases("sqlite")  # files; a chunk row cannot outlive its recording (foreign key, ON DELETE CASCADE)
 def test_sweep_removes_orphaned_recording_files(tmp_path: Path) -> None:
     store = Store(tmp_path / "data", clock=Clock(T0))
     store.tenants.create("a", policy_yaml=POLICY, actor="test")

@@ -95,6 +95,9 @@ def subject_ciphertexts(store: Store, tenant: str) -> list[bytes]:
         ("SELECT fields_enc FROM contacts WHERE tenant_id = ? AND phone_hash = ?", (tid, h)),
         ("SELECT phone_enc FROM opt_outs WHERE tenant_id = ? AND phone_hash = ?", (tid, h)),
         ("SELECT payload_enc FROM outbox WHERE tenant_id = ? AND subject_hash = ?", (tid, h)),
+        # PostgreSQL: the recordings' chunks are rows (SQLite: files, searched as such)
+        ("SELECT c.data FROM recording_chunks c JOIN recordings r ON r.id = c.recording_id "
+         "WHERE r.tenant_id = ? AND r.subject_hash = ?", (tid, h)),
     ]  # fmt: skip
     for sql, params in queries:
         blobs += [row[0][1:33] for row in store.db.fetchall(sql, params) if row[0]]
@@ -106,7 +109,9 @@ def test_erasure_removes_every_form_everywhere_and_leaves_other_tenant_intact(po
     a_blobs = subject_ciphertexts(s, "a")
     b_blobs = subject_ciphertexts(s, "b")
     assert len(a_blobs) >= 10
-    assert len([p for p in every_file(s) if p.suffix == ".vcrec"]) == 4  # 2 at A, 2 at B
+    vcrec = [p for p in every_file(s) if p.suffix == ".vcrec"]
+    in_db = s.db.fetchone("SELECT count(DISTINCT recording_id) FROM recording_chunks")[0]
+    assert (len(vcrec), in_db) == ((4, 0) if s.db.is_sqlite else (0, 4))  # 2 at A, 2 at B: files or chunk rows
     markers = [b"CA-A-SUBJECT-0", b"CA-A-SUBJECT-1"]
     s.retention.sweep(actor="test")  # compact first: every byte is in the main db file
     assert raw_hits(s, markers) == 2  # the search can find A's data before erasure
@@ -135,6 +140,7 @@ def test_erasure_removes_every_form_everywhere_and_leaves_other_tenant_intact(po
         assert form.encode() not in everything
     for p in a_rec_files:
         assert not p.exists()
+    assert s.db.fetchone("SELECT count(DISTINCT recording_id) FROM recording_chunks")[0] == (0 if s.db.is_sqlite else 2)
     # nothing of the subject is left at A, decrypted
     assert s.calls.list("a", phone=E164, actor="test") == []
     for cid in a_call_ids:

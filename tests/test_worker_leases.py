@@ -189,14 +189,14 @@ async def test_checkpoints_held_while_the_database_is_down_land_when_it_is_back(
             break
         await asyncio.sleep(0.05)
     assert writer.saves == 1
-    await asyncio.to_thread(pg_cluster.pause)
+    await asyncio.to_thread(pg_cluster.stop_server)
     try:
         record.turns.append(Turn("caller", "second thing I said while the database was down"))
         writer.changed()
         await asyncio.sleep(1.5)  # the checkpoint fails and is held
         assert writer.saves == 1
     finally:
-        await asyncio.to_thread(pg_cluster.resume)
+        await asyncio.to_thread(pg_cluster.start_server)
     record.turns.append(Turn("caller", "third thing"))
     record.ended_at, record.end_reason = time.time(), "stop"
     assert await writer.finish(record)
@@ -300,7 +300,7 @@ async def test_a_postgresql_restart_during_a_call_loses_nothing_said(tmp_path: P
         await call.say_and_wait(say("Hello, I need a cleaning appointment."), timeout=30)
         assert await call.wait_media_after(asked + 0.5, 30) is not None, f"no first reply\n{w.output()}"
         assert await call.wait_agent_quiet(quiet=0.8, timeout=30)
-        await asyncio.to_thread(pg_cluster.pause)  # the database goes away mid-call
+        await asyncio.to_thread(pg_cluster.stop_server)  # the database goes away mid-call
         try:
             asked = time.monotonic()
             await call.say_and_wait(say("What time do you open on Saturday?"), timeout=30)
@@ -309,7 +309,7 @@ async def test_a_postgresql_restart_during_a_call_loses_nothing_said(tmp_path: P
             await call.hangup()  # the call ends while the database is still down
             await asyncio.sleep(1.0)
         finally:
-            await asyncio.to_thread(pg_cluster.resume)
+            await asyncio.to_thread(pg_cluster.start_server)
 
         async def stored():
             body = await call_over_api(w.base, w.key, call)

@@ -4,10 +4,10 @@ A call is stored once it ends, as the tenant policy allows
 (:meth:`CallRepository.save`): metadata and timelines with ``retention.metadata``,
 turn text encrypted (and redacted, per ``transcripts.store_redacted``) with
 ``retention.transcripts``, a ``call.ended`` outbox event in the same transaction.
-Recordings stream to encrypted files while the call runs
-(:meth:`CallRepository.open_recording`). Every read of call content (transcript,
-recording, report) or of numbers (a list of calls) is audited with the actor its
-caller names.
+Recordings stream encrypted while the call runs (:meth:`CallRepository.open_recording`): to
+files with SQLite, to ``recording_chunks`` rows with PostgreSQL (every worker reads them).
+Every read of call content (transcript, recording, report) or of numbers (a list of calls) is
+audited with the actor its caller names.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +34,13 @@ from voicecore.storage.audit import AuditLog
 from voicecore.storage.crypto import TenantKeys, field_aad
 from voicecore.storage.database import Database, StorageError, epoch
 from voicecore.storage.outbox import Outbox
-from voicecore.storage.recording import RecordingWriter, read_recording_file
+from voicecore.storage.recording import (
+    RecordingError,
+    RecordingWriter,
+    read_recording_file,
+    read_recording_rows,
+)
+from voicecore.storage.recording_spool import ChunkSpool
 from voicecore.storage.report_jobs import ReportJob, ReportJobs
 from voicecore.storage.tenants import RECORDINGS_DIRNAME, TenantRepository
 from voicecore.views import iso
@@ -160,6 +167,8 @@ class CallRepository:
         self._audit = audit
         self._data_dir = data_dir
         self._report_jobs = report_jobs or ReportJobs(db, tenants)
+        self._spool: ChunkSpool | None = None  # database recordings' chunk writer (PostgreSQL), made on first use
+        self._spool_lock = threading.Lock()
 
     # -- calls and turns -----------------------------------------------------------------
 
@@ -426,12 +435,14 @@ class CallRepository:
         consent: bool | None = None,
         chunk_bytes: int | None = None,
     ) -> RecordingWriter:
-        """Start an encrypted recording that streams to disk as audio is written.
+        """Start an encrypted recording that streams out as audio is written: to a file under the
+        data directory (SQLite), or to ``recording_chunks`` rows (PostgreSQL: ``location`` 'database',
+        readable by every worker), inserted by the store's :class:`ChunkSpool` thread.
 
         Refuses (:class:`RecordingNotAllowed`) unless the policy allows it now:
         ``recording.mode`` ``on``, or ``consent`` with ``consent=True``; never with
         ``off`` or a restricted caller. The recording row (with its expiry) is written
-        first, so a crash mid-call leaves a file the retention sweep still finds.
+        first, so a crash mid-call leaves a file (or rows) the retention sweep still finds.
         """
         if not re.match(r"^[A-Za-z0-9_.-]{1,32}$", track):
             raise StorageError(f"invalid recording track name {track!r}")
@@ -451,7 +462,9 @@ class CallRepository:
             exp = policy_expires_at(policy, "recordings", now)
             assert exp is not None  # may_record checked retention
             rec_id = secrets.token_hex(16)
+            in_db = self._db.is_postgresql
             rel = Path(RECORDINGS_DIRNAME) / t.id / f"{rec_id}.vcrec"
+            path = f"database:{rec_id}" if in_db else str(rel)  # not a file: the chunks are rows
             with self._db.tx():
                 try:
                     self._db.insert(
@@ -462,7 +475,8 @@ class CallRepository:
                             "call_id": call_id,
                             "track": track,
                             "subject_hash": subject,
-                            "path": str(rel),
+                            "path": path,
+                            "location": "database" if in_db else "file",
                             "sample_rate": sample_rate,
                             "channels": channels,
                             "sample_width": sample_width,
@@ -474,6 +488,16 @@ class CallRepository:
                     )
                 except IntegrityError:
                     raise StorageError(f"call {call_id} already has a {track!r} recording") from None
+            if in_db:
+                return RecordingWriter(
+                    sink=self._chunk_spool(),
+                    recording_id=rec_id,
+                    keys=keys,
+                    sample_rate=sample_rate,
+                    channels=channels,
+                    sample_width=sample_width,
+                    chunk_bytes=chunk_bytes,
+                )
             (self._data_dir / RECORDINGS_DIRNAME / t.id).mkdir(parents=True, exist_ok=True, mode=0o700)
             return RecordingWriter(
                 path=self._data_dir / rel,
@@ -486,6 +510,25 @@ class CallRepository:
                 on_close=self._recording_closed,
             )
 
+    def _chunk_spool(self) -> ChunkSpool:
+        with self._spool_lock:
+            if self._spool is None:
+                self._spool = ChunkSpool(self._db)
+            return self._spool
+
+    def flush_recordings(self, timeout: float = 30.0) -> bool:
+        """Wait until every database recording chunk queued so far is inserted (``False``: timed out)."""
+        with self._spool_lock:
+            spool = self._spool
+        return spool is None or spool.flush(timeout)
+
+    def close_recordings(self, timeout: float = 30.0) -> None:
+        """Insert the database recordings' queued chunks (up to ``timeout``) and stop the spool thread."""
+        with self._spool_lock:
+            spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close(timeout)
+
     def _recording_closed(self, writer: RecordingWriter) -> None:
         try:
             with self._db.tx():
@@ -497,7 +540,17 @@ class CallRepository:
             logger.warning("could not update recording {} after close: {}", writer.recording_id, exc)
 
     def recording_wav(self, keys: TenantKeys, row: dict[str, Any]) -> bytes | None:
-        """A recording row's file decrypted as WAV bytes (in memory); the caller audits the read."""
+        """A recording row's audio (its file, or its chunk rows) decrypted as WAV bytes (in memory);
+        the caller audits the read."""
+        if row.get("location") == "database":
+            chunks = self._db.fetchall(
+                "SELECT idx, data FROM recording_chunks WHERE recording_id = ? ORDER BY idx", (row["id"],)
+            )
+            got = read_recording_rows(chunks, keys, row["id"], sample_rate=int(row["sample_rate"]),
+                                      channels=int(row["channels"]), sample_width=int(row["sample_width"]))  # fmt: skip
+            if row["complete"] and not got.complete:  # the row says it was closed: a chunk row was deleted
+                raise RecordingError(f"recording {row['id'][:8]}: the final chunk is missing")
+            return got.to_wav()
         path = self._data_dir / row["path"]
         if not path.exists():
             logger.warning("recording file of {} is missing", row["id"])

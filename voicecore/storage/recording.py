@@ -1,14 +1,21 @@
-"""Encrypted call recordings: streamed to disk in AES-GCM chunks as audio arrives.
+"""Encrypted call recordings: streamed in AES-GCM chunks as audio arrives, to a file or to the database.
 
-File layout (``<data_dir>/recordings/<tenant_id>/<recording_id>.vcrec``)::
+File layout (``<data_dir>/recordings/<tenant_id>/<recording_id>.vcrec``, the SQLite mode)::
 
     b"VCREC1\\n"                      magic
     u32 header length, header JSON     {"v":1,"id":..,"rate":..,"channels":..,"width":..}  (no content)
     chunk*                             u32 length, nonce(12), AES-GCM ciphertext+tag
 
+In the database (``recordings.location = 'database'``, the PostgreSQL mode, where every worker
+reads every recording) each chunk is one ``recording_chunks`` row (``idx``, ``data`` = nonce +
+ciphertext+tag: the same bytes as in a file, without the length); the header is not stored but
+derived from the recording row's columns (:func:`recording_header`), so changing them breaks
+every chunk. The rows are inserted by a :class:`~voicecore.storage.recording_spool.ChunkSpool`
+thread, never by the caller of :meth:`RecordingWriter.write`.
+
 Each chunk's associated data binds it to the tenant, the recording id, the header,
 its index and whether it is the last chunk, so chunks cannot be reordered, moved
-to another file or dropped from the end without detection. At most
+to another recording or dropped from the end without detection. At most
 ``chunk_bytes`` of plaintext (about one second) is held in memory; no plaintext
 audio is ever written to disk. A recording cut short by a crash lacks the final
 chunk: it reads back as ``complete=False`` with the audio up to the last chunk.
@@ -24,10 +31,10 @@ import os
 import secrets
 import struct
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Protocol, Self
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -81,20 +88,40 @@ def pcm_to_wav(pcm: bytes, sample_rate: int, channels: int = 1, sample_width: in
     return buf.getvalue()
 
 
-class RecordingWriter:
-    """Writes one recording's audio to an encrypted file. Create it with ``store.calls.open_recording``.
+def recording_header(recording_id: str, sample_rate: int, channels: int, sample_width: int) -> bytes:
+    """The header a recording's chunks are bound to (no content): written at the top of a file,
+    derived from the row's columns for a recording in the database."""
+    return json.dumps(
+        {"v": 1, "id": recording_id, "rate": sample_rate, "channels": channels, "width": sample_width},
+        sort_keys=True,
+    ).encode()
 
-    ``write(pcm)`` is cheap and synchronous (a small ``os.write`` about once a
-    second); call ``close()`` (or use it as a context manager) when the call ends.
+
+class ChunkSink(Protocol):
+    """Where a database recording's chunks go (a :class:`~voicecore.storage.recording_spool.ChunkSpool`)."""
+
+    def put(self, recording_id: str, idx: int, data: bytes) -> None: ...
+
+    def finish(self, writer: RecordingWriter) -> bool: ...
+
+
+class RecordingWriter:
+    """Writes one recording's audio encrypted, to a file (``path``) or as database rows (``sink``).
+    Create it with ``store.calls.open_recording``.
+
+    ``write(pcm)`` is cheap and synchronous (about once a second a small ``os.write``, or a chunk
+    handed to the spool thread that inserts it); call ``close()`` (or use it as a context manager)
+    when the call ends.
     """
 
     def __init__(
         self,
         *,
-        path: Path,
         recording_id: str,
         keys: TenantKeys,
         sample_rate: int,
+        path: Path | None = None,
+        sink: ChunkSink | None = None,
         channels: int = 1,
         sample_width: int = 2,
         chunk_bytes: int | None = None,
@@ -102,7 +129,10 @@ class RecordingWriter:
     ):
         if sample_rate <= 0 or channels <= 0 or sample_width not in (1, 2, 3, 4):
             raise ValueError("invalid recording format")
+        if (path is None) == (sink is None):
+            raise ValueError("a recording goes to a file (path) or to the database (sink)")
         self.path = path
+        self.sink = sink
         self.recording_id = recording_id
         self.sample_rate = sample_rate
         self.channels = channels
@@ -116,20 +146,26 @@ class RecordingWriter:
         self._aead = AESGCM(keys.enc_key)
         self._buffer = bytearray()
         self._on_close = on_close
-        header = json.dumps(
-            {"v": 1, "id": recording_id, "rate": sample_rate, "channels": channels, "width": sample_width},
-            sort_keys=True,
-        ).encode()
+        header = recording_header(recording_id, sample_rate, channels, sample_width)
         self._header_digest = hashlib.sha256(header).digest()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(self._fd, MAGIC + struct.pack(">I", len(header)) + header)
+        self._fd = -1
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(self._fd, MAGIC + struct.pack(">I", len(header)) + header)
+
+    @property
+    def location(self) -> str:
+        return "file" if self.path is not None else "database"
 
     def _emit(self, plaintext: bytes, final: bool) -> None:
         nonce = secrets.token_bytes(_NONCE)
         aad = _chunk_aad(self._keys.tenant_id, self.recording_id, self._header_digest, self.chunks, final)
         ct = self._aead.encrypt(nonce, plaintext, aad)
-        os.write(self._fd, struct.pack(">I", len(ct)) + nonce + ct)
+        if self.sink is not None:
+            self.sink.put(self.recording_id, self.chunks, nonce + ct)
+        else:
+            os.write(self._fd, struct.pack(">I", len(ct)) + nonce + ct)
         self.chunks += 1
 
     def write(self, pcm: bytes) -> None:
@@ -146,8 +182,16 @@ class RecordingWriter:
             self._emit(chunk, final=False)
 
     def close(self) -> None:
-        """Write the last (final-marked) chunk, sync and close the file."""
+        """Write the last (final-marked) chunk and finish: a file is synced and closed; a database
+        recording waits (bounded) until the spool inserted every chunk and marked the row complete."""
         if self.closed:
+            return
+        if self.sink is not None:
+            self._emit(bytes(self._buffer), final=True)
+            self._buffer.clear()
+            self.closed = True
+            # the spool marks the row (bytes, complete) once the last chunk is in; False: still queued
+            self.complete = self.sink.finish(self)
             return
         try:
             self._emit(bytes(self._buffer), final=True)
@@ -167,6 +211,28 @@ class RecordingWriter:
         self.close()
 
 
+def _decrypt_chunks(
+    label: str, chunks: Iterable[tuple[bytes, bytes]], keys: TenantKeys, recording_id: str, digest: bytes
+) -> tuple[bytes, bool]:
+    """The PCM of a recording's chunks (nonce, ciphertext) in stored order, and whether the final one was there."""
+    aead = AESGCM(keys.enc_key)
+    pcm = bytearray()
+    complete = False
+    for index, (nonce, ct) in enumerate(chunks):
+        if complete:
+            raise RecordingError(f"{label}: data after the final chunk")
+        for final in (False, True):
+            try:
+                pcm += aead.decrypt(nonce, ct, _chunk_aad(keys.tenant_id, recording_id, digest, index, final))
+                complete = final
+                break
+            except InvalidTag:
+                continue
+        else:
+            raise RecordingError(f"{label}: chunk {index} does not authenticate (tampered, reordered or wrong key)")
+    return bytes(pcm), complete
+
+
 def read_recording_file(path: Path, keys: TenantKeys, recording_id: str) -> RecordingContents:
     """Decrypt a recording file into PCM. Raises :class:`RecordingError` on tampering or a wrong key."""
     data = path.read_bytes()
@@ -183,33 +249,43 @@ def read_recording_file(path: Path, keys: TenantKeys, recording_id: str) -> Reco
         raise RecordingError(f"{path.name}: damaged header") from None
     if header.get("id") != recording_id:
         raise RecordingError(f"{path.name}: belongs to another recording")
-    digest = hashlib.sha256(header_bytes).digest()
-    aead = AESGCM(keys.enc_key)
-    pcm = bytearray()
-    index = 0
-    complete = False
-    while pos < len(data):
-        if complete:
-            raise RecordingError(f"{path.name}: data after the final chunk")
-        if pos + 4 + _NONCE > len(data):
-            break  # torn write at the end (crash): keep what authenticated
-        (clen,) = struct.unpack_from(">I", data, pos)
-        if clen > _MAX_CHUNK or pos + 4 + _NONCE + clen > len(data):
-            break
-        nonce = data[pos + 4 : pos + 4 + _NONCE]
-        ct = data[pos + 4 + _NONCE : pos + 4 + _NONCE + clen]
-        pos += 4 + _NONCE + clen
-        for final in (False, True):
-            try:
-                pcm += aead.decrypt(nonce, ct, _chunk_aad(keys.tenant_id, recording_id, digest, index, final))
-                complete = final
-                break
-            except InvalidTag:
-                continue
-        else:
-            raise RecordingError(f"{path.name}: chunk {index} does not authenticate (tampered, reordered or wrong key)")
-        index += 1
-    return RecordingContents(bytes(pcm), int(header["rate"]), int(header["channels"]), int(header["width"]), complete)
+
+    def chunks() -> Iterator[tuple[bytes, bytes]]:
+        pos_ = pos
+        while pos_ < len(data):
+            if pos_ + 4 + _NONCE > len(data):
+                return  # torn write at the end (crash): keep what authenticated
+            (clen,) = struct.unpack_from(">I", data, pos_)
+            if clen > _MAX_CHUNK or pos_ + 4 + _NONCE + clen > len(data):
+                return
+            yield data[pos_ + 4 : pos_ + 4 + _NONCE], data[pos_ + 4 + _NONCE : pos_ + 4 + _NONCE + clen]
+            pos_ += 4 + _NONCE + clen
+
+    pcm, complete = _decrypt_chunks(path.name, chunks(), keys, recording_id, hashlib.sha256(header_bytes).digest())
+    return RecordingContents(pcm, int(header["rate"]), int(header["channels"]), int(header["width"]), complete)
+
+
+def read_recording_rows(
+    rows: Iterable[tuple[int, bytes]], keys: TenantKeys, recording_id: str, *, sample_rate: int, channels: int,
+    sample_width: int,
+) -> RecordingContents:  # fmt: skip
+    """Decrypt a database recording (its ``recording_chunks`` rows as (idx, data), in idx order; the
+    format from its row). Raises :class:`RecordingError` on tampering (a changed, swapped, moved or
+    missing chunk, a changed format) or a wrong key; a missing final chunk reads as ``complete=False``."""
+    label = f"recording {recording_id[:8]}"
+
+    def chunks() -> Iterator[tuple[bytes, bytes]]:
+        for position, (idx, data) in enumerate(rows):
+            if idx != position:
+                raise RecordingError(f"{label}: chunk {position} is missing")
+            data = bytes(data)
+            if len(data) < _NONCE + 16:
+                raise RecordingError(f"{label}: chunk {idx} is damaged")
+            yield data[:_NONCE], data[_NONCE:]
+
+    header = recording_header(recording_id, sample_rate, channels, sample_width)
+    pcm, complete = _decrypt_chunks(label, chunks(), keys, recording_id, hashlib.sha256(header).digest())
+    return RecordingContents(pcm, sample_rate, channels, sample_width, complete)
 
 
 class RecordingStream:
@@ -231,9 +307,10 @@ class RecordingStream:
 
     Memory and I/O: plaintext is held for at most about one second (the agent
     queue is capped, interleaved frames are handed over in the writer's ~1 s
-    chunks). Encryption and ``os.write`` run in a worker thread
-    (``asyncio.to_thread``), one chunk at a time and in order, so a slow disk
-    never stalls the event loop that carries every call's audio.
+    chunks). Encryption and ``os.write`` (or the hand-over of a chunk to the
+    database spool thread) run in a worker thread (``asyncio.to_thread``), one
+    chunk at a time and in order, so a slow disk or database never stalls the
+    event loop that carries every call's audio.
     """
 
     MAX_AGENT_AHEAD_S = 1.0

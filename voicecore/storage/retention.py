@@ -1,4 +1,4 @@
-"""Retention: every row and recording file is deleted once its expiry (set at write time from the
+"""Retention: every row, recording file and recording chunk row is deleted once its expiry (set at write time from the
 tenant policy) has passed, and the database is compacted so no deleted byte remains.
 
 ``voicecore retention sweep`` runs :meth:`Retention.sweep`; ``serve`` runs it now and then.
@@ -55,7 +55,10 @@ class Retention:
                     return result
                 expired_calls = "SELECT tenant_id, call_id FROM calls WHERE expires_at <= ?"
                 of_expired = f"expires_at <= ? OR (tenant_id, call_id) IN ({expired_calls})"
-                paths = [self._data_dir / r["path"] for r in db.rows(f"SELECT path FROM recordings WHERE {of_expired}", (ts, ts))]
+                paths = [self._data_dir / r["path"] for r in db.rows(
+                    f"SELECT path FROM recordings WHERE ({of_expired}) AND location = 'file'", (ts, ts))]  # fmt: skip
+                chunks = f"DELETE FROM recording_chunks WHERE recording_id IN (SELECT id FROM recordings WHERE {of_expired})"
+                result.deleted["recording_chunks"] = db.execute(chunks, (ts, ts))  # a database recording's audio
                 for table in ("recordings", "turns", "reports", "report_jobs"):
                     result.deleted[table] = db.execute(f"DELETE FROM {table} WHERE {of_expired}", (ts, ts))
                 paths += [self._data_dir / r["path"] for r in db.rows("SELECT path FROM exports WHERE expires_at <= ?", (ts,))]
@@ -91,6 +94,7 @@ class Retention:
     def _remove_orphan_files(self) -> int:
         """Recording and export files no row knows (a crash between writing a file and its row)."""
         known = {str(r["path"]) for t in ("recordings", "exports") for r in self._db.rows(f"SELECT path FROM {t}")}
+        # (a database recording's path names no file: its chunks are rows, deleted with it)
         removed = 0
         for name in (RECORDINGS_DIRNAME, EXPORTS_DIRNAME):
             folder = self._data_dir / name

@@ -17,8 +17,8 @@ every worker), :attr:`Store.retention` (the sweep) and
 Store may be used from several threads.
 
 The database is the SQLite file of the data directory unless ``database_url`` (or
-``VOICECORE_DATABASE_URL``) names PostgreSQL; the data directory still holds the encrypted
-recording and export files. Tenant keys: in the keystore file of the key directory with
+``VOICECORE_DATABASE_URL``) names PostgreSQL; then recordings are kept in the database too
+(``recording_chunks``: every worker reads them) and the data directory holds only export files. Tenant keys: in the keystore file of the key directory with
 SQLite; wrapped under the master key in the database with PostgreSQL, so every worker sees
 them (:class:`~voicecore.storage.crypto.DatabaseKeystore`).
 """
@@ -130,7 +130,10 @@ class Store:
         return self.db.schema_version()
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            self.calls.close_recordings()  # database recordings' queued chunks go in first
+        finally:
+            self.db.close()
 
     def __enter__(self) -> Self:
         return self

@@ -493,8 +493,9 @@ class SubjectRepository:
 
     def erase(self, tenant: str, phone: str, *, actor: str) -> ErasureResult:
         """Erase everything the tenant holds about ``phone``: its calls, turns, recordings (files
-        shredded), reports (and report jobs not done yet), contact, stored exports, outbox events, pending call tokens, and mentions of the number in
-        other calls' transcripts, reports, report jobs, contacts and outbox payloads (replaced by "[erased]"). Only the keyed hash survives
+        shredded, chunk rows deleted), reports (and report jobs not done yet), contact, stored exports, outbox events, pending
+        call tokens, and mentions of the number in other calls' transcripts, reports, report jobs, contacts and outbox
+        payloads (replaced by "[erased]"). Only the keyed hash survives
         (opt-out and restriction keep working). Then the database is compacted so no bytes remain.
         Other tenants are untouched. Audited (``subject.erased``); ``subject.erased`` outbox event."""
         with self._db.lock:
@@ -507,8 +508,13 @@ class SubjectRepository:
             with self._db.tx():
                 paths = [
                     self._data_dir / r["path"]
-                    for r in self._db.rows(f"SELECT path FROM recordings WHERE {of_subject}", (tid, h, *sc))
+                    for r in self._db.rows(f"SELECT path FROM recordings WHERE {of_subject} AND location = 'file'",
+                                           (tid, h, *sc))  # fmt: skip
                 ]
+                self._db.execute(  # a database recording's chunks (the foreign key cascades too)
+                    f"DELETE FROM recording_chunks WHERE recording_id IN (SELECT id FROM recordings WHERE {of_subject})",
+                    (tid, h, *sc),
+                )
                 res.recordings = self._db.execute(f"DELETE FROM recordings WHERE {of_subject}", (tid, h, *sc))
                 res.turns = self._db.execute(
                     f"DELETE FROM turns WHERE tenant_id = ? AND call_id IN ({subject_calls})", (tid, *sc)

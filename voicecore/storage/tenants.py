@@ -250,9 +250,14 @@ class TenantRepository:
             paths = [
                 Path(r["path"])
                 for table in ("recordings", "exports")
-                for r in self._db.rows(f"SELECT path FROM {table} WHERE tenant_id = ?", (tid,))
+                for r in self._db.rows(f"SELECT path FROM {table} WHERE tenant_id = ?"
+                                       + (" AND location = 'file'" if table == "recordings" else ""), (tid,))  # fmt: skip
             ]
             with self._db.tx():
+                self._db.execute(  # database recordings' chunks (the foreign key cascades too)
+                    "DELETE FROM recording_chunks WHERE recording_id IN (SELECT id FROM recordings WHERE tenant_id = ?)",
+                    (tid,),
+                )
                 for table in TENANT_TABLES:
                     self._db.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (tid,))
                 self._db.execute("DELETE FROM tenants WHERE id = ?", (tid,))
