@@ -215,3 +215,77 @@ def test_one_service_needs_no_question(tmp_path: Path) -> None:
     assert r.text == "On Monday December 7 I have 9 am or 9:30 am. Which time would suit you?"
     assert "Sorry" not in BookingDialogue(cal).handle("i want to make an appointment").text
     assert ZONE != cal.zone
+
+
+async def run_call_turns(lines: list[str], booking, engine) -> tuple[list[str], object]:  # noqa: ANN001
+    """Caller turns through the LLM processor (as in a call); the agent's reply to each."""
+    from pipecat.frames.frames import (
+        LLMFullResponseEndFrame,
+        LLMTextFrame,
+        TranscriptionFrame,
+    )
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    from voicecore.agent.facts import FactBook
+    from voicecore.config import LLMParams
+    from voicecore.services.conversation import Conversation, PassThroughContext
+    from voicecore.services.llm import LlamaLLMProcessor
+
+    proc = LlamaLLMProcessor(engine, Conversation(system_prompt="s", context=PassThroughContext()), LLMParams(),
+                             fallback_reply="Sorry?", facts=FactBook(FACTS, clock=NOW.timestamp), booking=booking)  # fmt: skip
+    frames: list = []
+    for line in lines:
+        frames += [TranscriptionFrame(text=line, user_id="caller", timestamp="now", finalized=True), SleepFrame(0.5)]
+    down, _ = await run_test(proc, frames_to_send=frames, expected_down_frames=None, send_end_frame=True)
+    replies, current = [], ""
+    for f in down:
+        if isinstance(f, LLMTextFrame):
+            current += f.text
+        elif isinstance(f, LLMFullResponseEndFrame):
+            replies.append(current)
+            current = ""
+    return replies, proc
+
+
+async def test_the_dialogue_takes_the_booking_turns_of_a_call(tmp_path: Path) -> None:
+    from test_facts import ScriptedEngine
+
+    engine = ScriptedEngine(["The model", " speaking."])
+    path = tmp_path / "calendar.ics"
+
+    def new_dialogue() -> BookingDialogue:
+        return BookingDialogue(AppointmentBook(ICSCalendar(path), FACTS, min_notice_minutes=60, clock=NOW.timestamp))
+
+    replies, proc = await run_call_turns([
+        "how much is a cleaning?", "i'd like to book a cleaning", "how much is a cleaning?", "monday at 10 am",
+        "my name is anna", "yes", "thanks, bye",
+    ], new_dialogue, engine)  # fmt: skip
+    assert replies[:6] == [
+        "A cleaning costs 95 dollars.",
+        "Which day would suit you?",
+        "A cleaning costs 95 dollars. Which day would suit you?",
+        "May I have your name, please?",
+        "So that's a cleaning on Monday December 7 at 10 am, for Anna. Shall I book it?",
+        "You're booked: a cleaning on Monday December 7 at 10 am. See you then!",
+    ]
+    assert engine.calls == 1 and replies[6] == "The model speaking."  # after the booking, the model talks again
+    assert [(b["service"], b["name"], b["start"]) for b in proc.bookings] == [  # type: ignore[attr-defined]
+        ("cleaning", "Anna", "2026-12-07T10:00:00-05:00")]
+    fresh = AppointmentBook(ICSCalendar(path), FACTS, clock=NOW.timestamp)
+    assert [a.start for a in fresh.find(name="anna")] == [at(MONDAY, 10)]
+
+
+async def test_a_calendar_that_cannot_be_opened_is_recorded_and_said(tmp_path: Path) -> None:
+    from test_facts import ScriptedEngine
+
+    from voicecore.agent.calendar import CalendarAuthError
+
+    def no_calendar() -> BookingDialogue:
+        raise CalendarAuthError("tools.book_appointment.calendar.caldav.password_env: CALDAV_PW is not set")
+
+    replies, proc = await run_call_turns(["can i book an appointment"], no_calendar, ScriptedEngine(["x"]))
+    assert replies == ["I'm sorry, I can't book appointments right now. I can take a message and we'll call you "
+                       "back to book."]  # fmt: skip
+    assert proc.tool_failures == [{"tool": "book_appointment",  # type: ignore[attr-defined]
+                                   "error": "CalendarAuthError: tools.book_appointment.calendar.caldav.password_env: "
+                                            "CALDAV_PW is not set"}]  # fmt: skip

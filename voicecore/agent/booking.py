@@ -45,9 +45,19 @@ NOT_A_NAME = {"calling", "looking", "interested", "wondering", "trying", "just",
 NAME_STOP = {"and", "i", "id", "im", "for", "on", "at", "please", "to", "with", "my", "calling", "would", "want",
              "like", "from", "the", "a", "an", "thanks", "thank", "so", "but", "today", "tomorrow", "next", "this",
              "book", "and", "is", *WEEKDAYS}  # fmt: skip
-PARTS_OF_DAY = {"morning": (0, 720), "afternoon": (720, 1020), "evening": (1020, 1440), "lunchtime": (690, 840)}
+PARTS_OF_DAY = {"morning": (0, 720), "afternoon": (780, 1020), "evening": (1020, 1440), "lunchtime": (690, 840)}
 CHOICE = re.compile(r"\b(?:the )?(first|second|last|earlier|later)(?: one| time| slot| option)\b"
                     r"|\bthe (first|second|last)\b(?! of)")
+
+
+BOOKING_INTENT = re.compile(r"\b(book|booking|appointment|schedule|come in|see the (dentist|doctor|hygienist))\b")
+NOT_A_NEW_BOOKING = re.compile(r"\b(cancel|reschedule|move|change|postpone)\b.*\b(appointment|booking)\b")
+
+
+def wants_booking(text: str) -> bool:
+    """A turn that asks to book ("I'd like to book a cleaning", "can I make an appointment")."""
+    low = " ".join(_words(text))
+    return bool(BOOKING_INTENT.search(low)) and not NOT_A_NEW_BOOKING.search(low)
 
 
 def _words(text: str) -> list[str]:
@@ -501,6 +511,12 @@ class BookingDialogue:
 
     def _question(self, what: str) -> str:
         return self.QUESTIONS[what].format(services=_or([s.name for s in self.services]))
+
+    def question(self) -> str:
+        """The question the dialogue is waiting on (after another topic came up in between)."""
+        if self.state == "confirming":
+            return self._question("confirm")
+        return self._ask().text
 
     def _ask(self, again: bool = False) -> BookingReply:
         what = self._asked or "service"
