@@ -197,6 +197,15 @@ def test_unparseable_input_asks_again(calendar: AppointmentBook) -> None:
     assert booked(calendar, MONDAY) == []
 
 
+def test_the_caller_can_give_up(calendar: AppointmentBook) -> None:
+    d = BookingDialogue(calendar)
+    talk(d, "a cleaning on monday at 10", "my name is jo")
+    assert d.state == "confirming"
+    r = d.handle("actually never mind")
+    assert r.state == "abandoned" and "won't book" in r.text
+    assert booked(calendar, MONDAY) == []
+
+
 def test_a_calendar_that_fails_never_leaves_the_caller_without_an_answer(tmp_path: Path) -> None:
     down = CalDAVCalendar("http://127.0.0.1:9/", "u", "p", "Appointments", timeout=5)
     d = BookingDialogue(AppointmentBook(down, FACTS, clock=NOW.timestamp), name="Ivy")

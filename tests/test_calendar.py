@@ -181,7 +181,8 @@ def test_a_slot_taken_meanwhile_is_refused(backend) -> None:
 
 
 def test_events_not_booked_by_the_agent_are_busy_time(backend) -> None:
-    """A staff block with a local TZID, and an all-day event, take their time; neither is anyone's booking."""
+    """A staff block with a local TZID, an all-day event and a recurring lunch break take their time;
+    none is anyone's booking."""
     block = icalendar.Event()
     block.add("uid", "staff-meeting@clinic")
     block.add("summary", "Staff meeting")
@@ -194,10 +195,19 @@ def test_events_not_booked_by_the_agent_are_busy_time(backend) -> None:
     day_off.add("dtstart", date(2026, 12, 8))
     day_off.add("dtend", date(2026, 12, 9))
     backend.add(day_off)
+    lunch = icalendar.Event()  # every weekday from a week ago: the recurrence is expanded
+    lunch.add("uid", "lunch@clinic")
+    lunch.add("summary", "Lunch")
+    lunch.add("dtstart", at(MONDAY - timedelta(days=7), 12))
+    lunch.add("dtend", at(MONDAY - timedelta(days=7), 12, 30))
+    lunch.add("rrule", {"freq": "weekly", "byday": ["MO", "TU", "WE", "TH", "FR"]})
+    backend.add(lunch)
     book = appointments(backend)
     free = book.free_slots(MONDAY, CHECKUP)
     assert at(MONDAY, 12, 30) in free and at(MONDAY, 13) not in free and at(MONDAY, 13, 30) not in free
     assert at(MONDAY, 14) in free
+    assert at(MONDAY, 12) not in free and at(MONDAY, 11, 30) in free and at(MONDAY, 12, 30) in free
+    assert at(date(2026, 12, 9), 12) not in book.free_slots(date(2026, 12, 9), CHECKUP)
     assert book.free_slots(date(2026, 12, 8), CHECKUP) == []
     assert book.find(name="Staff meeting") == []
 

@@ -51,6 +51,8 @@ CHOICE = re.compile(r"\b(?:the )?(first|second|last|earlier|later)(?: one| time|
 
 
 BOOKING_INTENT = re.compile(r"\b(book|booking|appointment|schedule|come in|see the (dentist|doctor|hygienist))\b")
+GIVE_UP = re.compile(r"\b(never ?mind|forget (it|about it)|no thanks|dont (want|need) (it|to|an|a|the)|not interested|"
+                     r"dont book|do not book|stop booking)\b")
 NOT_A_NEW_BOOKING = re.compile(r"\b(cancel|reschedule|move|change|postpone)\b.*\b(appointment|booking)\b")
 
 
@@ -293,10 +295,13 @@ def read_turn(text: str, services: list[Service], today: date, asked: str | None
 # --- the dialogue ----------------------------------------------------------------------------------
 
 
+FINISHED = ("booked", "failed", "abandoned")
+
+
 @dataclass
 class BookingReply:
     """What the agent says, and where the booking stands (``collecting``, ``confirming``, ``booked``,
-    ``failed``); ``appointment`` once booked, ``error`` when the calendar failed."""
+    ``failed``, ``abandoned``); ``appointment`` once booked, ``error`` when the calendar failed."""
 
     text: str
     state: str
@@ -327,9 +332,12 @@ class BookingDialogue:
 
     def handle(self, text: str) -> BookingReply:
         """The agent's reply to one caller turn (blocking: may read and write the calendar)."""
-        if self.state in ("booked", "failed"):
+        if self.state in FINISHED:
             return self._reply("Your appointment is already booked." if self.state == "booked"
                                else "I'm sorry, I can't book that right now.")  # fmt: skip
+        if GIVE_UP.search(" ".join(_words(text))):
+            self.state = "abandoned"
+            return self._reply("No problem, I won't book anything. Is there anything else I can help with?")
         today = self.calendar.today()
         heard = read_turn(text, self.services, today, self._asked)
         first_turn = self._asked is None

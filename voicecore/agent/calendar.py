@@ -308,15 +308,11 @@ class CalDAVCalendar:
             cal.add_event(_calendar_of(event).decode())
 
     def _object(self, uid: str, doing: str) -> Any:
-        from caldav.lib import error as dav_error
-
         cal = self._cal()
         try:
             with self._errors(doing):
                 return cal.get_event_by_uid(uid)
         except CalendarNotFound:
-            raise AppointmentNotFound(f"{self.describe()}: no event {uid!r}") from None
-        except dav_error.NotFoundError:  # pragma: no cover (mapped above)
             raise AppointmentNotFound(f"{self.describe()}: no event {uid!r}") from None
 
     def update(self, uid: str, start: datetime, end: datetime) -> None:

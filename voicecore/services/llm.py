@@ -42,7 +42,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from voicecore.agent.booking import BookingDialogue, wants_booking
+from voicecore.agent.booking import FINISHED, BookingDialogue, wants_booking
 from voicecore.agent.facts import FactBook, FactGuard
 from voicecore.config import LLMParams, LLMPreset
 from voicecore.records import TurnTimeline
@@ -510,7 +510,7 @@ class LlamaLLMProcessor(FrameProcessor):
         and a generated clause stating a fact they do not back is not spoken (:class:`FactGuard`).
         ``booking``: makes the call's :class:`BookingDialogue` (the ``book_appointment`` tool);
         once the caller asks to book, the dialogue answers the turns (the model is not asked)
-        until the appointment is booked or the calendar fails."""
+        until the appointment is booked, the caller gives up or the calendar fails."""
         super().__init__(name=name or "LlamaLLM")
         self._engine = engine
         self._conversation = conversation
@@ -619,7 +619,7 @@ class LlamaLLMProcessor(FrameProcessor):
         A question the facts answer, asked mid-booking, is answered and the pending question
         asked again. The dialogue reads and writes the calendar: it runs in a thread."""
         dialogue = self._booking
-        if dialogue is None or dialogue.state in ("booked", "failed"):
+        if dialogue is None or dialogue.state in FINISHED:
             if not wants_booking(said):
                 return None
             assert self._new_booking is not None
