@@ -173,6 +173,53 @@ class Facts(_Strict):
         return self
 
 
+# --- tools: what the agent does (book in a calendar, ...) ------------------------------------------
+
+
+class CalDAVSettings(_Strict):
+    """A calendar on a CalDAV server (Nextcloud, Radicale, Fastmail, iCloud, ...)."""
+
+    url: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=500)]
+    username: Annotated[str, Field(max_length=200)] = ""
+    # The password is never in the pipeline file: it is read from this environment variable.
+    password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=100)] | None = None
+    # The calendar's display name on the server.
+    calendar: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class CalendarSettings(_Strict):
+    """Where appointments go: exactly one of a CalDAV server or an .ics file (a relative path is
+    under the data directory)."""
+
+    caldav: CalDAVSettings | None = None
+    ics: Annotated[str, Field(min_length=1, max_length=500, pattern=r"\.ics$")] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CalendarSettings:
+        if (self.caldav is None) == (self.ics is None):
+            raise ValueError("give exactly one of caldav: {url, username, password_env, calendar} or ics: <path>")
+        return self
+
+
+class BookAppointmentTool(_Strict):
+    calendar: CalendarSettings
+    # The grid appointments start on, in minutes from the opening time.
+    slot_minutes: Annotated[int, Field(ge=5, le=240)] = 30
+    # The length of a service whose facts give no duration_min.
+    default_duration_min: Annotated[int, Field(ge=5, le=1440)] = 30
+    # No booking sooner than this from now, nor further ahead than days_ahead.
+    min_notice_minutes: Annotated[int, Field(ge=0, le=10080)] = 60
+    days_ahead: Annotated[int, Field(ge=1, le=730)] = 90
+    # What of the caller's number goes into the event (never its summary): nothing, a keyed
+    # reference (lets the caller find their booking by number), or the number itself in the
+    # description — only where the tenant's policy allows keeping contact data.
+    caller_number: Literal["none", "reference", "number"] = "reference"
+
+
+class Tools(_Strict):
+    book_appointment: BookAppointmentTool | None = None
+
+
 # --- model presets -----------------------------------------------------------------
 
 
@@ -291,6 +338,8 @@ class PipelineConfig(_Strict):
     models: ModelRefs = ModelRefs()
     # What the business states (hours, address, prices, FAQ): answered from the data, never invented.
     facts: Facts | None = None
+    # What the agent does beyond talking (booking appointments, ...).
+    tools: Tools = Tools()
     llm: LLMParams = LLMParams()
     turn_taking: TurnTaking = TurnTaking()
     voice: Voice = Voice()
@@ -301,6 +350,15 @@ class PipelineConfig(_Strict):
     @classmethod
     def _strip(cls, v: str) -> str:
         return v.strip()
+
+    @model_validator(mode="after")
+    def _tools_have_their_facts(self) -> PipelineConfig:
+        if self.tools.book_appointment is not None:
+            if self.facts is None or self.facts.hours is None:
+                raise ValueError("tools.book_appointment: needs facts.hours (the opening hours slots are taken from)")
+            if not self.facts.services:
+                raise ValueError("tools.book_appointment: needs facts.services (what the caller can book)")
+        return self
 
 
 def _format_validation_error(source: str, err: ValidationError) -> str:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
 
+from voicecore.agent.booking import BookingDialogue
+from voicecore.agent.calendar import open_appointment_book
 from voicecore.agent.facts import FactBook
 from voicecore.config import PipelineConfig
 from voicecore.model_pool import ModelPool
@@ -28,6 +31,7 @@ from voicecore.services.llm import LlamaLLMProcessor
 from voicecore.services.stt import WhisperSTTProcessor
 from voicecore.services.tts import PiperTTSProcessor
 from voicecore.services.vad import PIPELINE_SAMPLE_RATE, VADTurnProcessor
+from voicecore.storage.store import default_data_dir
 from voicecore.transports.base import (
     AgentAudioOutput,
     CallTransport,
@@ -61,6 +65,22 @@ class CallPipeline:
         )
 
 
+def booking_dialogue_factory(config: PipelineConfig, data_dir: Path | None = None,
+                             ) -> Callable[[], BookingDialogue] | None:  # fmt: skip
+    """Makes a call's booking dialogue when the pipeline declares ``tools.book_appointment`` (its
+    ``.ics`` path under ``data_dir``, by default the data directory: ``VOICECORE_DATA_DIR`` or
+    ``./storage``). Each call gets its own dialogue; the calendar is opened when first needed."""
+    tool = config.tools.book_appointment
+    facts = config.facts
+    if tool is None or facts is None:
+        return None
+
+    def new_dialogue() -> BookingDialogue:
+        return BookingDialogue(open_appointment_book(tool, facts, data_dir or default_data_dir()))
+
+    return new_dialogue
+
+
 def build_call_pipeline(
     config: PipelineConfig,
     pool: ModelPool,
@@ -86,6 +106,7 @@ def build_call_pipeline(
         on_caller_text=on_caller_text,
         on_prompt=on_prompt,
         facts=facts,
+        booking=booking_dialogue_factory(config),
     )
     vad: VADTurnProcessor | None = None
     stt: WhisperSTTProcessor | None = None

@@ -42,6 +42,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from voicecore.agent.booking import FINISHED, BookingDialogue, wants_booking
 from voicecore.agent.facts import FactBook, FactGuard
 from voicecore.config import LLMParams, LLMPreset
 from voicecore.records import TurnTimeline
@@ -500,12 +501,16 @@ class LlamaLLMProcessor(FrameProcessor):
         on_caller_text: Callable[[str, TurnTimeline], bool | None] | None = None,
         on_prompt: Callable[[str], None] | None = None,
         facts: FactBook | None = None,
+        booking: Callable[[], BookingDialogue] | None = None,
         name: str | None = None,
     ):
         """``on_caller_text`` sees every final caller transcript first; returning ``False``
         means the session handles that turn itself and the model does not answer it.
         ``facts``: questions about them are answered from the data (the model is not asked),
-        and a generated clause stating a fact they do not back is not spoken (:class:`FactGuard`)."""
+        and a generated clause stating a fact they do not back is not spoken (:class:`FactGuard`).
+        ``booking``: makes the call's :class:`BookingDialogue` (the ``book_appointment`` tool);
+        once the caller asks to book, the dialogue answers the turns (the model is not asked)
+        until the appointment is booked, the caller gives up or the calendar fails."""
         super().__init__(name=name or "LlamaLLM")
         self._engine = engine
         self._conversation = conversation
@@ -525,6 +530,10 @@ class LlamaLLMProcessor(FrameProcessor):
         self._unanswered = ""  # the caller's words since the agent last answered (unredacted, not logged)
         self.fact_answers: list[str] = []  # topics answered from the facts, turn by turn
         self.facts_blocked: list[str] = []  # facts the model stated that the facts do not back
+        self._new_booking = booking
+        self._booking: BookingDialogue | None = None
+        self.bookings: list[dict[str, str]] = []  # appointments booked in this call (Appointment.as_dict)
+        self.tool_failures: list[dict[str, str]] = []  # {"tool", "error"}: a tool that failed, and why
 
     @property
     def conversation(self) -> Conversation:
@@ -605,6 +614,33 @@ class LlamaLLMProcessor(FrameProcessor):
             stats.generated_tokens = len(tokens)
         return Generation(text="".join(texts), tokens=tokens, stats=stats)
 
+    async def _booking_turn(self, said: str, answer: object) -> str | None:
+        """The booking dialogue's reply to this turn, or None when the turn is not about booking.
+        A question the facts answer, asked mid-booking, is answered and the pending question
+        asked again. The dialogue reads and writes the calendar: it runs in a thread."""
+        dialogue = self._booking
+        if dialogue is None or dialogue.state in FINISHED:
+            if not wants_booking(said):
+                return None
+            assert self._new_booking is not None
+            try:
+                dialogue = self._booking = await asyncio.to_thread(self._new_booking)
+            except Exception as e:  # the calendar cannot even be opened (a missing password, ...)
+                self.tool_failures.append({"tool": "book_appointment", "error": f"{type(e).__name__}: {e}"})
+                logger.warning(f"{self}: book_appointment unavailable: {type(e).__name__}: {e}")
+                return ("I'm sorry, I can't book appointments right now. I can take a message and we'll call "
+                        "you back to book.")  # fmt: skip
+        fact_text = getattr(answer, "text", None)
+        if fact_text and getattr(answer, "topic", "") != "unknown" and self._facts is not None \
+                and self._facts.is_question(said):  # fmt: skip
+            return f"{fact_text} {dialogue.question()}"
+        reply = await asyncio.to_thread(dialogue.handle, said)
+        if reply.appointment is not None and reply.state == "booked":
+            self.bookings.append(reply.appointment.as_dict())
+        if reply.error:
+            self.tool_failures.append({"tool": "book_appointment", "error": reply.error})
+        return reply.text
+
     async def _respond(self, timeline: TurnTimeline, cancel: threading.Event) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -619,14 +655,19 @@ class LlamaLLMProcessor(FrameProcessor):
         start.metadata["reply_id"] = reply_id
         said, self._unanswered = self._unanswered, ""
         answer = self._facts.answer(said) if self._facts is not None and said else None
-        if answer is not None:  # a question about the facts: answered from the data, the model is not asked
+        booking_reply = await self._booking_turn(said, answer) if said and self._new_booking is not None else None
+        if booking_reply is not None or answer is not None:
+            # the booking dialogue's turn, or a question about the facts: answered from the data,
+            # the model is not asked
+            text = booking_reply if booking_reply is not None else answer.text  # type: ignore[union-attr]
             await self.push_frame(start)
             timeline.mark("llm_first_token")
-            text_frame = LLMTextFrame(text=answer.text)
+            text_frame = LLMTextFrame(text=text)
             text_frame.metadata["timeline"] = timeline
             await self.push_frame(text_frame)
-            self._conversation.add_agent(answer.text, reply_id=reply_id)
-            self.fact_answers.append(answer.topic)
+            self._conversation.add_agent(text, reply_id=reply_id)
+            if answer is not None:
+                self.fact_answers.append(answer.topic)
             end = LLMFullResponseEndFrame()
             end.metadata["timeline"] = timeline
             end.metadata["reply_id"] = reply_id
