@@ -148,9 +148,8 @@ def dial_decision(
                 message += (
                     f"; next allowed {retry_at.isoformat()}" if retry_at else f"; never in the next {horizon.days} days"
                 )
-            return DialDecision(
-                False, verdict.reason, message, retry_at=retry_at, holiday=verdict.holiday, **known  # type: ignore[arg-type]
-            )
+            reason: RefusalReason = verdict.reason  # type: ignore[assignment]
+            return DialDecision(False, reason, message, retry_at=retry_at, holiday=verdict.holiday, **known)
 
     if max_concurrent is not None and active_calls >= max_concurrent:
         return DialDecision(

@@ -314,7 +314,8 @@ def resolve_callee(number: str, *, default_region: str = "US", fallback_zone: st
     ``default_region`` (the tenant policy's ``phone_region``) reads numbers written without a
     country code. A number phonenumbers cannot place (``Etc/Unknown``: e.g. +800 international
     freephone) gets ``fallback_zone`` if one is given, else no zone (every window check refuses
-    it). Raises :class:`InvalidNumber` when the text is not a possible phone number.
+    it). Raises :class:`InvalidNumber` when the text is not a valid phone number (a dialer does
+    not dial a number outside its country's numbering plan).
     """
     if not isinstance(number, str) or not number.strip():
         raise InvalidNumber("empty phone number")
@@ -327,6 +328,8 @@ def resolve_callee(number: str, *, default_region: str = "US", fallback_zone: st
         raise InvalidNumber(f"not a phone number ({exc._msg})") from None
     if not phonenumbers.is_possible_number(parsed):
         raise InvalidNumber(f"not a possible phone number for region {default_region}")
+    if not phonenumbers.is_valid_number(parsed):  # possible length, but no number range of the plan
+        raise InvalidNumber("not a number in use in its country's numbering plan")
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     region = phonenumbers.region_code_for_number(parsed) or "ZZ"
     zones = tuple(z for z in phone_timezone.time_zones_for_number(parsed) if z != UNKNOWN_ZONE)
