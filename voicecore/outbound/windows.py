@@ -296,6 +296,7 @@ class Callee:
     notes: tuple[str, ...] = field(default_factory=tuple)  # what was assumed (fallback zone, ...)
 
 
+@functools.lru_cache(maxsize=1024)
 def _holiday_calendar(region: str) -> tuple[str | None, str | None]:
     supported = holidays.list_supported_countries()
     if region in supported:
