@@ -286,6 +286,7 @@ TENANT_TABLES: tuple[str, ...] = (
     "turns",
     "reports",
     "recordings",
+    "contact_segments",
     "contacts",
     "opt_outs",
     "restrictions",

@@ -34,6 +34,7 @@ from voicecore.storage import migrate
 from voicecore.storage.audit import AuditLog
 from voicecore.storage.call_tokens import CallTokens
 from voicecore.storage.calls import CallRepository
+from voicecore.storage.contacts import ContactRepository
 from voicecore.storage.crypto import (
     DatabaseKeystore,
     Keystore,
@@ -105,6 +106,7 @@ class Store:
         self.retention = Retention(self.db, self.audit, self.data_dir)
         self.providers = ProviderAccounts(self.db, self.tenants, self.audit)
         self.call_tokens = CallTokens(self.db, self.tenants)
+        self.contacts = ContactRepository(self.db, self.tenants, self.audit)
 
     @property
     def db_path(self) -> Path:
