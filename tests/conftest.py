@@ -328,9 +328,9 @@ def database(request, monkeypatch):
     cluster.drop_database(name)
 
 
-def undo_revision_0004(conn) -> None:
-    """What revision 0004 added, removed: the file as the code before it left it."""
-    for table in ("recording_chunks", "report_jobs", "workers"):
+def undo_revisions_after_0003(conn) -> None:
+    """What revisions 0004 and later added, removed: the file as the code before them left it."""
+    for table in ("contact_segments", "recording_chunks", "report_jobs", "workers"):
         conn.execute(f"DROP TABLE {table}")
     conn.execute("DROP INDEX calls_open")
     conn.execute("ALTER TABLE calls DROP COLUMN worker_id")

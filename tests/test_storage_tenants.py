@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import undo_revision_0004
+from conftest import undo_revisions_after_0003
 
 from voicecore.policy import PolicyError
 from voicecore.records import CallRecord, Turn
@@ -256,7 +256,7 @@ def test_a_file_made_before_alembic_is_refused_then_stamped_by_db_upgrade_keepin
     rec.ended_at = rec.started_at + 1
     s.calls.save(rec)
     # What that code left: schema version 4 (user_version), no Alembic tables.
-    undo_revision_0004(s.db.sqlite)
+    undo_revisions_after_0003(s.db.sqlite)
     for table in ("alembic_version", "audit_head", "wrapped_keys", "call_tokens"):  # the tables since v4
         s.db.sqlite.execute(f"DROP TABLE {table}")
     assert s.db.sqlite.execute("PRAGMA user_version").fetchone()[0] == 4

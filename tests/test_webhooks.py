@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Receiver, undo_revision_0004
+from conftest import Receiver, undo_revisions_after_0003
 
 from voicecore.records import CallRecord, Turn
 from voicecore.server.webhooks import (
@@ -263,7 +263,7 @@ def test_schema_migrates_from_version_1(tmp_path: Path) -> None:
     s.db.sqlite.execute("DROP TABLE webhook_endpoints")
     s.db.sqlite.execute("DROP INDEX outbox_dispatch")
     s.db.sqlite.execute("ALTER TABLE outbox DROP COLUMN dispatched")
-    undo_revision_0004(s.db.sqlite)
+    undo_revisions_after_0003(s.db.sqlite)
     for table in ("alembic_version", "audit_head", "wrapped_keys", "call_tokens"):  # what the code before Alembic lacked
         s.db.sqlite.execute(f"DROP TABLE {table}")
     s.db.sqlite.execute("PRAGMA user_version=1")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from voicecore.cli import bench, calls, data, db, providers, run
+from voicecore.cli import bench, calls, contacts, data, db, providers, run
 from voicecore.cli.options import setup_logging
 
 
@@ -38,6 +38,7 @@ for command in (
     data.tenants,
     data.subjects,
     data.optout,
+    contacts.contacts,
     data.retention,
     data.audit,
     data.policy,

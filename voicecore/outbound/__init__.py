@@ -1,3 +1,4 @@
-"""Outbound calls. ``windows`` and ``checks`` are the pure decisions taken before every dial:
-the callee's calling window in their own time zones, public holidays, attempt caps, opt-outs
-and concurrency (no clock, no storage, no I/O: the dialer passes in what it knows)."""
+"""Outbound calls: contact files (``contacts_csv``), and the pure decisions taken before every
+dial (``windows``, ``checks``): the callee's calling window in their own time zones, public
+holidays, attempt caps, opt-outs and concurrency. No clock, no storage, no I/O: the contact store
+and the dialer pass in what they know."""

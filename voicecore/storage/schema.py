@@ -287,6 +287,7 @@ TENANT_TABLES: tuple[str, ...] = (
     "reports",
     "report_jobs",
     "recordings",
+    "contact_segments",
     "contacts",
     "opt_outs",
     "restrictions",

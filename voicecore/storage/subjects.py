@@ -183,7 +183,13 @@ class SubjectRepository:
             contact_id = existing["id"] if existing else secrets.token_hex(16)
             body = {**{k: v for k, v in fields.items() if v is not None}, "phone": e164}
             with self._db.tx():
-                self._db.execute("DELETE FROM contacts WHERE tenant_id = ? AND phone_hash = ?", (t.id, h))
+                if existing:  # updated in place: its segments stay
+                    self._db.execute(
+                        "UPDATE contacts SET fields_enc = ?, updated_at = ?, expires_at = ? WHERE id = ?",
+                        (keys.encrypt_json(body, field_aad("contacts", t.id, contact_id, "fields")), now, exp,
+                         contact_id),
+                    )  # fmt: skip
+                    return contact_id
                 self._db.insert(
                     "contacts",
                     {

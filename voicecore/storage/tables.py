@@ -400,4 +400,18 @@ recording_chunks = Table(
     PrimaryKeyConstraint("recording_id", "idx"),
 )
 
+# -- revision 0005 -------------------------------------------------------------------
+
+#: Segments of a tenant's contacts (``contacts import --segment``): labels the tenant chose,
+#: in clear, so a campaign finds its contacts without decrypting every one.
+contact_segments = Table(
+    "contact_segments",
+    metadata,
+    _tenant_fk(),
+    Column("contact_id", Text, ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
+    Column("segment", Text, nullable=False),
+    PrimaryKeyConstraint("contact_id", "segment"),
+    Index("contact_segments_segment", "tenant_id", "segment"),
+)
+
 TABLES: dict[str, Table] = dict(metadata.tables)
