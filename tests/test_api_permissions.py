@@ -228,6 +228,9 @@ def make_tenant(store: Store, name: str, index: int) -> TenantData:
     store.outbox.dispatch()
     deliveries = store.outbox.deliveries(name, endpoint.id)
     assert deliveries
+    imported = store.contacts.import_file(name, f"phone,first_name\n{phone},{mark}\n".encode(), segment="leads",
+                                          actor="test")  # fmt: skip
+    assert imported.created == 1
     account_sid, auth_token = f"AC{index:032x}", secrets.token_hex(16)
     store.providers.set(name, "twilio", {"auth_token": auth_token, "account_sid": account_sid}, actor="test")
     return TenantData(name, keys, key_ids, phone, rec.call_id, optout_phone, entry.phone_hash, endpoint.id,
@@ -626,6 +629,64 @@ def _audit_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None
     assert entries[0]["actor"] == f"apikey:{me.key_ids['admin']}"
 
 
+def _contact_count(w: World, tenant: str) -> int:
+    return len(w.store.db.rows("SELECT id FROM contacts WHERE tenant_id = ?", (_tid(w, tenant),)))
+
+
+def _contacts_observe(w: World, me: TenantData, target: TenantData) -> Any:
+    return _contact_count(w, me.name), _contact_count(w, target.name)
+
+
+def _contact_import_build(w: World, me: TenantData, target: TenantData) -> Req:
+    phone = w.fresh_phone()
+    target.__dict__["imported_contact"] = phone
+    return Req("POST", "/v1/contacts/import", params={"segment": "imported"},
+               content=f"phone,first_name\n{phone},Zed\nnot-a-number,Bad\n".encode(), content_type="text/csv")  # fmt: skip
+
+
+def _contact_import_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    phone = target.__dict__["imported_contact"]
+    body = r.json()
+    assert (body["created"], body["segment"], [x["line"] for x in body["rejected"]]) == (1, "imported", [3])
+    got = w.store.contacts.get(me.name, phone, actor="test")
+    assert got is not None and got.fields == {"first_name": "Zed"} and got.segments == ("imported",)
+    if me is not target:
+        assert w.store.contacts.get(target.name, phone, actor="test") is None
+    assert w.store.contacts.delete(me.name, phone, actor="test")
+
+
+def _contacts_list_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    (c,) = [c for c in r.json() if c["phone"] == me.phone]
+    assert c["fields"] == {"first_name": me.mark} and c["segments"] == ["leads"]
+
+
+def _contact_lookup_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    contact = r.json()["contact"]
+    if me is target:
+        assert contact["phone"] == me.phone and contact["fields"]["first_name"] == me.mark
+    else:
+        assert contact is None  # the other tenant's number: not a contact of mine
+
+
+def _contact_delete_build(w: World, me: TenantData, target: TenantData) -> Req:
+    if me is target:
+        phone = w.fresh_phone()
+        w.store.contacts.import_file(me.name, f"phone\n{phone}\n".encode(), actor="test")
+        target.__dict__["deleted_contact"] = phone
+        return Req("POST", "/v1/contacts/delete", json_body={"phone": phone})
+    return Req("POST", "/v1/contacts/delete", json_body={"phone": target.phone})
+
+
+def _contact_delete_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    if me is target:
+        assert r.json() == {"deleted": True}
+        assert w.store.contacts.get(me.name, target.__dict__["deleted_contact"], actor="test") is None
+        assert w.store.contacts.get(me.name, me.phone, actor="test") is not None  # and only that one
+    else:
+        assert r.json() == {"deleted": False}
+        assert w.store.contacts.get(target.name, target.phone, actor="test") is not None
+
+
 SPECS: dict[tuple[str, str], Spec] = {
     ("GET", "/v1/me"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/me"), _me_check),
     ("GET", "/v1/calls"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/calls"), _calls_check),
@@ -694,6 +755,24 @@ SPECS: dict[tuple[str, str], Spec] = {
         lambda w, me, t: Req("POST", "/v1/providers/telnyx/snippet", json_body={"new_stream_secret": True}),
         _snippet_check, _providers_observe, audited="provider.stream_secret_created",
     ),
+    ("POST", "/v1/contacts/import"): Spec("collection", 200, _contact_import_build, _contact_import_check,
+                                          _contacts_observe, audited="contacts.imported"),
+    ("GET", "/v1/contacts"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/contacts"), _contacts_list_check,
+                                  audited="contacts.read"),
+    ("GET", "/v1/contacts/segments"): Spec(
+        "collection", 200, lambda w, me, t: Req("GET", "/v1/contacts/segments"),
+        lambda w, me, t, r: r.json()["leads"] == 1 or pytest.fail(r.text),
+    ),
+    ("GET", "/v1/contacts/export"): Spec(
+        "collection", 200, lambda w, me, t: Req("GET", "/v1/contacts/export"),
+        lambda w, me, t, r: (me.phone in r.text and me.mark in r.text) or pytest.fail(r.text), audited="contacts.exported",
+    ),
+    ("POST", "/v1/contacts/lookup"): Spec(
+        "subject", 200, lambda w, me, t: Req("POST", "/v1/contacts/lookup", json_body={"phone": t.phone}),
+        _contact_lookup_check, audited="contact.read",
+    ),
+    ("POST", "/v1/contacts/delete"): Spec("subject", 200, _contact_delete_build, _contact_delete_check,
+                                          _contacts_observe),
 }
 
 

@@ -23,6 +23,9 @@ route                                     admin  analyst  viewer
 ``GET /v1/audit``                         yes    403      403
 ``/v1/providers...`` (credentials,        yes    403      403
 snippets: :mod:`.api_providers`)
+``/v1/contacts...`` (import, delete)      yes    403      403
+``/v1/contacts...`` (list, look up,       yes    yes      403
+export: :mod:`.api_contacts`)
 ========================================  =====  =======  ======
 
 [1] A viewer sees call metadata only: phone numbers masked (``+1*******71``), no
@@ -639,4 +642,11 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("PUT", "/v1/providers/{provider}", "admin"),
     ("DELETE", "/v1/providers/{provider}", "admin"),
     ("POST", "/v1/providers/{provider}/snippet", "admin"),
+    # voicecore.server.api_contacts
+    ("POST", "/v1/contacts/import", "admin"),
+    ("GET", "/v1/contacts", "analyst"),
+    ("GET", "/v1/contacts/segments", "analyst"),
+    ("GET", "/v1/contacts/export", "analyst"),
+    ("POST", "/v1/contacts/lookup", "analyst"),
+    ("POST", "/v1/contacts/delete", "admin"),
 )

@@ -232,3 +232,33 @@ class SnippetOut(BaseModel):
     provider: ProviderName
     public_url: str
     snippet: str = Field(description="What to paste into the provider (a new stream secret appears here once)")
+
+
+class RejectedLineOut(BaseModel):
+    line: int
+    reason: str
+
+
+class ContactImportOut(BaseModel):
+    created: int
+    updated: int
+    merged_lines: int = Field(description="lines folded into an earlier line with the same number")
+    data_lines: int
+    rejected: list[RejectedLineOut]
+    segment: str | None
+    columns: dict[str, str] = Field(description="each header and the field it was read as (var:NAME: a variable)")
+    seconds: float
+
+
+class ContactOut(BaseModel):
+    id: str
+    phone: str
+    fields: dict[str, str]
+    segments: list[str]
+    created_at: float
+    updated_at: float
+    expires_at: float
+
+
+class ContactLookupOut(BaseModel):
+    contact: ContactOut | None

@@ -27,7 +27,7 @@ from loguru import logger
 from voicecore.config import PROJECT_ROOT, PipelineConfig, load_pipeline
 from voicecore.model_pool import ModelPool
 from voicecore.reports import pipeline_engines
-from voicecore.server import answers, api, api_providers, calls
+from voicecore.server import answers, api, api_contacts, api_providers, calls
 from voicecore.server.guard import AuthThrottle, Guard
 from voicecore.server.leases import hold_lease, release_lease
 from voicecore.server.logs import install_log_redaction
@@ -156,6 +156,7 @@ def create_app(
     app = FastAPI(title="voicecore", version="0.1.0", lifespan=lifespan, default_response_class=SafeJSONResponse)
     app.include_router(api.router)
     app.include_router(api_providers.router)
+    app.include_router(api_contacts.router)
     app.include_router(calls.router)
     app.include_router(answers.router)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

@@ -222,16 +222,15 @@ class ContactRepository:
             return got
 
     def get(self, tenant: str, phone: str, *, actor: str) -> Contact | None:
-        """The contact for ``phone`` or ``None``. Audited (``contact.read``) when there is one."""
+        """The contact for ``phone`` or ``None``. Audited (``contact.read``), found or not: a lookup
+        tells whether the number is a contact."""
         with self._db.lock:
             t = self._tenants.row(tenant)
             keys = self._tenants.data_keys(t)
             h = keys.keyed_hash("subject:" + normalize_phone(phone, self._tenants.policy_of(t).phone_region))
             got = self._contacts(t, " AND c.phone_hash = ?", (h,))
-            if not got:
-                return None
             self._audit.append(actor, tenant, "contact.read", f"subject:{h[:16]}")
-            return got[0]
+            return got[0] if got else None
 
     def delete(self, tenant: str, phone: str, *, actor: str) -> bool:
         """Delete the contact for ``phone`` (its segments with it). Audited."""
