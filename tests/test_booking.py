@@ -298,3 +298,30 @@ async def test_a_calendar_that_cannot_be_opened_is_recorded_and_said(tmp_path: P
     assert proc.tool_failures == [{"tool": "book_appointment",  # type: ignore[attr-defined]
                                    "error": "CalendarAuthError: tools.book_appointment.calendar.caldav.password_env: "
                                             "CALDAV_PW is not set"}]  # fmt: skip
+
+
+@pytest.mark.models
+async def test_a_booking_in_a_call_lands_in_the_calendar_and_the_stored_call_without_the_name(
+    tmp_path: Path, pool, receptionist, monkeypatch
+) -> None:  # fmt: skip
+    """The shipped receptionist, through the session a phone call takes (in text): the booking is
+    in its .ics calendar and in the stored call's flags, the caller's name only in the calendar."""
+    from voicecore.simulate import TextCall
+    from voicecore.storage import Store
+
+    monkeypatch.setenv("VOICECORE_DATA_DIR", str(tmp_path / "data"))
+    store = Store(tmp_path / "data")
+    store.tenants.create("acme", actor="test")
+    call = await TextCall.open(receptionist, pool, store=store, tenant="acme")
+    await call.next_reply()  # the greeting
+    replies = [(await call.say(line))[0] for line in
+               ("i'd like to book a cleaning", "next monday at 10 am", "my name is anna", "yes")]  # fmt: skip
+    assert replies[-1] is not None and replies[-1].startswith("You're booked"), replies
+    record = await call.close()
+    (booked,) = record.flags["appointments"]
+    assert booked["service"].lower() == "cleaning" and "T10:00:00" in booked["start"] and "name" not in booked
+    assert "Anna" in (tmp_path / "data" / "calendars" / "receptionist.ics").read_text()
+    stored = store.calls.get("acme", record.call_id, actor="test")
+    assert stored.flags["appointments"] == record.flags["appointments"]
+    assert "Anna" not in str(stored.flags)
+    store.close()

@@ -327,6 +327,12 @@ class CallSession:
         llm = getattr(self._call, "llm", None) if self._call else None
         if llm is not None and getattr(llm, "fact_answers", None):
             self.record.flags["fact_answers"] = list(llm.fact_answers)  # topics answered from the facts
+        if llm is not None and getattr(llm, "bookings", None):
+            # What was booked, without the caller's name (flags are metadata, kept in clear).
+            self.record.flags["appointments"] = [{k: b[k] for k in ("uid", "start", "end", "service") if k in b}
+                                                 for b in llm.bookings]  # fmt: skip
+        if llm is not None and getattr(llm, "tool_failures", None):
+            self.record.flags["tool_failures"] = [{"tool": f["tool"], "error": f["error"][:200]} for f in llm.tool_failures]
         if llm is not None and getattr(llm, "facts_blocked", None):
             self.record.flags["facts_blocked"] = list(llm.facts_blocked)  # what the model was not let say
         failures = [f for stage in ("stt", "llm", "tts")
