@@ -208,7 +208,7 @@ async def _run(*, smoke: bool, out: str | Path | None, levels: list[int] | None,
             doc["config"]["master_key"] = "made up for this run (no VOICECORE_MASTER_KEY)"
         else:
             doc["config"]["master_key"] = "VOICECORE_MASTER_KEY"
-        n_calls, n_turns = (2, 2) if smoke else (max(1, calls), max(1, turns))
+        n_calls, n_turns = (2, 1) if smoke else (max(1, calls), max(1, turns))
         doc["config"].update({"storage_calls": n_calls, "storage_turns_per_call": n_turns})
         doc["storage"] = await store_timing.compare(folder, database_url, calls=n_calls, turns=n_turns,
                                                     pipeline=pipeline)
@@ -247,6 +247,10 @@ def _finish_doc(doc: dict[str, Any], out_levels: list[dict[str, Any]], ns: list[
     }
     doc["levels"] = out_levels
     doc["plots"] = plot_levels(out_levels, target_ms, folder)
+    if doc.get("storage"):
+        from benchmarks import store_timing
+
+        doc["plots"] += store_timing.plot(doc["storage"], folder)
     doc["duration_s"] = round(time.time() - started, 1)
     write_json(folder / "concurrency.json", doc)
     return doc, folder

@@ -4,7 +4,8 @@ The same calls run twice in this process — on the data directory's SQLite file
 the PostgreSQL database at ``URL`` — against the real server app (``create_app`` +
 ``running_server``), real pipeline, policy layer and storage, with the instant fake
 models of ``bench overhead`` (``benchmarks/overhead.py``), so that storage is what
-differs. ``calls`` Twilio callers call at once, ``turns`` utterances each.
+differs. ``calls`` Twilio callers call at once (their starts 0.5 s apart, as calls arrive,
+not all in the same instant), ``turns`` utterances each.
 
 Every repository of the :class:`~voicecore.storage.Store` (``tenants``, ``calls``,
 ``subjects``, ``outbox``, ``providers``, ``call_tokens``, ``audit``, ``retention``) is
@@ -39,7 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BENCH_POLICY_YAML, percentile, text_table
+from benchmarks.common import (
+    BENCH_POLICY_YAML,
+    percentile,
+    pyplot,
+    save_figure,
+    text_table,
+)
 from benchmarks.corpus import CORPUS, load_corpus
 from benchmarks.latency import play_call
 from benchmarks.overhead import InstantModelPool
@@ -48,6 +55,7 @@ from voicecore.testing.callers import wait_stored_call
 
 TARGET_ADDED_P95_MS = 5.0
 KEY_CHECK = "tenants.authenticate"
+STAGGER_S = 0.5  # between call starts
 REPOSITORIES = ("tenants", "calls", "subjects", "outbox", "providers", "call_tokens", "audit", "retention")
 
 _CURRENT: contextvars.ContextVar[CallTiming | None] = contextvars.ContextVar("voicecore_bench_call", default=None)
@@ -150,6 +158,7 @@ async def run_backend(label: str, folder: Path, database_url: str | None, *, cal
             ws_url = "ws" + base_url.removeprefix("http") + "/ws/twilio"
 
             async def one(i: int, n_turns: int) -> int:
+                await asyncio.sleep((i % 100) * STAGGER_S)  # calls overlap, their starts do not all coincide
                 utts = [corpus[(i * 7 + k) % len(corpus)] for k in range(n_turns)]
                 played = await play_call(f"store-{label}", i, ws_url, key, utts, pause=(0.3, 0.6))
                 await wait_stored_call(store, tenant, played.caller.ids, timeout=30, actor="bench")
@@ -202,6 +211,24 @@ async def compare(folder: Path, database_url: str, *, calls: int, turns: int,
         "target_added_p95_ms": TARGET_ADDED_P95_MS,
         "within_target": added["p95"] is not None and added["p95"] <= TARGET_ADDED_P95_MS,
     }
+
+
+def plot(storage: dict[str, Any], out: Path) -> list[str]:
+    """Store time per turn, p50 and p95, on each database, against the target."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = ["SQLite", "PostgreSQL"]
+    for k, (q, offset) in enumerate((("p50", -0.2), ("p95", 0.2))):
+        vals = [storage[b]["per_turn_ms"][q] or 0.0 for b in ("sqlite", "postgresql")]
+        ax.bar([i + offset for i in range(2)], vals, width=0.4, label=q)
+    base = storage["sqlite"]["per_turn_ms"]["p95"] or 0.0
+    ax.axhline(base + storage["target_added_p95_ms"], color="r", linestyle="--", linewidth=1,
+               label=f"SQLite p95 + {storage['target_added_p95_ms']:g} ms (target)")
+    ax.set_xticks(range(2), names)
+    ax.set_ylabel("store time per turn (ms)")
+    ax.set_title("What the database adds per turn")
+    ax.legend(fontsize=8)
+    return [save_figure(fig, out / "concurrency-storage.png")]
 
 
 def report(storage: dict[str, Any]) -> str:
