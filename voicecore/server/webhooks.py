@@ -26,8 +26,9 @@ fans each new event out to the tenant's endpoints subscribed to its type, one
   directory, sends it again when the lease ends. Delivery is *at least once*:
   receivers deduplicate by ``event_id`` (also in ``X-Voicecore-Event-Id``).
   Order is not guaranteed either (use ``created_at``). The lease is the request timeout plus
-  20 s (30 s); ``VOICECORE_WEBHOOK_LEASE_S`` shortens it (the timeout then stays under half
-  the lease, so a live worker's lease never ends mid-request) and ``VOICECORE_WEBHOOK_POLL_S``
+  20 s (30 s); ``VOICECORE_WEBHOOK_LEASE_S`` sets it (the request timeout then is at most
+  half of it; a batch waiting on a slow endpoint can still outlast its lease and be sent
+  twice) and ``VOICECORE_WEBHOOK_POLL_S``
   sets how often an idle worker looks for due deliveries (1 s): for tests that kill workers.
   Several workers on one database claim different deliveries (row by row, see
   :meth:`~voicecore.storage.outbox.Outbox.claim`). An event goes to the endpoints
