@@ -346,12 +346,16 @@ class VoicecoreServer:
     """
 
     def __init__(self, work_dir: Path, *, pipeline: str = "receptionist", log_name: str = "voicecore-serve.log",
-                 data_name: str = "voicecore-data"):  # fmt: skip
+                 data_name: str = "voicecore-data", database_url: str | None = None):  # fmt: skip
+        """``database_url``: PostgreSQL instead of the data directory's SQLite file (the tenant then
+        gets a name of its own, ``bench-<hex>``: the database may hold an earlier run's)."""
+        import secrets
+
         from voicecore.storage import Store
 
         self.data_dir = work_dir / data_name
-        self.store = Store(self.data_dir)
-        self.tenant = "bench"
+        self.store = Store(self.data_dir, database_url=database_url)
+        self.tenant = f"bench-{secrets.token_hex(4)}" if database_url else "bench"
         self.api_key = self.store.tenants.create(self.tenant, policy_yaml=BENCH_POLICY_YAML, actor="bench")
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -362,6 +366,8 @@ class VoicecoreServer:
              "--data-dir", str(self.data_dir), "--pipeline", pipeline],
             f"{self.base_url}/healthz",
             work_dir / log_name,
+            # the URL (and its password) in the environment, not on a command line others can list
+            env={"VOICECORE_DATABASE_URL": database_url} if database_url else None,
         )
 
     def __enter__(self) -> VoicecoreServer:

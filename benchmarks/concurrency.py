@@ -18,6 +18,14 @@ agent's answer (until it has played), a pause of 1–3 s, the next utterance. Pe
   Twilio media carry no sequence numbers outbound, so a dropped frame shows as a gap;
 - ``client_late_frames``: microphone frames the benchmark itself sent > 10 ms late (the
   callers share the machine: a large number means the figures include a starved client).
+
+With ``database_url`` (``--database-url postgresql://...``) the server stores on that
+PostgreSQL database, and a ``storage`` section says what PostgreSQL adds per turn against
+SQLite: the store's time per call and per turn, ``calls`` calls of ``turns`` turns at once
+on each database, with instant fake models (``benchmarks/store_timing.py``; target ≤ 5 ms
+at p95). ``storage_only`` skips the levels (no models loaded). The master key is
+``VOICECORE_MASTER_KEY`` (the deployment's, as its workers have it); without one a key is
+made up for the run, so use a scratch database.
 """
 
 from __future__ import annotations
@@ -164,25 +172,50 @@ def _slope(xs: list[float], ys: list[float]) -> float | None:
 
 def run(*, smoke: bool = False, out: str | Path | None = None, levels: list[int] | None = None,
         window_s: float = 40.0, target_ms: float = 1500.0, pipeline: str = "receptionist",
-        seed: int = 1) -> tuple[dict[str, Any], Path]:
+        seed: int = 1, database_url: str | None = None, calls: int = 8, turns: int = 4,
+        storage_only: bool = False) -> tuple[dict[str, Any], Path]:
     return asyncio.run(_run(smoke=smoke, out=out, levels=levels, window_s=window_s, target_ms=target_ms,
-                            pipeline=pipeline, seed=seed))
+                            pipeline=pipeline, seed=seed, database_url=database_url, calls=calls, turns=turns,
+                            storage_only=storage_only))
 
 
 async def _run(*, smoke: bool, out: str | Path | None, levels: list[int] | None, window_s: float, target_ms: float,
-               pipeline: str, seed: int) -> tuple[dict[str, Any], Path]:
+               pipeline: str, seed: int, database_url: str | None = None, calls: int = 8, turns: int = 4,
+               storage_only: bool = False) -> tuple[dict[str, Any], Path]:
+    from benchmarks import store_timing
+    from voicecore.storage import MASTER_KEY_ENV
+    from voicecore.storage.database import database_url as resolve_url
+    from voicecore.storage.database import describe_target
+
     started = time.time()
     folder = output_dir("concurrency", out)
-    ns = [1, 2] if smoke else list(levels or DEFAULT_LEVELS)
+    ns = [] if storage_only and database_url else [1, 2] if smoke else list(levels or DEFAULT_LEVELS)
     window = 5.0 if smoke else window_s
     corpus = load_corpus([s.id for s in CORPUS])
     doc = envelope("concurrency", smoke=smoke, started=started, config={
         "pipeline": pipeline, "levels": ns, "window_s": window, "target_p95_ms": target_ms, "pause_s": list(PAUSE_S),
         "answer_timeout_s": ANSWER_TIMEOUT_S, "gap_threshold_ms": 60, "seed": seed,
         "server": "voicecore serve (subprocess)",
+        "database": "SQLite (the data directory's file)" if not database_url else describe_target(resolve_url(database_url)),
     })
+    doc["storage"] = None
+    if database_url:
+        if not os.environ.get(MASTER_KEY_ENV):  # the workers of one database share one master key
+            import base64
+            import secrets
+
+            os.environ[MASTER_KEY_ENV] = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+            doc["config"]["master_key"] = "made up for this run (no VOICECORE_MASTER_KEY)"
+        else:
+            doc["config"]["master_key"] = "VOICECORE_MASTER_KEY"
+        n_calls, n_turns = (2, 1) if smoke else (max(1, calls), max(1, turns))
+        doc["config"].update({"storage_calls": n_calls, "storage_turns_per_call": n_turns})
+        doc["storage"] = await store_timing.compare(folder, database_url, calls=n_calls, turns=n_turns,
+                                                    pipeline=pipeline)
     out_levels: list[dict[str, Any]] = []
-    with VoicecoreServer(folder, pipeline=pipeline) as server:
+    if not ns:
+        return _finish_doc(doc, out_levels, ns, target_ms, None, folder, started)
+    with VoicecoreServer(folder, pipeline=pipeline, database_url=database_url) as server:
         sampler = ProcessSampler(server.pid)
         await asyncio.sleep(1.0)
         rss_idle = sampler.rss_mb()
@@ -193,6 +226,11 @@ async def _run(*, smoke: bool, out: str | Path | None, levels: list[int] | None,
         finally:
             await sampler.stop()
         doc["config"]["server_start_s"] = server.process.started_in_s
+    return _finish_doc(doc, out_levels, ns, target_ms, rss_idle, folder, started)
+
+
+def _finish_doc(doc: dict[str, Any], out_levels: list[dict[str, Any]], ns: list[int], target_ms: float,
+                rss_idle: float | None, folder: Path, started: float) -> tuple[dict[str, Any], Path]:
     base = next((lv for lv in out_levels if lv["n"] == min(ns)), None)
     for lv in out_levels:
         lv["rss_per_extra_call_mb"] = None
@@ -203,12 +241,16 @@ async def _run(*, smoke: bool, out: str | Path | None, levels: list[int] | None,
     doc["summary"] = {
         "max_n_within_target": max(ok) if ok else 0,
         "target_p95_ms": target_ms,
-        "rss_idle_mb": round(rss_idle, 1),
+        "rss_idle_mb": None if rss_idle is None else round(rss_idle, 1),
         "rss_per_extra_call_mb": _slope([float(x) for x, _ in pts], [float(y) for _, y in pts]),
         "underruns_over_60ms": sum(lv["underruns_over_60ms"] for lv in out_levels),
     }
     doc["levels"] = out_levels
     doc["plots"] = plot_levels(out_levels, target_ms, folder)
+    if doc.get("storage"):
+        from benchmarks import store_timing
+
+        doc["plots"] += store_timing.plot(doc["storage"], folder)
     doc["duration_s"] = round(time.time() - started, 1)
     write_json(folder / "concurrency.json", doc)
     return doc, folder
@@ -262,9 +304,15 @@ def report(doc: dict[str, Any]) -> str:
                      lv["cpu_percent_mean"], lv["rss_mb_max"], lv["rss_per_extra_call_mb"],
                      lv["underruns_over_60ms"], lv["arrival_gaps_over_60ms"], lv["client_late_frames"]])
     s = doc["summary"]
-    return "\n".join([
-        "voicecore under concurrent Twilio calls (ms; CPU in % of one core)",
+    lines = [] if not rows else [
+        f"voicecore under concurrent Twilio calls on {doc['config'].get('database', 'SQLite')} "
+        "(ms; CPU in % of one core)",
         text_table(header, rows),
         f"largest N with voice-to-voice p95 <= {s['target_p95_ms']:.0f} ms: {s['max_n_within_target']}; "
         f"idle RSS {s['rss_idle_mb']} MB, {s['rss_per_extra_call_mb']} MB per extra call (slope)",
-    ])
+    ]
+    if doc.get("storage"):
+        from benchmarks import store_timing
+
+        lines += ["" if lines else "", store_timing.report(doc["storage"])]
+    return "\n".join(lines).strip("\n")

@@ -213,6 +213,7 @@ def _models_loaded_for_server_tests(request):
 class Received:
     headers: dict[str, str]
     body: bytes
+    peer: tuple[str, int] = ("", 0)  # the sender's address and port (its connection)
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -222,9 +223,11 @@ class Received:
 @dataclass
 class Receiver:
     """An HTTP endpoint on 127.0.0.1 (ephemeral port) in its own threads, whatever event loop the test
-    runs in: ``mode`` ok (204) | fail (500) | hang (no answer until the test ends)."""
+    runs in: ``mode`` ok (204) | fail (500) | hang (no answer until the test ends). ``before_answer``
+    (optional) is called in the request's thread with what arrived, before the answer is sent."""
 
     mode: str = "ok"
+    before_answer: Any = None
     received: list[Received] = field(default_factory=list)
     url: str = ""
     arrived: threading.Event = field(default_factory=threading.Event)
@@ -239,8 +242,11 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                receiver.received.append(Received(dict(self.headers.items()), body))
+                got = Received(dict(self.headers.items()), body, tuple(self.client_address[:2]))
+                receiver.received.append(got)
                 receiver.arrived.set()
+                if receiver.before_answer is not None:
+                    receiver.before_answer(got)
                 if receiver.mode == "hang":
                     receiver.release.wait(120)
                     return

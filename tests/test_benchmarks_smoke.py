@@ -133,6 +133,24 @@ def test_bench_concurrency_smoke(tmp_path):
     assert s["rss_idle_mb"] > 0 and isinstance(s["rss_per_extra_call_mb"], float)
 
 
+def test_bench_concurrency_storage_on_postgresql_smoke(tmp_path, pg_url):
+    doc = run_bench("concurrency", tmp_path, "--database-url", pg_url, "--storage-only")
+    assert doc["levels"] == [] and "PostgreSQL database" in doc["config"]["database"]
+    assert pg_url.split("@")[0].rsplit(":", 1)[1] not in json.dumps(doc)  # no password in the results
+    st = doc["storage"]
+    assert (st["calls"], st["turns_per_call"]) == (2, 1)
+    for name, backend in (("sqlite", st["sqlite"]), ("postgresql", st["postgresql"])):
+        assert backend["calls"] == 2 and backend["turns"] == 2, name
+        assert ("PostgreSQL" in backend["database"]) == (name == "postgresql")
+        assert_stats(backend["per_turn_ms"], min_n=2)
+        assert_stats(backend["per_call_ms"], min_n=2)
+        assert_stats(backend["key_check_ms"], min_n=2)
+        assert "calls.save" in backend["ops"] and "tenants.authenticate" in backend["ops"]
+        assert backend["ops"]["calls.save"]["n"] == 2  # each timed call's record, attributed to its call
+    assert set(st["added_per_turn_ms"]) == {"p50", "p95"} and isinstance(st["within_target"], bool)
+    assert "concurrency-storage.png" in doc["plots"]
+
+
 def test_bench_overhead_smoke(tmp_path):
     doc = run_bench("overhead", tmp_path)
     s = doc["summary"]

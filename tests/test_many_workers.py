@@ -3,7 +3,10 @@
 Twilio calls through nginx spread over both workers, every call is stored once and listed by
 either worker's API; with both workers full, nginx tries each and the caller gets 503.
 
-Both workers share one data directory (the SQLite default; several processes on one machine).
+On SQLite both workers share one data directory (the default; several processes on one
+machine); on PostgreSQL (the ``database`` fixture, tests/pg.py) each has its own data directory
+and they share the database URL and the master key (``VOICECORE_MASTER_KEY``), as workers on
+several machines do.
 """
 
 from __future__ import annotations
@@ -102,12 +105,13 @@ def nginx_factory(tmp_path: Path) -> Iterator[list[Nginx]]:
         n.stop()
 
 
-async def two_workers(tmp_path: Path, *args: str) -> tuple[list[Worker], str]:
-    data_dir = tmp_path / "data"
-    key = make_tenant(data_dir)
+async def two_workers(tmp_path: Path, *args: str, shared_data_dir: bool = True) -> tuple[list[Worker], str]:
+    """Two workers on one data directory, or (``shared_data_dir=False``: PostgreSQL) one each."""
+    dirs = [tmp_path / "data"] * 2 if shared_data_dir else [tmp_path / "data0", tmp_path / "data1"]
+    key = make_tenant(dirs[0])
     workers = []
     for i in range(2):
-        workers.append(await start_worker(tmp_path, *args, data_dir=data_dir, key=key, name=f"worker{i}"))
+        workers.append(await start_worker(tmp_path, *args, data_dir=dirs[i], key=key, name=f"worker{i}"))
     return workers, key
 
 
@@ -126,8 +130,14 @@ async def wait_nginx(nginx: Nginx) -> None:
     raise AssertionError("nginx never answered")
 
 
-async def test_calls_through_nginx_spread_over_two_workers_and_both_list_them(tmp_path: Path, nginx_factory) -> None:
-    workers, key = await two_workers(tmp_path)
+async def test_calls_through_nginx_spread_over_two_workers_and_both_list_them(
+    tmp_path: Path, nginx_factory, database: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    if database is not None:  # PostgreSQL: a data directory per worker, one database and one master key
+        monkeypatch.setenv("VOICECORE_MASTER_KEY", "A" * 43 + "=")
+    workers, key = await two_workers(tmp_path, shared_data_dir=database is None)
+    for w in workers:  # the database each worker says it uses
+        assert ("database: PostgreSQL database" in w.output()) == (database is not None), w.output()
     nginx = Nginx(tmp_path / "nginx", [int(w.base.rsplit(":", 1)[1]) for w in workers])
     nginx_factory.append(nginx)
     clients: list[TwilioClient] = []
@@ -144,7 +154,7 @@ async def test_calls_through_nginx_spread_over_two_workers_and_both_list_them(tm
             await c.close()
         stored = []
         for _ in range(100):
-            stored = await asyncio.to_thread(stored_calls, workers[0].data_dir, clients)
+            stored = await asyncio.to_thread(stored_calls, workers[0].data_dir, clients)  # through the database
             if all(s is not None and s.ended_at is not None for s in stored):
                 break
             await asyncio.sleep(0.1)

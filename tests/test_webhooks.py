@@ -34,6 +34,7 @@ from voicecore.server.webhooks import (
     encode_body,
     signature_header,
     verify_signature,
+    worker_settings_from_env,
 )
 from voicecore.storage import (
     MASTER_KEY_ENV,
@@ -248,6 +249,29 @@ def test_backoff_is_exponential_with_jitter(store: Store) -> None:
     assert low.backoff(30) == 1800.0  # capped at max_delay_s (times the jitter)
     spread = {WebhookWorker(store).backoff(3) for _ in range(20)}
     assert len(spread) > 1 and all(20.0 <= d < 60.0 for d in spread)  # defaults: 10 s base, 3rd retry
+
+
+def test_lease_and_poll_from_the_environment_keep_the_timeout_inside_the_lease(store: Store) -> None:
+    assert worker_settings_from_env({}) == {}  # the defaults: a 10 s timeout inside a 30 s lease
+    default = WebhookWorker(store)
+    assert (default.timeout_s, default.lease_s, default.poll_interval_s) == (10.0, 30.0, 1.0)
+    short = WebhookWorker(store, **worker_settings_from_env({"VOICECORE_WEBHOOK_LEASE_S": "4",
+                                                              "VOICECORE_WEBHOOK_POLL_S": "0.2"}))  # fmt: skip
+    assert (short.lease_s, short.poll_interval_s) == (4.0, 0.2) and short.timeout_s == 2.0
+    assert worker_settings_from_env({"VOICECORE_WEBHOOK_LEASE_S": "120"})["timeout_s"] == 10.0
+    for bad in ("0", "-1", "soon", "nan", "inf"):
+        with pytest.raises(ValueError, match="VOICECORE_WEBHOOK_POLL_S must be a positive number"):
+            worker_settings_from_env({"VOICECORE_WEBHOOK_POLL_S": bad})
+
+
+def test_serve_refuses_a_bad_webhook_lease(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from voicecore.cli import cli
+
+    res = CliRunner().invoke(cli, ["serve", "--data-dir", str(tmp_path / "d"), "--port", "1"],
+                             env={"VOICECORE_WEBHOOK_LEASE_S": "-5"})  # fmt: skip
+    assert res.exit_code == 1 and "VOICECORE_WEBHOOK_LEASE_S must be a positive number" in res.output, res.output
 
 
 def test_schema_migrates_from_version_1(tmp_path: Path) -> None:

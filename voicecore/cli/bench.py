@@ -67,7 +67,8 @@ def bench() -> None:
     \b
     latency      per-stage turn latency, voice-to-voice and STT word error rate
     compare      the same corpus against a stock Pipecat pipeline, as voicecore/Pipecat ratios
-    concurrency  N simultaneous callers: voice-to-voice, CPU, RSS, late audio
+    concurrency  N simultaneous callers: voice-to-voice, CPU, RSS, late audio (--database-url:
+                 on PostgreSQL, and what it adds per turn against SQLite)
     overhead     instant fake models: what the runtime itself adds per turn
     """
 
@@ -102,15 +103,30 @@ def compare(smoke: bool, out: Path | None, per_call: int) -> None:
               help="Seconds of calling per level.")
 @click.option("--target-ms", default=1500.0, show_default=True, type=float,
               help="The voice-to-voice p95 a level must stay under to count as sustained.")
-def concurrency(smoke: bool, out: Path | None, levels: str, window_s: float, target_ms: float) -> None:
-    """N simultaneous Twilio callers: voice-to-voice p50/p95, CPU, RSS per call, late audio."""
+@click.option("--database-url", default=None, metavar="URL",
+              help="PostgreSQL (postgresql://user:password@host:port/db, a scratch database) the server stores on; "
+                   "adds what it costs per turn against SQLite (store time per turn, p50/p95; target <= 5 ms at "
+                   "p95). The master key is $VOICECORE_MASTER_KEY (else one made up for the run).")
+@click.option("--calls", default=8, show_default=True, type=click.IntRange(min=1),
+              help="With --database-url: simultaneous calls timed on each database (instant fake models).")
+@click.option("--turns", default=4, show_default=True, type=click.IntRange(min=1),
+              help="With --database-url: turns per timed call.")
+@click.option("--storage-only", is_flag=True, help="With --database-url: only the storage comparison (no models).")
+def concurrency(smoke: bool, out: Path | None, levels: str, window_s: float, target_ms: float,
+                database_url: str | None, calls: int, turns: int, storage_only: bool) -> None:
+    """N simultaneous Twilio callers: voice-to-voice p50/p95, CPU, RSS per call, late audio.
+
+    With --database-url: on that PostgreSQL database, and what it adds per turn against SQLite."""
+    if storage_only and not database_url:
+        raise click.BadParameter("--storage-only compares databases: give --database-url", param_hint="--storage-only")
     try:
         ns = [int(x) for x in levels.split(",") if x.strip()]
     except ValueError:
         raise click.BadParameter(f"not a comma-separated list of integers: {levels!r}", param_hint="--levels") from None
     if not ns or min(ns) < 1:
         raise click.BadParameter("levels must be positive integers", param_hint="--levels")
-    _run("concurrency", smoke=smoke, out=out, levels=ns, window_s=window_s, target_ms=target_ms)
+    _run("concurrency", smoke=smoke, out=out, levels=ns, window_s=window_s, target_ms=target_ms,
+         database_url=database_url, calls=calls, turns=turns, storage_only=storage_only)
 
 
 @bench.command()

@@ -197,5 +197,5 @@ def serve(host: str, port: int, data_dir: Path | None, pipeline: str, log_level:
                    database_url=database_url() or "",
                    telnyx_codec=telnyx_codec, telnyx_sample_rate=int(telnyx_sample_rate),
                    max_calls=max_calls, drain_timeout_s=drain_timeout, lease_s=lease_s)  # fmt: skip
-    except (ConfigError, StorageError, CryptoError) as e:
+    except (ConfigError, StorageError, CryptoError, ValueError) as e:  # ValueError: a bad VOICECORE_WEBHOOK_* value
         raise click.ClickException(str(e)) from None

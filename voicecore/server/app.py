@@ -32,7 +32,7 @@ from voicecore.server.guard import AuthThrottle, Guard
 from voicecore.server.leases import hold_lease, release_lease
 from voicecore.server.logs import install_log_redaction
 from voicecore.server.state import ServerState, load_pipelines
-from voicecore.server.webhooks import WebhookWorker
+from voicecore.server.webhooks import WebhookWorker, worker_settings_from_env
 from voicecore.storage import Store
 from voicecore.storage.workers import DEFAULT_LEASE_S
 from voicecore.telephony import create_protocol
@@ -83,6 +83,7 @@ def create_app(
     if telnyx_codec not in TELNYX_CODECS:
         raise ValueError(f"telnyx codec must be one of {', '.join(TELNYX_CODECS)}, got {telnyx_codec!r}")
     create_protocol("telnyx", outbound_encoding=telnyx_codec, outbound_sample_rate=telnyx_sample_rate)  # checks
+    webhook_settings = worker_settings_from_env()  # VOICECORE_WEBHOOK_LEASE_S / _POLL_S, checked here
     configs = dict(pipelines) if pipelines is not None else load_pipelines()
     if pipeline not in configs:
         cfg = load_pipeline(pipeline if Path(pipeline).suffix in (".yaml", ".yml") else PROJECT_ROOT / "pipelines" / f"{pipeline}.yaml")
@@ -125,7 +126,7 @@ def create_app(
             logger.warning(f"the public URL {state.public_url} is http://: providers refuse the ws:// media URLs")
         lease = asyncio.create_task(hold_lease(state))
         sweeper = asyncio.create_task(_sweep_periodically(state))
-        webhook_worker = WebhookWorker(state.store)
+        webhook_worker = WebhookWorker(state.store, **webhook_settings)
         webhooks = asyncio.create_task(webhook_worker.run())
         report_runner = asyncio.create_task(state.reports.run(
             state.store, pipeline_engines(state.pool, state.pipelines, state.default_pipeline), worker_id=state.worker_id,

@@ -25,7 +25,13 @@ fans each new event out to the tenant's endpoints subscribed to its type, one
   is sent, so when the process dies mid-delivery the next worker, on the same data
   directory, sends it again when the lease ends. Delivery is *at least once*:
   receivers deduplicate by ``event_id`` (also in ``X-Voicecore-Event-Id``).
-  Order is not guaranteed either (use ``created_at``). An event goes to the endpoints
+  Order is not guaranteed either (use ``created_at``). The lease is the request timeout plus
+  20 s (30 s); ``VOICECORE_WEBHOOK_LEASE_S`` sets it (the request timeout then is at most
+  half of it; a batch waiting on a slow endpoint can still outlast its lease and be sent
+  twice) and ``VOICECORE_WEBHOOK_POLL_S``
+  sets how often an idle worker looks for due deliveries (1 s): for tests that kill workers.
+  Several workers on one database claim different deliveries (row by row, see
+  :meth:`~voicecore.storage.outbox.Outbox.claim`). An event goes to the endpoints
   subscribed to its type when the worker first sees it; a deactivated endpoint's
   deliveries wait (within the outbox's 7-day lifetime) until it is active again.
 
@@ -88,10 +94,11 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from loguru import logger
@@ -101,6 +108,8 @@ from voicecore.storage import Store, WebhookDelivery
 from voicecore.storage.outbox import is_public_address
 
 SIGNATURE_HEADER = "X-Voicecore-Signature"
+LEASE_ENV = "VOICECORE_WEBHOOK_LEASE_S"
+POLL_ENV = "VOICECORE_WEBHOOK_POLL_S"
 USER_AGENT = "voicecore-webhooks/0.1"
 
 
@@ -196,6 +205,29 @@ def public_only_resolver() -> Any:
 
 
 # --------------------------------------------------------------------------- the worker
+
+
+def worker_settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, float]:
+    """:class:`WebhookWorker` settings from ``VOICECORE_WEBHOOK_LEASE_S`` and ``VOICECORE_WEBHOOK_POLL_S``
+    (none set: the defaults). A shorter lease brings the request timeout under half of it.
+    ``ValueError`` names a value that is not a positive number."""
+    env = os.environ if environ is None else environ
+    out: dict[str, float] = {}
+    for name, key in ((LEASE_ENV, "lease_s"), (POLL_ENV, "poll_interval_s")):
+        raw = env.get(name)
+        if raw is None or not raw.strip():
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"{name} must be a positive number of seconds, got {raw!r}")
+        out[key] = value
+    if "lease_s" in out:
+        out["timeout_s"] = min(10.0, out["lease_s"] / 2)
+    return out
+
 
 
 class WebhookWorker:
