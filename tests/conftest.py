@@ -336,7 +336,8 @@ def database(request, monkeypatch):
 
 def undo_revisions_after_0003(conn) -> None:
     """What revisions 0004 and later added, removed: the file as the code before them left it."""
-    for table in ("contact_segments", "recording_chunks", "report_jobs", "workers"):
+    for table in ("call_attempts", "campaign_contacts", "campaigns", "contact_segments", "recording_chunks",
+                  "report_jobs", "workers"):
         conn.execute(f"DROP TABLE {table}")
     conn.execute("DROP INDEX calls_open")
     conn.execute("ALTER TABLE calls DROP COLUMN worker_id")

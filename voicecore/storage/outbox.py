@@ -30,7 +30,9 @@ from voicecore.views import iso
 OUTBOX_TTL_DAYS = 7
 MAX_WEBHOOK_ENDPOINTS = 20  # per tenant
 WEBHOOK_SECRET_OVERLAP_S = 24 * 3600  # a rotated-out secret still signs deliveries this long
-EVENT_TYPES: tuple[str, ...] = ("call.ended", "report.ready", "optout.requested", "subject.erased")
+EVENT_TYPES: tuple[str, ...] = (
+    "call.ended", "report.ready", "optout.requested", "subject.erased", "campaign.contact_done",
+)
 MAX_URL_LENGTH = 2048
 
 

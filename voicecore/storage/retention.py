@@ -62,7 +62,7 @@ class Retention:
                 for table in ("recordings", "turns", "reports", "report_jobs"):
                     result.deleted[table] = db.execute(f"DELETE FROM {table} WHERE {of_expired}", (ts, ts))
                 paths += [self._data_dir / r["path"] for r in db.rows("SELECT path FROM exports WHERE expires_at <= ?", (ts,))]
-                for table in ("calls", "contacts", "outbox", "exports"):
+                for table in ("calls", "contacts", "outbox", "exports", "call_attempts"):
                     result.deleted[table] = db.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (ts,))
                 db.execute(
                     "DELETE FROM webhook_deliveries WHERE expires_at <= ? OR event_id NOT IN (SELECT event_id FROM outbox)",

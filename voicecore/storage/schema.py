@@ -278,6 +278,9 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # Tables holding tenant data (deleted with the tenant), children first.
 TENANT_TABLES: tuple[str, ...] = (
+    "call_attempts",
+    "campaign_contacts",
+    "campaigns",
     "call_tokens",
     "provider_credentials",
     "exports",

@@ -35,6 +35,7 @@ from voicecore.storage import migrate
 from voicecore.storage.audit import AuditLog
 from voicecore.storage.call_tokens import CallTokens
 from voicecore.storage.calls import CallRepository
+from voicecore.storage.campaigns import CampaignRepository
 from voicecore.storage.contacts import ContactRepository
 from voicecore.storage.crypto import (
     DatabaseKeystore,
@@ -112,6 +113,7 @@ class Store:
         self.call_tokens = CallTokens(self.db, self.tenants)
         self.workers = WorkerRepository(self.db, self.calls, self.audit, self.report_jobs)
         self.contacts = ContactRepository(self.db, self.tenants, self.audit)
+        self.campaigns = CampaignRepository(self.db, self.tenants, self.outbox, self.audit)
 
     @property
     def db_path(self) -> Path:

@@ -541,6 +541,9 @@ class SubjectRepository:
                 res.calls = self._db.execute(
                     "DELETE FROM calls WHERE tenant_id = ? AND (caller_hash = ? OR callee_hash = ?)", sc
                 )
+                # the subject's place in campaigns and its dial attempts (keyed hashes, times, outcomes)
+                self._db.execute("DELETE FROM campaign_contacts WHERE tenant_id = ? AND phone_hash = ?", (tid, h))
+                self._db.execute("DELETE FROM call_attempts WHERE tenant_id = ? AND phone_hash = ?", (tid, h))
                 res.contacts = self._db.execute("DELETE FROM contacts WHERE tenant_id = ? AND phone_hash = ?", (tid, h))
                 # a call token minted for the subject's call (its numbers, encrypted, for a few minutes)
                 self._db.execute("DELETE FROM call_tokens WHERE tenant_id = ? AND (caller_hash = ? OR callee_hash = ?)",

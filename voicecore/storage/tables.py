@@ -414,4 +414,86 @@ contact_segments = Table(
     Index("contact_segments_segment", "tenant_id", "segment"),
 )
 
+# -- revision 0006 -------------------------------------------------------------------
+
+#: Outbound campaigns: which segment a tenant calls, from which number, through which provider,
+#: in which calling window, how often and how many at once (see :mod:`voicecore.storage.campaigns`).
+campaigns = Table(
+    "campaigns",
+    metadata,
+    Column("id", Text, primary_key=True),
+    _tenant_fk(),
+    Column("name", Text, nullable=False),
+    Column("pipeline", Text, nullable=False),
+    Column("segment", Text, nullable=False),
+    Column("from_number", Text, nullable=False),  # the business's own number
+    Column("provider", Text, nullable=False),
+    Column("window", Text, nullable=False),  # a preset name or a window spec
+    Column("max_concurrent", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("retry_after_s", Float, nullable=False),
+    Column("start_at", Float),
+    Column("machine_action", Text, nullable=False, server_default="hangup"),
+    Column("voicemail_enc", LargeBinary),
+    Column("status", Text, nullable=False),
+    Column("paused_reason", Text),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    CheckConstraint("status IN ('draft', 'running', 'paused', 'done')", name="campaigns_status"),
+    UniqueConstraint("tenant_id", "name"),
+)
+
+#: Each contact of a campaign and where it stands: claimed row by row by the dialers.
+campaign_contacts = Table(
+    "campaign_contacts",
+    metadata,
+    Column("campaign_id", Text, ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
+    Column("contact_id", Text, ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
+    _tenant_fk(),
+    Column("phone_hash", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("outcome", Text),
+    Column("last_reason", Text),
+    Column("last_attempt_id", Text),
+    Column("last_call_id", Text),
+    Column("claimed_by", Text),
+    Column("claimed_until", Float),
+    Column("updated_at", Float, nullable=False),
+    CheckConstraint("status IN ('pending', 'dialing', 'done')", name="campaign_contacts_status"),
+    PrimaryKeyConstraint("campaign_id", "contact_id"),
+    Index("campaign_contacts_due", "status", "next_attempt_at"),
+    Index("campaign_contacts_subject", "tenant_id", "phone_hash"),
+)
+
+#: Every dial attempt, written before the provider is asked (so a restart never dials twice).
+call_attempts = Table(
+    "call_attempts",
+    metadata,
+    Column("id", Text, primary_key=True),
+    _tenant_fk(),
+    Column("campaign_id", Text, ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
+    Column("contact_id", Text, nullable=False),
+    Column("phone_hash", Text, nullable=False),
+    Column("attempt_no", Integer, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("provider_call_id", Text),
+    Column("status", Text, nullable=False),
+    Column("outcome", Text),
+    Column("error_code", Text),
+    Column("error_message", Text),
+    Column("call_id", Text),
+    Column("worker_id", Text),
+    Column("created_at", Float, nullable=False),
+    Column("answered_at", Float),
+    Column("ended_at", Float),
+    Column("expires_at", Float, nullable=False),
+    CheckConstraint("status IN ('dialing', 'ringing', 'answered', 'done')", name="call_attempts_status"),
+    UniqueConstraint("campaign_id", "contact_id", "attempt_no"),
+    Index("call_attempts_subject", "tenant_id", "phone_hash", "created_at"),
+    Index("call_attempts_provider", "provider", "provider_call_id"),
+    Index("call_attempts_open", "campaign_id", "status"),
+)
+
 TABLES: dict[str, Table] = dict(metadata.tables)
