@@ -231,6 +231,8 @@ def make_tenant(store: Store, name: str, index: int) -> TenantData:
     imported = store.contacts.import_file(name, f"phone,first_name\n{phone},{mark}\n".encode(), segment="leads",
                                           actor="test")  # fmt: skip
     assert imported.created == 1
+    store.campaigns.create(name, f"camp-{name}", pipeline="receptionist", segment="leads", from_number="+14155550000",
+                           provider="twilio", window="daily 00:00-24:00", actor="test")  # fmt: skip
     account_sid, auth_token = f"AC{index:032x}", secrets.token_hex(16)
     store.providers.set(name, "twilio", {"auth_token": auth_token, "account_sid": account_sid}, actor="test")
     return TenantData(name, keys, key_ids, phone, rec.call_id, optout_phone, entry.phone_hash, endpoint.id,
@@ -687,6 +689,35 @@ def _contact_delete_check(w: World, me: TenantData, target: TenantData, r: Reply
         assert w.store.contacts.get(target.name, target.phone, actor="test") is not None
 
 
+def _campaign_names(w: World, tenant: str) -> list[tuple[str, str]]:
+    return [(r["name"], r["status"]) for r in w.store.db.rows(
+        "SELECT name, status FROM campaigns WHERE tenant_id = ? ORDER BY name", (_tid(w, tenant),))]  # fmt: skip
+
+
+def _campaigns_observe(w: World, me: TenantData, target: TenantData) -> Any:
+    return _campaign_names(w, me.name), _campaign_names(w, target.name)
+
+
+def _campaign_create_build(w: World, me: TenantData, target: TenantData) -> Req:
+    name = f"new-{secrets.token_hex(3)}"
+    target.__dict__["new_campaign"] = name
+    return Req("POST", "/v1/campaigns", json_body={"name": name, "pipeline": "receptionist", "segment": "leads",
+                                                   "from_number": "+14155550000", "provider": "telnyx"})  # fmt: skip
+
+
+def _campaign_create_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    name = target.__dict__["new_campaign"]
+    assert r.json()["name"] == name and r.json()["status"] == "draft"
+    assert (name, "draft") in _campaign_names(w, me.name)
+    w.store.db.execute("DELETE FROM campaigns WHERE name = ?", (name,))
+
+
+def _campaign_pause_check(w: World, me: TenantData, target: TenantData, r: Reply) -> None:
+    assert r.json()["campaign"]["status"] == "paused"
+    assert (f"camp-{me.name}", "paused") in _campaign_names(w, me.name)
+    w.store.campaigns.start(me.name, f"camp-{me.name}", actor="test")
+
+
 SPECS: dict[tuple[str, str], Spec] = {
     ("GET", "/v1/me"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/me"), _me_check),
     ("GET", "/v1/calls"): Spec("collection", 200, lambda w, me, t: Req("GET", "/v1/calls"), _calls_check),
@@ -773,6 +804,24 @@ SPECS: dict[tuple[str, str], Spec] = {
     ),
     ("POST", "/v1/contacts/delete"): Spec("subject", 200, _contact_delete_build, _contact_delete_check,
                                           _contacts_observe),
+    ("GET", "/v1/campaigns"): Spec(
+        "collection", 200, lambda w, me, t: Req("GET", "/v1/campaigns"),
+        lambda w, me, t, r: [c["name"] for c in r.json()] == [f"camp-{me.name}"] or pytest.fail(r.text),
+    ),
+    ("POST", "/v1/campaigns"): Spec("collection", 201, _campaign_create_build, _campaign_create_check,
+                                    _campaigns_observe, audited="campaign.created"),
+    ("GET", "/v1/campaigns/{name}"): Spec(
+        "object", 200, lambda w, me, t: Req("GET", f"/v1/campaigns/camp-{t.name}"),
+        lambda w, me, t, r: r.json()["campaign"]["name"] == f"camp-{me.name}" or pytest.fail(r.text),
+    ),
+    ("POST", "/v1/campaigns/{name}/{action}"): Spec(
+        "object", 200, lambda w, me, t: Req("POST", f"/v1/campaigns/camp-{t.name}/pause"), _campaign_pause_check,
+        _campaigns_observe, audited="campaign.paused",
+    ),
+    ("GET", "/v1/campaigns/{name}/export"): Spec(
+        "object", 200, lambda w, me, t: Req("GET", f"/v1/campaigns/camp-{t.name}/export"),
+        lambda w, me, t, r: r.text.startswith("phone,name,status") or pytest.fail(r.text), audited="campaign.exported",
+    ),
 }
 
 

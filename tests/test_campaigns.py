@@ -190,3 +190,41 @@ def test_erasure_takes_the_subject_out_of_campaigns_and_attempts(tmp_path: Path)
     assert not s.db.exists("SELECT 1 AS x FROM call_attempts WHERE phone_hash = ?", (h,))
     assert "+14155552671" not in s.campaigns.export_csv("acme", "spring", actor="test")
     s.close()
+
+
+@pytest.mark.databases("sqlite")
+def test_the_cli_creates_starts_pauses_reports_and_exports(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from voicecore.cli import cli
+
+    d = str(tmp_path / "d")
+    run = CliRunner().invoke
+    assert run(cli, ["tenants", "add", "acme", "--data-dir", d]).exit_code == 0
+    leads = tmp_path / "leads.csv"
+    leads.write_bytes(LEADS)
+    assert run(cli, ["contacts", "import", str(leads), "--tenant", "acme", "--segment", "leads", "--data-dir", d]).exit_code == 0
+    base = ["campaigns", "create", "spring", "--tenant", "acme", "--pipeline", "receptionist", "--segment", "leads",
+            "--from", "+1 415 555 0000", "--provider", "twilio", "--data-dir", d]  # fmt: skip
+    res = run(cli, [*base, "--window", "mon-fri 10:00-13:00,14:00-20:00", "--retry-after", "15m", "--max-concurrent",
+                    "2"])  # fmt: skip
+    assert res.exit_code == 0 and "created" in res.output, res.output
+    res = run(cli, [*base[:2], "autumn", *base[3:], "--window", "mon-fri 10:00-25:00"])
+    assert res.exit_code == 1 and "bad time '25:00'" in res.output
+    res = run(cli, [*base[:2], "autumn", *base[3:], "--retry-after", "soon"])
+    assert res.exit_code == 2 and "a duration like 90s" in res.output
+    res = run(cli, ["campaigns", "start", "spring", "--tenant", "acme", "--data-dir", d])
+    assert res.exit_code == 0 and "3 contact(s) joined" in res.output
+    res = run(cli, ["campaigns", "status", "spring", "--tenant", "acme", "--json", "--data-dir", d])
+    st = json.loads(res.output)
+    assert st["campaign"]["status"] == "running" and st["by_status"] == {"pending": 3}
+    assert st["campaign"]["retry_after_s"] == 900 and st["campaign"]["from_number"] == "+14155550000"
+    assert run(cli, ["campaigns", "pause", "spring", "--tenant", "acme", "--data-dir", d]).exit_code == 0
+    res = run(cli, ["campaigns", "status", "spring", "--tenant", "acme", "--data-dir", d])
+    assert "Campaign spring: paused (paused by cli)" in res.output and "3 pending" in res.output
+    res = run(cli, ["campaigns", "export", "spring", "--tenant", "acme", "--data-dir", d])
+    assert res.output.count("\n") == 4 and "+14155552671,Ann,pending,0" in res.output
+    res = run(cli, ["campaigns", "status", "nope", "--tenant", "acme", "--data-dir", d])
+    assert res.exit_code == 1 and "tenant 'acme' has no campaign 'nope'" in res.output

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from voicecore.cli import bench, calls, contacts, data, db, providers, run
+from voicecore.cli import bench, calls, campaigns, contacts, data, db, providers, run
 from voicecore.cli.options import setup_logging
 
 
@@ -39,6 +39,7 @@ for command in (
     data.subjects,
     data.optout,
     contacts.contacts,
+    campaigns.campaigns,
     data.retention,
     data.audit,
     data.policy,

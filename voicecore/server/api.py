@@ -26,6 +26,10 @@ snippets: :mod:`.api_providers`)
 ``/v1/contacts...`` (import, delete)      yes    403      403
 ``/v1/contacts...`` (list, look up,       yes    yes      403
 export: :mod:`.api_contacts`)
+``/v1/campaigns...`` (create, start,      yes    403      403
+pause, resume: :mod:`.api_campaigns`)
+``/v1/campaigns...`` (list, status,       yes    yes      403
+export)
 ========================================  =====  =======  ======
 
 [1] A viewer sees call metadata only: phone numbers masked (``+1*******71``), no
@@ -110,6 +114,7 @@ from voicecore.server.api_models import (
 )
 from voicecore.server.guard import api_key_of
 from voicecore.storage import CryptoError, StorageError, Store, UnknownTenant
+from voicecore.storage.campaigns import UnknownCampaign
 from voicecore.views import (
     audit_view,
     call_view,
@@ -168,6 +173,8 @@ async def _run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise _policy_error(e) from None
     except CryptoError:
         raise HTTPException(503, "the tenant's data cannot be decrypted (keystore)") from None
+    except UnknownCampaign:
+        raise HTTPException(404, "campaign not found") from None
     except StorageError as e:
         raise _unprocessable(["body"], str(e), "value_error") from None
 
@@ -649,4 +656,10 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/v1/contacts/export", "analyst"),
     ("POST", "/v1/contacts/lookup", "analyst"),
     ("POST", "/v1/contacts/delete", "admin"),
+    # voicecore.server.api_campaigns
+    ("GET", "/v1/campaigns", "analyst"),
+    ("POST", "/v1/campaigns", "admin"),
+    ("GET", "/v1/campaigns/{name}", "analyst"),
+    ("POST", "/v1/campaigns/{name}/{action}", "admin"),
+    ("GET", "/v1/campaigns/{name}/export", "analyst"),
 )

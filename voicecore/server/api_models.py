@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from voicecore.storage import EVENT_TYPES
 
 Role = Literal["admin", "agent", "analyst", "viewer"]
-EventType = Literal["call.ended", "report.ready", "optout.requested", "subject.erased"]
+EventType = Literal["call.ended", "report.ready", "optout.requested", "subject.erased", "campaign.contact_done"]
 
 
 class Me(BaseModel):

@@ -27,7 +27,14 @@ from loguru import logger
 from voicecore.config import PROJECT_ROOT, PipelineConfig, load_pipeline
 from voicecore.model_pool import ModelPool
 from voicecore.reports import pipeline_engines
-from voicecore.server import answers, api, api_contacts, api_providers, calls
+from voicecore.server import (
+    answers,
+    api,
+    api_campaigns,
+    api_contacts,
+    api_providers,
+    calls,
+)
 from voicecore.server.guard import AuthThrottle, Guard
 from voicecore.server.leases import hold_lease, release_lease
 from voicecore.server.logs import install_log_redaction
@@ -158,6 +165,7 @@ def create_app(
     app.include_router(api.router)
     app.include_router(api_providers.router)
     app.include_router(api_contacts.router)
+    app.include_router(api_campaigns.router)
     app.include_router(calls.router)
     app.include_router(answers.router)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
