@@ -174,13 +174,14 @@ async def provider_answer(request: Request, provider: str, tenant: str) -> Respo
     pipeline = request.query_params.get("pipeline")
     if pipeline is not None and pipeline not in state.pipelines:
         return PlainTextResponse(f"unknown pipeline {pipeline!r}", status_code=404)
-    caller = _field(params, "From", "from")
-    callee = _field(params, "To", "to")
+    caller = from_number = _field(params, "From", "from")
+    callee = to_number = _field(params, "To", "to")
     direction = (_field(params, "Direction", "direction") or "").lower()
     if direction.startswith("outbound"):
-        # Asked for instructions when an outbound call is answered: the callee is "To".
+        # The session's "caller" is the remote party (the data subject): here the person called.
+        caller, callee = callee, caller
         try:
-            refusal = await asyncio.to_thread(outbound_check, state.store, tenant, callee or "")
+            refusal = await asyncio.to_thread(outbound_check, state.store, tenant, caller or "")
         except ValueError as e:
             refusal = f"no valid callee number ({e})"
         if refusal is not None:
@@ -191,7 +192,7 @@ async def provider_answer(request: Request, provider: str, tenant: str) -> Respo
     token = await asyncio.to_thread(state.mint_call_token, tenant, pipeline, call_id, provider=provider, caller=caller,
                                     callee=callee)  # fmt: skip  (in the shared database: any worker takes the stream)
     ws = media_url(public_base(state, request), provider)
-    ids = {k: v for k, v in (("from", caller), ("to", callee)) if v}
+    ids = {k: v for k, v in (("from", from_number), ("to", to_number)) if v}
     if provider == "twilio":
         return Response(twiml_connect_stream(ws, {"token": token, **ids}), media_type="application/xml")
     if provider == "telnyx":

@@ -321,6 +321,18 @@ class CallRepository:
         t = self._tenants.row(tenant)
         return self.turns(t.id, self._tenants.data_keys(t), call_id, with_text=True)
 
+    def find_by_provider_id(self, tenant_id: str, provider_call_id: str, since: float) -> str | None:
+        """The call id of the tenant's call (started after ``since``) whose provider ids hold
+        ``provider_call_id`` (Twilio's CallSid, Telnyx's call_control_id, ...)."""
+        if not provider_call_id:
+            return None
+        needle = json.dumps(provider_call_id)  # as it sits in the provider_ids JSON, quoted
+        for r in self._db.rows("SELECT call_id, provider_ids FROM calls WHERE tenant_id = ? AND started_at >= ? "
+                               "ORDER BY started_at DESC", (tenant_id, since - 120)):  # fmt: skip
+            if needle in (r["provider_ids"] or ""):
+                return str(r["call_id"])
+        return None
+
     def open_calls(self, worker_id: str | None = None) -> list[tuple[str, str, str | None]]:
         """Calls not ended yet, as ``(tenant name, call id, worker id)`` (of one worker, or all)."""
         sql = "SELECT t.name AS tenant, c.call_id, c.worker_id FROM calls c JOIN tenants t ON t.id = c.tenant_id " \

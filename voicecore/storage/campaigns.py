@@ -490,12 +490,15 @@ class CampaignRepository:
             self._db.execute("UPDATE campaigns SET status = 'done', updated_at = ? WHERE id = ? AND status = 'running'",
                              (now, c.id))  # fmt: skip
 
-    def stale_attempts(self, *, older_than_s: float, now: float | None = None) -> list[dict[str, Any]]:
+    def stale_attempts(self, *, older_than_s: float, answered_older_than_s: float = 6 * 3600,
+                       now: float | None = None) -> list[dict[str, Any]]:  # fmt: skip
         """Attempts still open long after they began (a lost status callback, a worker that died
-        mid-dial): the dialer settles them so the contact is retried, never dialed twice at once."""
+        mid-dial; an answered one after ``answered_older_than_s``): the dialer settles them as
+        failed, so the contact is retried later, never dialed twice at once."""
         now = self._db.clock() if now is None else now
-        return self._db.rows(f"SELECT * FROM call_attempts WHERE status IN {OPEN_ATTEMPT} AND created_at < ?",
-                             (now - older_than_s,))  # fmt: skip
+        return self._db.rows(
+            "SELECT * FROM call_attempts WHERE (status IN ('dialing', 'ringing') AND created_at < ?) OR "
+            "(status = 'answered' AND created_at < ?)", (now - older_than_s, now - answered_older_than_s))  # fmt: skip
 
     # -- helpers -------------------------------------------------------------------------
 
