@@ -61,6 +61,12 @@ class FakeApi:
                 return web.json_response({"type": "https://developer.nexmo.com/api-errors#unauthorized",
                                           "title": "Unauthorized"}, status=401)  # fmt: skip
             return web.json_response({"uuid": "63f61863-fake", "status": "started"}, status=201)
+        if http.path.startswith("/v1/Account/"):
+            expected = f"{CREDENTIALS['plivo']['auth_id']}:{CREDENTIALS['plivo']['auth_token']}"
+            if http.headers.get("Authorization") != "Basic " + base64.b64encode(expected.encode()).decode():
+                return web.Response(status=401, text="Could not verify your access level for that URL.")
+            return web.json_response({"message": "call fired", "request_uuid": "9834029e-fake", "api_id": "97ce"},
+                                     status=201)  # fmt: skip
         return web.Response(status=404)
 
 
@@ -71,6 +77,7 @@ async def api() -> AsyncIterator[FakeApi]:
     app.router.add_post("/2010-04-01/Accounts/{sid}/Calls.json", fake.handle)
     app.router.add_post("/v2/calls", fake.handle)
     app.router.add_post("/v1/calls", fake.handle)
+    app.router.add_post("/v1/Account/{auth_id}/Call/", fake.handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -83,7 +90,7 @@ async def api() -> AsyncIterator[FakeApi]:
 
 
 def dialer_for(api: FakeApi, timeout_s: float = 5.0) -> ProviderDialer:
-    return ProviderDialer(api_bases={p: api.base for p in ("twilio", "telnyx", "vonage")}, timeout_s=timeout_s)
+    return ProviderDialer(api_bases={p: api.base for p in ("twilio", "telnyx", "vonage", "plivo")}, timeout_s=timeout_s)
 
 
 async def test_a_placed_call_through_each_provider(api: FakeApi) -> None:
@@ -91,11 +98,16 @@ async def test_a_placed_call_through_each_provider(api: FakeApi) -> None:
         twilio = await dialer.dial(request("twilio"), CREDENTIALS["twilio"])
         telnyx = await dialer.dial(request("telnyx"), CREDENTIALS["telnyx"])
         vonage = await dialer.dial(request("vonage"), CREDENTIALS["vonage"])
+        plivo = await dialer.dial(request("plivo"), CREDENTIALS["plivo"])
+        plivo_wrong = await dialer.dial(request("plivo"), CREDENTIALS["plivo"] | {"auth_token": "wrong-token-123"})
+    assert (plivo.ok, plivo.provider_call_id) == (True, "9834029e-fake")
+    assert (plivo_wrong.auth_failed, plivo_wrong.error_code) == (True, "http_401")
     assert (twilio.ok, twilio.provider_call_id) == (True, "CA" + "d" * 32)
     assert (telnyx.ok, telnyx.provider_call_id) == (True, "v3:fake-1")
     assert (vonage.ok, vonage.provider_call_id) == (True, "63f61863-fake")
     assert [r["path"] for r in api.requests] == [
-        f"/2010-04-01/Accounts/{CREDENTIALS['twilio']['account_sid']}/Calls.json", "/v2/calls", "/v1/calls"]
+        f"/2010-04-01/Accounts/{CREDENTIALS['twilio']['account_sid']}/Calls.json", "/v2/calls", "/v1/calls",
+        f"/v1/Account/{CREDENTIALS['plivo']['auth_id']}/Call/", f"/v1/Account/{CREDENTIALS['plivo']['auth_id']}/Call/"]
     assert b"To=%2B14155550199" in api.requests[0]["body"]
     assert json.loads(api.requests[1]["body"])["stream_auth_token"] == TOKEN
 

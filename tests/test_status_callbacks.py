@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 from test_provider_signatures import plivo_v3, telnyx_keys, telnyx_sign, vonage_jwt
 from twilio.request_validator import RequestValidator
@@ -215,3 +216,21 @@ async def test_unknown_providers_have_no_status_url(server: tuple[str, Any, Hook
         async with session.post(f"{base}/providers/exotel/acme/status", data={"CallSid": "x"}) as reply:
             assert reply.status == 404
 
+
+
+def test_dialing_credentials_survive_storage(store: Store) -> None:
+    """A Vonage private key pasted base64-encoded comes back from the encrypted store as the PEM that signs."""
+    from test_dialing import VONAGE_PEM, VONAGE_PUBLIC, request
+
+    from voicecore.telephony.dialing import build_create_call
+
+    store.providers.set("acme", "vonage", {"signature_secret": VONAGE_SECRET, "application_id": VONAGE_APP,
+                                           "private_key": base64.b64encode(VONAGE_PEM.encode()).decode()},
+                        actor="test")  # fmt: skip
+    info = store.providers.get("acme", "vonage")
+    assert info is not None and "private_key" in info.secrets_set and not info.missing
+    stored = store.providers.secrets("acme", "vonage")
+    assert stored is not None and stored["private_key"] == VONAGE_PEM
+    http = build_create_call("vonage", stored, request("vonage"))
+    claims = jwt.decode(http.headers["Authorization"].split()[1], VONAGE_PUBLIC, algorithms=["RS256"])
+    assert claims["application_id"] == VONAGE_APP

@@ -16,10 +16,10 @@ connect the answered call to ``wss://<public>/ws/<provider>`` with a one-time ca
   asynchronously (``AsyncAmd``) so the agent's greeting is not held back, its verdict
   (``AnsweredBy``) arrives at the same status URL.
 - **Telnyx** Call Control — ``POST /v2/calls`` (JSON, ``Bearer <API key>``) with ``stream_url``
-  and ``stream_auth_token``; ``command_id`` = the attempt id (Telnyx refuses a repeated one, so a
-  retried request never dials twice); webhooks ``call.initiated``, ``call.answered``,
-  ``call.machine.detection.ended``, ``call.hangup`` (``hangup_cause``) carry ``client_state``
-  (base64 of the attempt id).
+  and ``stream_auth_token``; ``command_id`` = the attempt id (Telnyx ignores a command whose id it
+  saw in the last 60 s: a quick retry does not dial twice); webhooks ``call.initiated``,
+  ``call.answered``, ``call.machine.detection.ended``, ``call.hangup`` (``hangup_cause``) carry
+  ``client_state`` (base64 of the attempt id). Telnyx may deliver webhooks twice or out of order.
 - **Vonage** — ``POST /v1/calls`` (JSON, ``Bearer <JWT>`` signed RS256 with the application's
   private key) with an inline NCCO ``connect`` to a websocket; events (``status``) at
   ``event_url``. Numbers go without the leading ``+``.
