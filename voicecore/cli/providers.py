@@ -67,8 +67,10 @@ def _read_fields(provider: str, pairs: tuple[str, ...]) -> dict[str, str]:
 @json_option
 def providers_set(provider: str, fields: tuple[str, ...], tenant: str, data_dir: Path | None, as_json: bool) -> None:
     """Store PROVIDER credentials for tenant T (encrypted with the tenant's key; secrets are never shown
-    again). Twilio: auth_token [account_sid]; Telnyx: public_key; Vonage: signature_secret
-    [application_id]; Plivo: auth_token [auth_id]. A value of '-' is read from standard input."""
+    again). Twilio: auth_token [account_sid]; Telnyx: public_key [api_key connection_id]; Vonage:
+    signature_secret [application_id private_key]; Plivo: auth_token [auth_id]; Asterisk: [ari_url ari_user
+    ari_password trunk]. Bracketed ones are needed to place outbound calls. A value of '-' is read from
+    standard input (one line: give a PEM key base64-encoded)."""
     given = _read_fields(provider, fields)
     with open_store(data_dir) as store:
         info = store.providers.set(tenant, provider, given, actor=ACTOR)

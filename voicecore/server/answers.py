@@ -30,6 +30,11 @@ from loguru import logger
 from voicecore.server.guard import Throttled, client_address
 from voicecore.server.state import ServerState
 from voicecore.session import outbound_check
+from voicecore.telephony.dialing import (
+    DIAL_PROVIDERS,
+    IgnoredStatusEvent,
+    parse_status_callback,
+)
 from voicecore.telephony.exotel import exotel_bootstrap, exotel_stream_url
 from voicecore.telephony.plivo import plivo_stream_xml
 from voicecore.telephony.signatures import (
@@ -101,10 +106,11 @@ def _field(params: Mapping[str, Any], *names: str) -> str | None:
 
 
 def _verify(state: ServerState, request: Request, provider: str, tenant: str, body: bytes,
-            params: Mapping[str, Any]) -> None:  # fmt: skip
-    """Raise :class:`Refused` unless the request is the provider's, for this tenant (runs in a thread)."""
+            params: Mapping[str, Any], what: str = "answer") -> None:  # fmt: skip
+    """Raise :class:`Refused` unless the request is the provider's, for this tenant (runs in a thread).
+    ``what``: which kind of request (``answer``, ``status``), for the log."""
     headers = request.headers
-    if provider == "exotel":
+    if provider in ("exotel", "asterisk"):  # they sign nothing: the stream secret as Basic auth
         scheme, _, encoded = headers.get("authorization", "").partition(" ")
         password = ""
         if scheme.lower() == "basic":
@@ -113,9 +119,9 @@ def _verify(state: ServerState, request: Request, provider: str, tenant: str, bo
             except (binascii.Error, ValueError):
                 password = ""
         if not password:
-            raise Refused("no_credentials", "exotel answer request without Basic credentials")
-        if state.store.providers.authenticate_stream_secret("exotel", password) != tenant:
-            raise Refused("bad_signature", f"exotel answer request for tenant {tenant!r} with a wrong stream secret")
+            raise Refused("no_credentials", f"{provider} {what} request without Basic credentials")
+        if state.store.providers.authenticate_stream_secret(provider, password) != tenant:
+            raise Refused("bad_signature", f"{provider} {what} request for tenant {tenant!r} with a wrong stream secret")
         return
     secrets_ = state.store.providers.secrets(tenant, provider)
     if not secrets_ or not any(k in secrets_ for k in ("auth_token", "public_key", "signature_secret")):
@@ -145,7 +151,7 @@ def _verify(state: ServerState, request: Request, provider: str, tenant: str, bo
                 headers.get("x-plivo-signature-v3-nonce"), headers.get("x-plivo-signature-v3"),
             )  # fmt: skip
     except SignatureError as e:
-        raise Refused("bad_signature", f"{provider} answer request for tenant {tenant!r}: {e.reason}") from None
+        raise Refused("bad_signature", f"{provider} {what} request for tenant {tenant!r}: {e.reason}") from None
 
 
 @router.api_route("/providers/{provider}/{tenant}/answer", methods=["GET", "POST"], include_in_schema=False)
@@ -215,6 +221,58 @@ def _hang_up(provider: str) -> Response:
     if provider == "vonage":
         return JSONResponse([])  # an empty NCCO: the call ends at once
     return PlainTextResponse("call refused", status_code=403)
+
+
+@router.post("/providers/{provider}/{tenant}/status", include_in_schema=False)
+async def provider_status(request: Request, provider: str, tenant: str) -> Response:
+    """Status callbacks of outbound calls (``StatusCallback``, Telnyx ``webhook_url``, Vonage ``event_url``,
+    Plivo ``ring_url``/``hangup_url``/``machine_detection_url``; Asterisk: ARI events relayed with the
+    stream secret as Basic auth), checked like the answer URL, then handed to ``ServerState.call_status``.
+    A refused request changes nothing."""
+    state = _state(request)
+    if provider not in DIAL_PROVIDERS:
+        return PlainTextResponse(f"no status callbacks for provider {provider!r}", status_code=404)
+    address = client_address(request.scope)
+    try:
+        state.throttle.check(address)
+    except Throttled as e:
+        return PlainTextResponse(str(e), status_code=429, headers={"Retry-After": str(int(e.retry_after))})
+    body = await request.body()
+    try:
+        params = await _parameters(request, body)
+        await asyncio.to_thread(_verify, state, request, provider, tenant, body, params, "status")
+    except Refused as e:
+        state.throttle.failed(address)
+        state.metrics.answer_rejected(provider, e.why)
+        logger.warning(f"refused a {provider} status callback: {e.detail}")
+        return PlainTextResponse(REFUSED, status_code=403)
+
+    attempt = request.query_params.get("attempt") or None
+    try:
+        if request.headers.get("content-type", "").startswith("application/json"):
+            payload: Any = json.loads(body) if body else {}
+        else:
+            payload = {k: v for k, v in params.items() if isinstance(v, str)}
+        event = parse_status_callback(provider, payload, attempt_id=attempt)
+    except IgnoredStatusEvent as e:
+        logger.debug(f"{provider} status callback for tenant {tenant!r} ignored: {e}")
+        return _status_ack(provider)
+    except ValueError as e:
+        logger.warning(f"{provider} status callback for tenant {tenant!r} unreadable: {e}")
+        return PlainTextResponse("unreadable status callback", status_code=400)
+    try:
+        await state.call_status(tenant, provider, event)
+    except Exception as e:  # the provider may retry; the dialer logs its own details
+        logger.error(f"{provider} status {event.status} for attempt {event.attempt_id}: the dialer failed "
+                     f"({type(e).__name__})")  # fmt: skip
+        return PlainTextResponse("status not recorded", status_code=500)
+    return _status_ack(provider)
+
+
+def _status_ack(provider: str) -> Response:
+    """What each provider expects back from a status callback: Telnyx a 200 with a JSON body, the others
+    an empty 2xx (Vonage: no body, which it could read as an NCCO)."""
+    return JSONResponse({}) if provider == "telnyx" else Response(status_code=204)
 
 
 @router.post("/twilio/voice", include_in_schema=False)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from loguru import logger
 
 from voicecore.config import PROJECT_ROOT, PipelineConfig, load_pipeline
 from voicecore.model_pool import ModelPool
@@ -18,8 +21,12 @@ from voicecore.session import CallSession
 from voicecore.storage import Store
 from voicecore.storage.call_tokens import CALL_TOKEN_TTL_S, CallGrant, is_call_token
 from voicecore.storage.workers import DEFAULT_LEASE_S
+from voicecore.telephony.dialing import CallStatusEvent
 
-__all__ = ["CALL_TOKEN_TTL_S", "CallGrant", "ServerState", "is_call_token", "load_pipelines", "new_worker_id"]
+#: ``ServerState.on_call_status``: (tenant, provider, event) → None.
+CallStatusHook = Callable[[str, str, CallStatusEvent], Awaitable[None]]
+
+__all__ = ["CALL_TOKEN_TTL_S", "CallGrant", "CallStatusHook", "ServerState", "is_call_token", "load_pipelines", "new_worker_id"]
 
 
 def new_worker_id() -> str:
@@ -63,6 +70,9 @@ class ServerState:
     worker_id: str = field(default_factory=new_worker_id)
     #: ``serve --lease-seconds``: a worker silent this long is dead; another closes its calls.
     lease_s: float = DEFAULT_LEASE_S
+    #: Who hears the verified status callbacks of outbound calls (the campaign dialer sets it);
+    #: None: they are acknowledged and dropped.
+    on_call_status: CallStatusHook | None = None
 
     @property
     def active_calls(self) -> int:
@@ -97,6 +107,14 @@ class ServerState:
         """The grant of a one-time token, used up on every worker; None if unknown, used, expired,
         minted for another call id or another provider. Blocking: call it from a thread."""
         return self.store.call_tokens.redeem(token, call_id, provider)
+
+    async def call_status(self, tenant: str, provider: str, event: CallStatusEvent) -> None:
+        """Hand a verified status callback to :attr:`on_call_status` (or drop it, logged at DEBUG)."""
+        hook = self.on_call_status
+        if hook is None:
+            logger.debug("{} status {} for attempt {}: no dialer listens", provider, event.status, event.attempt_id)
+            return
+        await hook(tenant, provider, event)
 
     def call_announced_to_other_tenant(self, call_id: str | None, tenant: str) -> bool:
         return self.store.call_tokens.announced_to_other_tenant(call_id, tenant)

@@ -30,9 +30,12 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import jwt
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from plivo.utils.signature_v3 import validate_v3_signature
 from twilio.request_validator import RequestValidator, get_signature_algorithm
@@ -42,6 +45,7 @@ __all__ = [
     "CredentialField",
     "SignatureError",
     "check_credentials",
+    "private_key_pem",
     "check_twilio_signature",
     "check_telnyx_signature",
     "check_plivo_signature",
@@ -71,31 +75,52 @@ class CredentialField:
     required: bool = True
 
 
-#: Provider → the credentials a tenant stores for it. Exotel and Asterisk sign nothing: they
-#: authenticate with a voicecore stream secret instead (``providers credentials set … --stream-secret``).
+#: Provider → the credentials a tenant stores for it: what checks the provider's signatures and,
+#: optional, what places outbound calls through its REST API (:mod:`voicecore.telephony.dialing`).
+#: Exotel and Asterisk sign nothing: their streams authenticate with a voicecore stream secret.
 CREDENTIAL_FIELDS: Final[dict[str, tuple[CredentialField, ...]]] = {
     "twilio": (
         CredentialField("auth_token", "the account's Auth Token (Console → Account info); signs every webhook"),
-        CredentialField("account_sid", "the Account SID (AC…); webhooks for other accounts are refused",
+        CredentialField("account_sid", "the Account SID (AC…); webhooks for other accounts are refused; "
+                                       "outbound calls are placed in this account",
                         secret=False, required=False),  # fmt: skip
     ),
     "telnyx": (
         CredentialField("public_key", "the account's public key (Mission Control → Keys & Credentials → "
                                       "Public Key), base64; checks the Ed25519 webhook signatures"),  # fmt: skip
+        CredentialField("api_key", "an API key (Mission Control → Keys & Credentials → API Keys, KEY…); "
+                                   "places outbound calls", required=False),  # fmt: skip
+        CredentialField("connection_id", "the Call Control application's id (its connection_id); outbound calls "
+                                         "go out through it", secret=False, required=False),  # fmt: skip
     ),
     "vonage": (
         CredentialField("signature_secret", "the account's signature secret (Dashboard → API settings); "
                                             "checks the signed-webhook JWT"),  # fmt: skip
         CredentialField("application_id", "the Voice application's id; JWTs for other applications are refused",
                         secret=False, required=False),  # fmt: skip
+        CredentialField("private_key", "the Voice application's private key (PEM, or the PEM base64-encoded on "
+                                       "one line); signs the JWT that places outbound calls", required=False),  # fmt: skip
     ),
     "plivo": (
         CredentialField("auth_token", "the account's Auth Token (Console → Overview); checks X-Plivo-Signature-V3"),
-        CredentialField("auth_id", "the Auth ID (MA…)", secret=False, required=False),
+        CredentialField("auth_id", "the Auth ID (MA…); outbound calls are placed in this account",
+                        secret=False, required=False),  # fmt: skip
     ),
     "exotel": (),
-    "asterisk": (),
+    # Asterisk's media streams use a stream secret; these place outbound calls through ARI.
+    "asterisk": (
+        CredentialField("ari_url", "the ARI base URL (http[s]://host:8088, as in http.conf)", secret=False,
+                        required=False),  # fmt: skip
+        CredentialField("ari_user", "the ARI user (ari.conf)", secret=False, required=False),
+        CredentialField("ari_password", "the ARI user's password (ari.conf)", required=False),
+        CredentialField("trunk", "the PJSIP endpoint outbound calls leave through (PJSIP/<number>@<trunk>)",
+                        secret=False, required=False),  # fmt: skip
+    ),
 }
+
+#: Credentials that may hold a multi-line PEM (and so blanks and line breaks) and be longer.
+_PEM_FIELDS: Final = frozenset({("vonage", "private_key")})
+MAX_PEM_CHARS: Final = 16384
 
 
 def check_credentials(provider: str, fields: Mapping[str, str]) -> dict[str, str]:
@@ -112,12 +137,47 @@ def check_credentials(provider: str, fields: Mapping[str, str]) -> dict[str, str
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{provider} {name} must be a non-empty string")
         value = value.strip()
+        if (provider, name) in _PEM_FIELDS:
+            out[name] = private_key_pem(value, f"{provider} {name}")
+            continue
         if len(value) > 4096 or any(ord(c) < 33 for c in value):
             raise ValueError(f"{provider} {name} must be at most 4096 printable characters without spaces")
         out[name] = value
     if provider == "telnyx" and "public_key" in out:
         _telnyx_key(out["public_key"])
+    if provider == "asterisk" and "ari_url" in out:
+        parts = urlsplit(out["ari_url"])
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.username:
+            raise ValueError("asterisk ari_url must look like http[s]://host:8088 (no query, no credentials)")
     return out
+
+
+def private_key_pem(value: str, what: str = "private_key") -> str:
+    """A private key given as PEM text (line breaks kept, or flattened to blanks by a form field) or as
+    the PEM base64-encoded on one line; returns the PEM text. ``ValueError`` naming ``what`` otherwise
+    (never the key). Checks that it loads as an RSA private key (Vonage signs RS256)."""
+    text = value.strip()
+    if len(text) > MAX_PEM_CHARS:
+        raise ValueError(f"{what} must be at most {MAX_PEM_CHARS} characters")
+    if "-----BEGIN" not in text:
+        try:
+            text = base64.b64decode("".join(text.split()), validate=True).decode("ascii").strip()
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{what} must be a PEM private key (-----BEGIN PRIVATE KEY-----…) or that PEM "
+                             "base64-encoded") from None  # fmt: skip
+    head, sep, rest = text.partition("-----BEGIN ")
+    label, sep2, rest = rest.partition("-----")
+    body, sep3, _ = rest.partition("-----END ")
+    if not (sep and sep2 and sep3) or head.strip():
+        raise ValueError(f"{what} is not a PEM block (-----BEGIN …----- … -----END …-----)")
+    pem = f"-----BEGIN {label}-----\n" + "\n".join(body.split()) + f"\n-----END {label}-----\n"
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValueError(f"{what} does not load as an unencrypted PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"{what} must be an RSA private key (Vonage signs its JWTs with RS256)")
+    return pem
 
 
 # --- Twilio -------------------------------------------------------------------------------
