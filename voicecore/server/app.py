@@ -35,6 +35,7 @@ from voicecore.server import (
     api_providers,
     calls,
 )
+from voicecore.server.dialer import Dialer
 from voicecore.server.guard import AuthThrottle, Guard
 from voicecore.server.leases import hold_lease, release_lease
 from voicecore.server.logs import install_log_redaction
@@ -67,6 +68,7 @@ def create_app(
     drain_timeout_s: float = 60.0,
     database_url: str | None = None,
     lease_s: float = DEFAULT_LEASE_S,
+    dialer_poll_s: float = 1.0,
 ) -> FastAPI:
     """The ASGI app. ``pipeline`` is a name from ``pipelines/`` or a YAML path (the default agent).
     ``allow_insecure_webhooks``: webhooks may go to ``http://`` and private addresses (local
@@ -132,6 +134,9 @@ def create_app(
         elif not state.public_url.startswith("https://"):
             logger.warning(f"the public URL {state.public_url} is http://: providers refuse the ws:// media URLs")
         lease = asyncio.create_task(hold_lease(state))
+        dialer = state.dialer = Dialer(state, poll_s=dialer_poll_s)  # outbound campaigns (idle without one)
+        state.on_call_status = dialer.on_call_status
+        dialing = asyncio.create_task(dialer.run(), name="dialer")
         sweeper = asyncio.create_task(_sweep_periodically(state))
         webhook_worker = WebhookWorker(state.store, **webhook_settings)
         webhooks = asyncio.create_task(webhook_worker.run())
@@ -147,6 +152,9 @@ def create_app(
         finally:
             state.shutting_down = True
             sweeper.cancel()
+            dialing.cancel()
+            await dialer.stop()
+            await dialer.provider_dialer.close()
             await _end_all_calls(state, "server_shutdown")
             lease.cancel()
             await release_lease(state)

@@ -73,6 +73,8 @@ class ServerState:
     #: Who hears the verified status callbacks of outbound calls (the campaign dialer sets it);
     #: None: they are acknowledged and dropped.
     on_call_status: CallStatusHook | None = None
+    #: The campaign dialer (:class:`voicecore.server.dialer.Dialer`), set when the app starts.
+    dialer: Any = None
 
     @property
     def active_calls(self) -> int:
