@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -30,9 +31,13 @@ from multidict import MultiDict
 from voicecore.server import create_app, running_server
 from voicecore.server.guard import AuthThrottle
 from voicecore.storage import Store
-from voicecore.telephony.signatures import SignatureError, check_twilio_signature
+from voicecore.telephony.signatures import (
+    SignatureError,
+    check_telnyx_signature,
+    check_twilio_signature,
+)
 from voicecore.testing.callers import rms, wait_stored_call
-from voicecore.testing.provider_apis import FakeTwilioApi, Scenario
+from voicecore.testing.provider_apis import FakeTelnyxApi, FakeTwilioApi, Scenario
 
 TENANTS = {"acme": None}
 TWILIO_SID = "AC" + "0123456789abcdef" * 2
@@ -217,6 +222,32 @@ async def serve(store: Store, pool: Any, receptionist: Any, tmp_path: Path) -> A
         yield base.replace("http", "ws", 1), key
 
 
+def check_answered_call(record: Any, ws_base: str, provider: str) -> None:
+    """The callee's side of an answered call: a clean stream, the greeting, a reply to its question."""
+    client = record.client
+    assert client is not None and record.stream_error is None, record.stream_error
+    assert not client.violations, client.violations[:5]
+    assert record.stream_url == f"{ws_base}/ws/{provider}"
+    assert record.first_agent_audio_at is not None, "no greeting"
+    assert record.received_at < record.stream_started_at < record.first_agent_audio_at
+    assert 0 < record.dial_to_greeting_s < 60
+    [reply] = record.replies
+    greeting = client.agent_audio(until=reply.speech_end_at)
+    assert rms(greeting) > SPEECH_RMS, f"greeting is silent (RMS {rms(greeting):.0f})"
+    assert reply.first_audio_at is not None, "the agent did not answer the callee"
+    answer = client.agent_audio(since=reply.speech_end_at)
+    assert answer.size > client.sample_rate * 0.5 and rms(answer) > SPEECH_RMS
+    assert record.ended_by == "callee"
+    assert time.monotonic() >= record.ended_at
+
+
+async def check_stored(store: Store, provider_id: str) -> None:
+    """The call is stored under the provider's call id, closed, with the callee's words in it."""
+    call = await wait_stored_call(store, "acme", {provider_id}, timeout=20, with_turns=True)
+    assert call is not None and call.ended_at is not None, "the call was not stored and closed"
+    assert any(t.role == "caller" and t.text for t in call.turns), [(t.role, t.text) for t in call.turns]
+
+
 @pytest.mark.models
 async def test_twilio_answered_call_streams_to_serve_and_the_callee_hears_the_agent(
     serve: tuple[str, str], store: Store, hooks: HookReceiver, say: Any
@@ -225,34 +256,126 @@ async def test_twilio_answered_call_streams_to_serve_and_the_callee_hears_the_ag
     say(QUESTION, voice="en-us+f3", speed=130)  # the log check knows the sentence
     twiml = (f'<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="{ws_base}/ws/twilio">'
              f'<Parameter name="token" value="{key}"/></Stream></Connect></Response>')  # fmt: skip
-    scenario = Scenario(script=(QUESTION,))
-    async with FakeTwilioApi(TWILIO_SID, TWILIO_TOKEN, scenarios={CALLEE: scenario}) as api:
+    async with FakeTwilioApi(TWILIO_SID, TWILIO_TOKEN, scenarios={CALLEE: Scenario(script=(QUESTION,))}) as api:
         status, body = await twilio_create(api, twilio_form(CALLEE, hooks.url(attempt="a-7"), twiml=twiml))
         assert status == 201, body
         [record] = await api.wait_calls(1, timeout=180)
-    client = record.client
-    assert client is not None and record.stream_error is None, record.stream_error
-    assert not client.violations, client.violations[:5]
-    # the parameters of the TwiML arrived as Twilio's customParameters: the server took the key
-    assert record.stream_url == f"{ws_base}/ws/twilio"
-    assert record.first_agent_audio_at is not None, "no greeting"
-    assert record.received_at < record.stream_started_at < record.first_agent_audio_at
-    assert 0 < record.dial_to_greeting_s < 60
-    greeting = client.agent_audio(until=record.replies[0].speech_end_at)
-    assert rms(greeting) > SPEECH_RMS, f"greeting is silent (RMS {rms(greeting):.0f})"
-    [reply] = record.replies
-    assert reply.first_audio_at is not None, "the agent did not answer the callee"
-    answer = client.agent_audio(since=reply.speech_end_at)
-    assert answer.size > client.sample_rate * 0.5 and rms(answer) > SPEECH_RMS
-    assert record.ended_by == "callee"
-    # the call is stored by its Twilio CallSid, with the callee's question in it
-    call = await wait_stored_call(store, "acme", {body["sid"]}, timeout=20, with_turns=True)
-    assert call is not None and call.ended_at is not None, "the call was not stored and closed"
-    assert any(t.role == "caller" and t.text for t in call.turns), [(t.role, t.text) for t in call.turns]
+    # the TwiML's <Parameter> arrived as Twilio's customParameters: the server took the key
+    check_answered_call(record, ws_base, "twilio")
+    await check_stored(store, body["sid"])
     # the status callbacks: initiated, ringing, answered (human), completed with a duration; all signed
     got = [(h.form["CallStatus"], h.form.get("AnsweredBy")) for h in hooks.hooks]
     assert got == [("initiated", None), ("ringing", None), ("in-progress", "human"), ("completed", "human")], got
     for hook in hooks.hooks:
         verify_twilio(hook)
     assert int(hooks.hooks[-1].form["CallDuration"]) >= 1
-    assert time.monotonic() >= record.ended_at
+
+
+# --------------------------------------------------------------------------- Telnyx
+
+TELNYX_KEY = "KEY0123456789ABCDEF_fake-telnyx-api-key"
+TELNYX_CONNECTION = "1494404757140276705"
+
+
+def telnyx_body(to: str, webhook_url: str, **extra: Any) -> dict[str, Any]:
+    """A Dial request as Telnyx's API reference shows it."""
+    return {"to": to, "from": CALLER_ID, "connection_id": TELNYX_CONNECTION, "webhook_url": webhook_url,
+            "client_state": base64.b64encode(b"attempt-1").decode(), "answering_machine_detection": "detect",
+            **extra}  # fmt: skip
+
+
+async def telnyx_dial(api: FakeTelnyxApi, body: Any, *, key: str = TELNYX_KEY, timeout: float = 10) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Accept": "application/json"}
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+        async with http.post(f"{api.base_url}/v2/calls", data=data, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+
+def telnyx_events(api: FakeTelnyxApi, hooks: HookReceiver) -> list[tuple[str, dict[str, Any]]]:
+    """The webhooks received, each checked with voicecore's Ed25519 check and the account's public key."""
+    out = []
+    for hook in hooks.hooks:
+        check_telnyx_signature(api.public_key, hook.body, hook.headers.get("telnyx-signature-ed25519"),
+                               hook.headers.get("telnyx-timestamp"), now=time.time())  # fmt: skip
+        data = json.loads(hook.body)["data"]
+        assert data["record_type"] == "event"
+        out.append((data["event_type"], data["payload"]))
+    return out
+
+
+async def test_telnyx_wrong_key_bad_requests_and_command_id_idempotency(hooks: HookReceiver) -> None:
+    async with FakeTelnyxApi(TELNYX_KEY, TELNYX_CONNECTION, scenario="busy") as api:
+        status, body = await telnyx_dial(api, telnyx_body(CALLEE, hooks.url()), key="wrong-key")
+        assert status == 401 and body["errors"][0]["code"] == "10009", body
+        assert set(body["errors"][0]) >= {"code", "title", "detail"}
+        status, body = await telnyx_dial(api, b"{not json")
+        assert status == 400 and body["errors"][0]["code"] == "10023", body
+        status, body = await telnyx_dial(api, {k: v for k, v in telnyx_body(CALLEE, hooks.url()).items() if k != "to"})
+        assert status == 422 and body["errors"][0]["source"] == {"pointer": "/to"}, body
+        status, body = await telnyx_dial(api, telnyx_body("4155550123", hooks.url()))
+        assert status == 422 and body["errors"][0]["code"] == "10016", body
+        assert not api.calls
+        # the same command_id twice: one call, the same ids answered
+        first = await telnyx_dial(api, telnyx_body(CALLEE, hooks.url(), command_id="attempt-1"))
+        again = await telnyx_dial(api, telnyx_body(CALLEE, hooks.url(), command_id="attempt-1"))
+        assert first[0] == again[0] == 200, (first, again)
+        assert first[1] == again[1] and first[1]["data"]["call_control_id"].startswith("v3:")
+        assert first[1]["data"]["record_type"] == "call" and first[1]["data"]["is_alive"] is False
+        other = await telnyx_dial(api, telnyx_body(CALLEE, hooks.url(), command_id="attempt-2"))
+        assert other[1]["data"]["call_control_id"] != first[1]["data"]["call_control_id"]
+        await api.wait_calls(2, timeout=20)
+        assert api.dials_to(CALLEE) == 2 and len(api.requests) == 7
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected", "cause"),
+    [
+        ("busy", ["call.initiated", "call.hangup"], "user_busy"),
+        ("no_answer", ["call.initiated", "call.hangup"], "timeout"),
+        ("machine", ["call.initiated", "call.answered", "call.machine.detection.ended", "call.hangup"],
+         "normal_clearing"),
+    ],
+)  # fmt: skip
+async def test_telnyx_unanswered_numbers_send_signed_webhooks_and_open_no_media(
+    hooks: HookReceiver, outcome: str, expected: list[str], cause: str
+) -> None:
+    async with FakeTelnyxApi(TELNYX_KEY, TELNYX_CONNECTION, scenarios={CALLEE: outcome}) as api:
+        status, body = await telnyx_dial(api, telnyx_body(CALLEE, hooks.url(attempt="a-2")))
+        assert status == 200, body
+        [record] = await api.wait_calls(1, timeout=20)
+    assert record.client is None, "media was opened for an unanswered call"
+    events = telnyx_events(api, hooks)
+    assert [e for e, _ in events] == expected
+    payloads = dict(events)
+    assert payloads["call.hangup"]["hangup_cause"] == cause
+    if outcome == "machine":
+        assert payloads["call.machine.detection.ended"]["result"] == "machine"
+    for _, payload in events:
+        assert payload["call_control_id"] == body["data"]["call_control_id"]
+        assert base64.b64decode(payload["client_state"]) == b"attempt-1"
+    with pytest.raises(SignatureError):  # another account's key does not verify them
+        other = FakeTelnyxApi(TELNYX_KEY, TELNYX_CONNECTION)
+        hook = hooks.hooks[0]
+        check_telnyx_signature(other.public_key, hook.body, hook.headers["telnyx-signature-ed25519"],
+                               hook.headers["telnyx-timestamp"], now=time.time())  # fmt: skip
+
+
+@pytest.mark.models
+async def test_telnyx_answered_call_streams_to_serve_and_the_callee_hears_the_agent(
+    serve: tuple[str, str], store: Store, hooks: HookReceiver, say: Any
+) -> None:
+    ws_base, key = serve
+    say(QUESTION, voice="en-us+f3", speed=130)
+    body = telnyx_body(CALLEE, hooks.url(attempt="a-8"), stream_url=f"{ws_base}/ws/telnyx", stream_auth_token=key,
+                       stream_track="both_tracks", stream_bidirectional_mode="rtp",
+                       stream_bidirectional_codec="PCMU", command_id="attempt-8")  # fmt: skip
+    async with FakeTelnyxApi(TELNYX_KEY, TELNYX_CONNECTION, scenarios={CALLEE: Scenario(script=(QUESTION,))}) as api:
+        status, answer = await telnyx_dial(api, body)
+        assert status == 200, answer
+        [record] = await api.wait_calls(1, timeout=180)
+    check_answered_call(record, ws_base, "telnyx")
+    await check_stored(store, answer["data"]["call_control_id"])
+    events = [e for e, _ in telnyx_events(api, hooks)]
+    assert events == ["call.initiated", "call.answered", "call.machine.detection.ended", "streaming.started",
+                      "streaming.stopped", "call.hangup"], events  # fmt: skip

@@ -27,6 +27,7 @@ from voicecore.testing.provider_apis.base import (
     Request,
     Scenario,
 )
+from voicecore.testing.provider_apis.telnyx import FakeTelnyxApi
 from voicecore.testing.provider_apis.twilio import FakeTwilioApi
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Callback",
     "DialRecord",
     "FakeProviderApi",
+    "FakeTelnyxApi",
     "FakeTwilioApi",
     "Reply",
     "Request",

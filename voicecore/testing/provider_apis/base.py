@@ -117,6 +117,7 @@ class DialRecord:
     ended_by: str | None = None  # callee | agent | line
     stream_error: str | None = None  # why no media flowed (handshake refused, no stream URL, ...)
     replies: list[Reply] = field(default_factory=list)
+    ids: dict[str, str] = field(default_factory=dict)  # the provider's other ids of the call (legs, sessions)
     client: ProviderClient | None = None
     callbacks: list[Callback] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
