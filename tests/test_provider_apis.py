@@ -18,12 +18,14 @@ import base64
 import json
 import time
 import urllib.parse
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt as pyjwt
 import pytest
 from aiohttp import web
 from multidict import MultiDict
@@ -35,9 +37,15 @@ from voicecore.telephony.signatures import (
     SignatureError,
     check_telnyx_signature,
     check_twilio_signature,
+    check_vonage_jwt,
 )
 from voicecore.testing.callers import rms, wait_stored_call
-from voicecore.testing.provider_apis import FakeTelnyxApi, FakeTwilioApi, Scenario
+from voicecore.testing.provider_apis import (
+    FakeTelnyxApi,
+    FakeTwilioApi,
+    FakeVonageApi,
+    Scenario,
+)
 
 TENANTS = {"acme": None}
 TWILIO_SID = "AC" + "0123456789abcdef" * 2
@@ -379,3 +387,112 @@ async def test_telnyx_answered_call_streams_to_serve_and_the_callee_hears_the_ag
     events = [e for e, _ in telnyx_events(api, hooks)]
     assert events == ["call.initiated", "call.answered", "call.machine.detection.ended", "streaming.started",
                       "streaming.stopped", "call.hangup"], events  # fmt: skip
+
+
+# --------------------------------------------------------------------------- Vonage
+
+VONAGE_APP = "aaaaaaaa-bbbb-cccc-dddd-0123456789ab"
+VONAGE_SECRET = "vonage-signature-secret-for-the-fake-0123456789"
+VONAGE_CALLEE = "14155550123"  # Vonage's numbers: E.164 without the +
+
+
+def vonage_app_jwt(private_key_pem: str, application_id: str = VONAGE_APP) -> str:
+    """The application JWT of Vonage's authentication guide: RS256 with the application's private key."""
+    now = int(time.time())
+    claims = {"application_id": application_id, "iat": now, "exp": now + 900, "jti": str(uuid.uuid4())}
+    return pyjwt.encode(claims, private_key_pem, algorithm="RS256")
+
+
+def vonage_body(to: str, event_url: str, ncco: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+    """A create-call request as Vonage's Voice API reference shows it."""
+    ncco = ncco or [{"action": "talk", "text": "hello"}]
+    return {"to": [{"type": "phone", "number": to}], "from": {"type": "phone", "number": CALLER_ID.lstrip("+")},
+            "ncco": ncco, "event_url": [event_url], "event_method": "POST", "machine_detection": "continue",
+            **extra}  # fmt: skip
+
+
+async def vonage_create(api: FakeVonageApi, body: Any, *, token: str | None = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token or vonage_app_jwt(api.private_key_pem)}",
+               "Content-Type": "application/json"}  # fmt: skip
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async with http.post(f"{api.base_url}/v1/calls", data=json.dumps(body).encode(), headers=headers) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+def vonage_events(hooks: HookReceiver) -> list[dict[str, Any]]:
+    """The event webhooks received, each checked with voicecore's signed-webhook JWT check."""
+    out = []
+    for hook in hooks.hooks:
+        scheme, _, token = hook.headers.get("Authorization", "").partition(" ")
+        assert scheme == "Bearer"
+        check_vonage_jwt(VONAGE_SECRET, token, now=time.time(), body=hook.body, application_id=VONAGE_APP)
+        out.append(json.loads(hook.body))
+    return out
+
+
+async def test_vonage_wrong_jwt_and_bad_bodies_get_vonages_errors(hooks: HookReceiver) -> None:
+    async with FakeVonageApi(VONAGE_APP, VONAGE_SECRET) as api:
+        other = FakeVonageApi(VONAGE_APP, VONAGE_SECRET)  # another key pair, never started
+        body = vonage_body(VONAGE_CALLEE, hooks.url())
+        for token in (vonage_app_jwt(other.private_key_pem), vonage_app_jwt(api.private_key_pem, "another-app"),
+                      "not-a-jwt"):  # fmt: skip
+            status, answer = await vonage_create(api, body, token=token)
+            assert status == 401, answer
+            assert answer["type"].endswith("#unauthorized") and answer["detail"] and answer["instance"], answer
+        status, answer = await vonage_create(api, {k: v for k, v in body.items() if k != "to"})
+        assert status == 400 and [p["name"] for p in answer["invalid_parameters"]] == ["to"], answer
+        status, answer = await vonage_create(api, {k: v for k, v in body.items() if k != "ncco"})
+        assert status == 400 and [p["name"] for p in answer["invalid_parameters"]] == ["ncco"], answer
+        assert not api.calls and [r.status for r in api.requests] == [401, 401, 401, 400, 400]
+    assert not hooks.hooks
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        ("busy", ["started", "busy"]),
+        ("no_answer", ["started", "ringing", "timeout"]),
+        ("machine", ["started", "ringing", "answered", "machine", "completed"]),
+    ],
+)
+async def test_vonage_unanswered_numbers_send_signed_events_and_open_no_media(
+    hooks: HookReceiver, outcome: str, expected: list[str]
+) -> None:
+    async with FakeVonageApi(VONAGE_APP, VONAGE_SECRET, scenarios={VONAGE_CALLEE: outcome}) as api:
+        status, answer = await vonage_create(api, vonage_body(VONAGE_CALLEE, hooks.url(attempt="a-3")))
+        assert status == 201, answer
+        assert answer["status"] == "started" and answer["direction"] == "outbound"
+        assert answer["conversation_uuid"].startswith("CON-") and uuid.UUID(answer["uuid"])
+        [record] = await api.wait_calls(1, timeout=20)
+    assert record.client is None, "media was opened for an unanswered call"
+    events = vonage_events(hooks)
+    assert [e["status"] for e in events] == expected
+    assert all(e["uuid"] == answer["uuid"] and e["to"] == VONAGE_CALLEE for e in events)
+    assert api.dials_to(VONAGE_CALLEE) == 1
+    with pytest.raises(SignatureError):
+        hook = hooks.hooks[0]
+        check_vonage_jwt("another-signature-secret-0123456789", hook.headers["Authorization"].split()[1],
+                         now=time.time(), body=hook.body)  # fmt: skip
+
+
+@pytest.mark.models
+async def test_vonage_answered_call_streams_to_serve_and_the_callee_hears_the_agent(
+    serve: tuple[str, str], store: Store, hooks: HookReceiver, say: Any
+) -> None:
+    ws_base, key = serve
+    say(QUESTION, voice="en-us+f3", speed=130)
+    store.providers.set("acme", "vonage", {"signature_secret": VONAGE_SECRET, "application_id": VONAGE_APP},
+                        actor="test")  # the upgrade carries Vonage's JWT, checked with this secret
+    ncco = [{"action": "connect", "endpoint": [{"type": "websocket", "uri": f"{ws_base}/ws/vonage",
+                                                "content-type": "audio/l16;rate=16000", "headers": {"token": key},
+                                                "authorization": {"type": "vonage"}}]}]  # fmt: skip
+    async with FakeVonageApi(VONAGE_APP, VONAGE_SECRET, scenarios={VONAGE_CALLEE: Scenario(script=(QUESTION,))}) as api:
+        status, answer = await vonage_create(api, vonage_body(VONAGE_CALLEE, hooks.url(attempt="a-9"), ncco))
+        assert status == 201, answer
+        [record] = await api.wait_calls(1, timeout=180)
+    check_answered_call(record, ws_base, "vonage")
+    assert record.client.sample_rate == 16000
+    await check_stored(store, answer["uuid"])
+    events = vonage_events(hooks)
+    assert [e["status"] for e in events] == ["started", "ringing", "answered", "human", "completed"], events
+    assert int(events[-1]["duration"]) >= 1

@@ -29,6 +29,7 @@ from voicecore.testing.provider_apis.base import (
 )
 from voicecore.testing.provider_apis.telnyx import FakeTelnyxApi
 from voicecore.testing.provider_apis.twilio import FakeTwilioApi
+from voicecore.testing.provider_apis.vonage import FakeVonageApi
 
 __all__ = [
     "OUTCOMES",
@@ -37,6 +38,7 @@ __all__ = [
     "FakeProviderApi",
     "FakeTelnyxApi",
     "FakeTwilioApi",
+    "FakeVonageApi",
     "Reply",
     "Request",
     "Scenario",
