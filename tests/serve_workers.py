@@ -61,13 +61,14 @@ def make_tenant(data_dir: Path, name: str = "acme") -> str:
 
 
 async def start_worker(tmp_path: Path, *args: str, data_dir: Path | None = None, key: str | None = None,
-                       name: str = "serve", env: dict[str, str] | None = None) -> Worker:  # fmt: skip
+                       name: str = "serve", env: dict[str, str] | None = None, port: int | None = None,
+                       ) -> Worker:  # fmt: skip
     """``voicecore serve`` on a free port (tenant ``acme`` made first unless ``key`` is given), with
     ``env`` added to this process's environment; returns once it is ready (its models loaded)."""
     data_dir = data_dir or tmp_path / "data"
     key = key or make_tenant(data_dir)
-    port = free_port()
-    log = tmp_path / f"{name}-{port}.log"
+    port = port or free_port()
+    log = tmp_path / f"{name}-{port}-{time.monotonic_ns()}.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VOICECORE_LOG_LEVEL": "INFO", **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "voicecore", "serve", "--port", str(port), "--data-dir", str(data_dir), *args],

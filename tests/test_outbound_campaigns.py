@@ -19,12 +19,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from voicecore.testing.provider_apis import FakeTelnyxApi, FakeTwilioApi, Scenario
 
 from voicecore.server import create_app, running_server
 from voicecore.server.guard import AuthThrottle
 from voicecore.storage import Store
 from voicecore.testing.inference import free_port
+from voicecore.testing.provider_apis import FakeTelnyxApi, FakeTwilioApi, Scenario
 
 TWILIO_SID = "AC" + "0123456789abcdef" * 2
 TWILIO_TOKEN = "twilio-auth-token-for-the-fake-0001"
@@ -51,7 +51,7 @@ async def deployment(tmp_path: Path, receptionist, monkeypatch) -> AsyncIterator
     store = Store(tmp_path / "data", allow_insecure_webhooks=True)
     app = create_app(data_dir=tmp_path / "data", store=store, pipelines={receptionist.name: receptionist},
                      public_url=f"http://127.0.0.1:{port}", auth_throttle=AuthThrottle(burst=10_000),
-                     dialer_poll_s=0.2)  # fmt: skip
+                     dialer_poll_s=0.2, preload=False)  # fmt: skip
     async with running_server(app, port=port) as base:
         yield Deployment(store, base, app)
     store.close()
@@ -101,7 +101,7 @@ async def test_a_twilio_campaign_calls_each_contact_once_and_records_every_outco
             assert fake.dials_to(number) == 1, number  # each once: max_attempts 1
         answered = next(c for c in fake.calls if c.to == ANSWERS)
         assert answered.first_agent_audio_at is not None, answered.stream_error  # the greeting reached the callee
-        assert answered.replies and answered.replies[0].answered_at is not None  # and a reply to what it said
+        assert answered.replies and answered.replies[0].first_audio_at is not None  # and a reply to what it said
         lines = store.campaigns.export_csv("acme", "spring", actor="test").splitlines()
         (row,) = [line for line in lines if line.startswith(ANSWERS)]
         call_id = row.split(",")[6]
@@ -184,3 +184,72 @@ async def test_a_telnyx_campaign_call_reaches_the_agent(deployment: Deployment, 
         answered = next(c for c in fake.calls if c.to == ANSWERS)
         assert answered.first_agent_audio_at is not None, answered.stream_error
         assert all(fake.dials_to(n) == 1 for n in (ANSWERS, BUSY, NO_ANSWER, OPTS_OUT))
+
+
+@pytest.mark.models
+async def test_a_vonage_campaign_call_reaches_the_agent(deployment: Deployment, monkeypatch) -> None:
+    from voicecore.testing.provider_apis import FakeVonageApi
+
+    store = deployment.store
+    app_id, secret = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", "vonage-signature-secret-0123456789"
+    async with FakeVonageApi(app_id, secret, scenarios={ANSWERS: Scenario(script=("Hello? Who is calling?",))},
+                             scenario="no_answer") as fake:  # fmt: skip
+        monkeypatch.setenv("VOICECORE_VONAGE_API_BASE", fake.base_url)
+        make_tenant(store, {"application_id": app_id, "private_key": fake.private_key_pem, "signature_secret": secret},
+                    provider="vonage")  # fmt: skip
+        store.campaigns.create("acme", "spring", pipeline="receptionist", segment="leads", from_number=FROM,
+                               provider="vonage", window="daily 00:00-24:00", max_concurrent=4, max_attempts=1,
+                               actor="test")  # fmt: skip
+        store.campaigns.start("acme", "spring", actor="test")
+        deployment.dialer.wake()
+        await wait_for(lambda: store.campaigns.status("acme", "spring").by_status == {"done": 4}, 180,
+                       "the campaign never finished")  # fmt: skip
+        st = store.campaigns.status("acme", "spring")
+        assert st.by_outcome == {"completed": 1, "no_answer": 3}, st.by_outcome
+        answered = next(c for c in fake.calls if c.to.lstrip("+") == ANSWERS.lstrip("+"))
+        assert answered.first_agent_audio_at is not None, answered.stream_error
+
+
+@pytest.mark.models
+async def test_killing_serve_mid_campaign_and_restarting_it_dials_nobody_twice_and_skips_nobody(tmp_path: Path) -> None:
+    import signal
+
+    from serve_workers import start_worker, stop_worker
+
+    numbers = [f"+1415555{i:04d}" for i in range(2000, 2006)]
+    data = tmp_path / "data"
+    async with FakeTwilioApi(TWILIO_SID, TWILIO_TOKEN, scenario=Scenario(outcome="no_answer", ring_s=2.0)) as fake:
+        store = Store(data)
+        key = store.tenants.create("acme", actor="test")
+        store.providers.set("acme", "twilio", {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN}, actor="test")
+        store.contacts.import_file("acme", ("phone\n" + "\n".join(numbers) + "\n").encode(), segment="leads",
+                                   actor="test")  # fmt: skip
+        store.campaigns.create("acme", "spring", pipeline="receptionist", segment="leads", from_number=FROM,
+                               provider="twilio", window="daily 00:00-24:00", max_concurrent=2, max_attempts=1,
+                               actor="test")  # fmt: skip
+        store.campaigns.start("acme", "spring", actor="test")
+        store.close()
+        port = free_port()
+        args = ("--public-url", f"http://127.0.0.1:{port}")
+        env = {"VOICECORE_TWILIO_API_BASE": fake.base_url, "VOICECORE_DIALER_STALE_S": "4"}
+        first = await start_worker(tmp_path, *args, data_dir=data, key=key, env=env, port=port, name="first")
+        try:
+            await fake.wait_calls(2, timeout=60)
+            first.proc.send_signal(signal.SIGKILL)  # two calls ringing, the rest not dialed yet
+            first.proc.wait(10)
+        finally:
+            stop_worker(first)
+        dialed_before = len(fake.calls)
+        second = await start_worker(tmp_path, *args, data_dir=data, key=key, env=env, port=port, name="second")
+        try:
+            store = Store(data)
+            await wait_for(lambda: store.campaigns.status("acme", "spring").by_status == {"done": 6}, 120,
+                           "the campaign never finished after the restart")  # fmt: skip
+            st = store.campaigns.status("acme", "spring")
+            store.close()
+        finally:
+            stop_worker(second)
+        assert dialed_before >= 2
+        assert sorted(c.to for c in fake.calls) == sorted(numbers), [c.to for c in fake.calls]  # each exactly once
+        assert st.attempts == 6 and sum(st.by_outcome.values()) == 6, st.by_outcome
+        assert set(st.by_outcome) <= {"no_answer", "failed"}

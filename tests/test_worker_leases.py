@@ -348,3 +348,21 @@ def test_db_workers_lists_the_leases_and_the_calls_each_holds(tmp_path: Path) ->
     res = CliRunner().invoke(cli, ["db", "workers", "--all", "--json", "--data-dir", str(tmp_path / "d")])
     got = {w["id"]: (w["state"], w["open_calls"]) for w in json.loads(res.output)}
     assert got == {"host-1-a": ("alive", 1), "host-2-b": ("stopped", 0)}
+
+
+def test_campaign_contacts_a_lost_worker_had_claimed_go_back_at_once(tmp_path: Path) -> None:
+    clock = Clock()
+    s = Store(tmp_path / "d", clock=clock)
+    s.tenants.create("acme", actor="test")
+    s.contacts.import_file("acme", b"phone\n+14155552671\n+14155552672\n", segment="leads", actor="test")
+    s.campaigns.create("acme", "spring", pipeline="receptionist", segment="leads", from_number="+14155550000",
+                       provider="twilio", window="daily 00:00-24:00", max_concurrent=2, actor="test")  # fmt: skip
+    s.campaigns.start("acme", "spring", actor="test")
+    c = s.campaigns.get("acme", "spring")
+    s.workers.register("worker-a", lease_s=5)
+    assert len(s.campaigns.claim_due(c, "worker-a", lease_s=600)) == 2  # then worker a dies before dialing
+    assert s.campaigns.claim_due(c, "worker-b") == []
+    clock.now += 6
+    s.workers.reap("worker-b")
+    assert len(s.campaigns.claim_due(c, "worker-b")) == 2  # not 10 minutes later
+    s.close()

@@ -25,6 +25,7 @@ subject whose opt-out, restriction and contact fields apply) and ``callee`` the 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -39,6 +40,8 @@ from voicecore.telephony.snippets import answer_url, media_url
 from voicecore.transports.dialer import ProviderDialer
 
 ATTEMPT_PERIOD_S = 30 * 86400
+DEFAULT_STALE_S = 900.0
+STALE_ENV = "VOICECORE_DIALER_STALE_S"
 
 
 class Dialer:
@@ -46,11 +49,12 @@ class Dialer:
     the status callbacks."""
 
     def __init__(self, state: ServerState, provider_dialer: ProviderDialer | None = None, *, poll_s: float = 1.0,
-                 stale_after_s: float = 900.0, claim_lease_s: float = 120.0):  # fmt: skip
+                 stale_after_s: float | None = None, claim_lease_s: float = 30.0):  # fmt: skip
         self.state = state
         self.provider_dialer = provider_dialer or ProviderDialer()
         self.poll_s = poll_s
-        self.stale_after_s = stale_after_s
+        # an attempt with no final status this long is settled as failed (VOICECORE_DIALER_STALE_S for tests)
+        self.stale_after_s = stale_after_s or float(os.environ.get(STALE_ENV, DEFAULT_STALE_S))
         self.claim_lease_s = claim_lease_s
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -71,7 +75,7 @@ class Dialer:
                             task = asyncio.create_task(self._attempt(due), name=f"dial-{due.contact_id[:8]}")
                             self._tasks.add(task)
                             task.add_done_callback(self._tasks.discard)
-                if time.monotonic() - last_stale_check > 60:
+                if time.monotonic() - last_stale_check > min(60.0, self.stale_after_s / 2):
                     last_stale_check = time.monotonic()
                     await self._settle_stale()
             except asyncio.CancelledError:

@@ -7,7 +7,7 @@ Any worker may :meth:`~WorkerRepository.reap`: a worker whose lease has run out 
 ``lost`` by a conditional UPDATE (so exactly one reaper wins), and in the same transaction its
 open calls are closed at its last heartbeat, keeping what was saved of them, with their
 ``call.ended`` events, their post-call report jobs (from the turns kept) and an audit entry;
-the report jobs it had claimed go back to the others. Nothing here is home-made coordination: it is rows in
+the report jobs and campaign contacts it had claimed (not dialed yet) go back to the others. Nothing here is home-made coordination: it is rows in
 the database every worker already shares, with the database's own locking.
 """
 
@@ -145,6 +145,10 @@ class WorkerRepository:
                 closed = self._calls.close_lost_in_tx(w["id"], float(w["heartbeat_at"]))
                 for tenant, call_id in closed:  # its report, from what was kept of it
                     self._report_jobs.enqueue_in_tx(tenant, call_id, self._calls.stored_turns(tenant, call_id))
+                # campaign contacts it had claimed but not dialed yet: due again at once for the others
+                self._db.execute(
+                    "UPDATE campaign_contacts SET status = 'pending', claimed_by = NULL, claimed_until = NULL "
+                    "WHERE claimed_by = ? AND status = 'dialing' AND last_attempt_id IS NULL", (w["id"],))  # fmt: skip
                 self._audit.append_in_tx(by, None, "worker.lost", f"worker:{w['id']} calls:{len(closed)}")
             self._report_jobs.release_claims_of(w["id"])
             lost.append(LostWorker(w["id"], float(w["heartbeat_at"]), tuple(closed)))

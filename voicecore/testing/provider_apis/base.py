@@ -214,11 +214,14 @@ class FakeProviderApi:
         self.scenarios[number] = as_scenario(scenario)
 
     def scenario_for(self, number: str) -> Scenario:
-        return self.scenarios.get(number, self.default_scenario)
+        """(Numbers compare with or without the ``+``: Vonage writes them without.)"""
+        digits = number.lstrip("+")
+        return self.scenarios.get(number) or self.scenarios.get("+" + digits) or self.scenarios.get(digits) \
+            or self.default_scenario
 
     def dials_to(self, number: str) -> int:
         """Calls placed to ``number`` (accepted create-call requests; a repeated idempotency key is one)."""
-        return sum(1 for c in self.calls if c.to == number)
+        return sum(1 for c in self.calls if c.to.lstrip("+") == number.lstrip("+"))
 
     def call(self, call_id: str) -> DialRecord | None:
         return next((c for c in self.calls if c.call_id == call_id), None)
