@@ -311,7 +311,7 @@ class CalDAVCalendar:
         cal = self._cal()
         try:
             with self._errors(doing):
-                return cal.get_event_by_uid(uid)
+                return cal.event_by_uid(uid)
         except CalendarNotFound:
             raise AppointmentNotFound(f"{self.describe()}: no event {uid!r}") from None
 

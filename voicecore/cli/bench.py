@@ -70,6 +70,7 @@ def bench() -> None:
     concurrency  N simultaneous callers: voice-to-voice, CPU, RSS, late audio (--database-url:
                  on PostgreSQL, and what it adds per turn against SQLite)
     overhead     instant fake models: what the runtime itself adds per turn
+    outbound     campaign calls through a fake Twilio API: answer → greeting p50/p95
     """
 
 
@@ -136,3 +137,14 @@ def concurrency(smoke: bool, out: Path | None, levels: str, window_s: float, tar
 def overhead(smoke: bool, out: Path | None, turns: int) -> None:
     """Instant fake models: the time the runtime itself adds per turn (p50/p95)."""
     _run("overhead", smoke=smoke, out=out, turns=turns)
+
+
+@bench.command()
+@smoke_option
+@out_option
+@click.option("--calls", default=10, show_default=True, type=click.IntRange(min=1), help="Campaign calls to time.")
+@click.option("--max-concurrent", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Calls at once (1: latency, not contention).")
+def outbound(smoke: bool, out: Path | None, calls: int, max_concurrent: int) -> None:
+    """Dial-to-greeting of campaign calls (answer → first agent audio), through a fake Twilio REST API."""
+    _run("outbound", smoke=smoke, out=out, calls=calls, max_concurrent=max_concurrent)

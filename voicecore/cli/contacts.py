@@ -73,7 +73,7 @@ def contacts_import(file: Path, tenant: str, maps: tuple[str, ...], segment: str
 @tenant_option(required=True)
 @click.option("--segment", help="Only the contacts of this segment.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--offset", type=click.IntRange(min=0), default=0)
+@click.option("--offset", type=click.IntRange(min=0, max=10_000_000), default=0)
 @data_dir_option
 @json_option
 def contacts_list(tenant: str, segment: str | None, limit: int, offset: int, data_dir: Path | None,

@@ -68,7 +68,7 @@ async def list_contacts(
     p: Analyst,
     segment: Segment = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> list[dict[str, Any]]:
     """The tenant's contacts (of one segment), oldest first. Audited (``contacts.read``)."""
     got = await _run(_store(request).contacts.list, p.tenant, segment=segment, limit=limit, offset=offset,
