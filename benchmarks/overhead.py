@@ -196,12 +196,13 @@ class TimedStore(Store):
         self.save_times: list[tuple[float, int]] = []  # (seconds, turns)
         save = self.calls.save
 
-        def timed_save(record: Any, policy: Any = None) -> bool:
+        def timed_save(record: Any, policy: Any = None, **kwargs: Any) -> bool:
             t0 = time.perf_counter()
             try:
-                return save(record, policy)
+                return save(record, policy, **kwargs)
             finally:
-                self.save_times.append((time.perf_counter() - t0, len(record.turns)))
+                if record.ended_at is not None:  # the closed record (serve also saves open calls as they go)
+                    self.save_times.append((time.perf_counter() - t0, len(record.turns)))
 
         self.calls.save = timed_save  # type: ignore[method-assign]
 

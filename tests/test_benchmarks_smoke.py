@@ -146,7 +146,8 @@ def test_bench_concurrency_storage_on_postgresql_smoke(tmp_path, pg_url):
         assert_stats(backend["per_call_ms"], min_n=2)
         assert_stats(backend["key_check_ms"], min_n=2)
         assert "calls.save" in backend["ops"] and "tenants.authenticate" in backend["ops"]
-        assert backend["ops"]["calls.save"]["n"] == 2  # each timed call's record, attributed to its call
+        # each timed call saved as it goes (open, after each turn) and at its end, attributed to its call
+        assert backend["ops"]["calls.save"]["n"] >= 2
     assert set(st["added_per_turn_ms"]) == {"p50", "p95"} and isinstance(st["within_target"], bool)
     assert "concurrency-storage.png" in doc["plots"]
 

@@ -317,8 +317,9 @@ async def test_a_postgresql_restart_during_a_call_loses_nothing_said(tmp_path: P
 
         body = await wait_for(stored, 30, "the call was never stored after the restart", w.output)
         said = [t["text"] for t in body["turns"] if t["role"] == "caller"]
-        assert len(said) == 2, said
-        assert "saturday" in said[1].lower(), said
+        # (the first utterance may come as two turns: "Hello?" then the rest)
+        assert any("clean" in s.lower() for s in said[:-1]), said  # said before the restart
+        assert "saturday" in said[-1].lower(), said  # said while the database was down
         assert body["end_reason"] == "stop"
         await call.close()
     finally:

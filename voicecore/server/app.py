@@ -135,7 +135,8 @@ def create_app(
             logger.warning(f"the public URL {state.public_url} is http://: providers refuse the ws:// media URLs")
         lease = asyncio.create_task(hold_lease(state))
         dialer = state.dialer = Dialer(state, poll_s=dialer_poll_s)  # outbound campaigns (idle without one)
-        state.on_call_status = dialer.on_call_status
+        if state.on_call_status is None:  # (a test or an embedding app may have its own)
+            state.on_call_status = dialer.on_call_status
         dialing = asyncio.create_task(dialer.run(), name="dialer")
         sweeper = asyncio.create_task(_sweep_periodically(state))
         webhook_worker = WebhookWorker(state.store, **webhook_settings)
