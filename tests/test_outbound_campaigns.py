@@ -253,3 +253,34 @@ async def test_killing_serve_mid_campaign_and_restarting_it_dials_nobody_twice_a
         assert sorted(c.to for c in fake.calls) == sorted(numbers), [c.to for c in fake.calls]  # each exactly once
         assert st.attempts == 6 and sum(st.by_outcome.values()) == 6, st.by_outcome
         assert set(st.by_outcome) <= {"no_answer", "failed"}
+
+
+@pytest.mark.models
+async def test_an_answering_machine_gets_the_campaigns_voicemail_then_the_call_ends(
+    deployment: Deployment, monkeypatch
+) -> None:  # fmt: skip
+    store = deployment.store
+    message = "This is Acme Dental calling about your appointment. Please call us back at your convenience."
+    async with FakeTwilioApi(TWILIO_SID, TWILIO_TOKEN, scenarios={ANSWERS: "machine"}, scenario="busy") as fake:
+        monkeypatch.setenv("VOICECORE_TWILIO_API_BASE", fake.base_url)
+        make_tenant(store, {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN})
+        store.campaigns.create("acme", "spring", pipeline="receptionist", segment="leads", from_number=FROM,
+                               provider="twilio", window="daily 00:00-24:00", max_concurrent=4, max_attempts=1,
+                               machine_action="voicemail", voicemail=message, actor="test")  # fmt: skip
+        store.campaigns.start("acme", "spring", actor="test")
+        deployment.dialer.wake()
+        await wait_for(lambda: store.campaigns.status("acme", "spring").by_status == {"done": 4}, 180,
+                       "the campaign never finished")  # fmt: skip
+        assert store.campaigns.status("acme", "spring").by_outcome == {"machine": 1, "busy": 3}
+        machine = next(c for c in fake.calls if c.to == ANSWERS)
+        await asyncio.wait_for(machine.done.wait(), 60)
+        assert machine.voicemail_at is not None and machine.ended_by == "agent", (machine.stream_error, machine.ended_by)
+
+        def stored_call() -> Any:
+            call_id = store.calls.find_by_provider_id(store.tenants.row("acme").id, machine.call_id, 0)
+            return store.calls.get("acme", call_id, actor="test") if call_id else None
+
+        stored = await wait_for(stored_call, 30, "the machine call was not stored")
+        assert stored.end_reason == "voicemail" and stored.flags.get("answered_by") == "machine"
+        assert any(t.role == "agent" and t.kind == "voicemail" and "call us back" in (t.text or t.generated_text or "")
+                   for t in stored.turns), [(t.role, t.kind, t.text) for t in stored.turns]  # fmt: skip

@@ -187,12 +187,33 @@ class Dialer:
         outcome = outcome_of(event)
         if outcome is None:
             return
+        if outcome == "machine":
+            await self._answering_machine(a, event)
         call_id = await asyncio.to_thread(self.state.store.calls.find_by_provider_id, a["tenant_id"],
                                           event.provider_call_id or a["provider_call_id"] or "", a["created_at"])  # fmt: skip
         state = await asyncio.to_thread(campaigns.settle_attempt, a["id"], outcome, error_code=event.error_code,
                                         call_id=call_id)  # fmt: skip
         logger.info(f"dialer: attempt {a['id'][:10]} ended: {outcome} (contact {state or 'already settled'})")
         self.wake()
+
+    async def _answering_machine(self, attempt: dict, event: CallStatusEvent) -> None:
+        """A machine answered a call this worker carries: leave the campaign's voicemail message,
+        or hang up (``machine_action``). (A call carried by another worker is left to its end.)"""
+        provider_call_id = event.provider_call_id or attempt["provider_call_id"]
+        session = next((s for s in list(self.state.calls.values())
+                        if provider_call_id and provider_call_id in s.record.provider_ids.values()), None)  # fmt: skip
+        c = await asyncio.to_thread(self.state.store.campaigns.by_id, attempt["campaign_id"])
+        if session is None or c is None:
+            return
+        session.record.flags["answered_by"] = "machine"
+        if c.machine_action == "voicemail":
+            text = await asyncio.to_thread(self.state.store.campaigns.voicemail, c)
+            if text:
+                task = asyncio.create_task(session.say_and_end(text, "voicemail", kind="voicemail"))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+        await session.end("machine")
 
     async def _settle_stale(self) -> None:
         campaigns = self.state.store.campaigns

@@ -113,6 +113,7 @@ class DialRecord:
     stream_started_at: float | None = None
     first_agent_audio_at: float | None = None
     ended_at: float | None = None
+    voicemail_at: float | None = None  # first agent audio after a machine's beep (the message left)
     status: str = "queued"  # the provider's last status
     ended_by: str | None = None  # callee | agent | line
     stream_error: str | None = None  # why no media flowed (handshake refused, no stream URL, ...)

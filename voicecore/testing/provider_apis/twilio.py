@@ -194,6 +194,9 @@ class FakeTwilioApi(FakeProviderApi):
             await final("no-answer", "487")
             return
         record.answered_at = time.monotonic()
+        if sc.outcome == "machine" and first("AsyncAmd") == "true":
+            await self._machine_with_media(record, status, final, first)
+            return
         answered = {"AnsweredBy": "machine_start" if sc.outcome == "machine" else "human"} if amd else {}
         await status("answered", "in-progress", **answered)
         if sc.outcome == "machine":
@@ -213,6 +216,53 @@ class FakeTwilioApi(FakeProviderApi):
             client.account_sid = self.account_sid
             await self.play_callee(record, client)
         await final("completed", "200", **answered)
+
+    async def _machine_with_media(self, record: DialRecord, status: Any, final: Any, first: Any) -> None:
+        """Asynchronous AMD as Twilio documents it: the call is connected at once (the TwiML runs,
+        the media stream opens) while detection listens; the machine plays its greeting; the
+        verdict (``AnsweredBy=machine_end_beep``) goes to ``AsyncAmdStatusCallback``; whatever the
+        agent says next is recorded as the voicemail, until the agent hangs up (or 30 s)."""
+        sc = record.scenario
+        await status("answered", "in-progress")
+        stream = parse_stream(first("Twiml") or "")
+        if stream is None:
+            record.stream_error = "the TwiML has no <Connect><Stream url=…>: the call ends"
+            await final("completed", "200")
+            return
+        record.stream_url, custom = stream
+        client = TwilioClient(record.stream_url, custom=custom, call_sid=record.call_id, caller=record.from_,
+                              callee=record.to, label=f"twilio-machine-{record.to}")  # fmt: skip
+        client.account_sid = self.account_sid
+        record.client = client
+        if not await client.connect():
+            record.stream_error = f"upgrade refused with HTTP {client.handshake_status}"
+            await final("completed", "200")
+            return
+        record.stream_connected_at = client.connected_at
+        await client.open()
+        client.start_mic()
+        record.stream_started_at = client.opened_at
+        greeting = await self.speech(" ".join(sc.script) or "Hi, you have reached my voicemail. Please leave a "
+                                     "message after the tone.", sc)  # fmt: skip
+        utt = client.speak(greeting)
+        await asyncio.wait_for(utt.done.wait(), utt.seconds + 15)
+        verdict_at = time.monotonic()
+        url = first("AsyncAmdStatusCallback")
+        if url:
+            params = {"AccountSid": self.account_sid, "CallSid": record.call_id, "AnsweredBy": "machine_end_beep",
+                      "MachineDetectionDuration": str(int((verdict_at - record.answered_at) * 1000))}  # fmt: skip
+            body, headers = self.signed(url, params)
+            await self.post(record, "amd", url, body, headers)
+        message = await client.wait_media_after(verdict_at, 30)
+        record.voicemail_at = message.t if message is not None else None
+        try:
+            await asyncio.wait_for(client.closed.wait(), 30)
+            record.ended_by = "agent"
+        except (TimeoutError, asyncio.TimeoutError):
+            record.ended_by = "callee"
+            await client.hangup()
+        await client.close()
+        await final("completed", "200")
 
     async def _fetch_twiml(self, record: DialRecord, url: str | None, method: str, extra: dict[str, str]) -> str | None:
         """The TwiML at ``Url`` (a signed request as for any Twilio webhook)."""
