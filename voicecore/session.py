@@ -46,6 +46,7 @@ from pipecat.frames.frames import (
 from pipecat.utils.time import time_now_iso8601
 from pipecat.workers.runner import WorkerRunner
 
+from voicecore.agent.call_tools import ToolAction
 from voicecore.agent.facts import FactBook
 from voicecore.audio.resample import RateFollower
 from voicecore.config import ConfigError, PipelineConfig
@@ -72,6 +73,7 @@ from voicecore.storage.recording import RecordingStream
 from voicecore.storage.tenants import UnknownTenant
 from voicecore.transports.base import CallRefused, CallTransport
 from voicecore.transports.file import TextTransport
+from voicecore.transports.transfer import can_transfer, transfer_call
 
 if TYPE_CHECKING:
     from voicecore.reports import ReportScheduler
@@ -200,6 +202,7 @@ class CallSession:
             on_reply_started=self._reply_started,
             on_reply_finished=self._reply_finished,
             audio_tap=self._agent_audio_tap,
+            on_tool_action=self._tool_action,
             name=f"call-{self.call_id[:8]}",
         )
 
@@ -333,6 +336,8 @@ class CallSession:
                                                  for b in llm.bookings]  # fmt: skip
         if llm is not None and getattr(llm, "tool_failures", None):
             self.record.flags["tool_failures"] = [{"tool": f["tool"], "error": f["error"][:200]} for f in llm.tool_failures]
+        if llm is not None and getattr(llm, "messages", None):
+            self.record.flags["messages"] = len(llm.messages)  # a count: the text is in the turns (encrypted)
         if llm is not None and getattr(llm, "facts_blocked", None):
             self.record.flags["facts_blocked"] = list(llm.facts_blocked)  # what the model was not let say
         failures = [f for stage in ("stt", "llm", "tts")
@@ -349,6 +354,38 @@ class CallSession:
             result = self._on_ended(self.record)
             if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
                 await result
+
+    # -- call tools (take_message, end_call, transfer) -------------------------------------------
+
+    def _tool_action(self, action: ToolAction) -> None:
+        """What a call tool did: a message taken becomes an event turn of kind ``message`` (its text
+        encrypted with the transcript); a goodbye is said and the call ends; a transfer is announced
+        and the provider hands the call over."""
+        if action.kind == "message":
+            who = f"Message from {action.name}: " if action.name else "Message: "
+            self.record.turns.append(Turn(role="event", text=who + action.text, kind="message"))
+            self._changed()
+        elif action.kind == "end_call":
+            self._speak_soon(self.say_and_end(action.text, "completed", kind="goodbye"))
+        elif action.kind == "transfer" and action.target:
+            self._speak_soon(self._transfer(action.text, action.target))
+
+    async def _transfer(self, announcement: str, to: str) -> None:
+        tools = self.pipeline.llm.tools
+        if not can_transfer(self.record) or self.store is None:
+            self.record.flags["transfer"] = {"to": to, "provider": None, "ok": False, "error": "unavailable"}
+            await self.say(tools.transfer_failed(unavailable=True) if tools else announcement, kind="notice")
+            return
+        await self.say(announcement, kind="transfer")
+        await self._said_done("transfer", 30)
+        tool = self.config.tools.transfer
+        result = await transfer_call(self.store, self.record, to, plivo_xml_url=tool.plivo_xml_url if tool else None)
+        if result.ok:
+            await self.end("transferred")  # the provider has the call now
+            return
+        self.pipeline.llm.tool_failures.append({"tool": "transfer", "error": self.record.flags["transfer"]["error"]})
+        if tools is not None:
+            await self.say(tools.transfer_failed(), kind="notice")
 
     # -- recording ---------------------------------------------------------------------------
 
