@@ -15,11 +15,22 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from pydantic import ValidationError
 
-from voicecore.agent.call_tools import CallTools, ToolAction, wants_message, wants_person, wants_to_end
+from voicecore.agent.call_tools import (
+    CallTools,
+    ToolAction,
+    wants_message,
+    wants_person,
+    wants_to_end,
+)
 from voicecore.agent.facts import DONT_KNOW
 from voicecore.config import EndCallTool, TakeMessageTool, Tools, TransferTool
 from voicecore.telephony.dialing import DialingError
-from voicecore.telephony.transfer import TransferRequest, build_transfer, parse_transfer, twiml_dial
+from voicecore.telephony.transfer import (
+    TransferRequest,
+    build_transfer,
+    parse_transfer,
+    twiml_dial,
+)
 
 TARGET = "+14155550199"
 ALL = Tools(take_message=TakeMessageTool(for_whom="Dr Smith"), transfer=TransferTool(to=TARGET),
@@ -341,8 +352,7 @@ async def test_a_twilio_call_is_handed_over_through_update_a_call(tmp_path: Path
         assert update.params["Twiml"] == [f"<Response><Dial>{TARGET}</Dial></Response>"]
         stored = None
         while stored is None and time.monotonic() < deadline:
-            found = store.calls.list("acme", actor="test") if hasattr(store.calls, "list") else []
-            stored = next((c for c in found if getattr(c, "end_reason", None)), None)
+            stored = next(iter(store.calls.list("acme", actor="test", end_reason="transferred")), None)
             await asyncio.sleep(0.2)
     call = store.calls.get("acme", stored.call_id, actor="test") if stored is not None else None
     assert call is not None, "the transferred call was not stored"

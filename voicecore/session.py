@@ -345,7 +345,7 @@ class CallSession:
         if failures:
             self.record.flags["backend_failures"] = list(failures)  # which backend failed, turn by turn
         self.record.ended_at = time.time()
-        self.record.end_reason = reason
+        self.record.end_reason = "transferred" if (self.record.flags.get("transfer") or {}).get("ok") else reason
         logger.info(
             f"call {self.call_id[:8]} ended ({reason}) after {self.record.duration_s:.1f} s, "
             f"{sum(1 for t in self.record.turns if t.role == 'caller')} caller turns"
@@ -378,14 +378,19 @@ class CallSession:
             return
         await self.say(announcement, kind="transfer")
         await self._said_done("transfer", 30)
+        self._job(self._hand_over(to))  # the end of the call waits for the provider's answer
+
+    async def _hand_over(self, to: str) -> None:
         tool = self.config.tools.transfer
         result = await transfer_call(self.store, self.record, to, plivo_xml_url=tool.plivo_xml_url if tool else None)
         if result.ok:
-            await self.end("transferred")  # the provider has the call now
+            if not self._ended:  # (the provider may already have ended our media stream)
+                self._speak_soon(self.end("transferred"))
             return
-        self.pipeline.llm.tool_failures.append({"tool": "transfer", "error": self.record.flags["transfer"]["error"]})
-        if tools is not None:
-            await self.say(tools.transfer_failed(), kind="notice")
+        llm = self.pipeline.llm
+        llm.tool_failures.append({"tool": "transfer", "error": self.record.flags["transfer"]["error"]})
+        if llm.tools is not None and not self._ended:
+            await self.say(llm.tools.transfer_failed(), kind="notice")
 
     # -- recording ---------------------------------------------------------------------------
 

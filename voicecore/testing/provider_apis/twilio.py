@@ -32,8 +32,8 @@ import email.utils
 import hmac
 import time
 import xml.etree.ElementTree as ET
-from datetime import UTC, datetime
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
