@@ -216,8 +216,40 @@ class BookAppointmentTool(_Strict):
     caller_number: Literal["none", "reference", "number"] = "reference"
 
 
+class TakeMessageTool(_Strict):
+    """The caller leaves a message (read back and confirmed); it goes into the call's transcript
+    (an event turn of kind ``message``) and so into the post-call report."""
+
+    # Who the message is for, as the agent says it ("I'll pass it on to {for_whom}").
+    for_whom: Annotated[str, Field(min_length=1, max_length=80)] = "the team"
+
+
+# A transfer target: an E.164 number or a SIP URI.
+TransferTarget = Annotated[str, Field(pattern=r"^(\+[1-9][0-9]{6,14}|sips?:[^\s<>\"']{3,200})$")]
+
+
+class TransferTool(_Strict):
+    """The caller asks for a person: the agent says ``announcement`` and the provider hands the call
+    to ``to`` (the business's own number or SIP URI)."""
+
+    to: TransferTarget
+    announcement: Annotated[str, Field(min_length=1, max_length=300)] = "Of course. Please hold while I put you through."
+    # Plivo's transfer fetches the call's next XML from a URL: one that serves <Dial> to ``to``
+    # (Plivo only; the other providers take the destination in the request).
+    plivo_xml_url: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=500)] | None = None
+
+
+class EndCallTool(_Strict):
+    """The caller says goodbye ("that's all", "bye"): the agent says ``goodbye`` and hangs up."""
+
+    goodbye: Annotated[str, Field(min_length=1, max_length=300)] = "Thank you for calling. Goodbye!"
+
+
 class Tools(_Strict):
     book_appointment: BookAppointmentTool | None = None
+    take_message: TakeMessageTool | None = None
+    transfer: TransferTool | None = None
+    end_call: EndCallTool | None = None
 
 
 # --- model presets -----------------------------------------------------------------

@@ -22,6 +22,7 @@ from pipecat.processors.frame_processor import FrameProcessor
 
 from voicecore.agent.booking import BookingDialogue
 from voicecore.agent.calendar import open_appointment_book
+from voicecore.agent.call_tools import CallTools, ToolAction
 from voicecore.agent.facts import FactBook
 from voicecore.config import PipelineConfig
 from voicecore.model_pool import ModelPool
@@ -93,10 +94,12 @@ def build_call_pipeline(
     on_reply_started: ReplyStarted | None = None,
     on_reply_finished: ReplyFinished | None = None,
     audio_tap: Callable[[bytes], None] | None = None,
+    on_tool_action: Callable[[ToolAction], None] | None = None,
     name: str = "call",
 ) -> CallPipeline:
     """The call's pipeline, on the pool's shared models (load them first, in a thread:
-    :meth:`ModelPool.for_pipeline`, or :meth:`ModelPool.llm` for a text call)."""
+    :meth:`ModelPool.for_pipeline`, or :meth:`ModelPool.llm` for a text call). ``on_tool_action``
+    gets what the ``take_message``/``transfer``/``end_call`` tools do (the session acts on it)."""
     facts = FactBook(config.facts) if config.facts is not None else None
     llm = LlamaLLMProcessor(
         pool.llm(config.models.llm),
@@ -107,6 +110,8 @@ def build_call_pipeline(
         on_prompt=on_prompt,
         facts=facts,
         booking=booking_dialogue_factory(config),
+        tools=CallTools(config.tools),
+        on_tool_action=on_tool_action,
     )
     vad: VADTurnProcessor | None = None
     stt: WhisperSTTProcessor | None = None

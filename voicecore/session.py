@@ -46,6 +46,7 @@ from pipecat.frames.frames import (
 from pipecat.utils.time import time_now_iso8601
 from pipecat.workers.runner import WorkerRunner
 
+from voicecore.agent.call_tools import ToolAction
 from voicecore.agent.facts import FactBook
 from voicecore.audio.resample import RateFollower
 from voicecore.config import ConfigError, PipelineConfig
@@ -72,6 +73,7 @@ from voicecore.storage.recording import RecordingStream
 from voicecore.storage.tenants import UnknownTenant
 from voicecore.transports.base import CallRefused, CallTransport
 from voicecore.transports.file import TextTransport
+from voicecore.transports.transfer import can_transfer, transfer_call
 
 if TYPE_CHECKING:
     from voicecore.reports import ReportScheduler
@@ -200,6 +202,7 @@ class CallSession:
             on_reply_started=self._reply_started,
             on_reply_finished=self._reply_finished,
             audio_tap=self._agent_audio_tap,
+            on_tool_action=self._tool_action,
             name=f"call-{self.call_id[:8]}",
         )
 
@@ -333,6 +336,8 @@ class CallSession:
                                                  for b in llm.bookings]  # fmt: skip
         if llm is not None and getattr(llm, "tool_failures", None):
             self.record.flags["tool_failures"] = [{"tool": f["tool"], "error": f["error"][:200]} for f in llm.tool_failures]
+        if llm is not None and getattr(llm, "messages", None):
+            self.record.flags["messages"] = len(llm.messages)  # a count: the text is in the turns (encrypted)
         if llm is not None and getattr(llm, "facts_blocked", None):
             self.record.flags["facts_blocked"] = list(llm.facts_blocked)  # what the model was not let say
         failures = [f for stage in ("stt", "llm", "tts")
@@ -340,7 +345,7 @@ class CallSession:
         if failures:
             self.record.flags["backend_failures"] = list(failures)  # which backend failed, turn by turn
         self.record.ended_at = time.time()
-        self.record.end_reason = reason
+        self.record.end_reason = "transferred" if (self.record.flags.get("transfer") or {}).get("ok") else reason
         logger.info(
             f"call {self.call_id[:8]} ended ({reason}) after {self.record.duration_s:.1f} s, "
             f"{sum(1 for t in self.record.turns if t.role == 'caller')} caller turns"
@@ -349,6 +354,43 @@ class CallSession:
             result = self._on_ended(self.record)
             if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
                 await result
+
+    # -- call tools (take_message, end_call, transfer) -------------------------------------------
+
+    def _tool_action(self, action: ToolAction) -> None:
+        """What a call tool did: a message taken becomes an event turn of kind ``message`` (its text
+        encrypted with the transcript); a goodbye is said and the call ends; a transfer is announced
+        and the provider hands the call over."""
+        if action.kind == "message":
+            who = f"Message from {action.name}: " if action.name else "Message: "
+            self.record.turns.append(Turn(role="event", text=who + action.text, kind="message"))
+            self._changed()
+        elif action.kind == "end_call":
+            self._speak_soon(self.say_and_end(action.text, "completed", kind="goodbye"))
+        elif action.kind == "transfer" and action.target:
+            self._speak_soon(self._transfer(action.text, action.target))
+
+    async def _transfer(self, announcement: str, to: str) -> None:
+        tools = self.pipeline.llm.tools
+        if not can_transfer(self.record) or self.store is None:
+            self.record.flags["transfer"] = {"to": to, "provider": None, "ok": False, "error": "unavailable"}
+            await self.say(tools.transfer_failed(unavailable=True) if tools else announcement, kind="notice")
+            return
+        await self.say(announcement, kind="transfer")
+        await self._said_done("transfer", 30)
+        self._job(self._hand_over(to))  # the end of the call waits for the provider's answer
+
+    async def _hand_over(self, to: str) -> None:
+        tool = self.config.tools.transfer
+        result = await transfer_call(self.store, self.record, to, plivo_xml_url=tool.plivo_xml_url if tool else None)
+        if result.ok:
+            if not self._ended:  # (the provider may already have ended our media stream)
+                self._speak_soon(self.end("transferred"))
+            return
+        llm = self.pipeline.llm
+        llm.tool_failures.append({"tool": "transfer", "error": self.record.flags["transfer"]["error"]})
+        if llm.tools is not None and not self._ended:
+            await self.say(llm.tools.transfer_failed(), kind="notice")
 
     # -- recording ---------------------------------------------------------------------------
 

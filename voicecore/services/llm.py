@@ -43,6 +43,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voicecore.agent.booking import FINISHED, BookingDialogue, wants_booking
+from voicecore.agent.call_tools import CallTools, ToolAction, ToolReply
 from voicecore.agent.facts import FactBook, FactGuard
 from voicecore.config import LLMParams, LLMPreset
 from voicecore.records import TurnTimeline
@@ -502,6 +503,8 @@ class LlamaLLMProcessor(FrameProcessor):
         on_prompt: Callable[[str], None] | None = None,
         facts: FactBook | None = None,
         booking: Callable[[], BookingDialogue] | None = None,
+        tools: CallTools | None = None,
+        on_tool_action: Callable[[ToolAction], None] | None = None,
         name: str | None = None,
     ):
         """``on_caller_text`` sees every final caller transcript first; returning ``False``
@@ -510,7 +513,10 @@ class LlamaLLMProcessor(FrameProcessor):
         and a generated clause stating a fact they do not back is not spoken (:class:`FactGuard`).
         ``booking``: makes the call's :class:`BookingDialogue` (the ``book_appointment`` tool);
         once the caller asks to book, the dialogue answers the turns (the model is not asked)
-        until the appointment is booked, the caller gives up or the calendar fails."""
+        until the appointment is booked, the caller gives up or the calendar fails.
+        ``tools``: the ``take_message``/``transfer``/``end_call`` tools, asked first each turn; an
+        action (a message taken, a transfer, a goodbye) goes to ``on_tool_action`` (the session
+        speaks a goodbye or an announcement itself and hangs up or hands the call over)."""
         super().__init__(name=name or "LlamaLLM")
         self._engine = engine
         self._conversation = conversation
@@ -534,6 +540,9 @@ class LlamaLLMProcessor(FrameProcessor):
         self._booking: BookingDialogue | None = None
         self.bookings: list[dict[str, str]] = []  # appointments booked in this call (Appointment.as_dict)
         self.tool_failures: list[dict[str, str]] = []  # {"tool", "error"}: a tool that failed, and why
+        self.tools = tools if tools is not None and tools.declared else None
+        self._on_tool_action = on_tool_action
+        self.messages: list[dict[str, str]] = []  # {"name", "text"}: messages taken (never logged)
 
     @property
     def conversation(self) -> Conversation:
@@ -641,6 +650,21 @@ class LlamaLLMProcessor(FrameProcessor):
             self.tool_failures.append({"tool": "book_appointment", "error": reply.error})
         return reply.text
 
+    def _tool_turn(self, said: str) -> ToolReply | None:
+        """The call tools' reply to this turn (None: not theirs). A reply without text is spoken by
+        the session (``on_tool_action``: a goodbye, a transfer announcement)."""
+        assert self.tools is not None
+        reply = self.tools.handle(said)
+        action = reply.action if reply is not None else None
+        if action is not None:
+            if action.kind == "message":
+                self.messages.append({"name": action.name or "", "text": action.text})
+            if self._on_tool_action is not None:
+                self._on_tool_action(action)
+            elif reply is not None and reply.text is None:
+                return ToolReply(action.text)  # nobody to hang up or transfer: just say it
+        return reply
+
     async def _respond(self, timeline: TurnTimeline, cancel: threading.Event) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -655,7 +679,13 @@ class LlamaLLMProcessor(FrameProcessor):
         start.metadata["reply_id"] = reply_id
         said, self._unanswered = self._unanswered, ""
         answer = self._facts.answer(said) if self._facts is not None and said else None
-        booking_reply = await self._booking_turn(said, answer) if said and self._new_booking is not None else None
+        tool = self._tool_turn(said) if said and self.tools is not None else None
+        if tool is not None and tool.text is None:
+            return  # the session says the goodbye or the announcement
+        booking_reply = tool.text if tool is not None else (
+            await self._booking_turn(said, answer) if said and self._new_booking is not None else None)
+        if booking_reply is None and self.tools is not None and getattr(answer, "topic", None) == "unknown":
+            booking_reply = self.tools.offer(answer.text)  # type: ignore[union-attr]  # a message or a person
         if booking_reply is not None or answer is not None:
             # the booking dialogue's turn, or a question about the facts: answered from the data,
             # the model is not asked

@@ -15,6 +15,10 @@ Written from Twilio's documentation (Call resource, status callbacks, <Connect><
   ``answered`` (in-progress, with ``AnsweredBy`` when MachineDetection is on), ``completed``
   (CallStatus completed / busy / no-answer / failed, ``CallDuration``), with ``CallbackSource``
   call-progress-events and an increasing ``SequenceNumber``.
+* ``POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`` ("Update a Call": new ``Twiml``
+  or ``Url`` for a live call, e.g. ``<Dial>`` to transfer it): 200 with the Call resource, 404
+  (code 20404) for a call the account does not have; the running ``<Connect><Stream>`` ends
+  (a fake-placed call's media stream stops). Every update is kept in ``api.updates``.
 * On answer the TwiML runs: ``<Connect><Stream url=…>`` with its ``<Parameter>``s becomes
   Twilio's media stream (``TwilioClient``, the parameters in ``start.customParameters``).
 """
@@ -28,6 +32,7 @@ import email.utils
 import hmac
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -69,6 +74,16 @@ def parse_stream(twiml: str) -> tuple[str, dict[str, str]] | None:
     return stream.get("url", ""), params
 
 
+@dataclass
+class CallUpdate:
+    """One "Update a Call" request as received."""
+
+    call_sid: str
+    params: dict[str, list[str]]
+    authorized: bool  # signed with the account's Basic auth
+    status: int  # what the fake answered
+
+
 class FakeTwilioApi(FakeProviderApi):
     """Twilio's REST API for one account (``account_sid``, ``auth_token``)."""
 
@@ -78,9 +93,37 @@ class FakeTwilioApi(FakeProviderApi):
         super().__init__(**kw)
         self.account_sid = account_sid
         self.auth_token = auth_token
+        self.updates: list[CallUpdate] = []
+        #: Live calls the fake did not place (inbound test calls) that "Update a Call" accepts.
+        self.live_calls: set[str] = set()
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post(f"/{API_VERSION}/Accounts/{{sid}}/Calls.json", self.create_call)]
+        return [web.post(f"/{API_VERSION}/Accounts/{{sid}}/Calls.json", self.create_call),
+                web.post(f"/{API_VERSION}/Accounts/{{sid}}/Calls/{{call_sid}}.json", self.update_call)]
+
+    async def update_call(self, request: web.Request) -> web.Response:
+        form = await request.post() if request.content_type == "application/x-www-form-urlencoded" else {}
+        params = {k: [str(v) for v in form.getall(k)] for k in set(form)} if form else {}
+        call_sid = request.match_info["call_sid"]
+        update = CallUpdate(call_sid, params, self._authorized(request), 0)
+        self.updates.append(update)
+        record = self.call(call_sid)
+        if not update.authorized:
+            update.status = 401
+            return twilio_error(401, 20003, "Authenticate")
+        if record is None and call_sid not in self.live_calls:
+            update.status = 404
+            return twilio_error(404, 20404, f"The requested resource /{API_VERSION}/Accounts/{self.account_sid}"
+                                            f"/Calls/{call_sid}.json was not found")  # fmt: skip
+        if not any(params.get(k) for k in ("Twiml", "Url", "Status")):
+            update.status = 400
+            return twilio_error(400, 21205, "Url parameter is required.")
+        update.status = 200
+        if record is not None and record.client is not None and not record.client.closed.is_set():
+            self.spawn(record.client.hangup(), f"twilio-update-{call_sid}")  # the <Stream> ends: Twilio stops it
+        if record is None:
+            record = DialRecord(call_sid, "", "", self.default_scenario, params, time.monotonic(), time.time())
+        return web.json_response(self.resource(record) | {"status": "in-progress"}, status=200)
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
