@@ -1,0 +1,466 @@
+"""The model behind the LLM service: llama-cpp-python in process, one GGUF per process, every
+call's generations on one inference thread, each conversation's prefix kept in the KV cache.
+
+A conversation's prompt is built as token lists (ChatML), and the tokens the model generated for
+an agent reply are kept as they were, so the next turn's prompt starts with exactly the tokens
+already in the KV cache and only the new ones are evaluated. When calls take turns on the shared
+model, the KV state of the call that used it last is saved and the next call's state is restored.
+The Pipecat shell over it is :class:`voicecore.services.llm.LlamaLLMProcessor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from voicecore.config import LLMParams, LLMPreset
+from voicecore.services.conversation import ChatMessage
+from voicecore.services.cpu import CpuPriority
+
+CLAUSE_ENDS = (".", ",", "!", "?", ";", ":")
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    evaluated_prompt_tokens: int = 0  # prompt tokens not found in the KV cache
+    generated_tokens: int = 0
+    first_token_s: float | None = None
+    total_s: float = 0.0
+    state_restored: bool = False
+    cancelled: bool = False
+    paused_s: float = 0.0  # time spent waiting for urgent model work of calls (CpuPriority)
+    yielded: bool = False  # stopped at a clause end because another call's turn was waiting
+    yields: int = 0  # times a reply gave the model to other calls' turns and continued
+
+
+@dataclass
+class _KVState:
+    """One conversation's KV cache cells (llama.cpp sequence state) and the tokens they hold."""
+
+    kv: bytes
+    input_ids: Any
+    n_tokens: int
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list[int]
+    stats: GenerationStats
+
+
+class LlamaEngine:
+    """One llama.cpp model per process; one inference thread shared by every call."""
+
+    MAX_SAVED_STATES = 32
+    ACTIVE_CALL_S = 20.0  # a conversation that generated this recently counts as a call in progress
+
+    def __init__(self, gguf_path: str, preset: LLMPreset, cpu: CpuPriority | None = None):
+        from llama_cpp import Llama
+
+        self.path = gguf_path
+        self.preset = preset
+        self.cpu = cpu or CpuPriority()
+        self._llm = Llama(
+            model_path=gguf_path,
+            n_ctx=preset.n_ctx,
+            n_threads=preset.n_threads,
+            n_threads_batch=preset.n_threads,
+            n_batch=preset.n_batch,
+            verbose=False,
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+        self._live_turns = 0  # live generations queued or running (background work waits for them)
+        self._waiting_turns = 0  # live generations queued behind the running one
+        self._count_lock = threading.Lock()
+        # conversation -> when it last generated: calls still in progress (background work waits)
+        self._active_owners: dict[str, float] = {}
+        self._last_live_at = 0.0
+        self._owner: str | None = None  # conversation whose tokens are in the KV cache
+        self._saved: OrderedDict[str, object] = OrderedDict()
+        self._token_cache: dict[tuple[str, str], list[int]] = {}
+        self._eos = {self._llm.token_eos()}
+        for special in (IM_END, IM_START):
+            toks = self._llm.tokenize(special.encode(), add_bos=False, special=True)
+            if len(toks) == 1:
+                self._eos.add(toks[0])
+        self.n_ctx = preset.n_ctx
+
+    # -- prompt building -------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def _message_tokens(self, role: str, content: str) -> list[int]:
+        key = (role, content)
+        toks = self._token_cache.get(key)
+        if toks is None:
+            # The content is caller or agent text: its special-token look-alikes stay text.
+            head = self.tokenize(f"{IM_START}{role}\n")
+            body = self._llm.tokenize(content.encode("utf-8"), add_bos=False, special=False)
+            tail = self.tokenize(f"{IM_END}\n")
+            toks = head + body + tail
+            if len(self._token_cache) > 4096:
+                self._token_cache.clear()
+            self._token_cache[key] = toks
+        return toks
+
+    def prompt_tokens(
+        self,
+        messages: list[ChatMessage],
+        generated: dict[str, list[int]] | None = None,
+        *,
+        generation_header: bool = True,
+    ) -> list[int]:
+        """ChatML tokens for ``messages`` followed by the assistant header.
+
+        ``generated`` maps an assistant text to the exact tokens the model produced
+        for it, so the prompt matches the KV cache token for token.
+        """
+        out: list[int] = []
+        for m in messages:
+            if m.role == "assistant" and generated and m.content in generated:
+                out += self.tokenize(f"{IM_START}assistant\n") + generated[m.content] + self.tokenize(f"{IM_END}\n")
+            else:
+                out += self._message_tokens(m.role, m.content)
+        if generation_header:
+            out += self.tokenize(f"{IM_START}assistant\n")
+        return out
+
+    @staticmethod
+    def render(messages: list[ChatMessage]) -> str:
+        """The prompt as text (what the model is shown), for logs at DEBUG and tests."""
+        return "".join(f"{IM_START}{m.role}\n{m.content}{IM_END}\n" for m in messages) + f"{IM_START}assistant\n"
+
+    # -- generation --------------------------------------------------------------------
+
+    def _switch_to(self, owner: str) -> bool:
+        """Make ``owner``'s KV state current; returns True when a saved state was restored."""
+        if self._owner == owner:
+            return False
+        if self._owner is not None and self._llm.n_tokens > 0:
+            self._saved[self._owner] = self._save_kv()
+            self._saved.move_to_end(self._owner)
+            while len(self._saved) > self.MAX_SAVED_STATES:
+                self._saved.popitem(last=False)
+        self._owner = owner
+        state = self._saved.pop(owner, None)
+        if state is not None:
+            self._load_kv(state)
+            return True
+        return False
+
+    def _save_kv(self) -> _KVState:
+        """The current conversation's KV cells and tokens — not ``Llama.save_state``, which also
+        copies the logits of a whole batch (256 × 49k floats, ~50 MB per call): the next turn
+        always decodes at least one token, so no old logits are ever needed."""
+        import ctypes
+
+        import llama_cpp
+
+        ctx = self._llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        n_tokens = self._llm.n_tokens
+        return _KVState(ctypes.string_at(buf, n), self._llm.input_ids[:n_tokens].copy(), n_tokens)
+
+    def _load_kv(self, state: _KVState) -> None:
+        import ctypes
+
+        import llama_cpp
+
+        self._llm._ctx.kv_cache_clear()
+        buf = (ctypes.c_uint8 * len(state.kv)).from_buffer_copy(state.kv)
+        if llama_cpp.llama_state_seq_set_data(self._llm._ctx.ctx, buf, len(state.kv), 0) == 0:
+            self._llm.n_tokens = 0  # start this conversation over rather than decode on a broken cache
+            logger.warning("LLM: a saved KV state did not load; the prompt is evaluated again")
+            return
+        self._llm.input_ids[: state.n_tokens] = state.input_ids
+        self._llm.n_tokens = state.n_tokens
+        self._llm._requires_eval = True
+
+    def prefill_sync(self, owner: str, prompt: list[int]) -> int:
+        """Evaluate ``prompt`` into ``owner``'s KV cache ahead of its first turn; returns tokens evaluated."""
+        self._switch_to(owner)
+        cached = self.cached_prefix(prompt)
+        if cached >= len(prompt):
+            return 0
+        self._llm.n_tokens = cached
+        self._llm.eval(prompt[cached:])
+        return len(prompt) - cached
+
+    async def prefill(self, owner: str, prompt: list[int]) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.prefill_sync, owner, prompt)
+
+    def forget(self, owner: str) -> None:
+        """Drop a finished conversation's saved state."""
+        self._active_owners.pop(owner, None)
+        self._saved.pop(owner, None)
+        if self._owner == owner:
+            self._owner = None
+
+    def cached_prefix(self, tokens: list[int]) -> int:
+        n = 0
+        cached = self._llm.input_ids[: self._llm.n_tokens]
+        for a, b in zip(cached, tokens):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    def _start_generation(
+        self, owner: str, prompt: list[int], max_tokens: int, seed: int | None
+    ) -> tuple[GenerationStats, float, int]:
+        """On the engine's thread, before a generation: ``owner``'s KV state in place, the
+        prompt checked against the context, the seed set. Returns (stats, start, token limit)."""
+        stats = GenerationStats(prompt_tokens=len(prompt))
+        t0 = time.monotonic()
+        stats.state_restored = self._switch_to(owner)
+        room = self.n_ctx - len(prompt)
+        if room < 8:
+            raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.n_ctx}")
+        stats.evaluated_prompt_tokens = len(prompt) - min(self.cached_prefix(prompt), len(prompt) - 1)
+        if seed is not None:
+            self._llm.set_seed(seed)
+        return stats, t0, min(max_tokens, room - 1)
+
+    def generate_sync(
+        self,
+        owner: str,
+        prompt: list[int],
+        params: LLMParams,
+        cancel: threading.Event,
+        on_text: Callable[[str], None] | None = None,
+        *,
+        said: list[int] | None = None,
+        yield_after: int | None = None,
+    ) -> Generation:
+        """Generate a reply; blocking (runs on the engine's thread).
+
+        ``said``: tokens of this reply generated before (a continuation; ``prompt`` ends with
+        them), for detokenising. ``yield_after``: once this many tokens are out, stop at the
+        next clause end when another call's turn is waiting (``stats.yielded``); the caller
+        continues later with ``prompt + tokens``. A waiting caller then hears its first
+        clause after one clause of the other reply, not after all of it."""
+        stats, t0, max_tokens = self._start_generation(owner, prompt, params.max_tokens, params.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        before = list(said or [])
+        tokens: list[int] = []
+        pieces: list[str] = []
+        gen = self._llm.generate(
+            prompt,
+            temp=params.temperature,
+            top_p=params.top_p,
+            repeat_penalty=params.repeat_penalty,
+            reset=True,
+        )
+        try:
+            for tok in gen:
+                if stats.first_token_s is None:
+                    stats.first_token_s = time.monotonic() - t0
+                if tok in self._eos:
+                    break
+                tokens.append(tok)
+                piece = decoder.decode(self._llm.detokenize([tok], prev_tokens=(before + tokens[:-1]) or None))
+                if piece:
+                    pieces.append(piece)
+                    if on_text is not None:
+                        on_text(piece)
+                if cancel.is_set():
+                    stats.cancelled = True
+                    break
+                if len(tokens) >= max_tokens:
+                    break
+                if (yield_after is not None and len(tokens) >= yield_after and self._waiting_turns > 0
+                        and piece.rstrip().endswith(CLAUSE_ENDS)):
+                    stats.yielded = True
+                    break
+                # The rest of the reply can wait while a caller waits for recognition or first audio.
+                stats.paused_s += self.cpu.yield_to_urgent()
+        finally:
+            gen.close()
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            pieces.append(tail)
+            if on_text is not None:
+                on_text(tail)
+        stats.generated_tokens = len(tokens)
+        stats.total_s = time.monotonic() - t0
+        return Generation(text="".join(pieces), tokens=tokens, stats=stats)
+
+    async def generate(
+        self,
+        owner: str,
+        prompt: list[int],
+        params: LLMParams,
+        cancel: threading.Event,
+        on_text: Callable[[str], None] | None = None,
+        *,
+        said: list[int] | None = None,
+        yield_after: int | None = None,
+    ) -> Generation:
+        """A live turn: background work (post-call reports) waits while any is queued or running."""
+        loop = asyncio.get_running_loop()
+        self._live_turns += 1
+        self._active_owners[owner] = time.monotonic()
+        with self._count_lock:
+            self._waiting_turns += 1
+        started = False
+
+        def run() -> Generation:
+            nonlocal started
+            with self._count_lock:
+                self._waiting_turns -= 1
+                started = True
+            return self.generate_sync(owner, prompt, params, cancel, on_text, said=said, yield_after=yield_after)
+
+        try:
+            return await loop.run_in_executor(self._executor, run)
+        finally:
+            if not started:  # cancelled while queued
+                with self._count_lock:
+                    self._waiting_turns -= 1
+            self._live_turns -= 1
+            self._last_live_at = time.monotonic()
+
+    async def wait_until_no_live_turn(self, quiet_s: float = 0.5, poll_s: float = 0.05, max_wait_s: float = 120.0) -> None:
+        """Background work yields to live calls: it waits while a call that used the model is
+        still in progress (until ``forget``) and until no live turn ran for ``quiet_s`` — but
+        never longer than ``max_wait_s``, so a busy server still gets its reports."""
+        deadline = time.monotonic() + max_wait_s
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            in_call = any(now - t < self.ACTIVE_CALL_S for t in self._active_owners.values())
+            if not in_call and self._live_turns == 0 and now - self._last_live_at >= quiet_s:
+                return
+            await asyncio.sleep(poll_s)
+
+    # -- grammar-constrained completion (post-call reports) ---------------------------------
+
+    def complete_json_sync(
+        self,
+        owner: str,
+        prompt: list[int],
+        grammar: object,
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        repeat_penalty: float = 1.0,
+        no_repeat_words: bool = False,
+    ) -> Generation:
+        """Generate text that ``grammar`` (a ``llama_cpp.LlamaGrammar``, e.g. from
+        ``LlamaGrammar.from_json_schema``) accepts; blocking, on the engine's thread.
+
+        ``owner`` is a KV-cache owner like a call's conversation key: the state of the
+        call that used the model last is saved first and restored when it comes back,
+        so live calls keep their cached prefixes. ``async`` callers use :meth:`complete_json`.
+        The result stops at the end of the grammar or after ``max_tokens`` (then the
+        text is incomplete and fails the caller's validation). ``no_repeat_words`` keeps a
+        word from following itself ("at at"), which small models do when the grammar
+        leaves them nothing better."""
+        import re
+
+        import llama_cpp
+        import numpy as np
+
+        stats, t0, limit = self._start_generation(owner, prompt, max_tokens, seed)
+        vocab = self._llm._model.vocab
+        processors = None
+        if no_repeat_words:
+            words: dict[str, list[int]] | None = getattr(self, "_word_tokens", None)
+            if words is None:  # word -> the tokens that spell exactly it (" at", "At", "at.", ...), built once
+                words = {}
+                for i in range(self._llm.n_vocab()):
+                    m = re.fullmatch(r" ?([A-Za-z0-9']+)[.,]?", self._llm.detokenize([i]).decode("utf-8", "ignore"))
+                    if m:
+                        words.setdefault(m.group(1).lower(), []).append(i)
+                self._word_tokens = words
+            start = len(prompt)
+
+            def no_repeat(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+                text = self._llm.detokenize(list(input_ids[start:])).decode("utf-8", "ignore")
+                m = re.search(r"([A-Za-z0-9']+)[ ,]*$", text)
+                if m and words is not None:
+                    banned = words.get(m.group(1).lower())
+                    if banned:
+                        scores[banned] -= 100.0
+                return scores
+
+            processors = llama_cpp.LogitsProcessorList([no_repeat])
+        tokens: list[int] = []
+        gen = self._llm.generate(
+            prompt,
+            temp=temperature,
+            top_p=0.9,
+            repeat_penalty=repeat_penalty,
+            reset=True,
+            grammar=grammar,
+            logits_processor=processors,
+        )
+        try:
+            for tok in gen:
+                if stats.first_token_s is None:
+                    stats.first_token_s = time.monotonic() - t0
+                if tok in self._eos or llama_cpp.llama_vocab_is_eog(vocab, tok):
+                    break
+                tokens.append(tok)
+                if len(tokens) >= limit:
+                    break
+                stats.paused_s += self.cpu.yield_to_urgent()  # background work: calls come first
+        finally:
+            gen.close()
+        stats.generated_tokens = len(tokens)
+        stats.total_s = time.monotonic() - t0
+        text = self._llm.detokenize(tokens).decode("utf-8", errors="replace")
+        return Generation(text=text, tokens=tokens, stats=stats)
+
+    async def complete_json(
+        self,
+        owner: str,
+        prompt: list[int],
+        grammar: object,
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        repeat_penalty: float = 1.0,
+        no_repeat_words: bool = False,
+        eval_chunk: int = 128,
+    ) -> Generation:
+        """:meth:`complete_json_sync` on the engine's inference thread, with the prompt's uncached
+        part evaluated in jobs of at most ``eval_chunk`` tokens first, so a live call's turn
+        queued meanwhile waits for one chunk, not for a whole transcript."""
+        loop = asyncio.get_running_loop()
+        for end in range(eval_chunk, len(prompt) - 1, eval_chunk):
+            await self.wait_until_no_live_turn()
+            await loop.run_in_executor(self._executor, self.prefill_sync, owner, prompt[:end])
+        await self.wait_until_no_live_turn()
+        return await loop.run_in_executor(
+            self._executor,
+            lambda: self.complete_json_sync(
+                owner,
+                prompt,
+                grammar,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                repeat_penalty=repeat_penalty,
+                no_repeat_words=no_repeat_words,
+            ),
+        )
