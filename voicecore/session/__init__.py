@@ -39,9 +39,11 @@ from voicecore.session.call import (
     system_prompt,
 )
 from voicecore.session.open import open_call, outbound_check
+from voicecore.storage.recording import RecordingStream
 from voicecore.transports.base import CallRefused
 
 __all__ = [
     "CALL_ACTOR", "CONSENT_GIVEN_REPLY", "CONSENT_REFUSED_REPLY", "DEFAULT_TENANT", "RECORDING_TRACK",
-    "RESTRICTED_NOTICE", "CallEnded", "CallRefused", "CallSession", "open_call", "outbound_check", "system_prompt",
+    "RESTRICTED_NOTICE", "CallEnded", "CallRefused", "CallSession", "RecordingStream", "open_call", "outbound_check",
+    "system_prompt",
 ]
