@@ -16,7 +16,9 @@ any number of workers share one campaign without dialing anyone twice. For each 
    :meth:`Dialer.on_call_status`: answered, then the outcome, which settles the attempt (retry
    after ``retry_after`` or done). Wrong credentials pause the campaign with the reason, rather
    than burning through the list; other provider errors fail the attempt with the provider's
-   code and message and follow the retry rules.
+   code and message and follow the retry rules. Asterisk posts no callbacks: its channel events
+   come over the ARI events WebSocket, which :class:`voicecore.transports.ari_events.AriEventRelay`
+   keeps open per tenant with a running Asterisk campaign and relays to the same method.
 
 For an outbound call the session's ``caller`` is the person called (the remote party: the data
 subject whose opt-out, restriction and contact fields apply) and ``callee`` the business number.
@@ -37,11 +39,13 @@ from voicecore.server.state import ServerState
 from voicecore.storage.campaigns import Campaign, DueContact
 from voicecore.telephony.dialing import CallStatusEvent, DialRequest, outcome_of
 from voicecore.telephony.snippets import answer_url, media_url
+from voicecore.transports.ari_events import AriEventRelay
 from voicecore.transports.dialer import ProviderDialer
 
 ATTEMPT_PERIOD_S = 30 * 86400
 DEFAULT_STALE_S = 900.0
 STALE_ENV = "VOICECORE_DIALER_STALE_S"
+ARI_READY_TIMEOUT_S = 5.0  # an Asterisk dial waits this long for the tenant's ARI events socket
 
 
 class Dialer:
@@ -59,6 +63,9 @@ class Dialer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self.dialed = 0  # attempts this worker sent to a provider
+        # Asterisk's call progress (its ARI events WebSocket), one socket per tenant running Asterisk campaigns
+        self.ari = AriEventRelay(state.store, self.on_call_status, app=f"voicecore-{state.worker_id}",
+                                 api_base=lambda: self.provider_dialer.api_base("asterisk"))  # fmt: skip
 
     def wake(self) -> None:
         self._wake.set()
@@ -69,7 +76,9 @@ class Dialer:
         while True:
             try:
                 if not (self.state.draining or self.state.shutting_down):
-                    for c in await asyncio.to_thread(campaigns.running):
+                    running = await asyncio.to_thread(campaigns.running)
+                    await self.ari.sync(running)
+                    for c in running:
                         for due in await asyncio.to_thread(campaigns.claim_due, c, self.state.worker_id,
                                                            lease_s=self.claim_lease_s):  # fmt: skip
                             task = asyncio.create_task(self._attempt(due), name=f"dial-{due.contact_id[:8]}")
@@ -93,6 +102,7 @@ class Dialer:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.ari.close()
 
     # -- one contact ---------------------------------------------------------------------
 
@@ -138,6 +148,8 @@ class Dialer:
             await asyncio.to_thread(store.campaigns.pause_for, c.id, f"tenant {c.tenant} has no {c.provider} "
                                     f"credentials (voicecore providers set {c.provider} ...); resume after")  # fmt: skip
             return
+        if c.provider == "asterisk" and not await self.ari.ready(c.tenant, ARI_READY_TIMEOUT_S):
+            logger.warning(f"dialer: campaign {c.name}: dialing before Asterisk's event socket is open")
         attempt_id = await asyncio.to_thread(store.campaigns.begin_attempt, due, self.state.worker_id)
         token = await asyncio.to_thread(self.state.mint_call_token, c.tenant, c.pipeline, provider=c.provider,
                                         caller=due.phone, callee=c.from_number)  # fmt: skip
