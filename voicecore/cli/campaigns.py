@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from voicecore.cli.options import (
     open_store,
     parse_when,
     tenant_option,
+    write_text_output,
 )
 from voicecore.storage.campaigns import DIAL_PROVIDERS, MACHINE_ACTIONS
 from voicecore.views import text_table, utc_text
@@ -156,9 +156,4 @@ def campaigns_export(name: str, tenant: str, output: Path | None, data_dir: Path
     """One CSV line per contact: attempts, outcome, call id, the report's need and appointment slot."""
     with open_store(data_dir) as store:
         text = store.campaigns.export_csv(tenant, name, actor=ACTOR)
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        output.write_text(text, encoding="utf-8")
-        output.chmod(0o600)
-        click.echo(f"{text.count(chr(10)) - 1} contact(s) written to {output}", err=True)
+    write_text_output(text, output, "contact(s)")

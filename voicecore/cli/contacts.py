@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -22,6 +21,7 @@ from voicecore.cli.options import (
     json_option,
     open_store,
     tenant_option,
+    write_text_output,
 )
 from voicecore.outbound.contacts_csv import ContactFileError, parse_mapping
 from voicecore.views import text_table, utc_text
@@ -135,12 +135,7 @@ def contacts_export(tenant: str, segment: str | None, output: Path | None, data_
     """Export tenant T's contacts as CSV (phone, the known fields, the other columns, segments)."""
     with open_store(data_dir) as store:
         text = store.contacts.export_csv(tenant, segment=segment, actor=ACTOR)
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        output.write_text(text, encoding="utf-8")
-        output.chmod(0o600)
-        click.echo(f"{text.count(chr(10)) - 1} contact(s) written to {output}", err=True)
+    write_text_output(text, output, "contact(s)")
 
 
 @contacts.command("segments")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,3 +192,14 @@ def parse_when(ctx: click.Context, param: click.Parameter, value: str | None) ->
 def confirm(yes: bool, question: str) -> None:
     if not yes:
         click.confirm(question, abort=True)
+
+
+def write_text_output(text: str, output: Path | None, what: str) -> None:
+    """A command's CSV (or other text) to stdout, or to ``output`` (mode 0600: it holds personal data),
+    saying on stderr how many ``what`` lines it holds."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.write_text(text, encoding="utf-8")
+    output.chmod(0o600)
+    click.echo(f"{max(0, text.count(chr(10)) - 1)} {what} written to {output}", err=True)
