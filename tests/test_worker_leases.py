@@ -184,7 +184,7 @@ async def test_checkpoints_held_while_the_database_is_down_land_when_it_is_back(
     record = open_call("acme", "first thing I said")
     writer = LiveCallWriter(store, record, None, "worker-a")
     writer.changed()
-    for _ in range(100):
+    for _ in range(300):  # (the first save comes after the debounce)
         if writer.saves:
             break
         await asyncio.sleep(0.05)
@@ -193,7 +193,7 @@ async def test_checkpoints_held_while_the_database_is_down_land_when_it_is_back(
     try:
         record.turns.append(Turn("caller", "second thing I said while the database was down"))
         writer.changed()
-        await asyncio.sleep(1.5)  # the checkpoint fails and is held
+        await asyncio.sleep(5.0)  # (after the debounce) the checkpoint fails and is held
         assert writer.saves == 1
     finally:
         await asyncio.to_thread(pg_cluster.start_server)
@@ -205,6 +205,22 @@ async def test_checkpoints_held_while_the_database_is_down_land_when_it_is_back(
         "first thing I said", "second thing I said while the database was down", "third thing"
     ]  # fmt: skip
     assert stored.end_reason == "stop" and store.calls.open_calls() == []
+    store.close()
+
+
+async def test_a_turn_and_its_reply_go_in_one_save(tmp_path: Path) -> None:
+    store = Store(tmp_path / "d")
+    store.tenants.create("acme", actor="test")
+    record = open_call("acme", "first thing I said")
+    writer = LiveCallWriter(store, record, None, "worker-a", debounce_s=0.5)
+    writer.changed()  # the caller's turn
+    await asyncio.sleep(0.2)
+    record.turns.append(Turn("agent", "the reply"))
+    writer.changed()  # the reply, finished within the debounce
+    await asyncio.sleep(1.5)
+    assert writer.saves == 1
+    stored = store.calls.get("acme", record.call_id, actor="test")
+    assert [t.text for t in stored.turns][-2:] == ["first thing I said", "the reply"]
     store.close()
 
 

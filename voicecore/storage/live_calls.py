@@ -4,7 +4,9 @@ A ``serve`` worker saves each open call (``calls.save`` with the worker's id, ``
 None) when it starts and after every finished turn, so that when the worker dies another
 worker can close the call as ``worker_lost`` with what was said kept (as the policy allows:
 ``calls.save`` decides what is stored). The saves run in a thread, one at a time per call,
-coalesced: a turn finishing while a save is in flight is written by the next one.
+coalesced: a change is saved :data:`DEBOUNCE_S` after it, with whatever else changed meanwhile
+(a caller's turn and the reply to it usually go in one save), and only the turns that changed
+are written.
 
 When the database is unreachable (a PostgreSQL restart, a failover) a save is retried with
 backoff and the call goes on; the record is held in the worker until the database is back,
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from voicecore.storage.store import Store
 
 RETRY_FOR_S = 600.0  # how long the final save of a call keeps trying while the database is down
+DEBOUNCE_S = 4.0  # a change is saved this long after it (at most what a dead worker can lose of a call)
 _FIRST_BACKOFF_S = 0.25
 _MAX_BACKOFF_S = 4.0
 
@@ -100,12 +103,13 @@ class LiveCallWriter:
     """
 
     def __init__(self, store: Store, record: CallRecord, policy: Policy | None, worker_id: str,
-                 *, retry_for_s: float = RETRY_FOR_S):  # fmt: skip
+                 *, retry_for_s: float = RETRY_FOR_S, debounce_s: float = DEBOUNCE_S):  # fmt: skip
         self._store = store
         self._record = record
         self._policy = policy
         self.worker_id = worker_id
         self._retry_for_s = retry_for_s
+        self._debounce_s = debounce_s
         self._dirty = False
         self._finished = False
         self._task: asyncio.Task[None] | None = None
@@ -123,6 +127,9 @@ class LiveCallWriter:
 
     async def _checkpoints(self) -> None:
         delay = _FIRST_BACKOFF_S
+        # A caller's turn and the reply to it usually come within a second or two: one save for both.
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(self._finishing.wait(), self._debounce_s)
         while self._dirty and not self._finished:
             self._dirty = False
             # The loop goes on changing the record (agent turns are filled in as they play):
