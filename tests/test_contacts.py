@@ -108,8 +108,9 @@ def test_a_bad_map_names_the_field() -> None:
 
 
 def ten_thousand_lines(seed: int = 7) -> tuple[bytes, dict[int, str], set[str]]:
-    """A 10,000-line contact file with bad lines mixed in: the bytes, the bad lines' reasons by line
-    number, and the numbers of the good lines."""
+    """A 10,000-line contact file as a spreadsheet exports it (a byte-order mark, ``;`` between
+    fields) with bad lines mixed in: the bytes, the bad lines' reasons by line number, and the
+    numbers of the good lines."""
     rng = random.Random(seed)
     lines = ["phone,first_name,company,plan"]
     bad: dict[int, str] = {}
@@ -132,7 +133,7 @@ def ten_thousand_lines(seed: int = 7) -> tuple[bytes, dict[int, str], set[str]]:
         else:
             lines.append(f"{number},Name{i},Co {i % 7},plan{i % 3}")
             good.add(number)
-    return ("\n".join(lines) + "\n").encode(), bad, good
+    return ("\ufeff" + "\n".join(lines).replace(",", ";") + "\n").encode(), bad, good
 
 
 @pytest.mark.usefixtures("database")
