@@ -30,6 +30,8 @@ import holidays
 import phonenumbers
 from phonenumbers import timezone as phone_timezone
 
+from voicecore.policy.phone import InvalidPhoneNumber, parse_phone
+
 
 class CallingWindowError(ValueError):
     """A calling window spec that cannot be read; the message names the bad part."""
@@ -318,17 +320,10 @@ def resolve_callee(number: str, *, default_region: str = "US", fallback_zone: st
     it). Raises :class:`InvalidNumber` when the text is not a valid phone number (a dialer does
     not dial a number outside its country's numbering plan).
     """
-    if not isinstance(number, str) or not number.strip():
-        raise InvalidNumber("empty phone number")
-    text = re.sub(r"^(?:tel:|sips?:)", "", number.strip(), flags=re.IGNORECASE).split("@", 1)[0]
-    if text.startswith("00") and text[2:3].isdigit():
-        text = "+" + text[2:]
     try:
-        parsed = phonenumbers.parse(text, default_region)
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidNumber(f"not a phone number ({exc._msg})") from None
-    if not phonenumbers.is_possible_number(parsed):
-        raise InvalidNumber(f"not a possible phone number for region {default_region}")
+        parsed = parse_phone(number, default_region)
+    except InvalidPhoneNumber as e:
+        raise InvalidNumber(str(e)) from None
     if not phonenumbers.is_valid_number(parsed):  # possible length, but no number range of the plan
         raise InvalidNumber("not a number in use in its country's numbering plan")
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)

@@ -14,12 +14,12 @@ class InvalidPhoneNumber(ValueError):
 _URI_PREFIX = re.compile(r"^(?:tel:|sip:|sips:)", re.IGNORECASE)
 
 
-def normalize_phone(raw: str, region: str = "US") -> str:
-    """``raw`` as E.164 (``+14155552671``); numbers without a country code are read in ``region``.
+def parse_phone(raw: str, region: str = "US") -> phonenumbers.PhoneNumber:
+    """``raw`` parsed by phonenumbers (numbers without a country code read in ``region``).
 
-    Accepts "+1 415-555-2671", "(415) 555-2671", "tel:+14155552671",
-    "sip:+14155552671@host". Raises :class:`InvalidPhoneNumber` when the text is
-    not a possible phone number.
+    Accepts "+1 415-555-2671", "(415) 555-2671", "0033 6…", "tel:+14155552671",
+    "sip:+14155552671@host". Raises :class:`InvalidPhoneNumber` when the text is not a
+    possible phone number.
     """
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidPhoneNumber("empty phone number")
@@ -34,7 +34,13 @@ def normalize_phone(raw: str, region: str = "US") -> str:
         raise InvalidPhoneNumber(f"not a phone number ({exc._msg})") from None
     if not phonenumbers.is_possible_number(number):
         raise InvalidPhoneNumber(f"not a possible phone number for region {region}")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return number
+
+
+def normalize_phone(raw: str, region: str = "US") -> str:
+    """``raw`` as E.164 (``+14155552671``); see :func:`parse_phone` for what is accepted.
+    Raises :class:`InvalidPhoneNumber` when the text is not a possible phone number."""
+    return phonenumbers.format_number(parse_phone(raw, region), phonenumbers.PhoneNumberFormat.E164)
 
 
 def try_normalize_phone(raw: str | None, region: str = "US") -> str | None:
