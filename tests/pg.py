@@ -179,8 +179,15 @@ def database_files(store, *, wal: bool = True) -> list[Path]:  # type: ignore[no
 
 
 def stored_bytes(store) -> bytes:  # type: ignore[no-untyped-def]
-    """Every byte of :func:`database_files` (WAL included)."""
-    return b"".join(p.read_bytes() for p in database_files(store))
+    """Every byte of :func:`database_files` (WAL included). A file the server removes between the
+    listing and the read (``pg_internal.init`` is rewritten at any time) held no data of ours."""
+    out = []
+    for p in database_files(store):
+        try:
+            out.append(p.read_bytes())
+        except FileNotFoundError:
+            continue
+    return b"".join(out)
 
 
 class RawConnection:

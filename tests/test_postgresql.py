@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from pg import PostgresCluster, database_files, free_port
+from pg import PostgresCluster, database_files, free_port, stored_bytes
 
 from voicecore.cli import cli
 from voicecore.records import CallRecord, Turn
@@ -154,7 +154,7 @@ def test_tenant_keys_are_shared_by_workers_and_deleting_the_tenant_destroys_them
     assert got is not None and got.turns is not None and got.turns[0].text == "the combination is 4711"
     keys = b.tenants.data_keys(b.tenants.row("acme"))
     # wrapped under the master key: the database files never hold the key in clear
-    on_disk = b"".join(p.read_bytes() for p in database_files(a))
+    on_disk = stored_bytes(a)
     assert keys.enc_key not in on_disk and keys.hash_key not in on_disk
     assert a.db.fetchone("SELECT COUNT(*) FROM wrapped_keys WHERE key_id LIKE 'tenant:%'")[0] == 1
 
@@ -284,7 +284,7 @@ def test_erasure_leaves_no_form_of_the_number_and_no_sentence_in_the_cluster_fil
     result = store.subjects.erase("a", eb.SUBJECT, actor="dpo")  # VACUUM (FULL) of every table
     assert result.calls == 2 and result.opted_out
 
-    everything = b"".join(p.read_bytes() for p in database_files(store))  # WAL included, after CHECKPOINT
+    everything = stored_bytes(store)  # WAL included, after CHECKPOINT
     for text in [*eb.FORMS, eb.NAME, eb.SENTENCE]:
         assert text.encode() not in everything, f"{text!r} is in the cluster's files"
     after = b"".join(p.read_bytes() for p in heap())
