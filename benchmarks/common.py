@@ -338,6 +338,24 @@ def running(server: ServerProcess, timeout: float = 180.0) -> Iterator[ServerPro
         server.stop()
 
 
+def without_end_call(pipeline: str, folder: Path) -> Path | str:
+    """``pipeline`` (a name or a file) without ``tools.end_call``, as a YAML file in ``folder``;
+    ``pipeline`` itself when it declares no such tool."""
+    import yaml
+
+    from voicecore.config import load_pipeline, resolve_pipeline_path
+
+    config = load_pipeline(resolve_pipeline_path(pipeline))
+    if config.tools.end_call is None:
+        return pipeline
+    data = config.model_dump(mode="json", exclude_none=True)
+    data["tools"].pop("end_call", None)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{data['name']}-no-end-call.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 class VoicecoreServer:
     """``voicecore serve`` in a subprocess on 127.0.0.1, with a fresh data directory and one tenant.
 
@@ -346,10 +364,16 @@ class VoicecoreServer:
     """
 
     def __init__(self, work_dir: Path, *, pipeline: str = "receptionist", log_name: str = "voicecore-serve.log",
-                 data_name: str = "voicecore-data", database_url: str | None = None):  # fmt: skip
+                 data_name: str = "voicecore-data", database_url: str | None = None,
+                 end_call: bool = False):  # fmt: skip
         """``database_url``: PostgreSQL instead of the data directory's SQLite file (the tenant then
-        gets a name of its own, ``bench-<hex>``: the database may hold an earlier run's)."""
+        gets a name of its own, ``bench-<hex>``: the database may hold an earlier run's).
+        ``end_call`` False serves the pipeline without its ``end_call`` tool: a corpus caller's
+        "that is all, thank you" would otherwise hang up before the rest of the call's utterances."""
         import secrets
+
+        if not end_call:
+            pipeline = str(without_end_call(pipeline, work_dir))
 
         from voicecore.storage import Store
 

@@ -310,6 +310,9 @@ class STTPreset(_Remote):
     # Encoder window: 30 = Whisper's standard window. None = the utterance plus 5 s (at
     # least 10 s): ~0.2 s faster per turn at the same word error rate on our corpus.
     encoder_window_s: Annotated[float, Field(ge=5, le=30)] | None = None
+    # >1 discourages the decoder from repeating itself ("4,100,100,100,..." for a card number, a
+    # prompt's words said over and over). 1.1: word error rate 29.6 % → 27.7 % on our corpus.
+    repetition_penalty: Annotated[float, Field(ge=1.0, le=2.0)] = 1.1
 
 
 class LLMPreset(_Remote):
@@ -363,6 +366,8 @@ class PipelineConfig(_Strict):
     greeting: Annotated[str, Field(max_length=1000)] = ""
     # Words the caller is likely to say (names, products): primes Whisper's decoder.
     stt_hint: Annotated[str, Field(max_length=500)] = ""
+    # The facts' business name, services and open days prime it too (before ``stt_hint``).
+    stt_vocabulary_from_facts: bool = True
     # Spoken when a model backend fails mid-turn, so the line is never silent.
     fallback_reply: Annotated[str, Field(min_length=1, max_length=500)] = (
         "Sorry, I had a problem there. Could you say that again?"

@@ -82,6 +82,17 @@ def booking_dialogue_factory(config: PipelineConfig, data_dir: Path | None = Non
     return new_dialogue
 
 
+def recogniser_prompt(config: PipelineConfig, facts: FactBook | None) -> str | None:
+    """Whisper's prompt for this pipeline: the words its facts name (business, services, open
+    days; ``stt_vocabulary_from_facts``), then the pipeline's own ``stt_hint``."""
+    parts = []
+    if facts is not None and config.stt_vocabulary_from_facts:
+        parts.append(facts.recogniser_hint())
+    if config.stt_hint:
+        parts.append(config.stt_hint)
+    return " ".join(p for p in parts if p) or None
+
+
 def build_call_pipeline(
     config: PipelineConfig,
     pool: ModelPool,
@@ -125,7 +136,7 @@ def build_call_pipeline(
         vad = VADTurnProcessor(config.turn_taking, smart_turn=models.smart_turn)
         stt = WhisperSTTProcessor(
             models.stt,
-            prompt=config.stt_hint or None,
+            prompt=recogniser_prompt(config, facts),
             min_utterance_ms=config.turn_taking.min_utterance_ms,
             fallback_reply=config.fallback_reply,
         )

@@ -40,8 +40,9 @@ DEMO_CALLER_LINES = [
     "What are your opening hours on Saturday?",
     "Are you open on Sunday?",
     "I would like to book a cleaning appointment.",
-    "Next Tuesday at ten in the morning would be great.",
+    "Next Tuesday morning at ten, please.",
     "My name is John Smith.",
+    "Yes, please.",
     "Thank you very much. Goodbye.",
 ]
 
@@ -110,6 +111,7 @@ def caller_audio(text: str, index: int = 0, pool: ModelPool | None = None) -> Au
 class DemoResult:
     record: CallRecord
     audio_path: Path
+    calendar_path: Path | None = None  # the demo's own .ics calendar (the booking lands there)
 
 
 async def run_demo(
@@ -120,14 +122,29 @@ async def run_demo(
     lines: list[str] | None = None,
     realtime: bool = True,
 ) -> DemoResult:
-    """The demo call: a scripted caller (spoken audio, not text) talks to the agent."""
+    """The demo call: a scripted caller (spoken audio, not text) talks to the agent.
+
+    An ``.ics`` calendar of the pipeline is replaced by a fresh ``demo-calendar.ics`` in
+    ``out_dir``, so each run books into an empty calendar (``calendar_path`` in the result)."""
     lines = lines or DEMO_CALLER_LINES
     utterances = [caller_audio(text, i, pool) for i, text in enumerate(lines)]
-    record, transport, _session = await run_call(config, pool, utterances, realtime=realtime)
     out_dir.mkdir(parents=True, exist_ok=True)
+    config, calendar_path = _fresh_demo_calendar(config, out_dir)
+    record, transport, _session = await run_call(config, pool, utterances, realtime=realtime)
     path = out_dir / "demo-agent.wav"
     transport.save(path)
-    return DemoResult(record, path)
+    return DemoResult(record, path, calendar_path)
+
+
+def _fresh_demo_calendar(config: PipelineConfig, out_dir: Path) -> tuple[PipelineConfig, Path | None]:
+    tool = config.tools.book_appointment
+    if tool is None or tool.calendar.ics is None:
+        return config, None
+    path = (out_dir / "demo-calendar.ics").resolve()
+    path.unlink(missing_ok=True)
+    tool = tool.model_copy(update={"calendar": tool.calendar.model_copy(update={"ics": str(path)})})
+    tools = config.tools.model_copy(update={"book_appointment": tool})
+    return config.model_copy(update={"tools": tools}), path
 
 
 # --------------------------------------------------------------------------- text

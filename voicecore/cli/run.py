@@ -55,6 +55,8 @@ def demo(pipeline: str, out_dir: Path, fast: bool, as_json: bool) -> None:
     click.echo("\nLatency per turn")
     click.echo(latency_table(turn_timelines(result.record)))
     click.echo(f"\nAgent audio: {result.audio_path}")
+    if result.calendar_path is not None and result.calendar_path.exists():
+        click.echo(f"Calendar: {result.calendar_path}")
 
 
 @click.command()

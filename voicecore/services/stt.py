@@ -123,6 +123,7 @@ class WhisperEngine:
                 return_no_speech_prob=True,
                 return_scores=True,
                 suppress_blank=True,
+                repetition_penalty=self.preset.repetition_penalty,
             )[0]
         self.jobs_run += 1
         # Whisper's rule (as in faster-whisper): silence only when the no-speech token is
