@@ -12,10 +12,12 @@ A text call (``voicecore chat``, a :class:`~voicecore.transports.file.TextTransp
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loguru import logger
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
@@ -30,7 +32,7 @@ from voicecore.records import TurnTimeline
 from voicecore.services.conversation import Conversation
 from voicecore.services.llm import LlamaLLMProcessor
 from voicecore.services.stt import WhisperSTTProcessor
-from voicecore.services.tts import PiperTTSProcessor
+from voicecore.services.tts import PiperTTSProcessor, speakable
 from voicecore.services.vad import PIPELINE_SAMPLE_RATE, VADTurnProcessor
 from voicecore.storage.store import default_data_dir
 from voicecore.transports.base import (
@@ -91,6 +93,18 @@ def recogniser_prompt(config: PipelineConfig, facts: FactBook | None) -> str | N
     if config.stt_hint:
         parts.append(config.stt_hint)
     return " ".join(p for p in parts if p) or None
+
+
+async def warm_up(pool: ModelPool, config: PipelineConfig) -> None:
+    """Load ``config``'s models and synthesise its greeting into the voice's cache, so the first
+    call is greeted as fast as the tenth (``serve`` does this for its default pipeline at start)."""
+    models = await asyncio.to_thread(pool.for_pipeline, config)
+    if config.greeting:
+        try:
+            await models.tts.synthesize(speakable(config.greeting), config.voice.length_scale,
+                                        config.voice.speaker_id, cache=True)  # fmt: skip
+        except Exception as e:  # a remote voice that is down: the first call pays the synthesis
+            logger.warning(f"pipeline {config.name!r}: the greeting was not synthesised at start ({type(e).__name__})")
 
 
 def build_call_pipeline(

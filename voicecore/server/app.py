@@ -26,6 +26,7 @@ from loguru import logger
 
 from voicecore.config import PROJECT_ROOT, PipelineConfig, load_pipeline
 from voicecore.model_pool import ModelPool
+from voicecore.pipeline import warm_up
 from voicecore.reports import pipeline_engines
 from voicecore.server import (
     answers,
@@ -145,7 +146,7 @@ def create_app(
             state.store, pipeline_engines(state.pool, state.pipelines, state.default_pipeline), worker_id=state.worker_id,
         ))  # fmt: skip
         if preload:
-            await asyncio.to_thread(state.pool.for_pipeline, state.pipelines[state.default_pipeline])
+            await warm_up(state.pool, state.pipelines[state.default_pipeline])  # models, the greeting's audio
         logger.info(f"voicecore serve ready: default pipeline {state.default_pipeline!r}, data in {state.data_dir}, "
                     f"database: {state.store.database}")
         try:

@@ -177,6 +177,10 @@ class PiperEngine:
                 return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text, syn_config=cfg))
         return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text, syn_config=cfg))
 
+    def cached(self, text: str, length_scale: float = 1.0, speaker_id: int | None = None) -> bool:
+        """This phrase's audio is in the cache (a greeting synthesised at start)."""
+        return (text, length_scale, speaker_id) in self._cache
+
     async def synthesize(
         self,
         text: str,

@@ -81,6 +81,10 @@ class RemoteTTSEngine:
             body["speaker_id"] = speaker_id
         return self.endpoint, body
 
+    def cached(self, text: str, length_scale: float = 1.0, speaker_id: int | None = None) -> bool:
+        """This phrase's audio is in the cache (a greeting synthesised at start)."""
+        return (text, length_scale, speaker_id) in self._cache
+
     async def synthesize(self, text: str, length_scale: float = 1.0, speaker_id: int | None = None, *,
                          cache: bool = False, urgent: bool = False) -> bytes:  # fmt: skip
         """int16 mono audio at ``sample_rate``; raises :class:`BackendError` when the server fails."""
