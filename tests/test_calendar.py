@@ -6,11 +6,7 @@ what failed. The caller's number never appears in an event unless it is passed i
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -18,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import icalendar
 import pytest
+from caldav_server import PASSWORD, free_port, radicale_server
 
 from voicecore.agent.calendar import (
     AppointmentBook,
@@ -47,50 +44,21 @@ FACTS = Facts.model_validate({
 })  # fmt: skip
 CLEANING, CHECKUP = FACTS.services
 KEY = b"test-key-for-caller-references"
-PASSWORD = "s3cret-pw"
 
 
 def at(day: date, hh: int, mm: int = 0) -> datetime:
     return datetime(day.year, day.month, day.day, hh, mm, tzinfo=ZONE)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Radicale server on 127.0.0.1 (htpasswd auth, storage in a temporary directory); its URL."""
-    root = tmp_path_factory.mktemp("radicale")
-    (root / "users").write_text(f"front-desk:{PASSWORD}\n")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "radicale", "--server-hosts", f"127.0.0.1:{port}",
-         "--storage-filesystem-folder", str(root / "collections"), "--auth-type", "htpasswd",
-         "--auth-htpasswd-filename", str(root / "users"), "--auth-htpasswd-encryption", "plain",
-         "--logging-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=open(root / "radicale.log", "w"))  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("radicale did not start: " + (root / "radicale.log").read_text()) from None
-                time.sleep(0.1)
-        url = f"http://127.0.0.1:{port}/"
+    with radicale_server(tmp_path_factory.mktemp("radicale"), calendar=None) as url:
         import caldav
 
         principal = caldav.DAVClient(url=url, username="front-desk", password=PASSWORD).principal()
         principal.make_calendar(name="Appointments", cal_id="appointments")
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 _counter = iter(range(1000))
@@ -260,7 +228,7 @@ def test_caldav_failures_name_what_failed(radicale: str) -> None:
     assert "wrong" not in str(e.value)
     with pytest.raises(CalendarNotFound, match="'Holidays'"):
         appointments(CalDAVCalendar(radicale, "front-desk", PASSWORD, "Holidays")).free_slots(MONDAY, CHECKUP)
-    down = f"http://127.0.0.1:{_free_port()}/"
+    down = f"http://127.0.0.1:{free_port()}/"
     with pytest.raises(CalendarUnavailable, match="server unreachable"):
         appointments(CalDAVCalendar(down, "front-desk", PASSWORD, "Appointments")).book(at(MONDAY, 9), CHECKUP, "Hal")
 

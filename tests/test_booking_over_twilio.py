@@ -1,0 +1,82 @@
+"""A spoken booking over a Twilio media stream, through the real default models, into a real CalDAV
+calendar (Radicale on 127.0.0.1), and into the call's record (issue 13, Tests).
+
+The caller (espeak-ng, 8 kHz μ-law as Twilio sends it) asks for a cleaning next Tuesday morning at
+ten, gives a name and says yes to the read-back. Afterwards the event is read from Radicale with
+the caldav client (not through the code under test): the right day, time and service.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from caldav_server import PASSWORD, USER, events, radicale_server
+from test_telephony_calls import QUESTION_VOICE, converse, stored_call, wait_greeting
+
+from voicecore.config import load_pipeline
+from voicecore.testing.callers import TwilioClient
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+RECEPTIONIST = Path(__file__).resolve().parent.parent / "pipelines" / "receptionist.yaml"
+CALENDAR = "Front desk"
+
+
+@pytest.mark.models
+async def test_a_spoken_twilio_booking_lands_in_radicale_and_the_record(pool, say, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from voicecore.server import create_app, running_server
+    from voicecore.storage import Store
+
+    monkeypatch.setenv("VC_TEST_CALDAV_PASSWORD", PASSWORD)
+    with radicale_server(tmp_path / "radicale", calendar=CALENDAR) as url:
+        base = load_pipeline(RECEPTIONIST)
+        data = base.model_dump(mode="json", exclude_none=True)
+        data["name"] = "desk-caldav"
+        data["tools"]["book_appointment"]["calendar"] = {"caldav": {
+            "url": url, "username": USER, "password_env": "VC_TEST_CALDAV_PASSWORD", "calendar": CALENDAR}}
+        config = type(base).model_validate(data)
+        assert config.tools.book_appointment.calendar.caldav is not None
+        store = Store(tmp_path / "data")
+        key = store.tenants.create("acme", actor="test")
+        app = create_app(data_dir=tmp_path / "data", pool=pool, store=store, pipeline=config.name,
+                         pipelines={config.name: config}, preload=False)  # fmt: skip
+        try:
+            async with running_server(app) as base_url:
+                ws = base_url.replace("http://", "ws://") + "/ws/twilio"
+                client = TwilioClient(ws, token=key, caller="+14155550100", label="caldav-booking")
+                try:
+                    assert await client.start()
+                    await wait_greeting(client)
+                    for line in ("I would like to book a cleaning appointment.",
+                                 "Next Tuesday morning at ten, please.",
+                                 "My name is John Smith.",
+                                 "Yes, please."):
+                        await converse(client, say(line, voice=QUESTION_VOICE, speed=130))
+                    await client.hangup()
+                finally:
+                    await client.close()
+
+                class _Server:  # what stored_call reads
+                    pass
+
+                server = _Server()
+                server.store = store  # type: ignore[attr-defined]
+                call = await stored_call(server, client, tenant="acme")
+        finally:
+            store.close()
+        heard = [(t.role, t.text) for t in call.turns if t.role in ("caller", "agent")]
+        booked = events(url, CALENDAR)
+        assert len(booked) == 1, heard
+    zone = ZoneInfo(config.facts.timezone)
+    start = booked[0].decoded("DTSTART").astimezone(zone)
+    today = datetime.now(zone).date()
+    assert start.strftime("%A %H:%M") == "Tuesday 10:00", heard
+    assert today < start.date() <= today + timedelta(days=14)
+    assert "cleaning" in str(booked[0].get("SUMMARY")).lower()
+    (appointment,) = call.flags["appointments"]
+    assert appointment["service"] == "cleaning"
+    assert datetime.fromisoformat(appointment["start"]).astimezone(zone) == start
