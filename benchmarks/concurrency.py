@@ -35,6 +35,7 @@ import json
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ DEFAULT_LEVELS = (1, 2, 4, 8, 12, 16)
 PAUSE_S = (1.0, 3.0)
 
 
-async def one_caller(i: int, ws_url: str, key: str, corpus: list[Utterance], window_s: float,
+async def one_caller(i: int, ws_url: str, key: str | None, corpus: list[Utterance], window_s: float,
                      rng: random.Random) -> dict[str, Any]:
     caller = TwilioClient(ws_url, token=key, label=f"caller-{i}", caller=f"+1415555{1000 + i:04d}")
     result: dict[str, Any] = {"caller": i, "turns": [], "greeting_ms": None, "closed_early": False}
@@ -117,12 +118,54 @@ async def _wait_idle(base_url: str, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.25)
 
 
-async def run_level(n: int, server: VoicecoreServer, sampler: ProcessSampler, corpus: list[Utterance],
-                    window_s: float, seed: int, target_ms: float) -> dict[str, Any]:
+@dataclass
+class Target:
+    """What the callers dial: a Twilio media-stream WebSocket, its key, and where its /healthz is."""
+
+    ws_url: str
+    key: str | None
+    base_url: str
+
+
+class Samplers:
+    """Several processes sampled together (the stock Pipecat bot and its llama.cpp server): CPU
+    summed over them, RSS summed, the machine's CPU as one sampler saw it."""
+
+    def __init__(self, pids: list[int]):
+        self.parts = [ProcessSampler(pid) for pid in pids]
+
+    def start(self) -> None:
+        for p in self.parts:
+            p.start()
+
+    async def stop(self) -> None:
+        for p in self.parts:
+            await p.stop()
+
+    def rss_mb(self) -> float:
+        return sum(p.rss_mb() for p in self.parts)
+
+    def window(self, t0: float, t1: float) -> dict[str, float | None]:
+        parts = [p.window(t0, t1) for p in self.parts]
+        out: dict[str, float | None] = {}
+        for key in parts[0]:
+            values = [w[key] for w in parts]
+            if any(v is None for v in values):
+                out[key] = None
+            elif key.startswith("system_"):
+                out[key] = values[0]
+            else:  # the sum of the maxima bounds the max of the sum
+                out[key] = round(sum(v for v in values if v is not None), 1)
+        return out
+
+
+async def run_level(n: int, server: Target | VoicecoreServer, sampler: ProcessSampler | Samplers,
+                    corpus: list[Utterance], window_s: float, seed: int, target_ms: float) -> dict[str, Any]:
+    key = server.api_key if isinstance(server, VoicecoreServer) else server.key
     await _wait_idle(server.base_url)
     t0 = time.monotonic()
     results = await asyncio.gather(*(
-        one_caller(i, server.ws_url, server.api_key, corpus, window_s, random.Random(seed * 1000 + i))
+        one_caller(i, server.ws_url, key, corpus, window_s, random.Random(seed * 1000 + i))
         for i in range(n)
     ))
     t1 = time.monotonic()
@@ -173,15 +216,23 @@ def _slope(xs: list[float], ys: list[float]) -> float | None:
 def run(*, smoke: bool = False, out: str | Path | None = None, levels: list[int] | None = None,
         window_s: float = 40.0, target_ms: float = 1500.0, pipeline: str = "receptionist",
         seed: int = 1, database_url: str | None = None, calls: int = 8, turns: int = 4,
-        storage_only: bool = False) -> tuple[dict[str, Any], Path]:
+        storage_only: bool = False, against: str | None = None, cpus: str | None = None) -> tuple[dict[str, Any], Path]:
+    """``against="pipecat"``: the same levels, seeds and corpus against the stock Pipecat bot
+    (``pipecat_baseline.py`` with its LLM on ``llama_cpp.server``, the same GGUF). ``cpus``: the
+    servers run pinned to these cores (``taskset -c``, e.g. ``0`` or ``0,1``)."""
     return asyncio.run(_run(smoke=smoke, out=out, levels=levels, window_s=window_s, target_ms=target_ms,
                             pipeline=pipeline, seed=seed, database_url=database_url, calls=calls, turns=turns,
-                            storage_only=storage_only))
+                            storage_only=storage_only, against=against, cpus=cpus))
+
+
+def _pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus, *cmd] if cpus else cmd
 
 
 async def _run(*, smoke: bool, out: str | Path | None, levels: list[int] | None, window_s: float, target_ms: float,
                pipeline: str, seed: int, database_url: str | None = None, calls: int = 8, turns: int = 4,
-               storage_only: bool = False) -> tuple[dict[str, Any], Path]:
+               storage_only: bool = False, against: str | None = None,
+               cpus: str | None = None) -> tuple[dict[str, Any], Path]:
     from benchmarks import store_timing
     from voicecore.storage import MASTER_KEY_ENV
     from voicecore.storage.database import database_url as resolve_url
@@ -195,7 +246,7 @@ async def _run(*, smoke: bool, out: str | Path | None, levels: list[int] | None,
     doc = envelope("concurrency", smoke=smoke, started=started, config={
         "pipeline": pipeline, "levels": ns, "window_s": window, "target_p95_ms": target_ms, "pause_s": list(PAUSE_S),
         "answer_timeout_s": ANSWER_TIMEOUT_S, "gap_threshold_ms": 60, "seed": seed,
-        "server": "voicecore serve (subprocess)",
+        "server": "voicecore serve (subprocess)", "against": against, "cpus": cpus or "all",
         "database": "SQLite (the data directory's file)" if not database_url else describe_target(resolve_url(database_url)),
     })
     doc["storage"] = None
@@ -215,7 +266,9 @@ async def _run(*, smoke: bool, out: str | Path | None, levels: list[int] | None,
     out_levels: list[dict[str, Any]] = []
     if not ns:
         return _finish_doc(doc, out_levels, ns, target_ms, None, folder, started)
-    with VoicecoreServer(folder, pipeline=pipeline, database_url=database_url) as server:
+    server = VoicecoreServer(folder, pipeline=pipeline, database_url=database_url)
+    server.process.cmd = _pinned(server.process.cmd, cpus)
+    with server:
         sampler = ProcessSampler(server.pid)
         await asyncio.sleep(1.0)
         rss_idle = sampler.rss_mb()
@@ -226,7 +279,67 @@ async def _run(*, smoke: bool, out: str | Path | None, levels: list[int] | None,
         finally:
             await sampler.stop()
         doc["config"]["server_start_s"] = server.process.started_in_s
+    if against == "pipecat":
+        doc["pipecat"] = await _pipecat_levels(folder, pipeline, ns, corpus, window, seed, target_ms, cpus)
     return _finish_doc(doc, out_levels, ns, target_ms, rss_idle, folder, started)
+
+
+async def _pipecat_levels(folder: Path, pipeline: str, ns: list[int], corpus: list[Utterance], window: float,
+                          seed: int, target_ms: float, cpus: str | None) -> dict[str, Any]:
+    """The same levels against the stock Pipecat bot and its llama.cpp server (both sampled)."""
+    from benchmarks.compare import (
+        LlamaCppServer,
+        PipecatBaseline,
+        _check_llama_server_extra,
+    )
+
+    _check_llama_server_extra()
+    llama = LlamaCppServer(folder, pipeline)
+    baseline = PipecatBaseline(folder, llama.base_url, pipeline)
+    levels: list[dict[str, Any]] = []
+    try:
+        for proc in (llama, baseline):
+            proc.cmd = _pinned(proc.cmd, cpus)
+            proc.launch()
+        for proc in (llama, baseline):
+            proc.wait_ready()
+        assert llama.proc is not None and baseline.proc is not None
+        sampler = Samplers([baseline.proc.pid, llama.proc.pid])
+        await asyncio.sleep(1.0)
+        rss_idle = sampler.rss_mb()
+        sampler.start()
+        target = Target(baseline.ws_url, None, f"http://127.0.0.1:{baseline.port}")
+        try:
+            for n in ns:
+                levels.append(await run_level(n, target, sampler, corpus, window, seed, target_ms))
+        finally:
+            await sampler.stop()
+    finally:
+        for proc in (baseline, llama):
+            proc.stop()
+    ok = [lv["n"] for lv in levels if lv["within_target"]]
+    return {"server": "stock Pipecat bot (benchmarks/pipecat_baseline.py) + llama_cpp.server, CPU and RSS summed",
+            "levels": levels,
+            "summary": {"max_n_within_target": max(ok) if ok else 0, "target_p95_ms": target_ms,
+                        "rss_idle_mb": round(rss_idle, 1)}}
+
+
+def side_by_side(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per level: voicecore's and Pipecat's voice-to-voice p50/p95 and their ratio."""
+    pc = {lv["n"]: lv for lv in (doc.get("pipecat") or {}).get("levels", [])}
+    rows = []
+    for lv in doc.get("levels", []):
+        other = pc.get(lv["n"])
+        if other is None:
+            continue
+        row: dict[str, Any] = {"n": lv["n"]}
+        for q in ("p50", "p95"):
+            a, b = lv["voice_to_voice_ms"].get(q), other["voice_to_voice_ms"].get(q)
+            row[f"voicecore_{q}_ms"], row[f"pipecat_{q}_ms"] = a, b
+            row[f"ratio_{q}"] = round(a / b, 3) if a is not None and b else None
+        row["voicecore_cpu_percent"], row["pipecat_cpu_percent"] = lv["cpu_percent_mean"], other["cpu_percent_mean"]
+        rows.append(row)
+    return rows
 
 
 def _finish_doc(doc: dict[str, Any], out_levels: list[dict[str, Any]], ns: list[int], target_ms: float,
@@ -247,6 +360,9 @@ def _finish_doc(doc: dict[str, Any], out_levels: list[dict[str, Any]], ns: list[
     }
     doc["levels"] = out_levels
     doc["plots"] = plot_levels(out_levels, target_ms, folder)
+    if doc.get("pipecat"):
+        doc["side_by_side"] = side_by_side(doc)
+        doc["plots"].append(plot_against(doc, target_ms, folder))
     if doc.get("storage"):
         from benchmarks import store_timing
 
@@ -294,6 +410,26 @@ def plot_levels(levels: list[dict[str, Any]], target_ms: float, out: Path) -> li
     return [save_figure(fig, out / "concurrency.png")]
 
 
+def plot_against(doc: dict[str, Any], target_ms: float, out: Path) -> str:
+    """p95 voice-to-voice (unanswered = 15 s) and CPU against N for both runtimes."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, levels, style in (("voicecore", doc["levels"], "o-"), ("stock Pipecat", doc["pipecat"]["levels"], "s--")):
+        ns = [lv["n"] for lv in levels]
+        axes[0].plot(ns, [lv["voice_to_voice_p95_with_unanswered_ms"] for lv in levels], style, label=f"{name} p95")
+        axes[0].plot(ns, [lv["voice_to_voice_ms"]["p50"] for lv in levels], style, alpha=0.4, label=f"{name} p50")
+        axes[1].plot(ns, [lv["cpu_percent_mean"] for lv in levels], style, label=name)
+    axes[0].axhline(target_ms, color="r", linestyle=":", linewidth=1, label=f"target {target_ms:.0f} ms")
+    axes[0].set_ylabel("voice-to-voice (ms)")
+    axes[1].set_ylabel("CPU, all the runtime's processes (% of one core)")
+    for a in axes:
+        a.set_xlabel("simultaneous calls")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.suptitle("voicecore and a stock Pipecat bot, same models, same callers")
+    return save_figure(fig, out / "concurrency-vs-pipecat.png")
+
+
 def report(doc: dict[str, Any]) -> str:
     header = ["N", "turns", "unans.", "v2v p50", "v2v p95", "p95+unans.", "CPU %", "RSS MB", "MB/extra call",
               "underruns", "arr. gaps", "client late"]
@@ -311,6 +447,15 @@ def report(doc: dict[str, Any]) -> str:
         f"largest N with voice-to-voice p95 <= {s['target_p95_ms']:.0f} ms: {s['max_n_within_target']}; "
         f"idle RSS {s['rss_idle_mb']} MB, {s['rss_per_extra_call_mb']} MB per extra call (slope)",
     ]
+    if doc.get("side_by_side"):
+        pc = doc["pipecat"]["summary"]
+        lines += ["", "the same callers against a stock Pipecat bot (ms; ratio = voicecore / Pipecat)",
+                  text_table(["N", "vc p50", "pc p50", "ratio", "vc p95", "pc p95", "ratio", "vc CPU %", "pc CPU %"],
+                             [[r["n"], r["voicecore_p50_ms"], r["pipecat_p50_ms"], r["ratio_p50"], r["voicecore_p95_ms"],
+                               r["pipecat_p95_ms"], r["ratio_p95"], r["voicecore_cpu_percent"], r["pipecat_cpu_percent"]]
+                              for r in doc["side_by_side"]]),
+                  f"largest N within the target: voicecore {s['max_n_within_target']}, "
+                  f"stock Pipecat {pc['max_n_within_target']}"]
     if doc.get("storage"):
         from benchmarks import store_timing
 

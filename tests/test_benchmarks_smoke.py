@@ -115,8 +115,17 @@ def test_bench_compare_smoke(tmp_path):
 
 
 def test_bench_concurrency_smoke(tmp_path):
-    doc = run_bench("concurrency", tmp_path)
+    doc = run_bench("concurrency", tmp_path, "--against", "pipecat", "--cpus", "0,1")
+    assert doc["config"]["against"] == "pipecat" and doc["config"]["cpus"] == "0,1"
     assert [lv["n"] for lv in doc["levels"]] == [1, 2]
+    # the same levels against the stock Pipecat bot, side by side
+    assert [lv["n"] for lv in doc["pipecat"]["levels"]] == [1, 2]
+    for lv in doc["pipecat"]["levels"]:
+        assert lv["answered"] >= 1, lv
+        assert isinstance(lv["cpu_percent_mean"], float)
+    assert [r["n"] for r in doc["side_by_side"]] == [1, 2]
+    assert all(isinstance(r["ratio_p50"], float) for r in doc["side_by_side"]), doc["side_by_side"]
+    assert "concurrency-vs-pipecat.png" in doc["plots"]
     for lv in doc["levels"]:
         assert lv["turns"] >= lv["n"] and lv["answered"] + lv["unanswered"] == lv["turns"]
         assert_stats(lv["voice_to_voice_ms"])

@@ -12,6 +12,8 @@ psutil, ``llama-cpp-python[server]``) and espeak-ng and sox.
 from __future__ import annotations
 
 import importlib
+import re
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -113,8 +115,13 @@ def compare(smoke: bool, out: Path | None, per_call: int) -> None:
 @click.option("--turns", default=4, show_default=True, type=click.IntRange(min=1),
               help="With --database-url: turns per timed call.")
 @click.option("--storage-only", is_flag=True, help="With --database-url: only the storage comparison (no models).")
+@click.option("--against", type=click.Choice(["pipecat"]), default=None,
+              help="Run the same levels against a stock Pipecat bot on the same models, side by side.")
+@click.option("--cpus", default=None, metavar="LIST",
+              help="Pin the servers to these cores (taskset -c LIST, e.g. 0 or 0,1).")
 def concurrency(smoke: bool, out: Path | None, levels: str, window_s: float, target_ms: float,
-                database_url: str | None, calls: int, turns: int, storage_only: bool) -> None:
+                database_url: str | None, calls: int, turns: int, storage_only: bool, against: str | None,
+                cpus: str | None) -> None:
     """N simultaneous Twilio callers: voice-to-voice p50/p95, CPU, RSS per call, late audio.
 
     With --database-url: on that PostgreSQL database, and what it adds per turn against SQLite."""
@@ -126,8 +133,12 @@ def concurrency(smoke: bool, out: Path | None, levels: str, window_s: float, tar
         raise click.BadParameter(f"not a comma-separated list of integers: {levels!r}", param_hint="--levels") from None
     if not ns or min(ns) < 1:
         raise click.BadParameter("levels must be positive integers", param_hint="--levels")
+    if cpus is not None and not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", cpus):
+        raise click.BadParameter(f"not a core list like 0 or 0,1 or 0-3: {cpus!r}", param_hint="--cpus")
+    if cpus is not None and shutil.which("taskset") is None:
+        raise click.BadParameter("taskset is not installed (util-linux)", param_hint="--cpus")
     _run("concurrency", smoke=smoke, out=out, levels=ns, window_s=window_s, target_ms=target_ms,
-         database_url=database_url, calls=calls, turns=turns, storage_only=storage_only)
+         database_url=database_url, calls=calls, turns=turns, storage_only=storage_only, against=against, cpus=cpus)
 
 
 @bench.command()
