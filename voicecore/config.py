@@ -216,6 +216,18 @@ class BookAppointmentTool(_Strict):
     caller_number: Literal["none", "reference", "number"] = "reference"
 
 
+class CancelAppointmentTool(_Strict):
+    """The caller cancels their own booking in ``book_appointment``'s calendar: found by their
+    number's reference (``caller_number: reference``) or the name it is under, read back, and
+    cancelled after a yes. No settings: ``cancel_appointment: {}``."""
+
+
+class RescheduleAppointmentTool(_Strict):
+    """The caller moves their own booking (found as for ``cancel_appointment``) to another day and
+    time, free in the calendar and within the opening hours, read back and moved after a yes.
+    No settings: ``reschedule_appointment: {}``."""
+
+
 class TakeMessageTool(_Strict):
     """The caller leaves a message (read back and confirmed); it goes into the call's transcript
     (an event turn of kind ``message``) and so into the post-call report."""
@@ -247,6 +259,9 @@ class EndCallTool(_Strict):
 
 class Tools(_Strict):
     book_appointment: BookAppointmentTool | None = None
+    # (they share book_appointment's calendar)
+    cancel_appointment: CancelAppointmentTool | None = None
+    reschedule_appointment: RescheduleAppointmentTool | None = None
     take_message: TakeMessageTool | None = None
     transfer: TransferTool | None = None
     end_call: EndCallTool | None = None
@@ -390,6 +405,9 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _tools_have_their_facts(self) -> PipelineConfig:
+        for name in ("cancel_appointment", "reschedule_appointment"):
+            if getattr(self.tools, name) is not None and self.tools.book_appointment is None:
+                raise ValueError(f"tools.{name}: needs tools.book_appointment (the calendar the bookings are in)")
         if self.tools.book_appointment is not None:
             if self.facts is None or self.facts.hours is None:
                 raise ValueError("tools.book_appointment: needs facts.hours (the opening hours slots are taken from)")

@@ -22,8 +22,9 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
 
+from voicecore.agent.appointment_changes import TOOL_NAMES, ChangeDialogue
 from voicecore.agent.booking import BookingDialogue
-from voicecore.agent.calendar import open_appointment_book
+from voicecore.agent.calendar import CallerOnFile, open_appointment_book
 from voicecore.agent.call_tools import CallTools, ToolAction
 from voicecore.agent.facts import FactBook
 from voicecore.config import PipelineConfig
@@ -69,17 +70,38 @@ class CallPipeline:
 
 
 def booking_dialogue_factory(config: PipelineConfig, data_dir: Path | None = None,
-                             ) -> Callable[[], BookingDialogue] | None:  # fmt: skip
+                             caller: CallerOnFile | None = None) -> Callable[[], BookingDialogue] | None:  # fmt: skip
     """Makes a call's booking dialogue when the pipeline declares ``tools.book_appointment`` (its
     ``.ics`` path under ``data_dir``, by default the data directory: ``VOICECORE_DATA_DIR`` or
-    ``./storage``). Each call gets its own dialogue; the calendar is opened when first needed."""
+    ``./storage``). Each call gets its own dialogue; the calendar is opened when first needed.
+    ``caller``: the booking carries their number's reference (and their number where allowed)."""
     tool = config.tools.book_appointment
     facts = config.facts
     if tool is None or facts is None:
         return None
+    caller = caller or CallerOnFile()
 
     def new_dialogue() -> BookingDialogue:
-        return BookingDialogue(open_appointment_book(tool, facts, data_dir or default_data_dir()))
+        return BookingDialogue(open_appointment_book(tool, facts, data_dir or default_data_dir()),
+                               caller_ref=caller.reference, phone=caller.phone)  # fmt: skip
+
+    return new_dialogue
+
+
+def change_dialogue_factory(config: PipelineConfig, data_dir: Path | None = None,
+                            caller: CallerOnFile | None = None) -> Callable[[], ChangeDialogue] | None:  # fmt: skip
+    """Makes a call's dialogue for ``tools.cancel_appointment``/``reschedule_appointment`` (in
+    ``book_appointment``'s calendar), finding the bookings of ``caller`` by their reference."""
+    tools = config.tools
+    kinds = frozenset(kind for kind, name in TOOL_NAMES.items() if getattr(tools, name) is not None)
+    tool, facts = tools.book_appointment, config.facts
+    if not kinds or tool is None or facts is None:
+        return None
+    reference = caller.reference if caller is not None else ""
+
+    def new_dialogue() -> ChangeDialogue:
+        return ChangeDialogue(open_appointment_book(tool, facts, data_dir or default_data_dir()),
+                              caller_ref=reference, kinds=kinds, take_message=tools.take_message is not None)  # fmt: skip
 
     return new_dialogue
 
@@ -120,11 +142,13 @@ def build_call_pipeline(
     on_reply_finished: ReplyFinished | None = None,
     audio_tap: Callable[[bytes], None] | None = None,
     on_tool_action: Callable[[ToolAction], None] | None = None,
+    caller: CallerOnFile | None = None,
     name: str = "call",
 ) -> CallPipeline:
     """The call's pipeline, on the pool's shared models (load them first, in a thread:
     :meth:`ModelPool.for_pipeline`, or :meth:`ModelPool.llm` for a text call). ``on_tool_action``
-    gets what the ``take_message``/``transfer``/``end_call`` tools do (the session acts on it)."""
+    gets what the ``take_message``/``transfer``/``end_call`` tools do (the session acts on it);
+    ``caller`` is who the calendar tools know the caller as (their bookings are found by it)."""
     facts = FactBook(config.facts) if config.facts is not None else None
     llm = LlamaLLMProcessor(
         pool.llm(config.models.llm),
@@ -134,7 +158,8 @@ def build_call_pipeline(
         on_caller_text=on_caller_text,
         on_prompt=on_prompt,
         facts=facts,
-        booking=booking_dialogue_factory(config),
+        booking=booking_dialogue_factory(config, caller=caller),
+        changes=change_dialogue_factory(config, caller=caller),
         tools=CallTools(config.tools),
         on_tool_action=on_tool_action,
     )

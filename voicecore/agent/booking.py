@@ -339,7 +339,7 @@ class BookingDialogue:
             self.state = "abandoned"
             return self._reply("No problem, I won't book anything. Is there anything else I can help with?")
         today = self.calendar.today()
-        heard = read_turn(text, self.services, today, self._asked)
+        heard = self._read(text, today)
         first_turn = self._asked is None
         try:
             if self.state == "confirming":
@@ -353,7 +353,25 @@ class BookingDialogue:
         except CalendarError as e:
             return self._failed(e)
 
-    # -- steps ---------------------------------------------------------------------------------
+    # -- steps (a dialogue that moves a booking overrides the calendar and read-back ones) -------
+
+    def _read(self, text: str, today: date) -> Heard:
+        return read_turn(text, self.services, today, self._asked)
+
+    def _free_slots(self, day: date) -> list[datetime]:
+        assert self.service is not None
+        return self.calendar.free_slots(day, self.service)
+
+    def _nearest(self, wanted: datetime) -> list[datetime]:
+        assert self.service is not None
+        return self.calendar.nearest_free(wanted, self.service, count=2)
+
+    def _read_back(self, start: datetime) -> BookingReply:
+        assert self.service is not None
+        self.state = "confirming"
+        self._asked = "confirm"
+        return self._reply(f"So that's a {self.service.name} {_spoken_slot(start, self.calendar.today())}, "
+                           f"for {self.name}. Shall I book it?")  # fmt: skip
 
     def _pick_offered(self, heard: Heard) -> datetime | None:
         """The offered slot the caller chose ("the first one", "8:30", "yes"), if any."""
@@ -423,7 +441,7 @@ class BookingDialogue:
             return self._offer(f"Sorry, we are closed on {why}.", wanted)
         if self.minutes is None:
             part = self.part_of_day
-            slots = self.calendar.free_slots(self.day, self.service)
+            slots = self._free_slots(self.day)
             if part:
                 lo, hi = PARTS_OF_DAY[part]
                 slots = [s for s in slots if lo <= s.hour * 60 + s.minute < hi] or slots
@@ -437,7 +455,7 @@ class BookingDialogue:
             when = _spoken_day(self.day, today)
             return self._reply(f"{when[0].upper()}{when[1:]} I have {times}. Which time would suit you?")
         wanted = datetime.combine(self.day, time(self.minutes // 60, self.minutes % 60), self.calendar.zone)
-        free = self.calendar.free_slots(self.day, self.service)
+        free = self._free_slots(self.day)
         if wanted not in free:
             opening = self.calendar.opening(self.day)
             inside = any(a <= wanted and wanted + self.calendar.duration(self.service) <= b for a, b in opening)
@@ -454,14 +472,11 @@ class BookingDialogue:
         self.offered = []
         if self.name is None:
             return self._ask_for("name")
-        self.state = "confirming"
-        self._asked = "confirm"
-        return self._reply(f"So that's a {self.service.name} {_spoken_slot(wanted, today)}, for {self.name}. "
-                           "Shall I book it?")  # fmt: skip
+        return self._read_back(wanted)
 
     def _offer(self, lead: str, wanted: datetime) -> BookingReply:
         assert self.service is not None
-        self.offered = self.calendar.nearest_free(wanted, self.service, count=2)
+        self.offered = self._nearest(wanted)
         self._asked = "time"
         if not self.offered:
             return self._reply(f"{lead} I have no free time soon. Would another day suit you?")
@@ -482,7 +497,8 @@ class BookingDialogue:
             self.minutes = None
             self._asked = "time"
             return self._reply("No problem. Which day and time would suit you better?")
-        return self._reply("Sorry, shall I book it? Please say yes or no.")
+        question = self._question("confirm")
+        return self._reply(f"Sorry, {question[0].lower()}{question[1:]} Please say yes or no.")
 
     def _book(self) -> BookingReply:
         assert self.service is not None and self.day is not None and self.minutes is not None and self.name

@@ -39,6 +39,7 @@ from loguru import logger
 
 from voicecore.agent.facts import FactBook
 from voicecore.config import BookAppointmentTool, Facts, Service
+from voicecore.policy.phone import try_normalize_phone
 
 PRODID = "-//voicecore//appointments//EN"
 # Properties of an event the agent booked (other events in the calendar are only busy time).
@@ -78,6 +79,33 @@ def caller_reference(number: str, key: bytes) -> str:
     same number gives the same reference, the reference does not give the number back."""
     digits = re.sub(r"\D", "", number)
     return hmac.new(key, digits.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+#: What the tenant's hash key is bound to before it keys caller references (so a reference is
+#: never the same as another keyed hash of the number).
+REFERENCE_KEY_LABEL = b"voicecore calendar caller reference"
+
+
+@dataclass(frozen=True)
+class CallerOnFile:
+    """The caller as the calendar tools know them: ``reference`` (see :func:`caller_reference`; ""
+    when the caller gave no phone number) finds their own bookings; ``phone`` is written into the
+    description of an event they book only where the pipeline and the tenant's policy allow it."""
+
+    reference: str = ""
+    phone: str | None = None
+
+
+def caller_on_file(number: str | None, tenant_key: bytes, *, region: str = "US",
+                   keep_number: bool = False) -> CallerOnFile:  # fmt: skip
+    """The caller of a call, from the number the provider gave, keyed under ``tenant_key`` (the
+    tenant's hash key). A caller id that is not a phone number (``anonymous``, a SIP client) gets
+    no reference: such callers cannot be told apart, so none of them finds another's booking."""
+    e164 = try_normalize_phone(number, region) if number else None
+    if e164 is None:
+        return CallerOnFile()
+    key = hmac.new(tenant_key, REFERENCE_KEY_LABEL, hashlib.sha256).digest()
+    return CallerOnFile(caller_reference(e164, key), e164 if keep_number else None)
 
 
 def _name_key(name: str) -> str:
@@ -429,13 +457,14 @@ class AppointmentBook:
                 t = (t.replace(tzinfo=None) + step).replace(tzinfo=self.zone)
         return slots
 
-    def free_slots(self, day: date, service: Service) -> list[datetime]:
-        """The start times on ``day`` where ``service`` fits between the opening hours and the events."""
+    def free_slots(self, day: date, service: Service, ignore_uid: str = "") -> list[datetime]:
+        """The start times on ``day`` where ``service`` fits between the opening hours and the events
+        (the event ``ignore_uid`` not counted: the booking being moved)."""
         opening = self.opening(day)
         if not opening:
             return []
         busy = self.busy(opening[0][0], opening[-1][1])
-        return self._free_on(day, self.duration(service), busy)
+        return self._free_on(day, self.duration(service), busy, ignore_uid)
 
     def nearest_free(self, wanted: datetime, service: Service, count: int = 2, ignore_uid: str = "") -> list[datetime]:
         """The free slots nearest ``wanted``: on its day closest first, then the first ones of the

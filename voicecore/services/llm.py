@@ -36,6 +36,11 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from voicecore.agent.appointment_changes import (
+    TOOL_NAMES,
+    ChangeDialogue,
+    change_intent,
+)
 from voicecore.agent.booking import FINISHED, BookingDialogue, wants_booking
 from voicecore.agent.call_tools import CallTools, ToolAction, ToolReply
 from voicecore.agent.facts import FactBook, FactGuard
@@ -71,6 +76,7 @@ class LlamaLLMProcessor(FrameProcessor):
         tools: CallTools | None = None,
         on_tool_action: Callable[[ToolAction], None] | None = None,
         name: str | None = None,
+        changes: Callable[[], ChangeDialogue] | None = None,
     ):
         """``on_caller_text`` sees every final caller transcript first; returning ``False``
         means the session handles that turn itself and the model does not answer it.
@@ -81,7 +87,10 @@ class LlamaLLMProcessor(FrameProcessor):
         until the appointment is booked, the caller gives up or the calendar fails.
         ``tools``: the ``take_message``/``transfer``/``end_call`` tools, asked first each turn; an
         action (a message taken, a transfer, a goodbye) goes to ``on_tool_action`` (the session
-        speaks a goodbye or an announcement itself and hangs up or hands the call over)."""
+        speaks a goodbye or an announcement itself and hangs up or hands the call over).
+        ``changes``: makes the call's :class:`ChangeDialogue` (``cancel_appointment``/
+        ``reschedule_appointment``, with ``booking``): once the caller asks to cancel or move their
+        booking, it answers the turns until the booking is cancelled, moved or kept."""
         super().__init__(name=name or "LlamaLLM")
         self._engine = engine
         self._conversation = conversation
@@ -105,6 +114,10 @@ class LlamaLLMProcessor(FrameProcessor):
         self._booking: BookingDialogue | None = None
         self.bookings: list[dict[str, str]] = []  # appointments booked in this call (Appointment.as_dict)
         self.tool_failures: list[dict[str, str]] = []  # {"tool", "error"}: a tool that failed, and why
+        self._new_change = changes
+        self._change: ChangeDialogue | None = None
+        self.cancellations: list[dict[str, str]] = []  # bookings cancelled in this call (Appointment.as_dict)
+        self.reschedules: list[dict[str, str]] = []  # bookings moved in this call, at their new time
         self.tools = tools if tools is not None and tools.declared else None
         self._on_tool_action = on_tool_action
         self.messages: list[dict[str, str]] = []  # {"name", "text"}: messages taken (never logged)
@@ -192,6 +205,9 @@ class LlamaLLMProcessor(FrameProcessor):
         """The booking dialogue's reply to this turn, or None when the turn is not about booking.
         A question the facts answer, asked mid-booking, is answered and the pending question
         asked again. The dialogue reads and writes the calendar: it runs in a thread."""
+        change = await self._change_turn(said, answer) if self._new_change is not None else None
+        if change is not None:
+            return change
         dialogue = self._booking
         if dialogue is None or dialogue.state in FINISHED:
             if not wants_booking(said):
@@ -214,6 +230,40 @@ class LlamaLLMProcessor(FrameProcessor):
         if reply.error:
             self.tool_failures.append({"tool": "book_appointment", "error": reply.error})
         return reply.text
+
+    async def _change_turn(self, said: str, answer: object) -> str | None:
+        """The cancel/reschedule dialogue's reply to this turn, or None when the turn is not about
+        changing a booking (a booking being taken goes on unless the caller names their own)."""
+        dialogue = self._change
+        if dialogue is None or dialogue.finished:
+            services = self._facts.facts.services if self._facts is not None else []
+            booking = self._booking is not None and self._booking.state not in FINISHED
+            kind = change_intent(said, services, own=booking)
+            if kind is None:
+                return None
+            assert self._new_change is not None
+            try:
+                dialogue = self._change = await asyncio.to_thread(self._new_change)
+            except Exception as e:  # the calendar cannot even be opened (a missing password, ...)
+                self.tool_failures.append({"tool": TOOL_NAMES[kind], "error": f"{type(e).__name__}: {e}"})
+                logger.warning(f"{self}: {TOOL_NAMES[kind]} unavailable: {type(e).__name__}: {e}")
+                if self.tools is None or self.tools.tools.take_message is None:
+                    return "I'm sorry, I can't change appointments right now. Please try again later."
+                self.tools.offered = "message"
+                return ("I'm sorry, I can't change appointments right now. I can take a message and we'll call you "
+                        "back. Would you like to leave one?")  # fmt: skip
+            self._booking = None  # the booking being taken, if any, is left for this
+        elif change_intent(said) is None and getattr(answer, "text", None) and self._facts is not None \
+                and getattr(answer, "topic", "") != "unknown" and self._facts.is_question(said):  # fmt: skip
+            return f"{answer.text} {dialogue.question()}"  # type: ignore[attr-defined]
+        reply = await asyncio.to_thread(dialogue.handle, said)
+        if reply.appointment is not None and reply.state in ("cancelled", "moved"):
+            (self.cancellations if reply.state == "cancelled" else self.reschedules).append(reply.appointment.as_dict())
+        if reply.error:
+            self.tool_failures.append({"tool": reply.tool, "error": reply.error})
+        if reply.offers_message and self.tools is not None and self.tools.tools.take_message is not None:
+            self.tools.offered = "message"  # "yes" takes a message
+        return reply.text or None  # "" : the turn asks for a new booking instead
 
     def _tool_turn(self, said: str) -> ToolReply | None:
         """The call tools' reply to this turn (None: not theirs). A reply without text is spoken by

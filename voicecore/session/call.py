@@ -19,6 +19,7 @@ from pipecat.frames.frames import (
 from pipecat.utils.time import time_now_iso8601
 from pipecat.workers.runner import WorkerRunner
 
+from voicecore.agent.calendar import CallerOnFile, caller_on_file
 from voicecore.agent.call_tools import ToolAction
 from voicecore.agent.facts import FactBook
 from voicecore.audio.resample import RateFollower
@@ -169,6 +170,7 @@ class CallSession:
             on_reply_finished=self._reply_finished,
             audio_tap=self._agent_audio_tap,
             on_tool_action=self._tool_action,
+            caller=await self._calendar_caller(),
             name=f"call-{self.call_id[:8]}",
         )
 
@@ -300,6 +302,10 @@ class CallSession:
             # What was booked, without the caller's name (flags are metadata, kept in clear).
             self.record.flags["appointments"] = [{k: b[k] for k in ("uid", "start", "end", "service") if k in b}
                                                  for b in llm.bookings]  # fmt: skip
+        for flag in ("cancellations", "reschedules"):  # bookings cancelled or moved (at the new time), no name
+            if llm is not None and getattr(llm, flag, None):
+                self.record.flags[flag] = [{k: b[k] for k in ("uid", "start", "end", "service") if k in b}
+                                           for b in getattr(llm, flag)]  # fmt: skip
         if llm is not None and getattr(llm, "tool_failures", None):
             self.record.flags["tool_failures"] = [{"tool": f["tool"], "error": f["error"][:200]} for f in llm.tool_failures]
         if llm is not None and getattr(llm, "messages", None):
@@ -322,6 +328,23 @@ class CallSession:
                 await result
 
     # -- call tools (take_message, end_call, transfer) -------------------------------------------
+
+    async def _calendar_caller(self) -> CallerOnFile | None:
+        """Who the calendar tools know the caller as: the reference of their number under the
+        tenant's key (``tools.book_appointment.caller_number``; their number itself too where the
+        policy keeps contact data). None without a store, a caller id or a calendar."""
+        tool = self.config.tools.book_appointment
+        if tool is None or tool.caller_number == "none" or self.store is None or not self.record.caller:
+            return None
+        store, tenant, number = self.store, self.record.tenant, self.record.caller
+        policy = self.policy or DEFAULT_POLICY
+        keep = tool.caller_number == "number" and policy.retention.contacts > 0
+        try:
+            keys = await asyncio.to_thread(lambda: store.tenants.data_keys(store.tenants.row(tenant)))
+        except Exception as e:  # the call goes on; the caller's booking is then found by name
+            logger.warning(f"call {self.call_id[:8]}: no caller reference for the calendar ({type(e).__name__})")
+            return None
+        return caller_on_file(number, keys.hash_key, region=policy.phone_region, keep_number=keep)
 
     def _tool_action(self, action: ToolAction) -> None:
         """What a call tool did: a message taken becomes an event turn of kind ``message`` (its text
