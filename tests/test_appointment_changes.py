@@ -148,6 +148,16 @@ def test_a_booking_found_by_the_name_it_is_under(calendar: AppointmentBook) -> N
         "What name is the appointment under?", "I have your check-up on Monday December 7 at 9 am. Shall I cancel it?"]
 
 
+def test_a_booking_made_from_a_number_is_not_found_by_its_name_from_another(calendar: AppointmentBook) -> None:
+    # Knowing someone's name must not tell a stranger when they come in (nor let them cancel it).
+    calendar.book(at(MONDAY, 9), CHECKUP, "Anna Smith", caller_ref=ANNA)
+    for d in (ChangeDialogue(calendar, caller_ref=BOB), ChangeDialogue(calendar)):
+        replies = talk(d, "i'd like to cancel my appointment", "it's under anna smith")
+        assert d.finished and "couldn't find an appointment under the name Anna Smith" in replies[-1], replies
+        assert not any("Monday" in r or "9 am" in r for r in replies), replies
+    assert in_calendar(calendar) == [(at(MONDAY, 9), "check-up", "Anna Smith")]
+
+
 def test_nothing_found_offers_a_new_booking_or_a_message(calendar: AppointmentBook) -> None:
     calendar.book(at(MONDAY, 9), CHECKUP, "Anna Smith", caller_ref=ANNA)
     d = ChangeDialogue(calendar, caller_ref=BOB)

@@ -349,12 +349,14 @@ class ChangeDialogue:
 
     def _lookup(self) -> list[Appointment]:
         """The caller's upcoming bookings: by their number's reference; with a name, those of them
-        under it, else every booking under that name."""
+        under it, else the bookings under that name that carry no number's reference (made in a
+        text chat or from a withheld number). A booking made from a number is never found by its
+        name alone: knowing a name must not tell a stranger when that person comes in."""
         by_number = self.calendar.find(caller_ref=self.caller_ref) if self.caller_ref else []
         if self.name is None:
             return by_number
         named = [a for a in by_number if _key(a.name) == _key(self.name)]
-        return named or self.calendar.find(name=self.name)
+        return named or [a for a in self.calendar.find(name=self.name) if not a.caller_ref]
 
     def _narrow(self, found: list[Appointment], heard: Heard, weekday: int | None) -> tuple[list[Appointment], str]:
         """The bookings that match what the caller said about theirs (a service, a day, a time): a
