@@ -38,6 +38,7 @@ from pipecat.turns.user_turn_strategies import ExternalUserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
 from voicecore.config import LLMParams
+from voicecore.services.chat_format import render_text
 from voicecore.services.llama_service import LlamaLLMService
 from voicecore.services.tool_calls import (
     ToolCallParser,
@@ -332,3 +333,24 @@ async def test_an_interruption_stops_the_generation(engine):
     assert interrupted.generated_tokens < 400
     assert stopped and context.messages[1] == {"role": "assistant", "content": stopped}
     assert after.strip() and llm.last_stats is not interrupted and not llm.last_stats.cancelled
+
+
+@models
+def test_a_conversation_longer_than_the_window_leaves_its_oldest_turns_out_in_steps(engine):
+    llm = service(engine)
+    system = {"role": "system", "content": "You are a receptionist."}
+    history: list[dict[str, Any]] = []
+    for i in range(40):
+        history += [{"role": "user", "content": f"Question {i}: " + "what about the opening hours " * 6},
+                    {"role": "assistant", "content": f"Answer {i}: " + "we open at nine every weekday " * 6}]
+    starts = []
+    for turn in range(6):
+        messages = [system] + history + [{"role": "user", "content": f"And now {turn}?"}]
+        text = render_text(llm._fit(messages, [], 24))
+        assert len(engine.tokens_for(llm._fit(messages, [], 24))) <= engine.n_ctx - 24
+        assert text.startswith("<|im_start|>system\nYou are a receptionist.<|im_end|>\n<|im_start|>user\nQuestion ")
+        assert text.endswith(f"And now {turn}?<|im_end|>\n<|im_start|>assistant\n")
+        starts.append(text.split("Question ", 1)[1].split(":", 1)[0])
+        history += [{"role": "user", "content": f"And now {turn}?"}, {"role": "assistant", "content": "Fine."}]
+    assert starts[0] != "0"  # the oldest turns are out
+    assert len(set(starts)) <= 2  # and the prompt's start moves now and then, not at every turn

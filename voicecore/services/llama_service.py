@@ -49,6 +49,7 @@ from voicecore.services.chat_format import (
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
     GeneratedTurns,
+    Piece,
     context_pieces,
     markup,
     render_text,
@@ -114,6 +115,8 @@ class LlamaLLMService(LLMService):
         self.stats: list[GenerationStats] = []
         self.generations_cancelled = 0
         self.last_plan: ToolPlan | None = None
+        self._left_out = 0  # the oldest messages of the context left out of the prompt (context window)
+        self._left_out_mark = ""
 
     @property
     def engine(self) -> LlamaEngine:
@@ -133,6 +136,7 @@ class LlamaLLMService(LLMService):
     def _forget(self) -> None:
         self._engine.forget(self.conversation_key)
         self._generated.clear()
+        self._left_out, self._left_out_mark = 0, ""
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -188,8 +192,8 @@ class LlamaLLMService(LLMService):
         messages, tools = await self._openai_messages(context, system if isinstance(system, str) else None)
         choice = context.tool_choice if is_given(context.tool_choice) else "auto"
         plan = self.last_plan = tool_plan(tools, choice, messages, max_rounds=self._max_tool_rounds)
-        pieces = context_pieces(self._engine.template, messages, tools, self._generated)
         params = self._current_params()
+        pieces = self._fit(messages, tools, params.max_tokens)
         grammar = None
         parser = ToolCallParser()
         call_head: list[int] = []
@@ -224,9 +228,10 @@ class LlamaLLMService(LLMService):
                 if text:
                     spoken.append(text)
                     await self._push_llm_text(text)
-                if parser.seen_call and plan.mode == "none":
-                    cancel.set()  # a call that will not be run: the rest of it is not needed
-            tail = parser.finish()
+                if parser.seen_call and plan.mode == "none" and not cancel.is_set():
+                    logger.debug(f"{self}: the model began a tool call where none may run; it is not spoken")
+                    cancel.set()  # the rest of it is not needed
+            tail = "" if cancel.is_set() else parser.finish()
             if tail:
                 spoken.append(tail)
                 await self._push_llm_text(tail)
@@ -252,6 +257,35 @@ class LlamaLLMService(LLMService):
                 logger.warning(f"{self}: the model called a tool where no call may run now; the call is dropped")
             return
         await self._run_calls(context, parser.calls, said, call_head + result.tokens, plan)
+
+    def _fit(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> list[Piece]:
+        """The prompt, with room left in the model's context window for the reply. A conversation that
+        outgrows the window loses its oldest messages from the prompt (never the system message; a
+        quarter of them at a time, cut before a user message), and they stay out, so the prompt's
+        prefix, and with it the KV cache, changes only now and then. The context is not changed."""
+        template, head = self._engine.template, int(bool(messages) and messages[0].get("role") == "system")
+        budget = self._engine.n_ctx - min(max_tokens, self._engine.n_ctx // 2) - 1
+
+        def mark(message: Mapping[str, Any]) -> str:
+            return json.dumps(message, sort_keys=True, default=str)
+
+        start = self._left_out
+        if start and (head + start >= len(messages) or mark(messages[head + start]) != self._left_out_mark):
+            start = 0  # the context was replaced (a summary, an update): start over
+        pieces = context_pieces(template, messages[:head] + messages[head + start:], tools, self._generated)
+        while len(self._engine.tokens_for(pieces)) > budget:
+            rest = messages[head + start:]
+            n = max(1, len(rest) // 4)
+            while n < len(rest) and rest[n].get("role") != "user":
+                n += 1
+            if n >= len(rest):
+                break  # the last turn alone is too long: the engine refuses it
+            start += n
+            pieces = context_pieces(template, messages[:head] + messages[head + start:], tools, self._generated)
+        if start != self._left_out:
+            logger.debug(f"{self}: the {start} oldest messages are left out of the prompt (context window)")
+        self._left_out, self._left_out_mark = start, (mark(messages[head + start]) if start else "")
+        return pieces
 
     def _record(self, stats: GenerationStats) -> None:
         self.last_stats = stats
