@@ -344,7 +344,7 @@ class LLMPreset(_Remote):
     n_ctx: Annotated[int, Field(ge=256, le=32768)] = 2048
     n_threads: Annotated[int, Field(ge=1, le=64)] = 2
     n_batch: Annotated[int, Field(ge=8, le=4096)] = 256
-    chat_format: Literal["chatml"] = "chatml"
+    chat_format: Literal["chatml", "llama3"] = "chatml"  # the prompt template (voicecore.services.chat_format)
 
 
 class TTSPreset(_Remote):

@@ -1,11 +1,13 @@
 """The model behind the LLM service: llama-cpp-python in process, one GGUF per process, every
 call's generations on one inference thread, each conversation's prefix kept in the KV cache.
 
-A conversation's prompt is built as token lists (ChatML), and the tokens the model generated for
-an agent reply are kept as they were, so the next turn's prompt starts with exactly the tokens
+A conversation's prompt is built as token lists (the preset's ``chat_format``: ChatML or Llama 3,
+see :mod:`voicecore.services.chat_format`), and the tokens the model generated for an agent reply are
+kept as they were, so the next turn's prompt starts with exactly the tokens
 already in the KV cache and only the new ones are evaluated. When calls take turns on the shared
 model, the KV state of the call that used it last is saved and the next call's state is restored.
-The Pipecat shell over it is :class:`voicecore.services.llm.LlamaLLMProcessor`.
+The Pipecat shells over it are :class:`voicecore.services.llm.LlamaLLMProcessor` (voicecore's calls) and
+:class:`voicecore.services.llama_service.LlamaLLMService` (a Pipecat ``LLMService`` over ``LLMContext``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from typing import Any
 from loguru import logger
 
 from voicecore.config import LLMParams, LLMPreset
+from voicecore.services.chat_format import CHATML, Piece, template_for
 from voicecore.services.conversation import ChatMessage
 from voicecore.services.cpu import CpuPriority
 
 CLAUSE_ENDS = (".", ",", "!", "?", ";", ":")
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
-
 
 
 @dataclass
@@ -92,8 +94,9 @@ class LlamaEngine:
         self._owner: str | None = None  # conversation whose tokens are in the KV cache
         self._saved: OrderedDict[str, object] = OrderedDict()
         self._token_cache: dict[tuple[str, str], list[int]] = {}
+        self.template = template_for(preset.chat_format)
         self._eos = {self._llm.token_eos()}
-        for special in (IM_END, IM_START):
+        for special in self.template.stops:  # the end of a turn, and the start of another
             toks = self._llm.tokenize(special.encode(), add_bos=False, special=True)
             if len(toks) == 1:
                 self._eos.add(toks[0])
@@ -104,19 +107,29 @@ class LlamaEngine:
     def tokenize(self, text: str) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
-    def _message_tokens(self, role: str, content: str) -> list[int]:
-        key = (role, content)
+    def detokenize(self, tokens: list[int]) -> str:
+        return self._llm.detokenize(tokens).decode("utf-8", errors="replace")
+
+    def piece_tokens(self, piece: Piece) -> list[int]:
+        """One prompt piece's tokens: chat markup with its special tokens; message text as plain text
+        (the caller's or agent's special-token look-alikes stay text); generated tokens as they are."""
+        if piece.kind == "tokens":
+            return list(piece.tokens)
+        key = (piece.kind, piece.text)
         toks = self._token_cache.get(key)
         if toks is None:
-            # The content is caller or agent text: its special-token look-alikes stay text.
-            head = self.tokenize(f"{IM_START}{role}\n")
-            body = self._llm.tokenize(content.encode("utf-8"), add_bos=False, special=False)
-            tail = self.tokenize(f"{IM_END}\n")
-            toks = head + body + tail
+            special = piece.kind == "markup"
+            toks = self._llm.tokenize(piece.text.encode("utf-8"), add_bos=False, special=special)
             if len(self._token_cache) > 4096:
                 self._token_cache.clear()
             self._token_cache[key] = toks
-        return toks
+        return list(toks)
+
+    def tokens_for(self, pieces: list[Piece]) -> list[int]:
+        out: list[int] = []
+        for piece in pieces:
+            out += self.piece_tokens(piece)
+        return out
 
     def prompt_tokens(
         self,
@@ -125,25 +138,21 @@ class LlamaEngine:
         *,
         generation_header: bool = True,
     ) -> list[int]:
-        """ChatML tokens for ``messages`` followed by the assistant header.
+        """The tokens of ``messages`` in the model's chat format, followed by the assistant header.
 
         ``generated`` maps an assistant text to the exact tokens the model produced
         for it, so the prompt matches the KV cache token for token.
         """
-        out: list[int] = []
-        for m in messages:
-            if m.role == "assistant" and generated and m.content in generated:
-                out += self.tokenize(f"{IM_START}assistant\n") + generated[m.content] + self.tokenize(f"{IM_END}\n")
-            else:
-                out += self._message_tokens(m.role, m.content)
-        if generation_header:
-            out += self.tokenize(f"{IM_START}assistant\n")
-        return out
+        return self.tokens_for(self.template.pieces(messages, generated, generation_header=generation_header))
 
     @staticmethod
     def render(messages: list[ChatMessage]) -> str:
-        """The prompt as text (what the model is shown), for logs at DEBUG and tests."""
-        return "".join(f"{IM_START}{m.role}\n{m.content}{IM_END}\n" for m in messages) + f"{IM_START}assistant\n"
+        """The prompt as ChatML text (what the model is shown), for logs at DEBUG and tests;
+        :meth:`prompt_text` renders it in this model's own chat format."""
+        return CHATML.render(messages)
+
+    def prompt_text(self, messages: list[ChatMessage]) -> str:
+        return self.template.render(messages)
 
     # -- generation --------------------------------------------------------------------
 
@@ -249,6 +258,7 @@ class LlamaEngine:
         *,
         said: list[int] | None = None,
         yield_after: int | None = None,
+        grammar: object | None = None,
     ) -> Generation:
         """Generate a reply; blocking (runs on the engine's thread).
 
@@ -256,7 +266,9 @@ class LlamaEngine:
         them), for detokenising. ``yield_after``: once this many tokens are out, stop at the
         next clause end when another call's turn is waiting (``stats.yielded``); the caller
         continues later with ``prompt + tokens``. A waiting caller then hears its first
-        clause after one clause of the other reply, not after all of it."""
+        clause after one clause of the other reply, not after all of it. ``grammar``: a
+        ``llama_cpp.LlamaGrammar`` the reply must follow (e.g. a forced tool call); it then also
+        ends at any end-of-generation token of the vocabulary."""
         stats, t0, max_tokens = self._start_generation(owner, prompt, params.max_tokens, params.seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         before = list(said or [])
@@ -268,12 +280,19 @@ class LlamaEngine:
             top_p=params.top_p,
             repeat_penalty=params.repeat_penalty,
             reset=True,
+            grammar=grammar,
         )
+        is_eog = None
+        if grammar is not None:
+            import llama_cpp
+
+            vocab = self._llm._model.vocab
+            is_eog = lambda t: llama_cpp.llama_vocab_is_eog(vocab, t)  # noqa: E731
         try:
             for tok in gen:
                 if stats.first_token_s is None:
                     stats.first_token_s = time.monotonic() - t0
-                if tok in self._eos:
+                if tok in self._eos or (is_eog is not None and is_eog(tok)):
                     break
                 tokens.append(tok)
                 piece = decoder.decode(self._llm.detokenize([tok], prev_tokens=(before + tokens[:-1]) or None))
@@ -313,6 +332,7 @@ class LlamaEngine:
         *,
         said: list[int] | None = None,
         yield_after: int | None = None,
+        grammar: object | None = None,
     ) -> Generation:
         """A live turn: background work (post-call reports) waits while any is queued or running."""
         loop = asyncio.get_running_loop()
@@ -327,7 +347,8 @@ class LlamaEngine:
             with self._count_lock:
                 self._waiting_turns -= 1
                 started = True
-            return self.generate_sync(owner, prompt, params, cancel, on_text, said=said, yield_after=yield_after)
+            return self.generate_sync(owner, prompt, params, cancel, on_text, said=said, yield_after=yield_after,
+                                      grammar=grammar)
 
         try:
             return await loop.run_in_executor(self._executor, run)
