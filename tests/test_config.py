@@ -88,6 +88,20 @@ def test_unknown_model_reference_is_named(tmp_path):
         resolve_llm("no-such-model", presets)
 
 
+def test_a_preset_gguf_path_is_found_under_the_checkout_or_named_when_missing(tmp_path, monkeypatch):
+    from voicecore.config import PROJECT_ROOT, LLMPreset
+
+    monkeypatch.chdir(tmp_path)  # not the checkout: "models/..." is the checkout's models/ folder
+    missing = LLMPreset(path="models/qwen2.5-0.5b-instruct-q4_k_m.gguf", chat_format="chatml")
+    with pytest.raises(ConfigError, match=r"models.llm: model file 'models/qwen2.5-0.5b-instruct-q4_k_m.gguf' not found"):
+        resolve_llm(missing)
+    here = tmp_path / "mine.gguf"
+    here.write_bytes(b"GGUF")
+    assert resolve_llm(LLMPreset(path="mine.gguf"))[1] == "mine.gguf"  # relative to the working directory
+    assert resolve_llm(LLMPreset(path=str(here)))[1] == str(here)
+    assert resolve_llm(LLMPreset(path="models/presets.yaml"))[1] == str(PROJECT_ROOT / "models" / "presets.yaml")
+
+
 def test_default_models_resolve_to_package_files():
     presets = load_presets()
     _, stt_dir = resolve_stt("default", presets)

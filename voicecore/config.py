@@ -521,13 +521,26 @@ def resolve_stt(ref: str | STTPreset, presets: ModelPresets | None = None) -> tu
     raise ConfigError(f"models.stt: preset {ref!r} names neither a path nor a package (remote endpoints run elsewhere)")
 
 
+def _model_file(path: str, what: str) -> Path:
+    """A model file named by a preset: as given (absolute, or relative to the working directory),
+    else relative to the checkout (``models/...`` in ``models/presets.yaml``)."""
+    p = Path(path).expanduser()
+    if p.exists() or p.is_absolute():
+        found = p
+    else:
+        found = PROJECT_ROOT / p
+    if not found.exists():
+        raise ConfigError(f"{what}: model file {path!r} not found (put it there, e.g. into {PROJECT_ROOT / 'models'})")
+    return found
+
+
 def resolve_llm(ref: str | LLMPreset, presets: ModelPresets | None = None) -> tuple[LLMPreset, str]:
     """The preset and the GGUF file (or, for a remote model, the endpoint) for an LLM reference."""
     preset = _ref_preset("llm", ref, presets or load_presets())
     if preset.endpoint:
         return preset, preset.endpoint
     if preset.path:
-        return preset, preset.path
+        return preset, str(_model_file(preset.path, "models.llm"))
     if preset.package:
         folder = _package_dir(preset.package)
         if preset.file:

@@ -321,7 +321,8 @@ class LlamaLLMProcessor(FrameProcessor):
             return
         messages = self._conversation.prompt_messages()
         if self._on_prompt is not None:
-            self._on_prompt(LlamaEngine.render(messages))
+            render = getattr(self._engine, "prompt_text", None)  # the model's own chat format (a remote one: ChatML)
+            self._on_prompt(render(messages) if render is not None else LlamaEngine.render(messages))
         prompt = self._engine.prompt_tokens(messages, self._conversation.generated)
         guard = FactGuard(self._facts) if self._facts is not None else None
         spoken: list[str] = []
