@@ -195,6 +195,9 @@ def test_booking_and_small_talk_go_to_the_dialogue(turn: str) -> None:
     ("Call us at 555 123 4567.", "555 123 4567"),
     ("We are at 45 Oak Avenue.", "45 oak avenue"),
     ("We open at 7 am.", "7 am"),
+    ("You can find us on our website here: https://www.millbrookm", "https://www.millbrookm"),  # bench dialogue
+    ("Email us at info@brightsmile.example", "info@brightsmile.example"),
+    ("Find me on my website at Millbrook Motors.com/services and search", "Motors.com/services"),
 ])  # fmt: skip
 def test_an_invented_fact_is_found(sentence: str, why: str) -> None:
     problems = book().check(sentence)

@@ -453,6 +453,10 @@ class FactBook:
             digits = re.sub(r"\D", "", m.group(0))
             if len(digits) >= 7 and not (phone_digits and (digits in phone_digits or phone_digits.endswith(digits))):
                 problems.append(f"phone number {m.group(0).strip()!r} is not the business's")
+        # web and email addresses: the facts state none
+        for m in re.finditer(r"\bhttps?://\S+|\bwww\.\S+|\b[\w.+-]+@[\w-]+\.[\w.]+"
+                             r"|\b[\w-]+\.(?:com|net|org|co\.uk|uk|io|us|info|biz)\b(?:/\S*)?", sentence, re.IGNORECASE):
+            problems.append(f"web or email address {m.group(0)!r} is not in the facts")
         # street addresses
         street = r"(street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|way|place|pl|square|sq)"
         address_words = " ".join(_words(f.address))
