@@ -1,4 +1,4 @@
-"""The four benchmarks in their ``--smoke`` form, through the ``voicecore bench`` command.
+"""The benchmarks in their ``--smoke`` form, through the ``voicecore bench`` command.
 
 Each one runs for seconds on the real embedded models (the compare benchmark also starts
 llama-cpp-python's server and the stock Pipecat bot) and must write the JSON its README
@@ -176,3 +176,50 @@ def test_bench_overhead_smoke(tmp_path):
     for r in doc["turns"]:
         assert {"call", "utterance", "answered", "split", "runtime_ms", "pause_detection_ms",
                 "voice_to_voice_ms", "after_stt_final_ms"} <= set(r)
+
+
+SUMMARY_KEYS = {"conversations", "conversations_passed", "lines", "replies", "fact_accuracy", "fact_errors",
+                "line_accuracy", "bookings", "turns_per_booking", "messages", "transfers", "end_calls", "answered_by",
+                "added_latency_ms", "added_latency_ms_by_source", "turn_latency_ms", "turn_latency_ms_by_source"}
+
+
+def test_bench_dialogue_smoke(tmp_path):
+    """Scripted text calls on the real model, scored against the facts and the calendar file; a
+    reply of the run with one fact changed is scored as an error."""
+    import sys
+
+    from voicecore.config import PROJECT_ROOT
+
+    doc = run_bench("dialogue", tmp_path)
+    assert set(doc["pipelines"]) == {"receptionist", "garage"}
+    assert set(doc["summary"]) == SUMMARY_KEYS
+    for name, p in doc["pipelines"].items():
+        s = p["summary"]
+        assert set(s) == SUMMARY_KEYS and s["lines"] == sum(len(c["turns"]) for c in p["conversations"]) > 0
+        for k in ("added_latency_ms", "turn_latency_ms", "turns_per_booking"):
+            assert_stats(s[k])
+        assert set(s["answered_by"]) == set(s["added_latency_ms_by_source"]) == {"facts", "booking", "tools", "model"}
+        assert set(s["bookings"]) == {"expected", "booked", "unwanted", "success"}
+        assert s["bookings"]["expected"] >= 1  # --smoke books, takes a message (and the receptionist transfers)
+        assert s["messages"]["expected"] >= 1
+        for c in p["conversations"]:
+            assert {"id", "tags", "now", "turns", "events", "messages", "transfer", "hung_up", "booked_at_turn",
+                    "problems", "passed"} <= set(c)
+            for t in c["turns"]:
+                assert {"line", "say", "reply", "source", "agent_ms", "turn_ms", "fact_errors", "problems"} <= set(t)
+        for f in p["failures"]:
+            assert set(f) == {"conversation", "line", "say", "reply", "source", "what"} and f["what"]
+    assert doc["pipelines"]["receptionist"]["summary"]["transfers"]["expected"] >= 1
+    # the scorer on a reply of this run: right as said, an error once its price is changed
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))
+    from benchmarks.dialogue_scoring import fact_errors
+    from voicecore.agent.facts import FactBook
+    from voicecore.config import load_pipeline
+
+    said = [t["reply"] for c in doc["pipelines"]["receptionist"]["conversations"] for t in c["turns"]
+            if t["reply"] and "95 dollars" in t["reply"]]  # fmt: skip
+    assert said, "the smoke run asks the price of a cleaning"
+    book = FactBook(load_pipeline(PROJECT_ROOT / "pipelines" / "receptionist.yaml").facts)  # type: ignore[arg-type]
+    assert fact_errors(book, said[0]) == []
+    assert any("85 dollars" in e for e in fact_errors(book, said[0].replace("95 dollars", "85 dollars")))

@@ -18,6 +18,7 @@ from voicecore.agent.booking import (
     find_name,
     find_service,
     find_time,
+    wants_booking,
 )
 from voicecore.agent.calendar import (
     AppointmentBook,
@@ -87,6 +88,40 @@ def test_services_names_and_nothing_invented() -> None:
     assert find_name("tomorrow at 3", asked=True) is None
 
 
+@pytest.mark.parametrize("line", [
+    "I need my brakes done on Monday morning", "can you fit me in for an oil change tomorrow afternoon?",
+    "can I bring my car in on Sunday for new tyres?", "could I get the car in for a service on Tuesday?",
+    "can you squeeze me in tomorrow for a filling?", "do you have anything on Friday morning for a cleaning?",
+    "is 5 pm on Saturday possible for a cleaning?", "Hi, it's Chris, I'd like an oil change on Friday at 3 pm",
+    "I would like to book a cleaning appointment.",
+])  # fmt: skip
+def test_asking_for_work_on_a_day_is_a_booking(line: str) -> None:
+    assert wants_booking(line)
+
+
+@pytest.mark.parametrize("line", [
+    "are you open on Saturday?", "I would like to know your hours on Saturday", "do you have parking?",
+    "is Dr. Patel working today?", "I want to talk to the dentist", "I'd like to cancel my appointment",
+    "I'd like to leave a message for Dr Smith on Friday",
+])  # fmt: skip
+def test_other_lines_are_no_booking(line: str) -> None:
+    assert not wants_booking(line)
+
+
+def test_parsing_gaps_the_dialogue_benchmark_found() -> None:
+    assert find_day("Thursday the 10th at 2", FRIDAY) == date(2026, 12, 10)  # the date wins over the weekday
+    assert find_day("the first one", FRIDAY) is None  # a choice among offered slots, not the 1st of a month
+    assert find_name("Hi, this is Ben Kenobi. Can you tell her I'm late?", asked=False) == "Ben Kenobi"
+    assert find_name("uh, Monica Geller", asked=True) == "Monica Geller"
+    assert find_name("er, it's Bob Stone", asked=True) == "Bob Stone"
+
+
+def test_a_holiday_or_special_day_by_its_name(calendar: AppointmentBook) -> None:
+    d = BookingDialogue(calendar)
+    r = d.handle("a check-up on Christmas Day at 10")
+    assert r.text.startswith("Sorry, we are closed on Christmas Day.") and "Saturday December 26" in r.text
+
+
 def test_a_full_booking_in_several_turns(calendar: AppointmentBook) -> None:
     ref = caller_reference("+1 415 555 0199", b"k")
     d = BookingDialogue(calendar, caller_ref=ref)
@@ -136,7 +171,7 @@ def test_a_closed_day_is_refused_with_alternatives(calendar: AppointmentBook, li
 def test_a_time_outside_the_hours_gets_the_nearest_open_times(calendar: AppointmentBook) -> None:
     d = BookingDialogue(calendar, name="Dan")
     r = d.handle("a cleaning on saturday at 2 pm")
-    assert r.text.startswith("Sorry, on Saturday we are open from 9 am to 1 pm.")
+    assert r.text.startswith("Sorry, tomorrow, Saturday December 5, we are open from 9 am to 1 pm.")  # that day's hours
     assert "The nearest free times are tomorrow, Saturday December 5, at 11:30 am or noon." in r.text
     assert booked(calendar, date(2026, 12, 5)) == []
 

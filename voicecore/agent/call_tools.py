@@ -39,7 +39,7 @@ MESSAGE_INTENT = re.compile(
 PERSON_INTENT = re.compile(
     r"\b(speak|talk|chat) (to|with) (a |an |the )?(real |actual |live )?"
     r"(someone|somebody|person|human|agent|operator|receptionist|manager|owner|staff|member of staff|"
-    r"front desk|people|anyone|anybody)\b"
+    r"front desk|people|anyone|anybody|dentist|doctor|hygienist|nurse|mechanic|mechanics|technician|workshop)\b"
     r"|\b(real|actual|live) (person|human|people)\b"
     r"|\btransfer (me|my call|the call|this call)\b|\bput me through\b|\bconnect me\b"
     r"|\b(human|operator|agent|receptionist|representative) please\b|\bget me (a|an|someone)\b"
@@ -144,7 +144,9 @@ class MessageDialogue:
         """The caller asked to leave a message; ``text`` may already hold it ("tell her that …")."""
         self.name = self.name or find_name(text, asked=False)
         body = message_body(text)
-        if body and not wants_message(body) and len(body.split()) >= 3:
+        said = set(_low(body).split()) - {"a", "an", "the", "message", "please", "yes", "yeah", "ok", "okay", "sure",
+                                          "leave", "take", "for", "him", "her", "them", "team", "i", "can", "id", "like"}
+        if body and not wants_message(body) and len(body.split()) >= 3 and said:  # not "yes, a message please"
             self.body = body
             return self._after_body()
         return ToolReply(f"Of course. What would you like me to tell {self.for_whom}?")

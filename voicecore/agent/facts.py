@@ -19,13 +19,13 @@ Pure functions of (facts, text, date): no I/O, no event loop. Public holidays co
 from __future__ import annotations
 
 import re
-import time as time_module
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from voicecore.agent.clock import agent_now
 from voicecore.config import WEEKDAYS, Facts, Service, parse_hours
 
 DONT_KNOW = "I'm sorry, I don't have that information. I can help you book an appointment, though."
@@ -37,20 +37,26 @@ QUESTION_WORDS = {"what", "when", "where", "why", "how", "who", "which", "do", "
                   "could", "will", "would", "should", "may", "whats", "whens", "wheres", "hows"}  # fmt: skip
 # Turns about booking go to the dialogue (the model, later the booking tool), not to the fact answers.
 BOOKING_WORDS = {"book", "booking", "appointment", "appointments", "schedule", "reschedule", "cancel", "available",
-                 "availability", "slot", "slots", "visit", "come"}  # fmt: skip
+                 "availability", "slot", "slots", "visit", "come", "anything", "something", "possible", "openings",
+                 "fit", "squeeze"}  # fmt: skip
 SMALL_TALK = (r"\bcan you hear me\b", r"\bare you (still )?there\b", r"^(hello|hi|hey)\b", r"\bhow are you\b",
               r"\bis (that|this) (right|correct|ok|okay)\b", r"^(really|okay|ok|right|sorry)\b",
               r"\b(can|could|would|will) you help\b", r"\bhelp me\b", r"\bi (have|ve got|got) a question\b",
               r"\b(speak|talk) (to|with) (someone|somebody|a person|a human|the dentist|the doctor)\b",
               r"\b(can|could) you (repeat|say that again)\b", r"\bwhat did you say\b")  # fmt: skip
-HOURS_WORDS = {"open", "opening", "opens", "close", "closing", "closes", "closed", "hours"}
+HOURS_WORDS = {"open", "opening", "opens", "close", "closing", "closes", "closed", "hours", "shut"}
 ADDRESS_PATTERNS = (r"\bwhere\b", r"\baddress\b", r"\blocated\b", r"\blocation\b", r"\bdirections\b",
                     r"\bhow (do|can) i get (there|to you)\b", r"\bfind you\b")  # fmt: skip
 PHONE_PATTERNS = (r"\bphone number\b", r"\byour number\b", r"\btelephone\b", r"\bnumber to call\b",
                   r"\bcall you (back )?(on|at)\b")  # fmt: skip
-PRICE_PATTERNS = (r"\bhow much\b", r"\bprices?\b", r"\bcosts?\b", r"\bcharge\b", r"\bfees?\b", r"\brates?\b")
+PRICE_PATTERNS = (r"\bhow much\b", r"\bprices?\b", r"\bcosts?\b", r"\bcharge\b", r"\bfees?\b", r"\brates?\b",
+                  r"\bexpensive\b", r"\bcheap\b", r"\bpricey\b", r"\bafford(able)?\b")
 SERVICE_PATTERNS = (r"\bwhat services\b", r"\bwhat do you (offer|do)\b", r"\bservices\b",
                     r"\bdo you (offer|do|have|provide|perform|treat)\b", r"\bwhat kind of\b")  # fmt: skip
+DURATION_PATTERNS = (r"\bhow long\b", r"\bhow many (minutes|hours)\b")
+# a follow-up that names only a day ("and on Saturday?", "what about the 26th of December?") asks for its hours
+FOLLOW_UP_WORDS = {"and", "what", "about", "how", "on", "the", "of", "this", "next", "then", "also", "so", "okay", "ok",
+                   "uh", "um", "er", "erm", "ah", "oh", "well", "day", "s", "is", "it", "that", "for"}  # fmt: skip
 IDENTITY_PATTERNS = (r"\bwho (is this|am i (speaking|talking) (to|with))\b", r"\bwhat (is|s) this( place)?\W*$",
                      r"\bwhat (is|s) the name of (this|your) (place|business|practice|office|clinic|company)\b")
 
@@ -85,6 +91,14 @@ def spoken_time(minutes: int) -> str:
 
 def spoken_price(value: float, currency: str) -> str:
     return f"{int(value)} {currency}" if float(value).is_integer() else f"{value:.2f} {currency}"
+
+
+def with_article(name: str) -> str:
+    """``a cleaning``, ``an oil change``, ``an MOT`` (an initialism said letter by letter)."""
+    first = name[:1]
+    letters = name.split()[0] if name.split() else ""
+    vowel_sound = first.lower() in "aeiou" or (letters.isupper() and len(letters) > 1 and first in "AEFHILMNORSX")
+    return f"{'an' if vowel_sound else 'a'} {name}"
 
 
 def _join(items: list[str]) -> str:
@@ -123,7 +137,7 @@ class FactBook:
     """One pipeline's facts, ready to answer and to check replies against."""
 
     facts: Facts
-    clock: Callable[[], float] = time_module.time
+    clock: Callable[[], float] = agent_now  # epoch seconds (pinned in tests and benchmarks)
     _times: set[int] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
@@ -162,6 +176,11 @@ class FactBook:
         if self.facts.hours is None:
             return []
         return [(_minutes(a), _minutes(b)) for a, b in parse_hours(getattr(self.facts.hours, weekday))]
+
+    def _all_ranges(self) -> list[tuple[int, int]]:
+        """Every opening range of the week and of the special days."""
+        out = [r for d in WEEKDAYS for r in self.weekly(d)]
+        return out + [(_minutes(a), _minutes(b)) for c in self.facts.closures for a, b in parse_hours(c.hours)]
 
     @staticmethod
     def _ranges(ranges: list[tuple[int, int]]) -> str:
@@ -236,7 +255,7 @@ class FactBook:
             if note and note in joined and c.date >= today:
                 found.append((c.date, f"on {c.note}"))
         if self.facts.holidays is not None:
-            named = " ".join(label for _, label in found).lower()
+            named = " ".join(" ".join(_words(label)) for _, label in found)
             seen_names: set[str] = set()
             for year in (today.year, today.year + 1):
                 table = _holiday_table(self.facts.holidays.country, self.facts.holidays.subdivision, year)
@@ -245,7 +264,14 @@ class FactBook:
                     if "observed" in name.lower() or d < today or name in seen_names:
                         continue
                     key = " ".join(w for w in _words(name) if w not in {"day", "the", "s"})
-                    if key and re.search(rf"\b{re.escape(key)}\b", joined) and key not in named:
+                    key = re.split(r" (?:jr|national)\b", key)[0]  # "martin luther king", "juneteenth"
+                    if not key or key in named:
+                        continue
+                    if re.search(rf"\b{re.escape(key)} eve\b", joined):  # "New Year's Eve": the day before
+                        if d - timedelta(days=1) >= today:
+                            seen_names.add(name)
+                            found.append((d - timedelta(days=1), f"on {re.sub(r' Day$', '', name)} Eve"))
+                    elif re.search(rf"\b{re.escape(key)}\b", joined):
                         seen_names.add(name)
                         found.append((d, f"on {name}"))
         # one answer per date, first mention first
@@ -256,6 +282,11 @@ class FactBook:
                 seen.add(d)
                 out.append((d, label))
         return out
+
+    def days_mentioned(self, text: str, today: date | None = None) -> list[tuple[date, str]]:
+        """The days ``text`` names (weekdays, today, tomorrow, dates, public holidays and special days
+        by their names), resolved against ``today``, each with how to say it (``on Christmas Eve``)."""
+        return self._days_mentioned(text, today or self.today())
 
     @staticmethod
     def _day_number(token: str) -> int | None:
@@ -287,8 +318,6 @@ class FactBook:
         low = text.strip().lower()
         words = set(_words(text))
         f = self.facts
-        if any(re.search(p, low) for p in SMALL_TALK) and not (words & HOURS_WORDS):
-            return None
         parts: list[tuple[str, str]] = []  # (topic, text)
         if words & HOURS_WORDS and f.hours is not None and not (words & {"book", "appointment", "appointments"}):
             days = self._days_mentioned(text, self.today())
@@ -302,9 +331,10 @@ class FactBook:
             if service is not None and service.price is None:
                 parts.append(("price", f"I don't have a price for {service.name}. The team can tell you at your visit."))
             elif service is not None:
-                parts.append(("price", f"A {service.name} costs {spoken_price(service.price, f.currency)}."))  # type: ignore[arg-type]
+                what = with_article(service.name)
+                parts.append(("price", f"{what[0].upper()}{what[1:]} costs {spoken_price(service.price, f.currency)}."))  # type: ignore[arg-type]
             elif priced:
-                items = [f"a {s.name} is {spoken_price(s.price, f.currency)}" for s in priced]  # type: ignore[arg-type]
+                items = [f"{with_article(s.name)} is {spoken_price(s.price, f.currency)}" for s in priced]  # type: ignore[arg-type]
                 parts.append(("price", f"Our prices: {_join(items)}."))
         if f.address and any(re.search(p, low) for p in ADDRESS_PATTERNS) and not (words & BOOKING_WORDS):
             parts.append(("address", f"We are at {f.address}."))
@@ -313,18 +343,35 @@ class FactBook:
         for entry in f.faq:
             if any(set(_words(phrase)) <= words for phrase in entry.phrases):
                 parts.append(("faq", entry.answer))
-        if f.services and not any(t == "price" for t, _ in parts) and any(re.search(p, low) for p in SERVICE_PATTERNS):
+        if f.services and not any(t == "price" for t, _ in parts) and not (words & BOOKING_WORDS) \
+                and any(re.search(p, low) for p in SERVICE_PATTERNS):  # fmt: skip
             service = self._service(text)
             names = _join([_plural(s.name) for s in f.services])
             if service is not None:
                 parts.append(("services", f"Yes, we offer {_plural(service.name)}."))
-            elif re.search(r"\bdo you (offer|do|have|provide|perform|treat)\b", low):
-                if not parts:  # "do you have parking" was an FAQ, not a service
-                    parts.append(("services", f"I don't see that among our services. We offer {names}."))
+            elif re.search(r"\bdo you (offer|do|have|provide|perform|treat)\b", low) \
+                    and not re.search(r"\b(what|which) (services|kind|sort|other)\b|^\W*(what|which)\b", low):  # fmt: skip
+                if not parts:  # "do you have parking" was an FAQ, not a service; this one the facts cannot
+                    # answer (they list what we do, not what we don't): the tools offer a message or a person
+                    parts.append(("unknown", f"I don't see that among our services. We offer {names}."))
             else:
                 parts.append(("services", f"We offer {names}."))
-        if f.business and any(re.search(p, low) for p in IDENTITY_PATTERNS):
+        if f.business and (any(re.search(p, low) for p in IDENTITY_PATTERNS) or (  # "is this Bright Smile Dental?"
+                re.search(r"\b(is|are) (this|that|you)\b", low) and set(_words(f.business)) <= words)):  # fmt: skip
             parts.append(("identity", f"This is {f.business}."))
+        if f.services and any(re.search(p, low) for p in DURATION_PATTERNS):
+            service = self._service(text)
+            if service is not None and service.duration_min:
+                what = with_article(service.name)
+                parts.append(("duration", f"{what[0].upper()}{what[1:]} takes about {service.duration_min} minutes."))
+        if not parts and f.hours is not None and self.is_question(text) and not (words & BOOKING_WORDS):
+            days = self._days_mentioned(text, self.today())
+            said = {w for _, label in days for w in _words(label)}
+            rest = {w for w in words - FOLLOW_UP_WORDS - said if not re.fullmatch(r"\d+(st|nd|rd|th)?", w)}
+            if days and not rest - set(ORDINALS):
+                parts.append(("hours", " ".join(self.day_answer(d, label) for d, label in days[:3])))
+        if not parts and any(re.search(p, low) for p in SMALL_TALK):
+            return None  # for the dialogue: small talk, a greeting before a request
         if parts:
             return FactAnswer(" ".join(t for _, t in parts), "+".join(topic for topic, _ in parts))
         if self.is_question(text) and not (words & BOOKING_WORDS):
@@ -333,13 +380,20 @@ class FactBook:
 
     # -- checking what the model says --------------------------------------------------------
 
-    def check(self, sentence: str) -> list[str]:
-        """Each fact ``sentence`` states that the facts do not back (empty when it states none)."""
+    def check(self, sentence: str, *, slots: bool = False) -> list[str]:
+        """Each fact ``sentence`` states that the facts do not back (empty when it states none).
+
+        A date the sentence names (today, tomorrow, December 24, Christmas Day) is checked against
+        that day's own hours, a weekday named alone against the week's, and a weekday said with a
+        date must be that date's. ``slots``: the sentence offers or reads back appointment times
+        (the booking dialogue's), so a time is backed when we are open then on the day it names,
+        not only at opening and closing times."""
         f = self.facts
         low = sentence.lower()
         words = _words(sentence)
         problems: list[str] = []
-        # times: each must be an opening or closing time (of the weekdays named, if any)
+        today = self.today()
+        # times: each must be an opening or closing time (of the days named, if any)
         said_times: list[tuple[str, set[int]]] = []
         for m in re.finditer(r"\b(\d{1,2})(?::([0-5]\d))?\s*(a\.?\s?m\b\.?|p\.?\s?m\b\.?|o'?clock)", low):
             h, mins = int(m.group(1)), int(m.group(2) or 0)
@@ -356,23 +410,42 @@ class FactBook:
                 said_times.append((m.group(0).strip(" ."), {h * 60 + mins, (h + 12) * 60 + mins}))
         for m in re.finditer(r"\b(noon|midday|midnight)\b", low):
             said_times.append((m.group(1), {0, 1440} if m.group(1) == "midnight" else {720}))
-        days = self._weekdays_named(words)
+        dated = [(d, label.removeprefix("on ")) for d, label in self._days_mentioned(sentence, today)
+                 if label.removeprefix("on ").lower() not in WEEKDAYS]  # fmt: skip
+        on_dates = {WEEKDAYS[d.weekday()] for d, _ in dated}  # "Friday December 4" is about that Friday
+        days = [d for d in self._weekdays_named(words) if d not in on_dates]
+        named = [(d.capitalize(), self.weekly(d)) for d in days] + [(label, self.hours_on(d)[0]) for d, label in dated]
         negated = bool({"not", "closed", "never", "dont", "arent", "isnt", "shut"} & set(words))
-        day_times = {t for d in days for r in self.weekly(d) for t in r}
+        day_times = {t for _, ranges in named for r in ranges for t in r}
+        names = _join([n for n, _ in named])
         for said, minutes in said_times:
-            if not minutes & self._times:
+            if slots:
+                ranges = [r for _, rs in named for r in rs] if named else self._all_ranges()
+                if not any(a <= t <= b for t in minutes for a, b in ranges):
+                    problems.append(f"time {said!r} is not within our opening hours" + (f" on {names}" if named else ""))
+            elif not minutes & self._times:
                 problems.append(f"time {said!r} is not an opening or closing time")
-            elif days and not negated and not minutes & day_times:
-                problems.append(f"time {said!r} is not when we open or close on {_join([d.capitalize() for d in days])}")
-        # weekdays said open or closed
-        if f.hours is not None and days:
+            elif named and not negated and not minutes & day_times:
+                problems.append(f"time {said!r} is not when we open or close on {names}")
+        # days said open or closed
+        if f.hours is not None and named:
             says_open = bool({"open", "opens"} & set(words)) or bool(said_times)
-            for d in days:
-                is_open = bool(self.weekly(d))
-                if negated and is_open and not says_open:
-                    problems.append(f"{d.capitalize()} is said closed but is open")
-                elif (says_open or said_times) and not negated and not is_open:
-                    problems.append(f"{d.capitalize()} is said open but is closed")
+            for name, ranges in named:
+                if negated and ranges and not says_open:
+                    problems.append(f"{name} is said closed but is open")
+                elif says_open and not negated and not ranges:
+                    problems.append(f"{name} is said open but is closed")
+        # a weekday said with a date ("Monday December 7") must be that date's
+        for m in re.finditer(rf"\b({'|'.join(WEEKDAYS)}),? (?:the )?({'|'.join(MONTHS)}) (\d{{1,2}})(?:st|nd|rd|th)?\b", low):
+            try:
+                d = date(today.year, MONTHS.index(m.group(2)) + 1, int(m.group(3)))
+                if d < today:
+                    d = date(today.year + 1, d.month, d.day)
+            except ValueError:
+                problems.append(f"date {m.group(0)!r} does not exist")
+                continue
+            if WEEKDAYS[d.weekday()] != m.group(1):
+                problems.append(f"{d:%B} {d.day} is a {d:%A}, not a {m.group(1).capitalize()}")
         # prices
         prices = {round(s.price, 2) for s in f.services if s.price is not None}
         for m in re.finditer(r"(?:\$\s?(\d+(?:\.\d{1,2})?))|(?:\b(\d+(?:\.\d{1,2})?)\s*(?:dollars?|euros?|pounds?|bucks))",
@@ -386,6 +459,10 @@ class FactBook:
             digits = re.sub(r"\D", "", m.group(0))
             if len(digits) >= 7 and not (phone_digits and (digits in phone_digits or phone_digits.endswith(digits))):
                 problems.append(f"phone number {m.group(0).strip()!r} is not the business's")
+        # web and email addresses: the facts state none
+        for m in re.finditer(r"\bhttps?://\S+|\bwww\.\S+|\b[\w.+-]+@[\w-]+\.[\w.]+"
+                             r"|\b[\w-]+\.(?:com|net|org|co\.uk|uk|io|us|info|biz)\b(?:/\S*)?", sentence, re.IGNORECASE):
+            problems.append(f"web or email address {m.group(0)!r} is not in the facts")
         # street addresses
         street = r"(street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|way|place|pl|square|sq)"
         address_words = " ".join(_words(f.address))

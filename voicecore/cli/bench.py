@@ -1,4 +1,4 @@
-"""``voicecore bench ...``: the latency, side-by-side, concurrency and overhead benchmarks.
+"""``voicecore bench ...``: the latency, side-by-side, concurrency, overhead, outbound and dialogue benchmarks.
 
 Each verb is a thin call into ``benchmarks/<name>.py``'s ``run()`` (the same function
 the smoke tests call): it prints a table and writes ``<name>.json`` and PNG plots to
@@ -73,6 +73,7 @@ def bench() -> None:
                  on PostgreSQL, and what it adds per turn against SQLite)
     overhead     instant fake models: what the runtime itself adds per turn
     outbound     campaign calls through a fake Twilio API: answer → greeting p50/p95
+    dialogue     scripted text conversations scored against the pipeline's facts and calendar
     """
 
 
@@ -159,3 +160,17 @@ def overhead(smoke: bool, out: Path | None, turns: int) -> None:
 def outbound(smoke: bool, out: Path | None, calls: int, max_concurrent: int) -> None:
     """Dial-to-greeting of campaign calls (answer → first agent audio), through a fake Twilio REST API."""
     _run("outbound", smoke=smoke, out=out, calls=calls, max_concurrent=max_concurrent)
+
+
+@bench.command()
+@smoke_option
+@out_option
+@click.option("--pipeline", "pipelines", multiple=True, metavar="NAME",
+              help="A dialogue set: benchmarks/dialogues/NAME.yaml, or a path (repeatable; default: every set).")
+def dialogue(smoke: bool, out: Path | None, pipelines: tuple[str, ...]) -> None:
+    """Scripted text calls (the road of `voicecore chat`) scored against the pipeline's facts.
+
+    Fact accuracy, answers as expected, booking success (the event in the calendar file), messages
+    and transfers taken when asked, turns per booking, and the latency voicecore's agent logic adds
+    per turn. Each call runs at the set's fixed date with a fresh calendar."""
+    _run("dialogue", smoke=smoke, out=out, pipelines=list(pipelines) or None)
