@@ -246,6 +246,21 @@ def test_the_guard_releases_whole_checked_clauses_and_stops_at_an_invented_one()
     assert guard.stopped and any("Sunday" in b for b in guard.blocked)
 
 
+def test_a_time_or_number_split_across_streamed_pieces_stays_one_clause() -> None:
+    # "8:" then "30 am" (or "1," then "000") is not a clause end: "8:" alone was checked, let through,
+    # and the rest held back, and the caller heard "8: Sorry, I'm not sure about that."
+    guard = FactGuard(book())
+    pieces = ["On Saturday we open at 9", ":", "00 am and close at 1", ":00 pm", "."]
+    out = [guard.feed(p) for p in pieces] + [guard.flush()]
+    assert "".join(out) == "On Saturday we open at 9:00 am and close at 1:00 pm."
+    assert not guard.blocked
+    guard = FactGuard(book())
+    out = [guard.feed(p) for p in ["We open at 8", ":", "30 am on Sunday", "."]] + [guard.flush()]
+    assert "".join(out) == NOT_SURE  # the whole invented clause, not "8:" and then the apology
+    guard = FactGuard(book())
+    assert guard.feed("Sure,") == "Sure,"  # a word's comma at the end of a piece still ends the clause
+
+
 # --------------------------------------------------------------------------- the facts section
 
 

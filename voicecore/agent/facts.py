@@ -533,7 +533,9 @@ class FactGuard:
     first clause stating a fact the facts do not back is replaced by :data:`NOT_SURE`, and the
     rest of the reply is dropped."""
 
-    CLAUSE_END = re.compile(r"[.!?;:,](\s|$)")
+    # A clause ends at punctuation before a space; at the end of what has streamed so far only when
+    # no digit precedes it ("8:" may be "8:30", "1," may be "1,000": the next piece says).
+    CLAUSE_END = re.compile(r"[.!?;:,]\s|(?<!\d)[.!?;:,]$")
 
     def __init__(self, book: FactBook):
         self.book = book
