@@ -26,7 +26,7 @@ from voicecore.agent.call_tools import CallTools, ToolAction
 from voicecore.agent.facts import FactBook
 from voicecore.config import PipelineConfig
 from voicecore.model_pool import ModelPool
-from voicecore.records import TurnTimeline
+from voicecore.records import ToolCall, TurnTimeline
 from voicecore.services.conversation import Conversation
 from voicecore.services.llm import LlamaLLMProcessor
 from voicecore.services.stt import WhisperSTTProcessor
@@ -95,11 +95,13 @@ def build_call_pipeline(
     on_reply_finished: ReplyFinished | None = None,
     audio_tap: Callable[[bytes], None] | None = None,
     on_tool_action: Callable[[ToolAction], None] | None = None,
+    on_tool_call: Callable[[ToolCall], None] | None = None,
     name: str = "call",
 ) -> CallPipeline:
     """The call's pipeline, on the pool's shared models (load them first, in a thread:
     :meth:`ModelPool.for_pipeline`, or :meth:`ModelPool.llm` for a text call). ``on_tool_action``
-    gets what the ``take_message``/``transfer``/``end_call`` tools do (the session acts on it)."""
+    gets what the ``take_message``/``transfer``/``end_call`` tools do (the session acts on it);
+    ``on_tool_call`` every tool call made (the session records it)."""
     facts = FactBook(config.facts) if config.facts is not None else None
     llm = LlamaLLMProcessor(
         pool.llm(config.models.llm),
@@ -112,6 +114,7 @@ def build_call_pipeline(
         booking=booking_dialogue_factory(config),
         tools=CallTools(config.tools),
         on_tool_action=on_tool_action,
+        on_tool_call=on_tool_call,
     )
     vad: VADTurnProcessor | None = None
     stt: WhisperSTTProcessor | None = None

@@ -39,8 +39,14 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from voicecore.agent.booking import FINISHED, BookingDialogue, wants_booking
 from voicecore.agent.call_tools import CallTools, ToolAction, ToolReply
 from voicecore.agent.facts import FactBook, FactGuard
-from voicecore.config import LLMParams
-from voicecore.records import TurnTimeline
+from voicecore.agent.tool_calls import (
+    booking_call,
+    calendar_unavailable,
+    end_call_call,
+    message_call,
+)
+from voicecore.config import LLMParams, Tools
+from voicecore.records import ToolCall, TurnTimeline
 from voicecore.services.conversation import Conversation
 from voicecore.services.llama_engine import (
     CLAUSE_ENDS,
@@ -70,6 +76,7 @@ class LlamaLLMProcessor(FrameProcessor):
         booking: Callable[[], BookingDialogue] | None = None,
         tools: CallTools | None = None,
         on_tool_action: Callable[[ToolAction], None] | None = None,
+        on_tool_call: Callable[[ToolCall], None] | None = None,
         name: str | None = None,
     ):
         """``on_caller_text`` sees every final caller transcript first; returning ``False``
@@ -81,7 +88,8 @@ class LlamaLLMProcessor(FrameProcessor):
         until the appointment is booked, the caller gives up or the calendar fails.
         ``tools``: the ``take_message``/``transfer``/``end_call`` tools, asked first each turn; an
         action (a message taken, a transfer, a goodbye) goes to ``on_tool_action`` (the session
-        speaks a goodbye or an announcement itself and hangs up or hands the call over)."""
+        speaks a goodbye or an announcement itself and hangs up or hands the call over).
+        ``on_tool_call``: every tool call made (:meth:`_tool_called`), to be recorded."""
         super().__init__(name=name or "LlamaLLM")
         self._engine = engine
         self._conversation = conversation
@@ -108,6 +116,8 @@ class LlamaLLMProcessor(FrameProcessor):
         self.tools = tools if tools is not None and tools.declared else None
         self._on_tool_action = on_tool_action
         self.messages: list[dict[str, str]] = []  # {"name", "text"}: messages taken (never logged)
+        self.tool_calls: list[ToolCall] = []  # every tool call of this call, in order (arguments not redacted)
+        self._on_tool_call = on_tool_call
 
     @property
     def conversation(self) -> Conversation:
@@ -188,6 +198,23 @@ class LlamaLLMProcessor(FrameProcessor):
             stats.generated_tokens = len(tokens)
         return Generation(text="".join(texts), tokens=tokens, stats=stats)
 
+    def _tool_called(self, call: ToolCall) -> None:
+        """One tool call, made: kept, and handed to ``on_tool_call`` (the session records it as a turn
+        and in the audit log). Every tool path calls this once per call it makes."""
+        self.tool_calls.append(call)
+        if self._on_tool_call is not None:
+            try:
+                self._on_tool_call(call)
+            except Exception as e:  # recording never costs the caller the reply
+                logger.error(f"{self}: tool call {call.tool} not recorded ({type(e).__name__})")
+
+    def _after_tool_failure(self, apology: str) -> str:
+        """What the caller hears after a tool failed: ``apology`` and a message offered (a yes next
+        turn takes it, even when the pipeline declares no call tools)."""
+        if self.tools is None:
+            self.tools = CallTools(Tools())
+        return self.tools.after_failure(apology)
+
     async def _booking_turn(self, said: str, answer: object) -> str | None:
         """The booking dialogue's reply to this turn, or None when the turn is not about booking.
         A question the facts answer, asked mid-booking, is answered and the pending question
@@ -202,8 +229,9 @@ class LlamaLLMProcessor(FrameProcessor):
             except Exception as e:  # the calendar cannot even be opened (a missing password, ...)
                 self.tool_failures.append({"tool": "book_appointment", "error": f"{type(e).__name__}: {e}"})
                 logger.warning(f"{self}: book_appointment unavailable: {type(e).__name__}: {e}")
-                return ("I'm sorry, I can't book appointments right now. I can take a message and we'll call "
-                        "you back to book.")  # fmt: skip
+                self._tool_called(calendar_unavailable(f"{type(e).__name__}: {e}"))
+                return self._after_tool_failure("I'm sorry, I can't book appointments right now. I can take a "
+                                                "message and we'll call you back to book.")  # fmt: skip
         fact_text = getattr(answer, "text", None)
         if fact_text and getattr(answer, "topic", "") != "unknown" and self._facts is not None \
                 and self._facts.is_question(said):  # fmt: skip
@@ -211,8 +239,11 @@ class LlamaLLMProcessor(FrameProcessor):
         reply = await asyncio.to_thread(dialogue.handle, said)
         if reply.appointment is not None and reply.state == "booked":
             self.bookings.append(reply.appointment.as_dict())
+            self._tool_called(booking_call(dialogue, reply))
         if reply.error:
             self.tool_failures.append({"tool": "book_appointment", "error": reply.error})
+            self._tool_called(booking_call(dialogue, reply))
+            return self._after_tool_failure(reply.text)
         return reply.text
 
     def _tool_turn(self, said: str) -> ToolReply | None:
@@ -224,6 +255,10 @@ class LlamaLLMProcessor(FrameProcessor):
         if action is not None:
             if action.kind == "message":
                 self.messages.append({"name": action.name or "", "text": action.text})
+                for_whom = self.tools.tools.take_message.for_whom if self.tools.tools.take_message else None
+                self._tool_called(message_call(action, for_whom))
+            elif action.kind == "end_call":
+                self._tool_called(end_call_call(action))
             if self._on_tool_action is not None:
                 self._on_tool_action(action)
             elif reply is not None and reply.text is None:
