@@ -327,9 +327,12 @@ async def test_a_calendar_that_cannot_be_opened_is_recorded_and_said(tmp_path: P
     def no_calendar() -> BookingDialogue:
         raise CalendarAuthError("tools.book_appointment.calendar.caldav.password_env: CALDAV_PW is not set")
 
-    replies, proc = await run_call_turns(["can i book an appointment"], no_calendar, ScriptedEngine(["x"]))
+    replies, proc = await run_call_turns(["can i book an appointment", "yes please"], no_calendar, ScriptedEngine(["x"]))
     assert replies == ["I'm sorry, I can't book appointments right now. I can take a message and we'll call you "
-                       "back to book."]  # fmt: skip
+                       "back to book. Would you like to leave one?",
+                       # the yes takes the offer, though the pipeline declares no take_message
+                       "Of course. What would you like me to tell the team?"]  # fmt: skip
+    assert [(c.tool, c.outcome, c.ok) for c in proc.tool_calls] == [("book_appointment", "failed", False)]  # type: ignore[attr-defined]
     assert proc.tool_failures == [{"tool": "book_appointment",  # type: ignore[attr-defined]
                                    "error": "CalendarAuthError: tools.book_appointment.calendar.caldav.password_env: "
                                             "CALDAV_PW is not set"}]  # fmt: skip

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
-from voicecore.records import CallRecord, Turn
+from voicecore.records import CallRecord, ToolCall, Turn
 from voicecore.reports import (
     PURPOSE_QUESTION,
     PURPOSES,
@@ -323,12 +323,12 @@ async def test_a_report_that_stays_invalid_is_stored_as_failed_never_invented(st
     rec = scripted_call("plain", BOOKING)
     store.calls.save(rec)
     invented = {**GOOD_ANSWERS, "caller_name": "John Parker"}
-    unfinished = {**GOOD_ANSWERS, "summary": "Maria Lopez called to book a teeth cleaning"}
+    unfinished = {**GOOD_ANSWERS, "summary": "Maria Lopez called to book a teeth cleaning", "phone": "212 555 0187"}
     engine = ScriptedEngine([invented, unfinished])
     result = await generate_report(store, engine, "plain", rec.call_id, turns=rec.turns, call_date=WEDNESDAY)
     assert result.status == "failed" and result.attempts == 2 and result.report is None
     assert "attempt 1: caller_name: is not something said in the transcript" in result.error
-    assert "attempt 2: summary: is not a finished sentence" in result.error
+    assert "attempt 2: phone: is not something said in the transcript" in result.error
     stored = store.calls.get_report("plain", rec.call_id, actor="test")
     assert stored is not None and stored.status == "failed" and stored.body is None and stored.error == result.error
     assert "Maria" not in stored.error and "John" not in stored.error  # no call content in the reason
@@ -352,6 +352,101 @@ async def test_a_call_without_caller_speech_gets_a_failed_report(store: Store) -
     store.calls.save(rec)
     result = await generate_report(store, ScriptedEngine([GOOD_ANSWERS]), "plain", rec.call_id, turns=rec.turns)
     assert result.status == "failed" and "no caller speech" in (result.error or "")
+
+
+# --------------------------------------------------------------------------- from what the tools recorded
+
+
+def booked_at(start: str, service: str = "cleaning", name: str = "Maria Lopez") -> Turn:
+    """The ``tool`` turn a booking leaves (as the session keeps it)."""
+    call = ToolCall("book_appointment", "booked", arguments={"service": service, "start": start, "name": name},
+                    result={"start": start, "end": start, "service": service})  # fmt: skip
+    return Turn("event", call.to_text(), kind="tool")
+
+
+async def test_the_slot_and_purpose_come_from_the_booking_not_from_anyones_words(store: Store) -> None:
+    """The caller asked for ten, the calendar booked 11:30 (the model's summary, about ten, stands:
+    ten was said); the report's slot is the booking's, and the model is not asked the purpose, the
+    day or the time."""
+    rec = scripted_call("plain", BOOKING)
+    rec.turns.insert(6, booked_at("2024-05-21T11:30:00-04:00"))
+    store.calls.save(rec)
+    engine = ScriptedEngine([{**GOOD_ANSWERS, "purpose": "other", "appointment_day": "tomorrow"}])
+    result = await generate_report(store, engine, "plain", rec.call_id, turns=rec.turns, call_date=WEDNESDAY)
+    assert result.status == "ready", result.error
+    r = result.report
+    assert r["appointment"] == {"requested": None, "slot": "2024-05-21T11:30:00", "service": "cleaning",
+                                "status": "booked"}  # fmt: skip
+    assert r["purpose"] == "book an appointment" and r["contact"]["name"] == "Maria Lopez"
+    assert r["summary"] == GOOD_ANSWERS["summary"] and r["summary_source"] == "model"
+    asked = " ".join(engine.prompts)
+    assert PURPOSE_QUESTION not in asked and "On what day" not in asked and "What is the caller's name" not in asked
+    assert "Summarize the call" in asked
+
+
+INVENTED_TIME = [
+    ("agent", "Bright Smile Dental. We open at nine and close at five pm."),
+    ("caller", "Hi, this is Maria Lopez. I need two fillings, can I book for Tuesday?"),
+    ("agent", "Yes, you are booked for Tuesday."),
+]
+
+
+async def test_a_summary_stating_a_time_nobody_said_is_replaced_by_the_template(store: Store) -> None:
+    """Every word of "at two pm" was said, the time never was: the summary is rejected and the one
+    built from the booking stored instead (``summary_source: template``); the slot is the booking's."""
+    rec = scripted_call("plain", INVENTED_TIME)
+    rec.turns.insert(2, booked_at("2024-05-21T09:00:00-04:00", service="filling"))
+    store.calls.save(rec)
+    invented = {"caller_name": "Maria Lopez", "purpose": "book an appointment", "appointment_day": "Tuesday",
+                "summary": "Maria Lopez called to book two fillings at two pm."}  # fmt: skip
+    result = await generate_report(store, ScriptedEngine([invented]), "plain", rec.call_id, turns=rec.turns,
+                                   call_date=WEDNESDAY)  # fmt: skip
+    assert result.status == "ready" and result.attempts == 1, result.error
+    r = result.report
+    assert r["summary"] == "Maria Lopez booked a filling on Tuesday, May 21 at 9 am."
+    assert r["summary_source"] == "template" and r["appointment"]["slot"] == "2024-05-21T09:00:00"
+    # without a booking on record the template says what the call was for
+    plain = scripted_call("plain", INVENTED_TIME)
+    store.calls.save(plain)
+    result = await generate_report(store, ScriptedEngine([invented]), "plain", plain.call_id, turns=plain.turns,
+                                   call_date=WEDNESDAY)  # fmt: skip
+    assert result.status == "ready", result.error
+    assert result.report["summary"] == "Maria Lopez called to book an appointment."
+    assert result.report["summary_source"] == "template" and result.report["appointment"]["slot"] == "2024-05-21"
+
+
+async def test_a_summary_that_stays_invalid_gives_way_to_the_template(store: Store) -> None:
+    rec = scripted_call("plain", BOOKING)
+    rec.turns.append(booked_at("2024-05-21T10:00:00-04:00"))
+    store.calls.save(rec)
+    unfinished = {**GOOD_ANSWERS, "summary": "Maria Lopez called to book a teeth cleaning"}
+    result = await generate_report(store, ScriptedEngine([unfinished]), "plain", rec.call_id, turns=rec.turns,
+                                   call_date=WEDNESDAY)  # fmt: skip
+    assert result.status == "ready" and result.attempts == 2, result.error
+    assert result.report["summary"] == "Maria Lopez booked a cleaning on Tuesday, May 21 at 10 am."
+    assert result.report["summary_source"] == "template"
+
+
+async def test_a_report_made_from_its_job_by_another_worker_has_the_tool_records(store: Store) -> None:
+    """The job carries the tool and message turns (encrypted with the words): the worker that
+    claims it fills the slot from the booking and the need from the message."""
+    rec = scripted_call("plain", BOOKING)
+    rec.turns += [booked_at("2024-05-21T10:00:00-04:00"),
+                  Turn("event", ToolCall("take_message", "taken", arguments={"name": "Maria Lopez"}).to_text(),
+                       kind="tool"),
+                  Turn("event", "Message from Maria Lopez: Please ask Dr Smith about my crown.", kind="message"),
+                  Turn("event", "5", kind="dtmf")]  # fmt: skip
+    store.calls.save(rec)
+    assert store.report_jobs.enqueue("plain", rec.call_id, rec.turns, call_date=WEDNESDAY)
+    job = store.report_jobs.claim("worker-2")
+    assert job is not None and [t.kind for t in job.turns if t.role == "event"] == ["tool", "tool", "message"]
+    result = await generate_report(store, ScriptedEngine([GOOD_ANSWERS]), job.tenant, job.call_id, turns=job.turns,
+                                   call_date=job.call_date, job=job)  # fmt: skip
+    assert result.status == "ready", result.error
+    r = result.report
+    assert r["appointment"]["slot"] == "2024-05-21T10:00:00" and r["purpose"] == "book an appointment"
+    assert r["need"] == "Please ask Dr Smith about my crown."
+    assert not store.report_jobs.pending_for("plain", rec.call_id)
 
 
 async def test_reports_scheduled_in_the_background_are_drained(store: Store) -> None:
@@ -482,7 +577,7 @@ async def test_optout_comes_from_the_matcher(store: Store, llm: Any) -> None:
     r = result.report
     assert r["optout_requested"] is True
     assert r["purpose"] in PURPOSES and r["contact"] == {"name": None, "phone": None, "email": None}
-    assert r["appointment"] == {"requested": None, "slot": None}
+    assert r["appointment"] == {"requested": None, "slot": None, "service": None, "status": None}
 
 
 @pytest.mark.models

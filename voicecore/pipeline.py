@@ -29,7 +29,7 @@ from voicecore.agent.call_tools import CallTools, ToolAction
 from voicecore.agent.facts import FactBook
 from voicecore.config import PipelineConfig
 from voicecore.model_pool import ModelPool
-from voicecore.records import TurnTimeline
+from voicecore.records import ToolCall, TurnTimeline
 from voicecore.services.conversation import Conversation
 from voicecore.services.llm import LlamaLLMProcessor
 from voicecore.services.stt import WhisperSTTProcessor
@@ -143,12 +143,14 @@ def build_call_pipeline(
     audio_tap: Callable[[bytes], None] | None = None,
     on_tool_action: Callable[[ToolAction], None] | None = None,
     caller: CallerOnFile | None = None,
+    on_tool_call: Callable[[ToolCall], None] | None = None,
     name: str = "call",
 ) -> CallPipeline:
     """The call's pipeline, on the pool's shared models (load them first, in a thread:
     :meth:`ModelPool.for_pipeline`, or :meth:`ModelPool.llm` for a text call). ``on_tool_action``
     gets what the ``take_message``/``transfer``/``end_call`` tools do (the session acts on it);
-    ``caller`` is who the calendar tools know the caller as (their bookings are found by it)."""
+    ``caller`` is who the calendar tools know the caller as (their bookings are found by it);
+    ``on_tool_call`` gets every tool call made (the session records it)."""
     facts = FactBook(config.facts) if config.facts is not None else None
     llm = LlamaLLMProcessor(
         pool.llm(config.models.llm),
@@ -162,6 +164,7 @@ def build_call_pipeline(
         changes=change_dialogue_factory(config, caller=caller),
         tools=CallTools(config.tools),
         on_tool_action=on_tool_action,
+        on_tool_call=on_tool_call,
     )
     vad: VADTurnProcessor | None = None
     stt: WhisperSTTProcessor | None = None

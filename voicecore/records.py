@@ -6,6 +6,7 @@ session fills them in, the policy layer decides what of them is kept.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -75,6 +76,74 @@ class Turn:
         d = asdict(self)
         d["timeline"] = self.timeline.relative_ms() if self.timeline else None
         return d
+
+
+#: The kind of the event turn that records one tool call (its text is :meth:`ToolCall.to_text`).
+TOOL_TURN_KIND = "tool"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call of a tool by the agent: what it was asked and what came of it.
+
+    ``tool``: ``book_appointment``, ``cancel_appointment``, ``reschedule_appointment``,
+    ``take_message``, ``transfer``, ``end_call``. ``outcome``: what happened in a word (``booked``,
+    ``cancelled``, ``rescheduled``, ``taken``, ``transferred``, ``ended``, ``failed``, ...); a call that
+    failed has ``ok`` false and ``error`` (the exception's type and message, or the provider's error
+    code: which part failed and why, never the caller's words). ``arguments``: what the tool was
+    given (the session redacts the caller's part by the tenant policy before it is kept);
+    ``result``: what it returned that the report may use (a booked slot and service, a provider).
+    A message's text is never here: it is in the call's ``message`` turn."""
+
+    tool: str
+    outcome: str
+    ok: bool = True
+    arguments: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_text(self) -> str:
+        """The text of the call's ``tool`` turn (JSON, one line)."""
+        body: dict[str, Any] = {"tool": self.tool, "outcome": self.outcome, "ok": self.ok,
+                                "arguments": self.arguments, "result": self.result}  # fmt: skip
+        if self.error is not None:
+            body["error"] = self.error
+        return json.dumps(body, ensure_ascii=False, default=str)
+
+    @classmethod
+    def from_text(cls, text: str | None) -> ToolCall | None:
+        """The tool call a ``tool`` turn's text records (None: not one, or not readable)."""
+        if not text:
+            return None
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(body, dict) or not isinstance(body.get("tool"), str):
+            return None
+        arguments, result = body.get("arguments"), body.get("result")
+        return cls(tool=body["tool"], outcome=str(body.get("outcome", "")), ok=body.get("ok") is not False,
+                   arguments=arguments if isinstance(arguments, dict) else {},
+                   result=result if isinstance(result, dict) else {},
+                   error=str(body["error"]) if body.get("error") is not None else None)  # fmt: skip
+
+    def describe(self) -> str:
+        """One line for a transcript: ``book_appointment → booked (service: cleaning, ...) → start: ...``."""
+
+        def pairs(d: dict[str, Any]) -> str:
+            return ", ".join(f"{k}: {v}" for k, v in d.items() if v not in (None, ""))
+
+        line = f"{self.tool} → {self.outcome}"
+        if self.arguments:
+            line += f" ({pairs(self.arguments)})"
+        if self.result:
+            line += f" → {pairs(self.result)}"
+        if self.error:
+            line += f": {self.error}"
+        return line
+
+    def __repr__(self) -> str:  # the arguments may hold the caller's name: never in a log
+        return f"ToolCall({self.tool}, {self.outcome})"
 
 
 @dataclass

@@ -22,7 +22,14 @@ from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from voicecore.records import TIMELINE_STAGES, CallRecord, Turn, TurnTimeline
+from voicecore.records import (
+    TIMELINE_STAGES,
+    TOOL_TURN_KIND,
+    CallRecord,
+    ToolCall,
+    Turn,
+    TurnTimeline,
+)
 
 STAGE_LABELS = {
     "stt_final": "STT final",
@@ -262,7 +269,8 @@ def transcript_text(record: CallRecord) -> str:
     lines = []
     for t in record.turns:
         if t.role == "event":
-            lines.append(f"  [{t.kind or 'event'}] {t.text}")
+            call = ToolCall.from_text(t.text) if t.kind == TOOL_TURN_KIND else None
+            lines.append(f"  [{t.kind or 'event'}] {call.describe() if call is not None else t.text}")
             continue
         who = "caller" if t.role == "caller" else "agent "
         suffix = " [cut by barge-in]" if t.interrupted else ""

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from voicecore.agent.booking import GIVE_UP, NO, YES, YES_PHRASES, find_name
-from voicecore.config import Tools
+from voicecore.config import TakeMessageTool, Tools
 
 __all__ = ["CallTools", "MessageDialogue", "ToolAction", "ToolReply", "message_body", "wants_message", "wants_person",
            "wants_to_end"]  # fmt: skip
@@ -275,6 +275,17 @@ class CallTools:
             self.offered = "transfer"
             return f"{lead} Would you like me to put you through to someone?"
         return dont_know
+
+    def after_failure(self, apology: str) -> str:
+        """What the caller hears when a tool failed (the calendar is down, ...): ``apology``, then a
+        message offered, which a "yes" next turn takes — also when the pipeline declares no
+        ``take_message`` (a failed tool never leaves the caller with nothing to do)."""
+        if self.tools.take_message is None:
+            self.tools = self.tools.model_copy(update={"take_message": TakeMessageTool()})
+        self.offered = "message"
+        if "message" not in apology:
+            apology = f"{apology} I can take a message for {self.tools.take_message.for_whom}."  # type: ignore[union-attr]
+        return f"{apology} Would you like to leave one?"
 
     def transfer_failed(self, unavailable: bool = False) -> str:
         """What the caller hears when the call cannot be handed over (``unavailable``: this line has

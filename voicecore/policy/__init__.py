@@ -8,6 +8,7 @@ from voicecore.policy.context import (
     ContextBuilder,
     RedactedText,
     redact_caller_text,
+    redact_tool_arguments,
     stored_transcript_text,
 )
 from voicecore.policy.decisions import (
@@ -79,6 +80,7 @@ __all__ = [
     "recording_decision",
     "redact",
     "redact_caller_text",
+    "redact_tool_arguments",
     "stored_transcript_text",
     "try_normalize_phone",
 ]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voicecore.policy.models import Policy
-from voicecore.policy.redaction import redact
+from voicecore.policy.redaction import PLACEHOLDERS, redact
 
 Message = dict[str, str]
 HistoryEntry = tuple[str, str] | Mapping[str, Any] | Any  # (role, text), {"role", "content"} or a records.Turn
@@ -71,6 +71,29 @@ def stored_transcript_text(policy: Policy, text: str | None) -> str | None:
         categories = policy.redaction.categories or ()
         return redact(text, categories, policy.phone_region) if categories else text
     return text
+
+
+#: Tool arguments that carry what the caller said about themselves; the others (a service, a
+#: slot, the business's own transfer target) are the business's data and are kept as they are.
+CALLER_ARGUMENTS: frozenset[str] = frozenset({"name", "phone", "email", "caller", "number"})
+
+
+def redact_tool_arguments(policy: Policy, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """A tool call's arguments as the call record keeps them: the caller's own (:data:`CALLER_ARGUMENTS`)
+    redacted with the policy's categories when the policy redacts caller text for the model or in
+    stored transcripts (whichever is on); a ``name`` argument becomes ``[name]`` whole under the
+    ``name`` category. Pure; the other arguments are returned as given."""
+    categories = list(policy.redaction.categories or ())
+    redacts = bool(categories) and (policy.redaction.enabled or policy.transcripts.store_redacted)
+    out: dict[str, Any] = {}
+    for key, value in arguments.items():
+        if not redacts or key not in CALLER_ARGUMENTS or value is None:
+            out[key] = value
+        elif key == "name" and "name" in categories:
+            out[key] = PLACEHOLDERS["name"]
+        else:
+            out[key] = redact(str(value), categories, policy.phone_region)
+    return out
 
 
 def _one_line(value: Any) -> str:

@@ -44,7 +44,9 @@ DATA_CLASSES: tuple[str, ...] = get_args(DataClass)
 
 RecordingMode = Literal["off", "on", "consent"]
 
-RedactionCategory = Literal["phone", "email", "card", "iban", "spoken_digits"]
+# ``name``: a name the agent knows is one (a tool's name argument; "my name is …", "this is …"
+# in what is said). Not in the default list: the model may use the caller's name.
+RedactionCategory = Literal["phone", "email", "card", "iban", "spoken_digits", "name"]
 REDACTION_CATEGORIES: tuple[str, ...] = get_args(RedactionCategory)
 
 # Processing regions a remote backend may declare. Coarse, jurisdiction-level

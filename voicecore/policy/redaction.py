@@ -1,4 +1,4 @@
-"""Redaction of caller text: phone numbers, e-mail addresses, card numbers, IBANs, spoken digits.
+"""Redaction of caller text: phone numbers, e-mail addresses, card numbers, IBANs, spoken digits, names.
 
 Pure functions of (text, categories, region). Each sensitive span is replaced by a
 placeholder the agent can still talk about ("[phone number]", "[email address]",
@@ -26,6 +26,13 @@ Detection order (a span found by an earlier step is masked for the later ones):
 5. ``phone``: :class:`phonenumbers.PhoneNumberMatcher` with the policy's default
    region, then a fallback for any remaining run of 6 or more digits (dates
    such as 2024-05-01 excepted), which becomes "[number]".
+6. ``name`` (only when asked for: not in the default categories of a policy):
+   a name after "my name is", "name's" (up to three words), or after "this
+   is", "I'm", "it's", "call me", "for", "from" when capitalised as a name
+   ("this is Maria Lopez", "for Anna Lopez" as the agent reads a booking back,
+   not "this is great"), becomes "[name]". Free text is not searched for names
+   otherwise (a name said alone is kept); a tool's name argument is redacted
+   whole (:func:`voicecore.policy.context.redact_tool_arguments`).
 
 A number announced as sensitive ("my card number is 4539", "my pin is one two
 three", "the last digits are 647") is redacted from 3 digits on: a recogniser
@@ -55,6 +62,7 @@ PLACEHOLDERS: dict[str, str] = {
     "card": "[card number]",
     "iban": "[IBAN]",
     "number": "[number]",
+    "name": "[name]",
 }
 
 MIN_FALLBACK_DIGITS = 6  # written digit runs at least this long are a "[number]"
@@ -71,7 +79,7 @@ class Finding:
 
     start: int
     end: int
-    kind: str  # phone | email | card | iban | number
+    kind: str  # phone | email | card | iban | number | name
     digits: str | None = None  # for numbers: the digits the span stands for ("+" kept for international)
 
     @property
@@ -430,6 +438,48 @@ def _find_digit_runs(text: str, min_digits: int = MIN_FALLBACK_DIGITS, *, cued: 
     return found
 
 
+# --------------------------------------------------------------------------- names
+
+# "my name is maria lopez": whatever words follow (a recogniser writes names in lower case too)
+_NAME_CUE = re.compile(r"\b(?:my name is|my name's|my names|name is|name's)\s+", re.IGNORECASE)
+# "this is Maria", "for Anna" (a read-back): only a capitalised word ("this is great", "I'm calling",
+# "for Monday" are no names)
+_NAME_CUE_CAPITALISED = re.compile(r"\b(?:this is|i am|i'm|it's|it is|call me|for|from)\s+", re.IGNORECASE)
+_NAME_WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*")
+_NOT_NAME_WORDS = frozenset(
+    """a an the and or but so i id i'd im i'm for on at in to of with my me from please thanks thank you calling
+    speaking here again just about would want like wanted need looking trying hoping going is was be not no yes
+    yeah ok okay sure hi hello hey well um uh today tomorrow tonight next this that it morning afternoon evening
+    monday tuesday wednesday thursday friday saturday sunday mr mrs ms dr doctor january february march april may
+    june july august september october november december christmas easter""".split()
+)
+MAX_NAME_WORDS = 3
+
+
+def _find_names(text: str) -> list[Finding]:
+    spans: dict[tuple[int, int], Finding] = {}
+    for cue, capitalised in ((_NAME_CUE, False), (_NAME_CUE_CAPITALISED, True)):
+        for m in cue.finditer(text):
+            pos, start, end = m.end(), -1, -1
+            for _ in range(MAX_NAME_WORDS):
+                w = _NAME_WORD.match(text, pos)
+                if w is None or w.group().lower() in _NOT_NAME_WORDS or (capitalised and not w.group()[0].isupper()):
+                    break
+                start, end = (w.start() if start < 0 else start), w.end()
+                gap = re.match(r"[ \t]+", text[end:])
+                if gap is None:
+                    break
+                pos = end + gap.end()
+            if start >= 0:
+                spans[(start, end)] = Finding(start, end, "name")
+    found = sorted(spans.values(), key=lambda f: (f.start, -f.end))
+    kept: list[Finding] = []
+    for f in found:  # "my name is X" and "name is X" find the same span
+        if not kept or f.start >= kept[-1].end:
+            kept.append(f)
+    return kept
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -450,7 +500,11 @@ def _check_categories(categories: Iterable[str]) -> frozenset[str]:
     return cats
 
 
-def find_sensitive(text: str, categories: Iterable[str] = REDACTION_CATEGORIES, region: str = "US") -> list[Finding]:
+#: What :func:`find_sensitive` and :func:`redact` look for unless told: every category but ``name``.
+DEFAULT_CATEGORIES: tuple[str, ...] = tuple(c for c in REDACTION_CATEGORIES if c != "name")
+
+
+def find_sensitive(text: str, categories: Iterable[str] = DEFAULT_CATEGORIES, region: str = "US") -> list[Finding]:
     """Every sensitive span of ``text`` for the given categories, sorted, non-overlapping."""
     cats = _check_categories(categories)
     findings: list[Finding] = []
@@ -462,6 +516,7 @@ def find_sensitive(text: str, categories: Iterable[str] = REDACTION_CATEGORIES, 
         ("spoken_digits", lambda t: _find_spoken(t, cats, region)),
         ("phone", lambda t: _find_phones(t, region)),
         ("phone", lambda t: _find_digit_runs(t, cued=True)),
+        ("name", _find_names),
     ]
     for category, step in steps:
         if category not in cats:
@@ -473,7 +528,7 @@ def find_sensitive(text: str, categories: Iterable[str] = REDACTION_CATEGORIES, 
     return findings
 
 
-def redact(text: str, categories: Iterable[str] = REDACTION_CATEGORIES, region: str = "US") -> str:
+def redact(text: str, categories: Iterable[str] = DEFAULT_CATEGORIES, region: str = "US") -> str:
     """``text`` with every sensitive span replaced by its placeholder. Idempotent."""
     if not text:
         return text

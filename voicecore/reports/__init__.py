@@ -13,13 +13,25 @@ The report (``format: voicecore-report/1``)::
      "purpose": "book an appointment",                 # one of PURPOSES
      "contact": {"name": "Maria Lopez", "phone": "+14155552671", "email": null},
      "need": "I'd like to book a teeth cleaning.",    # the caller's own sentence
-     "appointment": {"requested": "next Tuesday at ten", "slot": "2024-05-21T10:00:00"},
+     "appointment": {"requested": "next Tuesday at ten", "slot": "2024-05-21T10:00:00",
+                     "service": "cleaning", "status": "booked"},  # service/status: from the booking
      "optout_requested": false,
      "summary": "Maria Lopez called to book a teeth cleaning for next Tuesday at ten.",
+     "summary_source": "model",                        # or "template" (below)
      "withheld": [],                                   # contact kinds the policy redacted
      "call_date": "2024-05-15", "model": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 
 How it stays truthful with a 135M-parameter model ("never invented"):
+
+* What the call's tools recorded comes first (:mod:`~voicecore.reports.tools`): the ``tool``
+  and ``message`` turns give the appointment (the slot as the calendar has it, service,
+  status), the purpose (the tool the request reached), the need (a message taken) and the
+  caller's name (given to a tool, unless the policy redacts names); the model is not asked
+  those questions. The model's summary is checked (:mod:`~voicecore.reports.grounding`): a
+  day, date, time, price, phone number or street address that neither the transcript nor a
+  tool's result states rejects it, and the summary built from the tool records is stored
+  instead (``summary_source: template``), as it is when the summary stays invalid after the
+  retry while every other answer is valid.
 
 * The model answers one question at a time (name, phone, e-mail, need, purpose,
   day, time, summary) in one multi-turn exchange after a worked example; every
@@ -62,9 +74,10 @@ report it produced, so a worker that stops leaves its reports to another
 (:mod:`voicecore.storage.report_jobs`). A CLI run claims its own call's job and drains.
 
 The package: :mod:`~voicecore.reports.transcript` (what the transcript offers,
-dates and times), :mod:`~voicecore.reports.answers` (the report, the questions and
-their JSON schemas), :mod:`~voicecore.reports.generate` (asking, validating,
-storing, scheduling).
+dates and times), :mod:`~voicecore.reports.tools` (fields from the tool records),
+:mod:`~voicecore.reports.grounding` (the summary check), :mod:`~voicecore.reports.answers`
+(the report, the questions and their JSON schemas), :mod:`~voicecore.reports.generate`
+(asking, validating, storing, scheduling).
 """
 
 from voicecore.reports.answers import (
@@ -86,6 +99,8 @@ from voicecore.reports.generate import (
     generate_report,
     pipeline_engines,
 )
+from voicecore.reports.grounding import summary_problems
+from voicecore.reports.tools import ToolFacts, template_summary, tool_facts
 from voicecore.reports.transcript import (
     PURPOSES,
     REPORT_ACTOR,
@@ -114,6 +129,7 @@ __all__ = [
     "ReportEngine",
     "ReportResult",
     "ReportScheduler",
+    "ToolFacts",
     "answer_schema",
     "ask_model",
     "build_report",
@@ -125,4 +141,7 @@ __all__ = [
     "resolve_day",
     "resolve_slot",
     "resolve_time",
+    "summary_problems",
+    "template_summary",
+    "tool_facts",
 ]

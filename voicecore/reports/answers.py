@@ -38,6 +38,9 @@ class ReportAppointment(BaseModel):
 
     requested: str | None = Field(default=None, max_length=120)  # the caller's words
     slot: str | None = None  # ISO 8601 date-time or date, tenant-local, no offset
+    # From the call's tools: the appointment's service and what was done (None: no calendar tool ran).
+    service: str | None = Field(default=None, max_length=100)
+    status: Literal["booked", "rescheduled", "cancelled", "failed"] | None = None
 
     @field_validator("slot")
     @classmethod
@@ -59,6 +62,9 @@ class PostCallReport(BaseModel):
     appointment: ReportAppointment
     optout_requested: bool
     summary: str = Field(min_length=10, max_length=800)
+    # "model": the model's summary; "template": built from the tool records because the model's
+    # stated a day, time, price, number or address that neither the transcript nor a tool holds.
+    summary_source: Literal["model", "template"] = "model"
     withheld: list[Literal["phone", "email", "card", "iban", "number"]] = Field(default_factory=list)
     call_date: date
     model: str
@@ -73,10 +79,10 @@ class ModelAnswers(BaseModel):
     phone: str | None = None
     email: str | None = None
     need: str | None = None
-    purpose: Purpose
+    purpose: Purpose | None = None  # None: not asked (the call's tools gave it)
     appointment_day: str | None = None
     appointment_time: str | None = None
-    summary: str
+    summary: str | None = None  # None: set aside (the report's summary is then the template)
 
     @field_validator("caller_name", "phone", "email", "need", "appointment_day", "appointment_time")
     @classmethod
@@ -98,16 +104,18 @@ class ModelAnswers(BaseModel):
 
     @field_validator("purpose")
     @classmethod
-    def _purpose_on_offer(cls, value: str, info: Any) -> str:
+    def _purpose_on_offer(cls, value: str | None, info: Any) -> str | None:
         c: Candidates | None = (info.context or {}).get("candidates")
-        if c is not None and value not in c.purposes:
+        if c is not None and value is not None and value not in c.purposes:
             raise ValueError("is not a purpose the caller's words support")
         return value
 
     @field_validator("summary")
     @classmethod
-    def _summary_words(cls, value: str, info: Any) -> str:
+    def _summary_words(cls, value: str | None, info: Any) -> str | None:
         c: Candidates | None = (info.context or {}).get("candidates")
+        if value is None:
+            return None
         value = value.strip()
         if not value.endswith("."):
             raise ValueError("is not a finished sentence")
@@ -216,7 +224,9 @@ def answer_schema(field_name: str, c: Candidates) -> dict[str, Any]:
     return {"type": "object", "properties": {field_name: prop}, "required": [field_name], "additionalProperties": False}
 
 
-def _questions_for(c: Candidates) -> list[tuple[str, str]]:
+def _questions_for(c: Candidates, skip: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """The questions the model is asked: those the transcript offers candidates for, less ``skip``
+    (what the call's tools already answer)."""
     has = {
         "caller_name": bool(c.names),
         "phone": bool(c.phones),
@@ -225,7 +235,7 @@ def _questions_for(c: Candidates) -> list[tuple[str, str]]:
         "appointment_day": bool(c.days),
         "appointment_time": bool(c.times),
     }
-    return [(f, q) for f, q in QUESTIONS if has.get(f, True)]
+    return [(f, q) for f, q in QUESTIONS if has.get(f, True) and f not in skip]
 
 
 # A second, shorter example: a call without an appointment slot (so the summary of such a

@@ -32,6 +32,8 @@ from voicecore.reports.answers import (
     answer_schema,
     example_messages,
 )
+from voicecore.reports.grounding import summary_problems
+from voicecore.reports.tools import ToolFacts, template_summary, tool_facts
 from voicecore.reports.transcript import (
     ANSWER_MAX_TOKENS,
     REPORT_ACTOR,
@@ -96,17 +98,18 @@ class ReportEngine(Protocol):
     def forget(self, owner: str) -> None: ...
 
 async def ask_model(
-    engine: ReportEngine, owner: str, c: Candidates, *, temperature: float = 0.0, seed: int | None = None
+    engine: ReportEngine, owner: str, c: Candidates, *, temperature: float = 0.0, seed: int | None = None,
+    skip: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Ask every question the candidates allow, in one exchange; returns the answers (JSON values)
-    with ``null`` for questions not asked. Raises ``ValueError`` for output that is not JSON."""
+    """Ask every question the candidates allow (less ``skip``: what the call's tools answer), in one
+    exchange; returns the answers (JSON values) with ``null`` for questions not asked. Raises
+    ``ValueError`` for output that is not JSON."""
     from llama_cpp import LlamaGrammar
 
-    
     messages = example_messages()
     generated: dict[str, list[int]] = {}
     answers: dict[str, Any] = {f: None for f, _ in QUESTIONS}
-    for i, (f, q) in enumerate(_questions_for(c)):
+    for i, (f, q) in enumerate(_questions_for(c, skip)):
         head = f"Transcript:\n{c.transcript}\n\n" if i == 0 else ""
         if f == "purpose":
             q = PURPOSE_QUESTION + ", ".join(c.purposes) + "."
@@ -142,24 +145,51 @@ def _validation_reason(exc: ValidationError) -> str:
 
 
 def build_report(
-    answers: dict[str, Any], c: Candidates, *, call_date: date, optout: bool, model: str
+    answers: dict[str, Any], c: Candidates, *, call_date: date, optout: bool, model: str,
+    tools: ToolFacts | None = None, region: str = "US", template_if_bad_summary: bool = False,
 ) -> PostCallReport:
-    """Validate the model's answers against the transcript and assemble the report (raises ``ValidationError``)."""
-    a = ModelAnswers.model_validate(answers, context={"candidates": c})
+    """Validate the model's answers against the transcript and assemble the report (raises
+    ``ValidationError``). What the call's ``tools`` recorded comes first (the appointment's slot,
+    service and status, the purpose, the need, the name); the model's summary is kept only if every
+    day, time, price, number and address it states is in the transcript or the tools' results, else
+    the summary is :func:`template_summary` (``summary_source: template``). With
+    ``template_if_bad_summary`` (the last attempt) a summary that is not valid at all (unfinished,
+    degenerate, with words nobody said) is replaced too, when every other answer is valid."""
+    problems: list[str] = []
+    try:
+        a = ModelAnswers.model_validate(answers, context={"candidates": c})
+    except ValidationError as e:
+        if not template_if_bad_summary or any(tuple(err.get("loc", ()))[:1] != ("summary",) for err in e.errors()):
+            raise
+        a = ModelAnswers.model_validate({**answers, "summary": None}, context={"candidates": c})
+        problems.append(_validation_reason(e))
+    tools = tools or ToolFacts()
     requested = " ".join(p for p in (a.appointment_day, a.appointment_time) if p) or None
+    purpose = tools.purpose or a.purpose or "other"
+    name = tools.name or a.caller_name
+    summary, summary_source = a.summary, "model"
+    if a.summary is not None:
+        problems = summary_problems(a.summary, f"{c.transcript}\n{tools.grounds_text()}", call_date, region)
+    if problems or summary is None:
+        summary, summary_source = template_summary(tools, purpose, name), "template"
+        logger.debug("report summary replaced by the template: {}", "; ".join(problems))
     return PostCallReport(
-        purpose=a.purpose,
+        purpose=purpose,  # type: ignore[arg-type]
         contact=ReportContact(
-            name=a.caller_name,
+            name=name,
             phone=c.phones.get(a.phone) if a.phone else None,
             email=c.emails.get(a.email) if a.email else None,
         ),
-        need=a.need,
+        need=tools.need or a.need,
         appointment=ReportAppointment(
-            requested=requested, slot=resolve_slot(a.appointment_day, a.appointment_time, call_date)
+            requested=requested,
+            slot=tools.slot or resolve_slot(a.appointment_day, a.appointment_time, call_date),
+            service=tools.service,
+            status=tools.status,  # type: ignore[arg-type]
         ),
         optout_requested=optout,
-        summary=a.summary,
+        summary=summary,  # type: ignore[arg-type]
+        summary_source=summary_source,  # type: ignore[arg-type]
         withheld=[w for w in c.withheld if w in ("phone", "email", "card", "iban", "number")],  # type: ignore[misc]
         call_date=call_date,
         model=model,
@@ -215,6 +245,7 @@ async def generate_report(
         optout_requested(policy, t.text) for t in source if getattr(t, "role", None) == "caller"
     )
     model = Path(getattr(engine, "path", "") or "llm").name
+    tools = tool_facts(source, policy)  # what the call's tools recorded: fields the model is not asked
     if not any(ln.startswith("Caller: ") for ln in transcript.splitlines()):
         error = "nothing to report: the transcript holds no caller speech"
         if turns is None and policy.retention.transcripts == 0:
@@ -231,11 +262,15 @@ async def generate_report(
             )
             c = find_candidates(transcript, policy.phone_region, optout=optout)
             reasons: list[str] = []
-            for attempt, (temperature, seed) in enumerate(((0.0, None), (0.5, 1234))):
+            attempts = ((0.0, None), (0.5, 1234))
+            for attempt, (temperature, seed) in enumerate(attempts):
                 result.attempts = attempt + 1
                 try:
-                    answers = await ask_model(engine, owner, c, temperature=temperature, seed=seed)
-                    report = build_report(answers, c, call_date=call_date, optout=optout, model=model)
+                    answers = await ask_model(engine, owner, c, temperature=temperature, seed=seed,
+                                              skip=tools.skipped_questions())  # fmt: skip
+                    report = build_report(answers, c, call_date=call_date, optout=optout, model=model, tools=tools,
+                                          region=policy.phone_region,
+                                          template_if_bad_summary=attempt == len(attempts) - 1)  # fmt: skip
                 except ValidationError as e:
                     reasons.append(f"attempt {attempt + 1}: {_validation_reason(e)}")
                     continue
@@ -252,7 +287,8 @@ async def generate_report(
                 result.status, result.report_id, result.report = "ready", report_id, body
                 result.seconds = round(time.monotonic() - t0, 3)
                 logger.info(
-                    "report for call {} ready in {:.1f} s ({} attempt(s))", call_id[:8], result.seconds, result.attempts
+                    "report for call {} ready in {:.1f} s ({} attempt(s), summary from the {})", call_id[:8],
+                    result.seconds, result.attempts, report.summary_source,
                 )
                 return result
         finally:

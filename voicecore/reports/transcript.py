@@ -27,6 +27,8 @@ Purpose = Literal[
     "cancel an appointment",
     "ask a question",
     "report a problem",
+    "leave a message",  # from a message taken (take_message), never offered to the model
+    "speak to someone",  # from a transfer asked for (transfer), never offered to the model
     "stop calls",
     "other",
 ]

@@ -44,8 +44,15 @@ from voicecore.agent.appointment_changes import (
 from voicecore.agent.booking import FINISHED, BookingDialogue, wants_booking
 from voicecore.agent.call_tools import CallTools, ToolAction, ToolReply
 from voicecore.agent.facts import FactBook, FactGuard
-from voicecore.config import LLMParams
-from voicecore.records import TurnTimeline
+from voicecore.agent.tool_records import (
+    appointment_change,
+    booking_call,
+    calendar_unavailable,
+    end_call_call,
+    message_call,
+)
+from voicecore.config import LLMParams, Tools
+from voicecore.records import ToolCall, TurnTimeline
 from voicecore.services.conversation import Conversation
 from voicecore.services.llama_engine import (
     CLAUSE_ENDS,
@@ -75,6 +82,7 @@ class LlamaLLMProcessor(FrameProcessor):
         booking: Callable[[], BookingDialogue] | None = None,
         tools: CallTools | None = None,
         on_tool_action: Callable[[ToolAction], None] | None = None,
+        on_tool_call: Callable[[ToolCall], None] | None = None,
         name: str | None = None,
         changes: Callable[[], ChangeDialogue] | None = None,
     ):
@@ -90,7 +98,8 @@ class LlamaLLMProcessor(FrameProcessor):
         speaks a goodbye or an announcement itself and hangs up or hands the call over).
         ``changes``: makes the call's :class:`ChangeDialogue` (``cancel_appointment``/
         ``reschedule_appointment``, with ``booking``): once the caller asks to cancel or move their
-        booking, it answers the turns until the booking is cancelled, moved or kept."""
+        booking, it answers the turns until the booking is cancelled, moved or kept.
+        ``on_tool_call``: every tool call made (:meth:`_tool_called`), to be recorded."""
         super().__init__(name=name or "LlamaLLM")
         self._engine = engine
         self._conversation = conversation
@@ -121,6 +130,8 @@ class LlamaLLMProcessor(FrameProcessor):
         self.tools = tools if tools is not None and tools.declared else None
         self._on_tool_action = on_tool_action
         self.messages: list[dict[str, str]] = []  # {"name", "text"}: messages taken (never logged)
+        self.tool_calls: list[ToolCall] = []  # every tool call of this call, in order (arguments not redacted)
+        self._on_tool_call = on_tool_call
 
     @property
     def conversation(self) -> Conversation:
@@ -201,6 +212,23 @@ class LlamaLLMProcessor(FrameProcessor):
             stats.generated_tokens = len(tokens)
         return Generation(text="".join(texts), tokens=tokens, stats=stats)
 
+    def _tool_called(self, call: ToolCall) -> None:
+        """One tool call, made: kept, and handed to ``on_tool_call`` (the session records it as a turn
+        and in the audit log). Every tool path calls this once per call it makes."""
+        self.tool_calls.append(call)
+        if self._on_tool_call is not None:
+            try:
+                self._on_tool_call(call)
+            except Exception as e:  # recording never costs the caller the reply
+                logger.error(f"{self}: tool call {call.tool} not recorded ({type(e).__name__})")
+
+    def _after_tool_failure(self, apology: str) -> str:
+        """What the caller hears after a tool failed: ``apology`` and a message offered (a yes next
+        turn takes it, even when the pipeline declares no call tools)."""
+        if self.tools is None:
+            self.tools = CallTools(Tools())
+        return self.tools.after_failure(apology)
+
     async def _booking_turn(self, said: str, answer: object) -> str | None:
         """The booking dialogue's reply to this turn, or None when the turn is not about booking.
         A question the facts answer, asked mid-booking, is answered and the pending question
@@ -218,8 +246,9 @@ class LlamaLLMProcessor(FrameProcessor):
             except Exception as e:  # the calendar cannot even be opened (a missing password, ...)
                 self.tool_failures.append({"tool": "book_appointment", "error": f"{type(e).__name__}: {e}"})
                 logger.warning(f"{self}: book_appointment unavailable: {type(e).__name__}: {e}")
-                return ("I'm sorry, I can't book appointments right now. I can take a message and we'll call "
-                        "you back to book.")  # fmt: skip
+                self._tool_called(calendar_unavailable(f"{type(e).__name__}: {e}"))
+                return self._after_tool_failure("I'm sorry, I can't book appointments right now. I can take a "
+                                                "message and we'll call you back to book.")  # fmt: skip
         fact_text = getattr(answer, "text", None)
         if fact_text and getattr(answer, "topic", "") != "unknown" and self._facts is not None \
                 and self._facts.is_question(said):  # fmt: skip
@@ -227,8 +256,11 @@ class LlamaLLMProcessor(FrameProcessor):
         reply = await asyncio.to_thread(dialogue.handle, said)
         if reply.appointment is not None and reply.state == "booked":
             self.bookings.append(reply.appointment.as_dict())
+            self._tool_called(booking_call(dialogue, reply))
         if reply.error:
             self.tool_failures.append({"tool": "book_appointment", "error": reply.error})
+            self._tool_called(booking_call(dialogue, reply))
+            return self._after_tool_failure(reply.text)
         return reply.text
 
     async def _change_turn(self, said: str, answer: object) -> str | None:
@@ -246,7 +278,8 @@ class LlamaLLMProcessor(FrameProcessor):
                 dialogue = self._change = await asyncio.to_thread(self._new_change)
             except Exception as e:  # the calendar cannot even be opened (a missing password, ...)
                 self.tool_failures.append({"tool": TOOL_NAMES[kind], "error": f"{type(e).__name__}: {e}"})
-                logger.warning(f"{self}: {TOOL_NAMES[kind]} unavailable: {type(e).__name__}: {e}")
+                self._tool_called(calendar_unavailable(f"{type(e).__name__}: {e}", TOOL_NAMES[kind]))
+                logger.warning(f"{self}: {TOOL_NAMES[kind]} unavailable: {type(e).__name__}")
                 if self.tools is None or self.tools.tools.take_message is None:
                     return "I'm sorry, I can't change appointments right now. Please try again later."
                 self.tools.offered = "message"
@@ -256,11 +289,15 @@ class LlamaLLMProcessor(FrameProcessor):
         elif change_intent(said) is None and getattr(answer, "text", None) and self._facts is not None \
                 and getattr(answer, "topic", "") != "unknown" and self._facts.is_question(said):  # fmt: skip
             return f"{answer.text} {dialogue.question()}"  # type: ignore[attr-defined]
+        before = dialogue.target  # the booking being changed, where it was
         reply = await asyncio.to_thread(dialogue.handle, said)
         if reply.appointment is not None and reply.state in ("cancelled", "moved"):
             (self.cancellations if reply.state == "cancelled" else self.reschedules).append(reply.appointment.as_dict())
+            self._tool_called(appointment_change(reply.tool, reply.appointment,
+                                                 previous=before if reply.state == "moved" else None))  # fmt: skip
         if reply.error:
             self.tool_failures.append({"tool": reply.tool, "error": reply.error})
+            self._tool_called(appointment_change(reply.tool, None, error=reply.error))
         if reply.offers_message and self.tools is not None and self.tools.tools.take_message is not None:
             self.tools.offered = "message"  # "yes" takes a message
         return reply.text or None  # "" : the turn asks for a new booking instead
@@ -274,6 +311,10 @@ class LlamaLLMProcessor(FrameProcessor):
         if action is not None:
             if action.kind == "message":
                 self.messages.append({"name": action.name or "", "text": action.text})
+                for_whom = self.tools.tools.take_message.for_whom if self.tools.tools.take_message else None
+                self._tool_called(message_call(action, for_whom))
+            elif action.kind == "end_call":
+                self._tool_called(end_call_call(action))
             if self._on_tool_action is not None:
                 self._on_tool_action(action)
             elif reply is not None and reply.text is None:

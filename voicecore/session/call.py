@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +24,7 @@ from pipecat.workers.runner import WorkerRunner
 from voicecore.agent.calendar import CallerOnFile, caller_on_file
 from voicecore.agent.call_tools import ToolAction
 from voicecore.agent.facts import FactBook
+from voicecore.agent.tool_records import transfer_record
 from voicecore.audio.resample import RateFollower
 from voicecore.config import PipelineConfig
 from voicecore.frames import AgentSayFrame
@@ -33,8 +36,9 @@ from voicecore.policy import (
     consent_answer,
     optout_requested,
     recording_decision,
+    redact_tool_arguments,
 )
-from voicecore.records import CallRecord, Turn, TurnTimeline
+from voicecore.records import TOOL_TURN_KIND, CallRecord, ToolCall, Turn, TurnTimeline
 from voicecore.services.conversation import ContextBuilder, Conversation, PolicyContext
 from voicecore.services.vad import PIPELINE_SAMPLE_RATE
 from voicecore.storage.calls import RecordingNotAllowed
@@ -171,6 +175,7 @@ class CallSession:
             audio_tap=self._agent_audio_tap,
             on_tool_action=self._tool_action,
             caller=await self._calendar_caller(),
+            on_tool_call=self._tool_called,
             name=f"call-{self.call_id[:8]}",
         )
 
@@ -279,13 +284,17 @@ class CallSession:
             self.pool.llm(self.config.models.llm).forget(self.conversation.key)
         if self._prefill_task is not None and not self._prefill_task.done():
             self._prefill_task.cancel()
-        # Storage work started during the call (opt-out, opening the recording) completes first.
+        # Storage work started during the call (opt-out, opening the recording, a transfer and the
+        # audit entries it leaves) completes first.
+        waited: set[asyncio.Task] = set()
         jobs = [t for t in self._jobs if t is not me]
-        if jobs:
+        while jobs:
+            waited.update(jobs)
             done, pending = await asyncio.wait(jobs, timeout=30)
             for task in pending:
                 logger.error(f"call {self.call_id[:8]}: storage work did not finish; cancelled")
                 task.cancel()
+            jobs = [t for t in self._jobs if t is not me and t not in waited]
         # Replies still open were cut by the hang-up: keep what was said.
         for reply_id, turn in list(self._agent_turns.items()):
             turn.interrupted = True
@@ -351,7 +360,9 @@ class CallSession:
         encrypted with the transcript); a goodbye is said and the call ends; a transfer is announced
         and the provider hands the call over."""
         if action.kind == "message":
-            who = f"Message from {action.name}: " if action.name else "Message: "
+            # who left it, as the policy keeps names (a policy redacting names keeps "[name]")
+            name = redact_tool_arguments(self.policy or DEFAULT_POLICY, {"name": action.name})["name"]
+            who = f"Message from {name}: " if name else "Message: "
             self.record.turns.append(Turn(role="event", text=who + action.text, kind="message"))
             self._changed()
         elif action.kind == "end_call":
@@ -359,10 +370,35 @@ class CallSession:
         elif action.kind == "transfer" and action.target:
             self._speak_soon(self._transfer(action.text, action.target))
 
+    def _tool_called(self, call: ToolCall) -> None:
+        """One tool call: an event turn of kind ``tool`` (:meth:`ToolCall.to_text`, the caller's part of
+        its arguments redacted by the tenant policy; stored encrypted with the transcript), its tool
+        and outcome in ``flags["tool_calls"]``, and an audit entry ``tool.called`` (tool, outcome and
+        the failing part's error type: no call content)."""
+        kept = replace(call, arguments=redact_tool_arguments(self.policy or DEFAULT_POLICY, call.arguments))
+        self.record.turns.append(Turn(role="event", text=kept.to_text(), kind=TOOL_TURN_KIND))
+        self.record.flags.setdefault("tool_calls", []).append({"tool": call.tool, "outcome": call.outcome})
+        self._changed()
+        logger.info(f"call {self.call_id[:8]}: tool {call.tool} {call.outcome}")
+        if self.store is not None:
+            self._job(self._audit_tool_call(call))
+
+    async def _audit_tool_call(self, call: ToolCall) -> None:
+        assert self.store is not None
+        object_id = f"call:{self.call_id} tool:{call.tool} outcome:{call.outcome}"
+        kind = (call.error or "").split(":", 1)[0].strip()
+        if not call.ok and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,60}", kind):
+            object_id += f" error:{kind}"  # an exception type or a provider's error code
+        try:
+            await asyncio.to_thread(self.store.audit.append, CALL_ACTOR, self.record.tenant, "tool.called", object_id)
+        except Exception as e:
+            logger.error(f"call {self.call_id[:8]}: tool call not audited ({type(e).__name__})")
+
     async def _transfer(self, announcement: str, to: str) -> None:
         tools = self.pipeline.llm.tools
         if not can_transfer(self.record) or self.store is None:
             self.record.flags["transfer"] = {"to": to, "provider": None, "ok": False, "error": "unavailable"}
+            self._tool_called(transfer_record(to, None, False, "unavailable: no provider call to hand over"))
             await self.say(tools.transfer_failed(unavailable=True) if tools else announcement, kind="notice")
             return
         await self.say(announcement, kind="transfer")
@@ -372,6 +408,8 @@ class CallSession:
     async def _hand_over(self, to: str) -> None:
         tool = self.config.tools.transfer
         result = await transfer_call(self.store, self.record, to, plivo_xml_url=tool.plivo_xml_url if tool else None)
+        error = self.record.flags["transfer"]["error"]
+        self._tool_called(transfer_record(to, self.record.transport, result.ok, error))
         if result.ok:
             if not self._ended:  # (the provider may already have ended our media stream)
                 self._speak_soon(self.end("transferred"))

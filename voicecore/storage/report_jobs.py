@@ -2,8 +2,8 @@
 
 A call that ends with caller speech, under a policy that keeps reports, leaves a job
 (:meth:`ReportJobs.enqueue`, or :meth:`ReportJobs.enqueue_in_tx` inside the transaction that
-closes the call): what the report is made from (the caller's and agent's words, the call's date)
-encrypted with the tenant keys, so the report can be made even when the policy keeps no
+closes the call): what the report is made from (the caller's and agent's words, the tool calls and
+messages taken, the call's date) encrypted with the tenant keys, so the report can be made even when the policy keeps no
 transcript. A worker takes one job at a time (:meth:`ReportJobs.claim`: ``FOR UPDATE SKIP LOCKED``
 on PostgreSQL, the write transaction on SQLite) and holds it for a lease it renews
 (:meth:`ReportJobs.extend`) while the model works; the job is deleted in the same transaction as
@@ -43,12 +43,17 @@ class ReportJobLost(StorageError):
     job was erased): its report is not stored."""
 
 
+#: Event turns a report is made from besides the words: the tool calls and the messages taken.
+REPORT_EVENT_KINDS = ("tool", "message")
+
+
 @dataclass(frozen=True)
 class JobTurn:
     """One line of what a report is made from."""
 
-    role: str  # caller | agent
+    role: str  # caller | agent | event
     text: str
+    kind: str | None = None  # event turns: tool | message
 
 
 @dataclass
@@ -69,12 +74,17 @@ class ReportJob:
 
 
 def job_input(turns: Iterable[Any], call_date: date | None) -> dict[str, Any]:
-    """What a job keeps of a call's turns: the caller's and agent's words, in order."""
-    lines = [
-        {"role": t.role, "text": t.text}
-        for t in turns
-        if getattr(t, "role", None) in ("caller", "agent") and isinstance(getattr(t, "text", None), str) and t.text.strip()
-    ]
+    """What a job keeps of a call's turns: the caller's and agent's words and the tool calls and
+    messages taken (:data:`REPORT_EVENT_KINDS`), in order."""
+    lines: list[dict[str, Any]] = []
+    for t in turns:
+        role, text = getattr(t, "role", None), getattr(t, "text", None)
+        if not isinstance(text, str) or not text.strip():
+            continue
+        if role in ("caller", "agent"):
+            lines.append({"role": role, "text": text})
+        elif role == "event" and getattr(t, "kind", None) in REPORT_EVENT_KINDS:
+            lines.append({"role": role, "text": text, "kind": t.kind})
     return {"turns": lines, "call_date": call_date.isoformat() if call_date else None}
 
 
@@ -212,7 +222,7 @@ class ReportJobs:
                         tenant_id=tid,
                         call_id=r["call_id"],
                         pipeline=r["pipeline"],
-                        turns=[JobTurn(str(d["role"]), str(d["text"])) for d in data.get("turns", [])],
+                        turns=[JobTurn(str(d["role"]), str(d["text"]), d.get("kind")) for d in data.get("turns", [])],
                         call_date=date.fromisoformat(data["call_date"]) if data.get("call_date") else None,
                         attempts=r["attempts"] + 1,
                         claimed_by=worker_id,
