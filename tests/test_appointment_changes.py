@@ -413,6 +413,13 @@ async def test_the_processor_records_what_was_cancelled_and_moved(tmp_path: Path
     assert moved["start"] == "2026-12-08T09:00:00-05:00" and cancelled["start"] == moved["start"]
     assert set(cancelled) == set(booked) and proc.tool_failures == []  # type: ignore[attr-defined]
     assert appointments(ICSCalendar(path)).find(name="anna smith") == []
+    # each change is a tool call on the record: the move says where it was and where it is now
+    calls = [(c.tool, c.outcome) for c in proc.tool_calls]  # type: ignore[attr-defined]
+    assert calls == [("book_appointment", "booked"), ("reschedule_appointment", "rescheduled"),
+                     ("cancel_appointment", "cancelled")]  # fmt: skip
+    move = proc.tool_calls[1]  # type: ignore[attr-defined]
+    assert move.result["start"] == "2026-12-08T09:00:00-05:00"
+    assert move.result["previous_start"] == booked["start"] == "2026-12-07T10:00:00-05:00"
 
 
 async def test_a_change_that_finds_nothing_hands_a_new_booking_over(tmp_path: Path) -> None:
