@@ -2,16 +2,18 @@
 
 Three, chosen by a pipeline's ``turn_taking.vad``:
 
-- ``silero``: Silero VAD (the ONNX model Pipecat bundles), one 32 ms window (512
-  samples) at a time. One ONNX session per process serves every call
+- ``silero`` (the default): Silero VAD (the ONNX model Pipecat bundles), one 32 ms
+  window (512 samples) at a time. One ONNX session per process serves every call
   (:class:`SileroVADEngine`, from the shared model pool); each call keeps its own
-  recurrent state and 64-sample context (:class:`SileroStream`). Inference runs
-  inline on the event loop: about 63 µs per window on one core of the 2-core
-  reference machine (0.2 % of a core per call; 8 calls ≈ 1.6 %), less than a hop to
-  a thread would cost. Stays quiet in steady street, office and line noise.
+  recurrent state and 64-sample context (:class:`SileroStream`). It runs inline on the
+  event loop: inference is 63 µs per window on one core of the 2-core reference machine
+  (batching 8 calls' windows would bring it to 32 µs each, less than a hop to a thread
+  costs), ~120 µs with the band energies that place the end of speech: 0.4 % of a core
+  per call, 8 calls ≈ 3 %. Quiet in street, office and line noise at 5 dB SNR.
 - ``webrtc``: Google's webrtcvad (20 ms frames) behind a fixed RMS floor. Microseconds
-  per frame, but it hears pink and brown noise as speech, so in noise a turn's end of
-  speech runs on until the noise stops.
+  per frame, but it hears street and office noise (and any noise for a while after it
+  starts) as speech, so a turn's end of speech runs on, 0.3-2 s late or until the noise
+  stops.
 - ``webrtc+noise-floor``: webrtcvad gated by an adaptive noise floor
   (:class:`NoiseFloor`): a frame is speech only if webrtcvad says so *and* its
   energy in three of five speech bands stands ``noise_floor_margin_db`` over those
@@ -198,18 +200,20 @@ RESET_LOW_WINDOWS = 5
 # Where speech ended (see SileroVADAnalyzer): the last window scoring SILERO_CONFIDENT,
 # unless voiced windows go on more than SILERO_DECAY_WINDOWS after it; moved back by up to
 # SILERO_LAG_MS, not before the last SILERO_SUB-sample sub-window SILERO_FLOOR_MARGIN_DB over
-# the noise level.
+# the noise level (the median phone-band level of the last SILERO_NOISE_WINDOWS windows
+# scored under RESET_MAX_PROBABILITY).
 SILERO_CONFIDENT = 0.85
-# Silero's first window over the threshold comes this long after speech begins: counted as
-# part of ``speech_start_ms`` (120 ms → 3 windows), so its onset and barge-in come as soon
-# as webrtcvad's did (bench endpointing: onset p50 ~115 ms vs 108 ms; 4 windows: ~150 ms).
-SILERO_ONSET_LAG_MS = 32
 SILERO_DECAY_WINDOWS = 4
 SILERO_LAG_MS = 96
 SILERO_LAG_SAMPLES = SAMPLE_RATE * SILERO_LAG_MS // 1000
 SILERO_SUB = 128
 SILERO_FLOOR_MARGIN_DB = 12.0
-SILERO_NOISE_WINDOWS = 8  # the noise level is the median over the last 8 clear non-speech windows
+SILERO_NOISE_WINDOWS = 8
+# Silero's first window over the threshold comes about this long after speech begins: it
+# counts towards ``speech_start_ms`` (120 ms → 3 windows), so a turn's start and a barge-in
+# come as soon as with webrtcvad (bench endpointing: onset p50 116 vs 111 ms; 143 ms with
+# 4 windows).
+SILERO_ONSET_LAG_MS = 32
 
 
 class SileroVADEngine:
@@ -269,8 +273,9 @@ class SileroVADAnalyzer(FrameVAD):
 
     Speaking and quiet (what opens a turn, a pause, a barge-in) follow Silero's own rule:
     speech starts on windows at ``threshold``, goes on while they stay over ``threshold -
-    0.15``; the windows needed to start count Silero's onset lag (:data:`SILERO_ONSET_LAG_MS`). Where speech *ended* is found more tightly, as Silero answers about 1.0 inside
-    speech and then decays over two to four windows (80-120 ms, longer in noise):
+    0.15``; the windows needed to start count Silero's onset lag (:data:`SILERO_ONSET_LAG_MS`).
+    Where speech *ended* is found more tightly, as Silero answers about 1.0 inside speech
+    and then decays over two to four windows (80-120 ms, longer in noise):
 
     - the end is that of the last *confident* window (:data:`SILERO_CONFIDENT`), unless
       the voiced windows after it go on longer than a decay does (soft speech that never
@@ -278,8 +283,8 @@ class SileroVADAnalyzer(FrameVAD):
     - the model lags the audio, so the end is moved back up to :data:`SILERO_LAG_MS`, but
       not before the last 8 ms of audio that stands :data:`SILERO_FLOOR_MARGIN_DB` over the
       line's noise level in the phone band (300-3400 Hz; the level is the median over the
-      last windows Silero scored as clearly not speech). In quiet the tail of a word stands over
-      the floor and nothing is taken off; in noise it sinks into it.
+      last windows Silero scored as clearly not speech). In quiet the tail of a word stands
+      over the floor and nothing is taken off; in noise it sinks into it.
 
     The constants were measured with ``bench endpointing`` (benchmarks/README.md). A window
     quieter than ``min_speech_rms`` is never speech.
