@@ -18,7 +18,7 @@ import hashlib
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -177,11 +177,20 @@ def _generate(spec: UtteranceSpec, dest: Path, espeak: str, sox: str) -> tuple[i
 
 def load_corpus(ids: tuple[str, ...] | list[str] | None = None, cache_dir: Path | None = None) -> list[Utterance]:
     """The corpus (or the utterances ``ids``), generating what is not in the cache yet."""
+    return load_utterances([s for s in CORPUS if ids is None or s.id in ids], cache_dir)
+
+
+def clean_spec(spec: UtteranceSpec) -> UtteranceSpec:
+    """The same utterance with no noise mixed in."""
+    return replace(spec, noise=None, noise_level=0.0)
+
+
+def load_utterances(specs: list[UtteranceSpec], cache_dir: Path | None = None) -> list[Utterance]:
+    """These utterances, generating what is not in the cache yet."""
     espeak, sox = _require_tools()
     versions = _tool_version(espeak) + "|" + _tool_version(sox)
     cache = Path(cache_dir or DEFAULT_CACHE)
     cache.mkdir(parents=True, exist_ok=True)
-    specs = [s for s in CORPUS if ids is None or s.id in ids]
     out: list[Utterance] = []
     for spec in specs:
         key = _key(spec, versions)

@@ -2,7 +2,7 @@
 ``tests/test_suite_guards.py``).
 
 ``MODEL_GUARD``: a test that is not marked ``models`` must not load or use a model. The model
-engines' constructors (Whisper, llama.cpp, Piper, smart-turn) and the shared ``ModelPool``'s
+engines' constructors (Whisper, llama.cpp, Piper, smart-turn, Silero VAD) and the shared ``ModelPool``'s
 accessors are wrapped: outside a ``models`` test they raise :class:`UnmarkedModelLoad` (before
 anything loads) and note the violation, so the test fails even when the server caught the error
 in one of its threads. A pool that already holds a model counts too: the check does not depend
@@ -33,9 +33,10 @@ ENGINES = (
     ("voicecore.services.llm", "LlamaEngine"),
     ("voicecore.services.tts", "PiperEngine"),
     ("voicecore.services.vad", "SmartTurnEngine"),
+    ("voicecore.services.vad_analyzers", "SileroVADEngine"),
 )
 #: ``ModelPool`` methods that hand out (loading if needed) a model.
-POOL_METHODS = ("stt", "llm", "tts", "smart_turn", "for_pipeline")
+POOL_METHODS = ("stt", "llm", "tts", "smart_turn", "silero_vad", "for_pipeline")
 
 
 class UnmarkedModelLoad(RuntimeError):

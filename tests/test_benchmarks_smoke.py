@@ -223,3 +223,28 @@ def test_bench_dialogue_smoke(tmp_path):
     book = FactBook(load_pipeline(PROJECT_ROOT / "pipelines" / "receptionist.yaml").facts)  # type: ignore[arg-type]
     assert fact_errors(book, said[0]) == []
     assert any("85 dollars" in e for e in fact_errors(book, said[0].replace("95 dollars", "85 dollars")))
+
+
+def test_bench_endpointing_smoke(tmp_path):
+    doc = run_bench("endpointing", tmp_path)
+    cfg = doc["config"]
+    assert cfg["detectors"] == ["silero", "webrtc", "webrtc+noise-floor"]
+    assert len(cfg["noises"]) == 1 and len(cfg["snr_db"]) == 1 and cfg["smart_turn"] is True
+    conditions = {"corpus clean", "corpus noisy", f"{cfg['noises'][0]} {cfg['snr_db'][0]:g} dB"}
+    per = [r for r in doc["results"] if not r["condition"].startswith("all: ")]
+    assert {(r["detector"], r["condition"]) for r in per} == {(d, c) for d in cfg["detectors"] for c in conditions}
+    for r in doc["results"]:
+        for k in ("eos_error_ms", "abs_eos_error_ms", "end_of_turn_ms", "onset_ms"):
+            assert_stats(r[k])
+        for k in ("cuts", "utterances_cut", "missed", "unended", "false_starts"):
+            assert isinstance(r[k], int) and r[k] >= 0, k
+    for r in per:
+        assert r["utterances"] == (2 if r["noise"] else 1)
+        mine = [u for u in doc["utterances"] if (u["detector"], u["condition"]) == (r["detector"], r["condition"])]
+        assert len(mine) == r["utterances"] and sum(u["missed"] for u in mine) == r["missed"]
+        assert isinstance(r["detector_us_per_s"], float) and r["detector_us_per_s"] > 0
+    for u in doc["utterances"]:
+        assert {"detector", "condition", "utterance", "true_end_s", "turns", "cuts", "missed", "unended",
+                "eos_error_ms", "end_of_turn_ms", "onset_ms", "reason"} <= set(u)
+        if not u["missed"] and not u["unended"]:
+            assert isinstance(u["eos_error_ms"], float) and u["reason"] in ("smart-turn", "silence")

@@ -43,7 +43,17 @@ class LLMParams(_Strict):
 
 
 class TurnTaking(_Strict):
+    # Which audio frames hold speech: "silero" (Silero VAD, stays quiet in street, office and line
+    # noise), "webrtc" (webrtcvad alone: hears steady pink/brown noise as speech, so in noise the
+    # end of speech comes late or never), "webrtc+noise-floor" (webrtcvad gated by an adaptive
+    # noise floor). Figures per noise and SNR: benchmarks/README.md, `bench endpointing`.
+    vad: Literal["silero", "webrtc", "webrtc+noise-floor"] = "silero"
+    # webrtcvad's aggressiveness (webrtc and webrtc+noise-floor).
     vad_aggressiveness: Annotated[int, Field(ge=0, le=3)] = 2
+    # Silero: speech probability a 32 ms window needs to start speech (it goes on down to 0.15 less).
+    silero_threshold: Annotated[float, Field(ge=0.1, le=0.95)] = 0.5
+    # webrtc+noise-floor: how far (dB) a frame's loudest speech band must stand over its noise floor.
+    noise_floor_margin_db: Annotated[float, Field(ge=3.0, le=30.0)] = 10.0
     # Voiced audio needed before speech counts as started (also the barge-in trigger).
     speech_start_ms: Annotated[int, Field(ge=20, le=1000)] = 120
     # Silence after speech that counts as a pause: speculative STT and smart-turn start here.

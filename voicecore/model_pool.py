@@ -36,6 +36,7 @@ from voicecore.services.stt_remote import RemoteSTTEngine
 from voicecore.services.tts import PiperEngine
 from voicecore.services.tts_remote import RemoteTTSEngine
 from voicecore.services.vad import SmartTurnEngine
+from voicecore.services.vad_analyzers import SileroVADEngine
 
 
 @dataclass
@@ -44,6 +45,7 @@ class PipelineModels:
     llm: LlamaEngine | RemoteLLMEngine
     tts: PiperEngine | RemoteTTSEngine
     smart_turn: SmartTurnEngine | None
+    silero_vad: SileroVADEngine | None = None
 
 
 class ModelPool:
@@ -109,6 +111,10 @@ class ModelPool:
     def smart_turn(self) -> SmartTurnEngine:
         return self._get(("turn", SmartTurnEngine.MODEL_FILE), "smart-turn v3", SmartTurnEngine)
 
+    def silero_vad(self) -> SileroVADEngine:
+        """Silero VAD's ONNX session, shared by every call (each call keeps its own model state)."""
+        return self._get(("vad", SileroVADEngine.MODEL_FILE), "Silero VAD", SileroVADEngine)
+
     async def aclose(self) -> None:
         """Close the remote backends' clients of the running event loop (a server's shutdown);
         a later call opens them again."""
@@ -129,6 +135,7 @@ class ModelPool:
             llm=self.llm(config.models.llm),
             tts=self.tts(config.models.tts),
             smart_turn=self.smart_turn() if config.turn_taking.smart_turn else None,
+            silero_vad=self.silero_vad() if config.turn_taking.vad == "silero" else None,
         )
 
 

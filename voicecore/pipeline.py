@@ -175,7 +175,7 @@ def build_call_pipeline(
         processors: list[FrameProcessor] = [llm, output]
     else:
         models = pool.for_pipeline(config)
-        vad = VADTurnProcessor(config.turn_taking, smart_turn=models.smart_turn)
+        vad = VADTurnProcessor(config.turn_taking, smart_turn=models.smart_turn, silero=models.silero_vad)
         stt = WhisperSTTProcessor(
             models.stt,
             prompt=recogniser_prompt(config, facts),

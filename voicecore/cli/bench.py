@@ -1,4 +1,4 @@
-"""``voicecore bench ...``: the latency, side-by-side, concurrency, overhead, outbound and dialogue benchmarks.
+"""``voicecore bench ...``: latency, side by side, concurrency, overhead, outbound, dialogue and endpointing.
 
 Each verb is a thin call into ``benchmarks/<name>.py``'s ``run()`` (the same function
 the smoke tests call): it prints a table and writes ``<name>.json`` and PNG plots to
@@ -74,6 +74,7 @@ def bench() -> None:
     overhead     instant fake models: what the runtime itself adds per turn
     outbound     campaign calls through a fake Twilio API: answer → greeting p50/p95
     dialogue     scripted text conversations scored against the pipeline's facts and calendar
+    endpointing  end-of-speech error per speech detector in street/office/line noise (turn detector only)
     """
 
 
@@ -174,3 +175,42 @@ def dialogue(smoke: bool, out: Path | None, pipelines: tuple[str, ...]) -> None:
     and transfers taken when asked, turns per booking, and the latency voicecore's agent logic adds
     per turn. Each call runs at the set's fixed date with a fresh calendar."""
     _run("dialogue", smoke=smoke, out=out, pipelines=list(pipelines) or None)
+
+
+def _csv(value: str, param: str, kind: type = str) -> list:
+    try:
+        items = [kind(x.strip()) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"not a comma-separated list of {kind.__name__}: {value!r}",
+                                 param_hint=param) from None
+    if not items:
+        raise click.BadParameter("give at least one", param_hint=param)
+    return items
+
+
+@bench.command()
+@smoke_option
+@out_option
+@click.option("--vad", "detectors", default="silero,webrtc,webrtc+noise-floor", show_default=True,
+              help="Speech detectors to compare (turn_taking.vad values).")
+@click.option("--noise", "noises", default="street,office,line", show_default=True,
+              help="Noise kinds mixed under the corpus (benchmarks/noise.py); 'none' for the corpus alone.")
+@click.option("--snr", "snrs", default="5,10,20", show_default=True, help="Signal-to-noise ratios (dB).")
+@click.option("--corpus/--no-corpus", default=True, show_default=True,
+              help="Also the bench latency corpus as played there (clean and noisy halves).")
+@click.option("--smart-turn/--no-smart-turn", default=True, show_default=True,
+              help="Ask smart-turn v3 at pauses, as the pipeline does.")
+@click.option("--smart-turn-ms", default=100.0, show_default=True, type=click.FloatRange(min=0),
+              help="Audio time after a pause at which smart-turn's answer lands (its inference time).")
+@click.option("--wideband", is_flag=True, help="Skip the phone line (8 kHz μ-law) the streams go through by default.")
+@click.option("--pipeline", default="receptionist", show_default=True, help="Agent whose turn_taking is used.")
+def endpointing(smoke: bool, out: Path | None, detectors: str, noises: str, snrs: str, corpus: bool,
+                smart_turn: bool, smart_turn_ms: float, wideband: bool, pipeline: str) -> None:
+    """End-of-speech error and false ends of turn per speech detector, in street/office/line noise.
+
+    Runs only the turn detector on the audio (no STT, LLM or server): seconds per condition."""
+    kinds = [] if noises.strip() == "none" else _csv(noises, "--noise")
+    _run("endpointing", smoke=smoke, out=out, detectors=_csv(detectors, "--vad"), noises=kinds,
+         snrs=_csv(snrs, "--snr", float), corpus=corpus, smart_turn=smart_turn, smart_turn_ms=smart_turn_ms,
+         phone=not wideband,
+         pipeline=pipeline)

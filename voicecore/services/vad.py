@@ -1,4 +1,4 @@
-"""Voice activity and end of turn: webrtcvad as a Pipecat VAD analyzer, plus smart-turn v3.
+"""Voice activity and end of turn: a speech detector as a Pipecat VAD analyzer, plus smart-turn v3.
 
 ``VADTurnProcessor`` sits right after the call's audio input. It turns 16 kHz
 caller audio into Pipecat's speaking frames:
@@ -14,8 +14,12 @@ caller audio into Pipecat's speaking frames:
   ``end_of_turn_silence_ms``. Its ``metadata["timeline"]`` opens the turn's
   :class:`~voicecore.records.TurnTimeline` with the end of speech.
 
-All turn-taking arithmetic counts audio samples, not wall-clock time, so a file
-streamed faster than real time takes the same decisions as a live call.
+Which frames hold speech is the detector ``turn_taking.vad`` names (Silero VAD,
+webrtcvad, or webrtcvad behind an adaptive noise floor: ``vad_analyzers.py``).
+The decisions are made by :class:`TurnDetector`, a pure core (no frames, no
+clock) that ``bench endpointing`` drives directly; the processor is its asyncio
+shell. All turn-taking arithmetic counts audio samples, not wall-clock time, so
+a file streamed faster than real time takes the same decisions as a live call.
 """
 
 from __future__ import annotations
@@ -28,9 +32,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
-import webrtcvad
 from loguru import logger
-from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
+from pipecat.audio.vad.vad_analyzer import VADState
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
@@ -49,61 +52,21 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from voicecore.config import TurnTaking
 from voicecore.frames import PauseTranscriptFrame
 from voicecore.records import TurnTimeline
+from voicecore.services.vad_analyzers import (
+    MIN_SPEECH_RMS,
+    FrameVAD,
+    SileroVADEngine,
+    WebRTCVADAnalyzer,
+    make_analyzer,
+)
+
+__all__ = [
+    "MIN_SPEECH_RMS", "PIPELINE_SAMPLE_RATE", "SileroVADEngine", "SmartTurnEngine", "TurnDetector", "TurnEvent",
+    "TurnState", "VADTurnProcessor", "WebRTCVADAnalyzer", "transcript_looks_complete",
+]
 
 PIPELINE_SAMPLE_RATE = 16000
-FRAME_MS = 20
-# Voiced frames quieter than this (RMS, int16 units; about -56 dBFS) are taken as
-# line noise even when webrtcvad says speech.
-MIN_SPEECH_RMS = 50.0
-
-
-class WebRTCVADAnalyzer(VADAnalyzer):
-    """A Pipecat VAD analyzer over Google's webrtcvad (20 ms frames, 8/16/32/48 kHz).
-
-    webrtcvad answers in microseconds, so analysis runs inline instead of on the
-    analyzer's thread, and Pipecat's BS.1770 loudness gate (a 400 ms window that
-    lags speech onsets) is replaced by a per-frame RMS floor.
-    """
-
-    def __init__(
-        self,
-        *,
-        aggressiveness: int = 2,
-        sample_rate: int | None = None,
-        params: VADParams | None = None,
-        min_speech_rms: float = MIN_SPEECH_RMS,
-    ):
-        super().__init__(sample_rate=sample_rate, params=params)
-        if not 0 <= aggressiveness <= 3:
-            raise ValueError(f"webrtcvad aggressiveness must be 0..3, got {aggressiveness}")
-        self._vad = webrtcvad.Vad(aggressiveness)
-        self._min_speech_rms = min_speech_rms
-        self.frames_seen = 0
-        self.last_voiced_frame = -1  # index of the last 20 ms frame judged voiced
-
-    def num_frames_required(self) -> int:
-        return int(self.sample_rate * FRAME_MS / 1000)
-
-    def voice_confidence(self, buffer: bytes) -> float:
-        index = self.frames_seen
-        self.frames_seen += 1
-        samples = np.frombuffer(buffer, dtype=np.int16)
-        if samples.size == 0:
-            return 0.0
-        rms = float(np.sqrt(np.mean(samples.astype(np.float32) ** 2)))
-        voiced = rms >= self._min_speech_rms and self._vad.is_speech(buffer, self.sample_rate)
-        if voiced:
-            self.last_voiced_frame = index
-        return 1.0 if voiced else 0.0
-
-    def _get_smoothed_volume(self, audio: bytes) -> float:  # noqa: D401 - Pipecat hook
-        return 1.0
-
-    async def analyze_audio(self, buffer: bytes) -> VADState:
-        return self._run_analyzer(buffer)
-
-    async def cleanup(self):
-        await super().cleanup()
+PREROLL_S = 0.5  # audio kept from before a turn's start (smart-turn hears the onset)
 
 
 class SmartTurnEngine:
@@ -247,37 +210,105 @@ class TurnState:
         return False
 
 
+class TurnDetector:
+    """The pure core of turn taking: a speech detector and :class:`TurnState` over 16 kHz caller audio.
+
+    :meth:`feed` takes audio in any chunking and returns the turn events it brought; the
+    current turn's audio (with a short pre-roll) is kept for smart-turn. Smart-turn's answer
+    and the transcript cue come back in through :meth:`smart_turn_says_complete` and
+    :meth:`transcript_at_pause`; :meth:`end_turn` closes a turn that ended.
+    """
+
+    def __init__(self, params: TurnTaking, analyzer: FrameVAD):
+        self.params = params
+        self.analyzer = analyzer
+        self.turn = TurnState(params)
+        self.samples = 0  # audio received, in samples at 16 kHz
+        self.voiced_moved = False  # the last feed held a frame judged voiced
+        self.voiced_ago_s = 0.0
+        self._turn_audio: list[np.ndarray] = []
+        self._turn_audio_len = 0
+        self._preroll: list[np.ndarray] = []
+        self._preroll_len = 0
+
+    def restart(self) -> None:
+        """A new stream (Pipecat ``StartFrame``): no turn open."""
+        self.turn = TurnState(self.params)
+
+    @property
+    def in_turn(self) -> bool:
+        return self.turn.in_turn
+
+    @property
+    def voiced_end(self) -> int:
+        """Where the last voiced frame of the current (or last) turn ends, in samples."""
+        return self.turn.last_voiced_end
+
+    def feed(self, audio: bytes) -> list[TurnEvent]:
+        before = self.analyzer.last_voiced_frame
+        state = self.analyzer.analyze(audio)
+        self.samples += len(audio) // 2
+        self.voiced_moved = self.analyzer.last_voiced_frame != before
+        # how long ago (audio received since) the speech of the last voiced frame ended
+        self.voiced_ago_s = max(0, self.samples - self.analyzer.voiced_end) / PIPELINE_SAMPLE_RATE
+        self._keep_audio(np.frombuffer(audio, dtype=np.int16))
+        events = self.turn.on_vad(state, self.samples, self.analyzer.voiced_end)
+        if TurnEvent.SPEECH_STARTED in events:
+            self._turn_audio, self._turn_audio_len = self._preroll, self._preroll_len
+            self._preroll, self._preroll_len = [], 0
+        return events
+
+    def transcript_at_pause(self, pause_id: int, text: str) -> list[TurnEvent]:
+        return self.turn.transcript_at_pause(pause_id, text, self.samples)
+
+    def smart_turn_says_complete(self, pause_id: int) -> bool:
+        return self.turn.smart_turn_says_complete(pause_id)
+
+    def turn_audio(self) -> np.ndarray:
+        """The current turn's audio so far (int16), up to smart-turn's 8 s."""
+        return np.concatenate(self._turn_audio) if self._turn_audio else np.zeros(0, np.int16)
+
+    def end_turn(self) -> float:
+        """Forget the ended turn's audio; returns how long it was (ms)."""
+        ms = self._turn_audio_len * 1000 / PIPELINE_SAMPLE_RATE
+        self._turn_audio, self._turn_audio_len = [], 0
+        return ms
+
+    def _keep_audio(self, samples: np.ndarray) -> None:
+        """The current turn's audio (for smart-turn), and a short pre-roll before it."""
+        if self.turn.in_turn:
+            self._turn_audio.append(samples)
+            self._turn_audio_len += samples.size
+            limit = SmartTurnEngine.MAX_SECONDS * PIPELINE_SAMPLE_RATE
+            while self._turn_audio_len - self._turn_audio[0].size > limit:
+                self._turn_audio_len -= self._turn_audio.pop(0).size
+        else:
+            self._preroll.append(samples)
+            self._preroll_len += samples.size
+            while self._preroll_len - self._preroll[0].size > PREROLL_S * PIPELINE_SAMPLE_RATE:
+                self._preroll_len -= self._preroll.pop(0).size
+
+
 class VADTurnProcessor(FrameProcessor):
-    """webrtcvad + smart-turn v3 → Pipecat speaking frames, barge-in interruptions."""
+    """Speech detector + smart-turn v3 → Pipecat speaking frames, barge-in interruptions.
+
+    ``silero`` is the process's shared Silero engine (``ModelPool.silero_vad()``), needed when
+    ``params.vad`` is ``silero``."""
 
     def __init__(
         self,
         params: TurnTaking,
         *,
         smart_turn: SmartTurnEngine | None = None,
+        silero: SileroVADEngine | None = None,
         name: str | None = None,
     ):
         super().__init__(name=name or "VADTurn")
         self._params = params
-        self._analyzer = WebRTCVADAnalyzer(
-            aggressiveness=params.vad_aggressiveness,
-            sample_rate=PIPELINE_SAMPLE_RATE,
-            params=VADParams(
-                confidence=0.5,
-                start_secs=params.speech_start_ms / 1000,
-                stop_secs=params.pause_ms / 1000,
-                min_volume=0.0,
-            ),
-        )
-        self._analyzer.set_sample_rate(PIPELINE_SAMPLE_RATE)
+        self._analyzer = make_analyzer(params, silero)
+        self._detector = TurnDetector(params, self._analyzer)
         self._smart_turn = smart_turn if params.smart_turn else None
-        self._turn = TurnState(params)
-        self._samples = 0  # audio received, in samples at 16 kHz
-        self._frame_samples = PIPELINE_SAMPLE_RATE * FRAME_MS // 1000
-        self._voiced_time = 0.0  # monotonic time the last voiced audio arrived
-        self._turn_audio: list[np.ndarray] = []
-        self._turn_audio_len = 0
-        self._preroll: list[np.ndarray] = []
+        self._voiced_time = 0.0  # monotonic time the speech of the last voiced audio ended
         self._bot_speaking = False
         self._smart_task: asyncio.Task | None = None
         self.barge_ins: list[float] = []  # when caller speech interrupted agent speech (monotonic)
@@ -285,7 +316,7 @@ class VADTurnProcessor(FrameProcessor):
     @property
     def in_turn(self) -> bool:
         """The caller is in a turn (speaking, or in a pause the end of turn has not been decided for)."""
-        return self._turn.in_turn
+        return self._detector.in_turn
 
     @property
     def bot_speaking(self) -> bool:
@@ -298,7 +329,7 @@ class VADTurnProcessor(FrameProcessor):
             await self.push_frame(frame, direction)
             return
         if isinstance(frame, PauseTranscriptFrame):
-            for event in self._turn.transcript_at_pause(frame.pause_id, frame.text, self._samples):
+            for event in self._detector.transcript_at_pause(frame.pause_id, frame.text):
                 await self._on_turn_event(event)
             return  # consumed: nothing upstream of the turn detector needs it
         if isinstance(frame, BotStartedSpeakingFrame):
@@ -308,7 +339,7 @@ class VADTurnProcessor(FrameProcessor):
         elif isinstance(frame, (EndFrame, CancelFrame)):
             await self._cancel_smart_turn()
         if isinstance(frame, StartFrame):
-            self._turn = TurnState(self._params)
+            self._detector.restart()
         await self.push_frame(frame, direction)
 
     async def _on_audio(self, frame: InputAudioRawFrame) -> None:
@@ -316,36 +347,15 @@ class VADTurnProcessor(FrameProcessor):
             raise ValueError(
                 f"VADTurnProcessor expects 16 kHz mono audio, got {frame.sample_rate} Hz × {frame.num_channels}"
             )
-        before_voiced = self._analyzer.last_voiced_frame
-        state = await self._analyzer.analyze_audio(frame.audio)
-        self._samples += len(frame.audio) // 2
-        if self._analyzer.last_voiced_frame != before_voiced:
-            self._voiced_time = time.monotonic()
-        voiced_end = (self._analyzer.last_voiced_frame + 1) * self._frame_samples
-        samples = np.frombuffer(frame.audio, dtype=np.int16)
-        self._keep_audio(samples)
-        for event in self._turn.on_vad(state, self._samples, voiced_end):
+        events = self._detector.feed(frame.audio)
+        if self._detector.voiced_moved:
+            self._voiced_time = time.monotonic() - self._detector.voiced_ago_s
+        for event in events:
             await self._on_turn_event(event)
-
-    def _keep_audio(self, samples: np.ndarray) -> None:
-        """The current turn's audio (for smart-turn), and a short pre-roll before it."""
-        if self._turn.in_turn:
-            self._turn_audio.append(samples)
-            self._turn_audio_len += samples.size
-            limit = SmartTurnEngine.MAX_SECONDS * PIPELINE_SAMPLE_RATE
-            while self._turn_audio_len - self._turn_audio[0].size > limit:
-                self._turn_audio_len -= self._turn_audio.pop(0).size
-        else:
-            self._preroll.append(samples)
-            while len(self._preroll) * self._frame_samples > 0.5 * PIPELINE_SAMPLE_RATE:
-                self._preroll.pop(0)
 
     async def _on_turn_event(self, event: TurnEvent) -> None:
         if event == TurnEvent.SPEECH_STARTED:
             await self._cancel_smart_turn()
-            self._turn_audio = list(self._preroll)
-            self._turn_audio_len = sum(a.size for a in self._turn_audio)
-            self._preroll = []
             if self._params.barge_in:
                 # Whatever the agent was doing for the previous turn (thinking or
                 # speaking) stops: the caller has the floor again.
@@ -359,16 +369,15 @@ class VADTurnProcessor(FrameProcessor):
             await self._cancel_smart_turn()
             await self.push_frame(VADUserStartedSpeakingFrame(start_secs=self._params.speech_start_ms / 1000))
         elif event == TurnEvent.PAUSE:
+            pause_id = self._detector.turn.pause_id
             stopped = VADUserStoppedSpeakingFrame(stop_secs=self._params.pause_ms / 1000)
-            stopped.metadata["pause_id"] = self._turn.pause_id  # the STT names it in PauseTranscriptFrame
+            stopped.metadata["pause_id"] = pause_id  # the STT names it in PauseTranscriptFrame
             await self.push_frame(stopped)
             if self._smart_turn is not None:
-                pause_id = self._turn.pause_id
-                audio = np.concatenate(self._turn_audio) if self._turn_audio else np.zeros(0, np.int16)
-                self._smart_task = self.create_task(self._ask_smart_turn(pause_id, audio))
+                self._smart_task = self.create_task(self._ask_smart_turn(pause_id, self._detector.turn_audio()))
         elif event == TurnEvent.END_OF_TURN:
             await self._cancel_smart_turn()
-            await self._end_turn(self._turn.end_reason or "silence")
+            await self._end_turn(self._detector.turn.end_reason or "silence")
 
     async def _ask_smart_turn(self, pause_id: int, audio: np.ndarray) -> None:
         assert self._smart_turn is not None
@@ -378,7 +387,7 @@ class VADTurnProcessor(FrameProcessor):
             logger.warning(f"{self}: smart-turn failed ({e}); relying on silence")
             return
         logger.debug(f"{self}: smart-turn p(complete)={prob:.2f} for pause {pause_id}")
-        if prob > 0.5 and self._turn.smart_turn_says_complete(pause_id):
+        if prob > 0.5 and self._detector.smart_turn_says_complete(pause_id):
             await self._end_turn("smart-turn")
 
     async def _cancel_smart_turn(self) -> None:
@@ -387,10 +396,8 @@ class VADTurnProcessor(FrameProcessor):
             await self.cancel_task(task)
 
     async def _end_turn(self, reason: str) -> None:
-        voiced_ms = self._turn_audio_len * 1000 / PIPELINE_SAMPLE_RATE
         timeline = TurnTimeline(speech_end=self._voiced_time)
-        self._turn_audio = []
-        self._turn_audio_len = 0
+        voiced_ms = self._detector.end_turn()
         frame = UserStoppedSpeakingFrame()
         frame.metadata["timeline"] = timeline
         frame.metadata["end_reason"] = reason
