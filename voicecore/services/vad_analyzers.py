@@ -209,6 +209,10 @@ SILERO_LAG_SAMPLES = SAMPLE_RATE * SILERO_LAG_MS // 1000
 SILERO_SUB = 128
 SILERO_FLOOR_MARGIN_DB = 12.0
 SILERO_NOISE_WINDOWS = 8
+# Inside speech, windows Silero scores under the keep threshold but whose phone-band level
+# stands SILERO_FLOOR_MARGIN_DB over the noise (unvoiced consonants) keep the speech going,
+# up to this many in a row (192 ms).
+SILERO_BRIDGE_WINDOWS = 6
 # Silero's first window over the threshold comes about this long after speech begins: it
 # counts towards ``speech_start_ms`` (120 ms → 3 windows), so a turn's start and a barge-in
 # come as soon as with webrtcvad (bench endpointing: onset p50 116 vs 111 ms; 143 ms with
@@ -280,6 +284,9 @@ class SileroVADAnalyzer(FrameVAD):
     - the end is that of the last *confident* window (:data:`SILERO_CONFIDENT`), unless
       the voiced windows after it go on longer than a decay does (soft speech that never
       scores that high: then the last voiced window);
+    - unvoiced consonants (Silero scores "ch", "f", "s" low: "much ‖ for your help" made a
+      pause) keep the speech going when they stand over the noise, for up to
+      :data:`SILERO_BRIDGE_WINDOWS` windows, without moving its end;
     - the model lags the audio, so the end is moved back up to :data:`SILERO_LAG_MS`, but
       not before the last 8 ms of audio that stands :data:`SILERO_FLOOR_MARGIN_DB` over the
       line's noise level in the phone band (300-3400 Hz; the level is the median over the
@@ -305,6 +312,8 @@ class SileroVADAnalyzer(FrameVAD):
         self._confident_window = -1
         self._confident_end = 0  # end of speech as of the last confident window
         self._voiced_end = 0  # end of speech as of the last voiced window
+        self._bridge = False  # this window keeps the speech going without being voiced
+        self._bridged = 0  # such windows in a row
         self.last_probability = 0.0
         super().__init__(params=params)
         freqs = np.fft.rfftfreq(SILERO_SUB, 1 / SAMPLE_RATE)
@@ -349,12 +358,24 @@ class SileroVADAnalyzer(FrameVAD):
         loud_enough = _rms(samples) >= self._min_speech_rms
         speaking = self._vad_state in (VADState.SPEAKING, VADState.STOPPING)
         voiced = loud_enough and prob >= (self._keep_threshold if speaking else self._threshold)
+        self._bridge = False
         if voiced:
             end = start + SileroVADEngine.WINDOW
             self._voiced_end = max(end - SILERO_LAG_SAMPLES, min(end, self._loud_end))
             if prob >= SILERO_CONFIDENT:
                 self._confident_window, self._confident_end = index, self._voiced_end
+            self._bridged = 0
+        elif speaking and loud_enough and loud.size >= 2 and self._bridged < SILERO_BRIDGE_WINDOWS:
+            self._bridge = True
+            self._bridged += 1
         return voiced
+
+    def voice_confidence(self, buffer: bytes) -> float:
+        """As :class:`FrameVAD`'s; a window Silero does not hear as speech but that stands over the
+        noise inside speech (the "ch f" of "much for": Silero scores unvoiced consonants low) keeps
+        the speech going, up to :data:`SILERO_BRIDGE_WINDOWS` in a row, without moving its end."""
+        confidence = super().voice_confidence(buffer)
+        return 1.0 if self._bridge else confidence
 
     def _maybe_reset(self, prob: float) -> None:
         self._windows_since_reset += 1
