@@ -124,7 +124,9 @@ def test_bench_concurrency_smoke(tmp_path):
         assert lv["answered"] >= 1, lv
         assert isinstance(lv["cpu_percent_mean"], float)
     assert [r["n"] for r in doc["side_by_side"]] == [1, 2]
-    assert all(isinstance(r["ratio_p50"], float) for r in doc["side_by_side"]), doc["side_by_side"]
+    for r in doc["side_by_side"]:  # (a 5 s smoke level may end before a turn is answered: no ratio then)
+        both = r["voicecore_p50_ms"] is not None and r["pipecat_p50_ms"] is not None
+        assert isinstance(r["ratio_p50"], float) if both else r["ratio_p50"] is None, r
     assert "concurrency-vs-pipecat.png" in doc["plots"]
     for lv in doc["levels"]:
         assert lv["turns"] >= lv["n"] and lv["answered"] + lv["unanswered"] == lv["turns"]
