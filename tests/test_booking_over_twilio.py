@@ -1,5 +1,5 @@
 """A spoken booking over a Twilio media stream, through the real default models, into a real CalDAV
-calendar (Radicale on 127.0.0.1), and into the call's record (issue 13, Tests).
+calendar (Radicale on 127.0.0.1), and into the call's record and its post-call report (issue 13, Tests).
 
 The caller (espeak-ng, 8 kHz μ-law as Twilio sends it) asks for a cleaning next Tuesday morning at
 ten, gives a name and says yes to the read-back. Afterwards the event is read from Radicale with
@@ -8,6 +8,7 @@ the caldav client (not through the code under test): the right day, time and ser
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -87,6 +88,13 @@ async def test_a_spoken_twilio_booking_lands_in_radicale_and_the_record(pool, sa
                 finally:
                     await client.close()
                 call = await stored_call(server, client, tenant="acme")
+                # serve writes the post-call report (about 10 s of the model after the hang-up)
+                report = None
+                deadline = asyncio.get_running_loop().time() + 180
+                while report is None and asyncio.get_running_loop().time() < deadline:
+                    report = await asyncio.to_thread(store.calls.get_report, "acme", call.call_id, actor="test")
+                    if report is None:
+                        await asyncio.sleep(0.5)
         finally:
             store.close()
         heard = "\n".join(f"{t.role}: {t.text}" for t in call.turns if t.role in ("caller", "agent"))
@@ -98,6 +106,12 @@ async def test_a_spoken_twilio_booking_lands_in_radicale_and_the_record(pool, sa
     assert start.strftime("%A %H:%M") == "Tuesday 10:00", heard
     assert today < start.date() <= today + timedelta(days=14)
     assert "cleaning" in str(booked[0].get("SUMMARY")).lower()
+    # the report's slot is the booking's (from the tool record, not from what the model heard)
+    assert report is not None and report.status == "ready", report
+    assert report.body["appointment"]["status"] == "booked", report.body
+    # (the report's slot is the business's wall-clock time, as its other fields)
+    assert datetime.fromisoformat(report.body["appointment"]["slot"]) == start.replace(tzinfo=None), report.body
+    assert report.body["purpose"] == "book an appointment", report.body
     (appointment,) = call.flags["appointments"]
     assert appointment["service"] == "cleaning"
     assert datetime.fromisoformat(appointment["start"]).astimezone(zone) == start

@@ -428,7 +428,8 @@ async def test_prompts_never_hold_the_card_number_email_or_phone_number(pool, re
             assert "[" in user, f"a caller turn without a placeholder: {user!r}"
     last = prompts[-1]
     assert "[email address]" in last and ("[card number]" in last or "[number]" in last)
-    assert "[phone number]" in last or last.count("[number]") >= 2
+    # the phone number as a phone number, or (heard as one run of digits under load) as a number
+    assert "[phone number]" in last or "me at [number]" in last or last.count("[number]") >= 2, last
     # stored transcripts are redacted too (default policy: transcripts.store_redacted)
     stored = store.calls.get("acme", record.call_id, actor="test")
     assert stored is not None
