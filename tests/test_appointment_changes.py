@@ -358,12 +358,7 @@ def test_the_tools_in_the_pipeline_file(tmp_path: Path) -> None:
 async def run_call_turns(lines: list[str], calendar_path: Path, *, caller_ref: str = ANNA, tools=None):  # noqa: ANN001
     """Caller turns through the LLM processor (as in a call), with the booking and change tools on
     one .ics calendar; the agent's reply to each turn, and the processor."""
-    from pipecat.frames.frames import (
-        LLMFullResponseEndFrame,
-        LLMTextFrame,
-        TranscriptionFrame,
-    )
-    from pipecat.tests.utils import SleepFrame, run_test
+    from processor_turns import processor_replies
     from test_facts import ScriptedEngine
 
     from voicecore.agent.booking import BookingDialogue
@@ -379,18 +374,7 @@ async def run_call_turns(lines: list[str], calendar_path: Path, *, caller_ref: s
                              LLMParams(), fallback_reply="Sorry?", facts=FactBook(FACTS, clock=NOW.timestamp),
                              booking=lambda: BookingDialogue(book(), caller_ref=caller_ref),
                              changes=lambda: ChangeDialogue(book(), caller_ref=caller_ref), tools=tools)  # fmt: skip
-    frames: list = []
-    for line in lines:
-        frames += [TranscriptionFrame(text=line, user_id="caller", timestamp="now", finalized=True), SleepFrame(0.5)]
-    down, _ = await run_test(proc, frames_to_send=frames, expected_down_frames=None, send_end_frame=True)
-    replies, current = [], ""
-    for f in down:
-        if isinstance(f, LLMTextFrame):
-            current += f.text
-        elif isinstance(f, LLMFullResponseEndFrame):
-            replies.append(current)
-            current = ""
-    return replies, proc
+    return await processor_replies(proc, lines), proc
 
 
 async def test_the_processor_records_what_was_cancelled_and_moved(tmp_path: Path) -> None:

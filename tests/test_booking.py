@@ -263,12 +263,7 @@ def test_one_service_needs_no_question(tmp_path: Path) -> None:
 
 async def run_call_turns(lines: list[str], booking, engine) -> tuple[list[str], object]:  # noqa: ANN001
     """Caller turns through the LLM processor (as in a call); the agent's reply to each."""
-    from pipecat.frames.frames import (
-        LLMFullResponseEndFrame,
-        LLMTextFrame,
-        TranscriptionFrame,
-    )
-    from pipecat.tests.utils import SleepFrame, run_test
+    from processor_turns import processor_replies
 
     from voicecore.agent.facts import FactBook
     from voicecore.config import LLMParams
@@ -277,18 +272,7 @@ async def run_call_turns(lines: list[str], booking, engine) -> tuple[list[str], 
 
     proc = LlamaLLMProcessor(engine, Conversation(system_prompt="s", context=PassThroughContext()), LLMParams(),
                              fallback_reply="Sorry?", facts=FactBook(FACTS, clock=NOW.timestamp), booking=booking)  # fmt: skip
-    frames: list = []
-    for line in lines:
-        frames += [TranscriptionFrame(text=line, user_id="caller", timestamp="now", finalized=True), SleepFrame(0.5)]
-    down, _ = await run_test(proc, frames_to_send=frames, expected_down_frames=None, send_end_frame=True)
-    replies, current = [], ""
-    for f in down:
-        if isinstance(f, LLMTextFrame):
-            current += f.text
-        elif isinstance(f, LLMFullResponseEndFrame):
-            replies.append(current)
-            current = ""
-    return replies, proc
+    return await processor_replies(proc, lines), proc
 
 
 async def test_the_dialogue_takes_the_booking_turns_of_a_call(tmp_path: Path) -> None:
