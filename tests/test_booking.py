@@ -150,6 +150,22 @@ def test_everything_in_one_line(calendar: AppointmentBook) -> None:
     assert booked(calendar, MONDAY) == [(at(MONDAY, 15), "check-up", "Bob Jones")]
 
 
+def test_a_part_of_the_day_picks_an_offered_time_only_when_one_fits(calendar: AppointmentBook) -> None:
+    # CI heard "At ten in the morning, please." as "As and in the morning, please.": "please" is a
+    # yes, but with 8 am and 8:30 am offered the morning chooses neither, so the agent asks again
+    # instead of booking the first.
+    d = BookingDialogue(calendar)
+    talk(d, "a cleaning please")
+    assert d.handle("next tuesday").text.startswith("On Tuesday December 8 I have 8 am or 8:30 am.")
+    r = d.handle("As and in the morning, please.")
+    assert d.minutes is None and r.text.startswith("On Tuesday December 8 I have 8 am or 8:30 am.")
+    assert d.handle("at 10 am please").text == "May I have your name, please?"
+    d = BookingDialogue(calendar)
+    talk(d, "a cleaning please", "next tuesday")
+    d.offered = [at(TUESDAY, 11, 30), at(TUESDAY, 14)]  # one in the morning, one in the afternoon
+    assert d.handle("the afternoon please").text == "May I have your name, please?" and d.minutes == 14 * 60
+
+
 @pytest.mark.parametrize("line, why", [("a checkup on sunday at 10", "on Sunday"),
                                        ("a checkup on december 25th at 10", "on Christmas Day")])
 def test_a_closed_day_is_refused_with_alternatives(calendar: AppointmentBook, line: str, why: str) -> None:

@@ -33,12 +33,22 @@ RECEPTIONIST = Path(__file__).resolve().parent.parent / "pipelines" / "reception
 CALENDAR = "Front desk"
 OPENING = "I would like to book a cleaning appointment."
 ANSWERS = [  # what the agent asked → what the caller says
-    ("shall i book", "Yes please."),  # (not "Yes, please.": espeak's comma pause ends the turn at "Yes.")
     ("name", "My name is John Smith."),
     ("which day", "Next Tuesday morning at ten, please."),
-    ("which time", "At ten in the morning, please."),
+    # (espeak's "ten" alone over 8 kHz is often heard as "and"; "10 am" after the day is not)
+    ("time", "Next Tuesday morning at 10 am, please."),
+    ("which would you like", "Next Tuesday morning at 10 am, please."),
+    ("would one of those", "Next Tuesday morning at 10 am, please."),
     ("would you like to book", "A cleaning, please."),
 ]
+
+
+def answer(asked: str) -> str:
+    """What this caller says to the agent's last words (lower case), as a person would."""
+    if "shall i book" in asked:  # a read-back: yes when it is what was asked for, else say so again
+        # (not "Yes, please.": espeak's comma pause ends the turn at "Yes.")
+        return "Yes please." if "tuesday" in asked and "at 10 am" in asked else "No, ten o'clock please."
+    return next((ln for cue, ln in ANSWERS if cue in asked), OPENING)
 
 
 def last_agent_text(server: TelephonyServer, client: TwilioClient) -> str:
@@ -77,11 +87,11 @@ async def test_a_spoken_twilio_booking_lands_in_radicale_and_the_record(pool, sa
                     # person would hear it): Whisper tiny.en over 8 kHz μ-law mishears now and then, and
                     # the agent asks again; a caller then answers again.
                     said = []
-                    for _ in range(8):
+                    for _ in range(10):
                         asked = last_agent_text(server, client).lower()
                         if "booked" in asked:
                             break
-                        line = next((ln for cue, ln in ANSWERS if cue in asked), OPENING)
+                        line = answer(asked)
                         said.append(line)
                         await converse(client, say(line, voice=QUESTION_VOICE, speed=130), server=server)
                     await client.hangup()

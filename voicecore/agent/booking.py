@@ -421,8 +421,13 @@ class BookingDialogue:
                 m = s.hour * 60 + s.minute
                 if m == heard.minutes or (heard.ambiguous and m == heard.minutes + 720):
                     return s
-        if heard.yes and heard.minutes is None and heard.day is None and heard.service is None:
-            return self.offered[0]
+        if heard.minutes is None and heard.day is None and heard.service is None:
+            if heard.part_of_day is not None:  # "in the morning, please": only when one offered time is then
+                lo, hi = PARTS_OF_DAY[heard.part_of_day]
+                inside = [s for s in self.offered if lo <= s.hour * 60 + s.minute < hi]
+                return inside[0] if len(inside) == 1 else None
+            if heard.yes:
+                return self.offered[0]
         return None
 
     def _apply(self, heard: Heard) -> bool:
