@@ -67,6 +67,11 @@ class TurnTaking(_Strict):
     # Not much shorter: the pause between two sentences of one turn is often 300-450 ms.
     semantic_end_of_turn: bool = True
     semantic_silence_ms: Annotated[int, Field(ge=100, le=5000)] = 500
+    # Speculative replies: with the transcript at a pause in hand, the reply's first clause is
+    # generated and its audio synthesised while the turn may still go on; held back until the
+    # turn ends with the same words, dropped when the caller goes on. Skipped while other calls'
+    # replies wait for the model (the CPU is short).
+    speculative_replies: bool = True
     barge_in: bool = True
     # Caller turns with less voiced audio than this are ignored (coughs, clicks).
     min_utterance_ms: Annotated[int, Field(ge=0, le=2000)] = 200

@@ -62,3 +62,21 @@ class PauseTranscriptFrame(DataFrame):
 
     pause_id: int
     text: str
+
+
+@dataclass
+class SpeculativeTranscriptFrame(DataFrame):
+    """Downstream, STT → LLM: what the caller said up to pause ``pause_id``, while the turn may
+    still go on. The LLM may start the reply to it, held back until the turn's final transcript
+    says the same (speculative replies); speech again drops it."""
+
+    pause_id: int
+    text: str
+
+
+@dataclass
+class SpeculativeClauseFrame(DataFrame):
+    """Downstream, LLM → TTS: the text a held (speculative) reply starts with. The TTS may
+    synthesise its first clause ahead, to be spoken only if the reply is released."""
+
+    text: str

@@ -165,6 +165,7 @@ def build_call_pipeline(
         tools=CallTools(config.tools),
         on_tool_action=on_tool_action,
         on_tool_call=on_tool_call,
+        speculate=config.turn_taking.speculative_replies and not isinstance(transport, TextTransport),
     )
     vad: VADTurnProcessor | None = None
     stt: WhisperSTTProcessor | None = None

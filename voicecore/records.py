@@ -34,6 +34,10 @@ class TurnTimeline:
     llm_first_token: float | None = None
     first_clause: float | None = None
     first_audio_out: float | None = None
+    # why the caller's turn ended: "smart-turn", "semantic" (a finished sentence and enough
+    # silence), "silence"; and whether the reply was started at the pause and released
+    turn_end: str | None = None
+    speculative: bool = False
 
     def mark(self, stage: str, at: float | None = None) -> None:
         """Record ``stage`` at ``at`` (now by default), keeping the first value seen."""

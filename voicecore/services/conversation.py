@@ -139,6 +139,14 @@ class Conversation:
         self._pending_caller = said
         return clean
 
+    def with_caller(self, text: str) -> Conversation:
+        """A copy with ``text`` added as the caller's, this conversation unchanged: the prompt a
+        speculative reply is generated from (the same as this one's after ``add_caller(text)``)."""
+        twin = Conversation(self.system_prompt, self.context, list(self.messages), dict(self.generated), self.key)
+        twin._pending_caller, twin._first = self._pending_caller, self._first
+        twin.add_caller(text)
+        return twin
+
     def add_agent(self, text: str, tokens: list[int] | None = None, reply_id: str | None = None) -> None:
         text = text.strip()
         if not text:

@@ -359,6 +359,11 @@ class LlamaEngine:
             self._live_turns -= 1
             self._last_live_at = time.monotonic()
 
+    @property
+    def live_turns(self) -> int:
+        """Live generations queued or running now (a speculative reply waits when any is)."""
+        return self._live_turns
+
     async def wait_until_no_live_turn(self, quiet_s: float = 0.5, poll_s: float = 0.05, max_wait_s: float = 120.0) -> None:
         """Background work yields to live calls: it waits while a call that used the model is
         still in progress (until ``forget``) and until no live turn ran for ``quiet_s`` — but

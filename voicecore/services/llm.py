@@ -17,6 +17,7 @@ Everything that reaches the model passes through the policy's context builder.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import threading
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from pipecat.frames.frames import (
     TranscriptionFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
@@ -52,6 +55,7 @@ from voicecore.agent.tool_records import (
     message_call,
 )
 from voicecore.config import LLMParams, Tools
+from voicecore.frames import SpeculativeClauseFrame, SpeculativeTranscriptFrame
 from voicecore.records import ToolCall, TurnTimeline
 from voicecore.services.conversation import Conversation
 from voicecore.services.llama_engine import (
@@ -61,6 +65,11 @@ from voicecore.services.llama_engine import (
     Generation,
     GenerationStats,
     LlamaEngine,
+)
+from voicecore.services.speculation import (
+    HeldReply,
+    SpeculationStats,
+    first_clause_done,
 )
 
 __all__ = ["CLAUSE_ENDS", "IM_END", "IM_START", "Generation", "GenerationStats", "LlamaEngine", "LlamaLLMProcessor"]
@@ -85,6 +94,7 @@ class LlamaLLMProcessor(FrameProcessor):
         on_tool_call: Callable[[ToolCall], None] | None = None,
         name: str | None = None,
         changes: Callable[[], ChangeDialogue] | None = None,
+        speculate: bool = False,
     ):
         """``on_caller_text`` sees every final caller transcript first; returning ``False``
         means the session handles that turn itself and the model does not answer it.
@@ -99,7 +109,9 @@ class LlamaLLMProcessor(FrameProcessor):
         ``changes``: makes the call's :class:`ChangeDialogue` (``cancel_appointment``/
         ``reschedule_appointment``, with ``booking``): once the caller asks to cancel or move their
         booking, it answers the turns until the booking is cancelled, moved or kept.
-        ``on_tool_call``: every tool call made (:meth:`_tool_called`), to be recorded."""
+        ``on_tool_call``: every tool call made (:meth:`_tool_called`), to be recorded.
+        ``speculate``: start the reply at a pause, held back until the turn ends with the same
+        words (:mod:`voicecore.services.speculation`)."""
         super().__init__(name=name or "LlamaLLM")
         self._engine = engine
         self._conversation = conversation
@@ -132,6 +144,10 @@ class LlamaLLMProcessor(FrameProcessor):
         self.messages: list[dict[str, str]] = []  # {"name", "text"}: messages taken (never logged)
         self.tool_calls: list[ToolCall] = []  # every tool call of this call, in order (arguments not redacted)
         self._on_tool_call = on_tool_call
+        self._speculate = speculate
+        self._held: HeldReply | None = None  # a reply started at a pause, not yet released
+        self._pause_id: int | None = None  # the caller's current pause (None: speaking or no turn)
+        self.speculation = SpeculationStats()
 
     @property
     def conversation(self) -> Conversation:
@@ -144,6 +160,14 @@ class LlamaLLMProcessor(FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
+        if isinstance(frame, SpeculativeTranscriptFrame):
+            await self._start_held_reply(frame)
+            return  # nothing downstream needs it
+        if isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._pause_id = frame.metadata.get("pause_id")
+        elif isinstance(frame, (VADUserStartedSpeakingFrame, UserStartedSpeakingFrame)):
+            self._pause_id = None
+            self._drop_held()  # the caller went on: the reply to the pause's words is not wanted
         if isinstance(frame, TranscriptionFrame) and direction == FrameDirection.DOWNSTREAM and not frame.text.strip():
             # A turn with no words (noise, a cough). If an earlier caller message is still
             # unanswered because the caller went on speaking, answer it now.
@@ -157,6 +181,7 @@ class LlamaLLMProcessor(FrameProcessor):
             timeline = frame.metadata.get("timeline") or TurnTimeline()
             if self._on_caller_text is not None and self._on_caller_text(frame.text, timeline) is False:
                 # The session answered this turn itself (a consent answer, an opt-out): no reply here.
+                self._drop_held()
                 await self._stop_generation()
                 return
             self._conversation.add_caller(frame.text)
@@ -175,8 +200,93 @@ class LlamaLLMProcessor(FrameProcessor):
         elif isinstance(frame, UserStoppedSpeakingFrame):
             self._caller_speaking = False
         if isinstance(frame, (InterruptionFrame, EndFrame, CancelFrame)):
+            self._drop_held()
             await self._stop_generation()
         await self.push_frame(frame, direction)
+
+    # -- speculative replies (voicecore.services.speculation) -----------------------------------
+
+    def _drop_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self.speculation.waste(held)
+
+    def _take_held(self) -> HeldReply | None:
+        held, self._held = self._held, None
+        return held
+
+    def _reply_from_data(self, said: str) -> str | None:
+        """What :meth:`_respond` would answer ``said`` with from the data, without changing anything:
+        the text of a facts or call-tools reply, "" when the model would answer, None when the turn
+        is not for speculation (a booking or appointment dialogue, which reads and writes the
+        calendar; a tool action such as a goodbye or a transfer)."""
+        if (self._booking is not None and self._booking.state not in FINISHED) \
+                or (self._change is not None and not self._change.finished):  # fmt: skip
+            return None
+        if self.tools is not None and self.tools.busy:
+            return None
+        if self._new_booking is not None and wants_booking(said):
+            return None
+        services = self._facts.facts.services if self._facts is not None else []
+        if self._new_change is not None and change_intent(said, services, own=False) is not None:
+            return None
+        answer = self._facts.answer(said) if self._facts is not None else None
+        if self.tools is not None:
+            twin = copy.deepcopy(self.tools)  # the tools' state (an offer made) is only read here
+            reply = twin.handle(said)
+            if reply is not None:
+                return reply.text  # None: an action the session carries out
+            if answer is not None and answer.topic == "unknown":
+                return twin.offer(answer.text)
+        return answer.text if answer is not None else ""
+
+    def _model_busy(self) -> bool:
+        """Other calls' replies are waiting for or running on the model: no speculation now."""
+        return getattr(self._engine, "live_turns", 0) > 0
+
+    async def _start_held_reply(self, frame: SpeculativeTranscriptFrame) -> None:
+        """The caller paused: start the reply to what they said so far, held back (not pushed)."""
+        if not self._speculate or frame.pause_id != self._pause_id or not self._caller_speaking or self.busy:
+            return
+        self._drop_held()
+        said = f"{self._unanswered} {frame.text}".strip()
+        text = self._reply_from_data(said)
+        if text is None:
+            return
+        if text:
+            self._held = HeldReply(frame.pause_id, said, text=text)
+            self.speculation.started += 1
+            await self.push_frame(SpeculativeClauseFrame(text=text))
+            return
+        if getattr(self._engine, "remote", False):
+            return  # a remote model's tokens are not ours to continue from
+        if self._model_busy():
+            self.speculation.skipped_busy += 1
+            return
+        twin = self._conversation.with_caller(frame.text)
+        prompt = self._engine.prompt_tokens(twin.prompt_messages(), twin.generated)
+        held = HeldReply(frame.pause_id, said, prompt=prompt,
+                         max_tokens=min(self._params.max_tokens, HeldReply.max_tokens))  # fmt: skip
+        self._held = held
+        self.speculation.started += 1
+        held.task = self.create_task(self._generate_held(held))
+
+    async def _generate_held(self, held: HeldReply) -> Generation:
+        """A held reply's first clause (it stops there, or at its token limit)."""
+        pieces: list[str] = []
+
+        def on_text(piece: str) -> None:  # on the engine's thread
+            pieces.append(piece)
+            if first_clause_done("".join(pieces)):
+                held.cancel.set()
+
+        assert held.prompt is not None
+        params = self._params.model_copy(update={"max_tokens": held.max_tokens})
+        result = await self._engine.generate(self._conversation.key, held.prompt, params, held.cancel, on_text,
+                                             yield_after=1)  # fmt: skip
+        if held is self._held and result.text.strip():
+            await self.push_frame(SpeculativeClauseFrame(text=result.text))  # the TTS prepares its audio
+        return result
 
     async def _stop_generation(self) -> None:
         self._cancel.set()
@@ -190,13 +300,32 @@ class LlamaLLMProcessor(FrameProcessor):
     YIELD_AFTER_TOKENS = 6
 
     async def _generate_reply(
-        self, prompt: list[int], cancel: threading.Event, on_text: Callable[[str], None]
+        self, prompt: list[int], cancel: threading.Event, on_text: Callable[[str], None],
+        held: HeldReply | None = None,
     ) -> Generation:
         """The whole reply, in one generation or — when other calls' turns are waiting —
-        in several, each continuing from the tokens the previous one produced."""
+        in several, each continuing from the tokens the previous one produced. A ``held`` reply
+        (started at the pause, same prompt) gives its first tokens: they go out at once and
+        generation continues after them."""
         key = self._conversation.key
-        result = await self._engine.generate(key, prompt, self._params, cancel, on_text,
-                                             yield_after=self.YIELD_AFTER_TOKENS)
+        go_on = False
+        result = None
+        if held is not None and held.task is not None:
+            try:
+                result = await held.task
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a failed held reply: generate the turn as usual
+                logger.debug(f"{self}: the held reply failed ({type(e).__name__}); generating anew")
+                result = None
+            if result is not None:
+                if result.text:
+                    on_text(result.text)
+                go_on = not HeldReply.complete(result, held.max_tokens)
+                result.stats.yielded = go_on  # continue below, as after a yield
+        if result is None:
+            result = await self._engine.generate(key, prompt, self._params, cancel, on_text,
+                                                 yield_after=self.YIELD_AFTER_TOKENS)
         tokens, texts, stats = list(result.tokens), [result.text], result.stats
         while result.stats.yielded and not cancel.is_set():
             params = self._params.model_copy(update={"max_tokens": self._params.max_tokens - len(tokens)})
@@ -334,9 +463,12 @@ class LlamaLLMProcessor(FrameProcessor):
         start.metadata["timeline"] = timeline
         start.metadata["reply_id"] = reply_id
         said, self._unanswered = self._unanswered, ""
+        held = self._take_held()  # a reply started at the pause: released if it answers these words
         answer = self._facts.answer(said) if self._facts is not None and said else None
         tool = self._tool_turn(said) if said and self.tools is not None else None
         if tool is not None and tool.text is None:
+            if held is not None:
+                self.speculation.waste(held)
             return  # the session says the goodbye or the announcement
         booking_reply = tool.text if tool is not None else (
             await self._booking_turn(said, answer) if said and self._new_booking is not None else None)
@@ -346,6 +478,12 @@ class LlamaLLMProcessor(FrameProcessor):
             # the booking dialogue's turn, or a question about the facts: answered from the data,
             # the model is not asked
             text = booking_reply if booking_reply is not None else answer.text  # type: ignore[union-attr]
+            if held is not None:  # the same words: the TTS has its first clause's audio ready
+                if held.text == text and held.said == said:
+                    self.speculation.used += 1
+                    timeline.speculative = True
+                else:
+                    self.speculation.waste(held)
             await self.push_frame(start)
             timeline.mark("llm_first_token")
             text_frame = LLMTextFrame(text=text)
@@ -365,10 +503,17 @@ class LlamaLLMProcessor(FrameProcessor):
             render = getattr(self._engine, "prompt_text", None)  # the model's own chat format (a remote one: ChatML)
             self._on_prompt(render(messages) if render is not None else LlamaEngine.render(messages))
         prompt = self._engine.prompt_tokens(messages, self._conversation.generated)
+        if held is not None:
+            if held.prompt == prompt and held.task is not None:
+                self.speculation.used += 1
+                timeline.speculative = True
+            else:
+                self.speculation.waste(held)
+                held = None
         guard = FactGuard(self._facts) if self._facts is not None else None
         spoken: list[str] = []
         await self.push_frame(start)
-        job = asyncio.ensure_future(self._generate_reply(prompt, cancel, on_text))
+        job = asyncio.ensure_future(self._generate_reply(prompt, cancel, on_text, held))
         job.add_done_callback(lambda _f: loop.call_soon_threadsafe(queue.put_nowait, None))
         try:
             while True:

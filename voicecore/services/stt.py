@@ -36,7 +36,11 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.time import time_now_iso8601
 
 from voicecore.config import STTPreset
-from voicecore.frames import AgentSayFrame, PauseTranscriptFrame
+from voicecore.frames import (
+    AgentSayFrame,
+    PauseTranscriptFrame,
+    SpeculativeTranscriptFrame,
+)
 from voicecore.records import TurnTimeline
 from voicecore.services.cpu import CpuPriority
 
@@ -325,6 +329,8 @@ class WhisperSTTProcessor(FrameProcessor):
             except Exception:
                 return  # the turn's final transcription reports failures
             await self.push_frame(PauseTranscriptFrame(pause_id=pause_id, text=text), FrameDirection.UPSTREAM)
+            if text.strip():  # the LLM may start the reply now, held back until the turn ends
+                await self.push_frame(SpeculativeTranscriptFrame(pause_id=pause_id, text=text))
 
         task = self.create_task(report())
         self._final_tasks.add(task)

@@ -18,7 +18,7 @@ import itertools
 import re
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +33,7 @@ from pipecat.frames.frames import (
     LLMTextFrame,
     StartFrame,
     TTSAudioRawFrame,
+    VADUserStartedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
@@ -43,6 +44,7 @@ from voicecore.frames import (
     AgentReplyDoneFrame,
     AgentReplyStartFrame,
     AgentSayFrame,
+    SpeculativeClauseFrame,
 )
 from voicecore.records import TurnTimeline
 from voicecore.services.cpu import CpuPriority
@@ -165,6 +167,9 @@ class PiperEngine:
         # A reply's first clause (a caller is waiting) never queues behind other calls' later clauses.
         self._urgent_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-first")
         self._cache: OrderedDict[tuple[str, float, int | None], bytes] = OrderedDict()
+        # Clauses synthesised ahead for held (speculative) replies, by text: used if the reply is released.
+        self._prepared: OrderedDict[tuple[str, float, int | None], Future[bytes]] = OrderedDict()
+        self.prepared_used = 0
 
     def synthesize_sync(
         self, text: str, length_scale: float = 1.0, speaker_id: int | None = None, urgent: bool = False
@@ -176,6 +181,25 @@ class PiperEngine:
             with self.cpu.urgent():
                 return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text, syn_config=cfg))
         return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text, syn_config=cfg))
+
+    PREPARED_SIZE = 16
+
+    def prepare(self, text: str, length_scale: float = 1.0, speaker_id: int | None = None) -> bool:
+        """Start synthesising ``text`` ahead (a held reply's first clause), behind urgent work;
+        :meth:`synthesize` of the same text then takes it. Returns False when it is already there."""
+        key = (text, length_scale, speaker_id)
+        if key in self._cache or key in self._prepared:
+            return False
+        self._prepared[key] = self._executor.submit(self.synthesize_sync, text, length_scale, speaker_id)
+        while len(self._prepared) > self.PREPARED_SIZE:
+            self._prepared.popitem(last=False)[1].cancel()
+        return True
+
+    def discard(self, text: str, length_scale: float = 1.0, speaker_id: int | None = None) -> None:
+        """A prepared clause that will not be spoken: not synthesised if it has not started."""
+        future = self._prepared.pop((text, length_scale, speaker_id), None)
+        if future is not None:
+            future.cancel()
 
     def cached(self, text: str, length_scale: float = 1.0, speaker_id: int | None = None) -> bool:
         """This phrase's audio is in the cache (a greeting synthesised at start)."""
@@ -196,6 +220,11 @@ class PiperEngine:
         if cache and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
+        prepared = self._prepared.pop(key, None)
+        # prepared ahead: take it if it is running or done (still queued: cancelled, synthesised now)
+        if prepared is not None and not prepared.cancel():
+            self.prepared_used += 1
+            return await asyncio.wrap_future(prepared)
         loop = asyncio.get_running_loop()
         executor = self._urgent_executor if urgent else self._executor
         audio = await loop.run_in_executor(executor, self.synthesize_sync, text, length_scale, speaker_id, urgent)
@@ -224,6 +253,9 @@ class PiperTTSProcessor(FrameProcessor):
         self._spoken: list[str] = []
         self._say_ids = itertools.count(1)
         self.backend_failures: list[dict[str, str]] = []  # {"kind", "backend", "error"} per lost clause
+        self._prepared: set[str] = set()  # first clauses of held replies, synthesised ahead
+        self.prepared_clauses = 0  # clauses synthesised ahead for held replies
+        self.prepared_spoken = 0  # ... and then spoken
 
     @property
     def sample_rate(self) -> int:
@@ -255,15 +287,44 @@ class PiperTTSProcessor(FrameProcessor):
             await self._begin_reply(f"s{next(self._say_ids)}", None, kind=frame.kind)
             await self._speak(speakable(frame.text), cache=frame.cacheable)
             await self._end_reply(frame.kind)
+        elif isinstance(frame, SpeculativeClauseFrame):
+            self._prepare(frame.text)
         elif isinstance(frame, InterruptionFrame):
+            self._discard_prepared()
             self._splitter.reset()
             self._reply_id = None
             self._new_resampler()
             await self.push_frame(frame, direction)
         elif isinstance(frame, (EndFrame, CancelFrame)):
+            self._discard_prepared()
             await self.push_frame(frame, direction)
         else:
+            if isinstance(frame, VADUserStartedSpeakingFrame):
+                self._discard_prepared()  # the caller went on: the held reply is dropped
             await self.push_frame(frame, direction)
+
+    def _prepare(self, text: str) -> None:
+        """A held reply starts with ``text``: synthesise its first clause ahead, as the reply's
+        stream will cut it."""
+        prepare = getattr(self._engine, "prepare", None)
+        if prepare is None:  # a remote voice: nothing ahead
+            return
+        v = self._voice
+        splitter = ClauseSplitter(v.first_clause_min_words, v.clause_min_words, v.clause_max_words,
+                                  v.first_clause_max_words)  # fmt: skip
+        clauses = splitter.feed(text.rstrip() + " ") or splitter.flush()
+        if clauses and clauses[0] not in self._prepared:
+            self._discard_prepared()
+            if prepare(clauses[0], v.length_scale, v.speaker_id):
+                self._prepared.add(clauses[0])
+                self.prepared_clauses += 1
+
+    def _discard_prepared(self) -> None:
+        discard = getattr(self._engine, "discard", None)
+        for clause in self._prepared:
+            if discard is not None:
+                discard(clause, self._voice.length_scale, self._voice.speaker_id)
+        self._prepared = set()
 
     async def _begin_reply(self, reply_id: str, timeline: TurnTimeline | None, kind: str = "reply") -> None:
         self._splitter.reset()
@@ -298,6 +359,9 @@ class PiperTTSProcessor(FrameProcessor):
             AgentClauseFrame(reply_id=self._reply_id, index=self._clause_index, text=clause, timeline=self._timeline)
         )
         first = self._clause_index == 0
+        if first and clause in self._prepared:
+            self._prepared.discard(clause)  # synthesize() takes the prepared audio
+            self.prepared_spoken += 1
         self._clause_index += 1
         self._spoken.append(clause)
         audio = None

@@ -396,7 +396,7 @@ class VADTurnProcessor(FrameProcessor):
             await self.cancel_task(task)
 
     async def _end_turn(self, reason: str) -> None:
-        timeline = TurnTimeline(speech_end=self._voiced_time)
+        timeline = TurnTimeline(speech_end=self._voiced_time, turn_end=reason)
         voiced_ms = self._detector.end_turn()
         frame = UserStoppedSpeakingFrame()
         frame.metadata["timeline"] = timeline

@@ -319,6 +319,12 @@ class CallSession:
             self.record.flags["tool_failures"] = [{"tool": f["tool"], "error": f["error"][:200]} for f in llm.tool_failures]
         if llm is not None and getattr(llm, "messages", None):
             self.record.flags["messages"] = len(llm.messages)  # a count: the text is in the turns (encrypted)
+        speculation = getattr(llm, "speculation", None) if llm is not None else None
+        if speculation is not None and speculation.started:  # replies started at a pause: used, wasted
+            tts = getattr(self._call, "tts", None)
+            self.record.flags["speculation"] = {**speculation.as_flag(),
+                                                "audio_prepared": getattr(tts, "prepared_clauses", 0),
+                                                "audio_spoken": getattr(tts, "prepared_spoken", 0)}  # fmt: skip
         if llm is not None and getattr(llm, "facts_blocked", None):
             self.record.flags["facts_blocked"] = list(llm.facts_blocked)  # what the model was not let say
         failures = [f for stage in ("stt", "llm", "tts")

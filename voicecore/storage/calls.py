@@ -248,7 +248,8 @@ class CallRepository:
                     generated = stored_transcript_text(policy, turn.generated_text)
                     timeline = None
                     if turn.timeline is not None:
-                        timeline = {**turn.timeline.relative_ms(), "voice_to_voice_ms": turn.timeline.voice_to_voice_ms()}
+                        timeline = {**turn.timeline.relative_ms(), "voice_to_voice_ms": turn.timeline.voice_to_voice_ms(),
+                                    "turn_end": turn.timeline.turn_end, "speculative": turn.timeline.speculative}
                     turn_rows.append(
                         {
                             "tenant_id": tid,
