@@ -176,6 +176,7 @@ def attach_stored(call: PlayedCall, rows: list[dict[str, Any]], stored: Any) -> 
     """
     if stored is None or stored.turns is None:
         return
+    call.speculation = (stored.flags or {}).get("speculation")  # type: ignore[attr-defined]
     callers = [t for t in stored.turns if t.role == "caller"]
     replies = [t for t in stored.turns if t.role == "agent" and t.kind == "reply" and t.timeline]
     for turn, row in zip(call.turns, rows):
@@ -193,6 +194,8 @@ def attach_stored(call: PlayedCall, rows: list[dict[str, Any]], stored: Any) -> 
         tl = answer[-1].timeline
         row["server_ms"] = {s: tl.get(s) for s in STAGES}
         row["server_ms"]["voice_to_voice"] = tl.get("voice_to_voice_ms")
+        row["turn_end"] = tl.get("turn_end")  # smart-turn, semantic or silence
+        row["speculative"] = bool(tl.get("speculative"))  # the reply was started at the pause and released
         if mine and mine[-1].timeline and mine[-1].timeline.get("stt_final") is not None and sp.speech_end_at:
             server_end_wall = mine[-1].started_at - mine[-1].timeline["stt_final"] / 1000
             skew = round((server_end_wall - sp.wall(sp.speech_end_at)) * 1000, 1)
@@ -219,7 +222,32 @@ def summarise(rows: list[dict[str, Any]], calls: list[PlayedCall]) -> dict[str, 
         "protocol_errors": sorted({e for c in calls for e in c.caller.violations})[:20],
         "client_late_frames": sum(c.caller.late_sends for c in calls),
         "calls_closed_early": sum(1 for c in calls if c.closed_early),
+        "turn_end": turn_end_summary(rows),
+        "speculation": speculation_summary(rows, calls),
     }
+
+
+def turn_end_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Voice-to-voice by what ended the caller's turn (smart-turn, semantic, silence)."""
+    reasons = sorted({r.get("turn_end") for r in rows if r.get("turn_end")})
+    return {reason: {"turns": sum(1 for r in rows if r.get("turn_end") == reason),
+                     "voice_to_voice_ms": stats([r["voice_to_voice_ms"] for r in rows if r.get("turn_end") == reason])}
+            for reason in reasons}  # fmt: skip
+
+
+def speculation_summary(rows: list[dict[str, Any]], calls: list[PlayedCall]) -> dict[str, Any]:
+    """Replies started at a pause: how many were released (used) or dropped (wasted), the model
+    time the dropped ones cost, and voice-to-voice of the turns answered by a released reply."""
+    totals: dict[str, float] = {}
+    for c in calls:
+        for key, value in (getattr(c, "speculation", None) or {}).items():
+            totals[key] = round(totals.get(key, 0) + value, 1)
+    answered = [r for r in rows if r.get("server_ms")]
+    return {**totals, "turns_released": sum(1 for r in answered if r.get("speculative")),
+            "turns_with_server_timeline": len(answered),
+            "voice_to_voice_ms_released": stats([r["voice_to_voice_ms"] for r in answered if r.get("speculative")]),
+            "voice_to_voice_ms_not_released": stats([r["voice_to_voice_ms"] for r in answered
+                                                     if not r.get("speculative")])}  # fmt: skip
 
 
 def summary_table(summary: dict[str, Any], title: str = "") -> str:
@@ -236,6 +264,14 @@ def summary_table(summary: dict[str, Any], title: str = "") -> str:
 
         out.append(f"STT word error rate: {pct(w['overall'])} over {w['overall']['words']} words "
                    f"(clean {pct(w['clean'])}, noisy {pct(w['noisy'])})")
+    for reason, by in (summary.get("turn_end") or {}).items():
+        out.append(f"turns ended by {reason}: {by['turns']}, voice-to-voice p50 {by['voice_to_voice_ms']['p50']} ms")
+    spec = summary.get("speculation") or {}
+    if spec.get("started"):
+        out.append(f"speculative replies: {spec.get('started', 0):.0f} started, {spec.get('used', 0):.0f} used, "
+                   f"{spec.get('wasted', 0):.0f} wasted ({spec.get('wasted_model_ms', 0):.0f} ms of model time), "
+                   f"{spec.get('skipped_busy', 0):.0f} skipped (model busy); first-clause audio prepared "
+                   f"{spec.get('audio_prepared', 0):.0f}, spoken {spec.get('audio_spoken', 0):.0f}")
     out.append(f"turns answered: {summary['answered']}/{summary['turns']}")
     return "\n".join(out)
 
