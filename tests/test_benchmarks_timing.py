@@ -57,3 +57,19 @@ def test_barge_in_benchmark_writes_its_figures(tmp_path: Path) -> None:
     assert set(s["met"]) == {"detect_to_clear_p95_ms", "detect_to_last_audio_p95_ms"}
     (trial,) = doc["trials"]
     assert trial["answered"] is True and "barge_in" in trial
+
+
+@pytest.mark.models
+def test_stt_batch_benchmark_writes_its_figures(tmp_path: Path) -> None:
+    """``benchmarks/stt_batch.py``: Whisper batched against one by one (smoke: N = 1, 2 on 1 thread)."""
+    doc = run_module("stt_batch", tmp_path)
+    s = doc["summary"]
+    assert doc["config"]["levels"] == [1, 2] and doc["config"]["threads"] == [1]
+    assert set(s) == {"1", "met"} and set(s["1"]) == {"1", "2"}
+    for n, e in s["1"].items():
+        for mode in ("batched", "one_by_one"):
+            assert set(e[mode]) == {"wall_ms", "latency_ms", "per_s", "mean_batch", "wer"}, e[mode]
+            assert set(e[mode]["wall_ms"]) == STAT_KEYS and e[mode]["latency_ms"]["n"] == int(n)
+        assert e["same_text"]["of"] == int(n) and isinstance(e["speedup"], float)
+    assert set(s["met"]) == {"speedup_at_largest_n_min"}
+    assert {r["mode"] for r in doc["rows"]} == {"batched", "one_by_one"}

@@ -662,7 +662,7 @@ async def test_a_crashing_llm_turn_speaks_the_fallback_and_the_call_goes_on(pool
 async def test_a_crashing_stt_turn_speaks_the_fallback_and_the_call_goes_on(pool, receptionist, say, monkeypatch):
     """Bad input: a speech-recognition crash is a spoken fallback ("please say that again"), not silence."""
     engine = pool.stt(receptionist.models.stt)
-    real = engine.transcribe_sync
+    real = engine.transcribe_batch_sync  # every transcription goes through it (batched or alone)
     crashes = []
 
     def crash_once(*args, **kwargs):
@@ -671,7 +671,7 @@ async def test_a_crashing_stt_turn_speaks_the_fallback_and_the_call_goes_on(pool
             raise RuntimeError("CUDA-less CTranslate2 went away")  # any backend error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "transcribe_sync", crash_once)
+    monkeypatch.setattr(engine, "transcribe_batch_sync", crash_once)
     record, transport, _session = await run_call(
         receptionist, pool,
         [say("Can I come in on Friday afternoon at three?"), say("Where is your office?", voice="en-us+m3")],

@@ -343,6 +343,10 @@ class STTPreset(_Remote):
     # >1 discourages the decoder from repeating itself ("4,100,100,100,..." for a card number, a
     # prompt's words said over and over). 1.1: word error rate 29.6 % → 27.7 % on our corpus.
     repetition_penalty: Annotated[float, Field(ge=1.0, le=2.0)] = 1.1
+    # Requests of different calls that wait while the model is busy run as one batch of at most
+    # this many (1 = one by one). 8 turns ending together took ~0.6x the time of 8 one by one on
+    # 2 cores, each with the transcript it has alone (python -m benchmarks.stt_batch).
+    max_batch: Annotated[int, Field(ge=1, le=64)] = 8
 
 
 class LLMPreset(_Remote):

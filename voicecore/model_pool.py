@@ -90,7 +90,7 @@ class ModelPool:
             key = ("stt-remote", preset.endpoint, preset.model or "", preset.language, preset.api_key_env or "")
             return self._get(key, f"remote STT client {preset.endpoint}", lambda: RemoteSTTEngine(preset))
         key = ("stt", path, preset.compute_type, str(preset.cpu_threads), str(preset.beam_size),
-               str(preset.encoder_window_s))
+               str(preset.encoder_window_s), str(preset.repetition_penalty), str(preset.max_batch))
         return self._get(key, f"STT {path}", lambda: WhisperEngine(path, preset, self.cpu))
 
     def llm(self, ref: str | LLMPreset) -> LlamaEngine | RemoteLLMEngine:

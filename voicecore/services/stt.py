@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,10 +42,42 @@ from voicecore.frames import (
     SpeculativeTranscriptFrame,
 )
 from voicecore.records import TurnTimeline
+from voicecore.services.batching import BatchQueue
 from voicecore.services.cpu import CpuPriority
 
 SAMPLE_RATE = 16000
 PREROLL_SECONDS = 0.3  # audio kept from before the VAD confirmed speech (its first syllable)
+
+
+@dataclass(eq=False)
+class _Piece:
+    """One encoder window of a request: its audio (at most ``LONGEST_PIECE_S``) as a mel spectrogram."""
+
+    request: int  # index of the request in its batch
+    frames: int  # mel frames of audio (100 a second), before the window's padding
+    features: np.ndarray  # [n_mels, window frames]
+    tokens: list[int]  # the decoder prompt: the hint (if any) and the start of transcript
+    max_length: int  # CTranslate2's max_length for this piece alone
+
+    @property
+    def decode_limit(self) -> int:
+        """How many tokens CTranslate2 generates at most for this piece alone (whisper.cc bounds a
+        decode by ``min(max_length / 2, max_length - (prompt length - 1))``)."""
+        return min(self.max_length // 2, self.max_length - (len(self.tokens) - 1))
+
+    @property
+    def batch_key(self) -> tuple[int, int]:
+        """Pieces decode together when their encoder outputs have one length and their prompts put
+        the start-of-transcript token at one position (CTranslate2 requires both)."""
+        return self.features.shape[-1], len(self.tokens)
+
+
+def decode_groups(pieces: Sequence[_Piece]) -> list[list[_Piece]]:
+    """``pieces`` split into the batches one ``generate`` call can take (first come, first listed)."""
+    groups: dict[tuple[int, int], list[_Piece]] = {}
+    for piece in pieces:
+        groups.setdefault(piece.batch_key, []).append(piece)
+    return list(groups.values())
 
 
 class WhisperEngine:
@@ -60,6 +92,15 @@ class WhisperEngine:
     rate was no worse than the 30 s window's (30.5 % vs 46.9 %; 25 % vs 22.5 % on
     the demo lines: within the noise of espeak voices). ``encoder_window_s=30``
     is the standard behaviour.
+
+    Batches: requests of different calls that wait while the model is busy are taken
+    together (at most the preset's ``max_batch``, see ``voicecore.services.batching``).
+    Each one is encoded alone, with its own window (batching the encoder gained nothing
+    on 2 cores, and 8 at once were slower than one by one); the decoder then runs once
+    for all the requests whose encoder outputs and prompts have one length (CTranslate2
+    needs both) — usually all of them: turns under ~5 s, one pipeline's hint — each with
+    its own prompt, no-speech probability and average log-probability, so a transcript
+    is the one the request would have had alone.
     """
 
     PAD_S = 5.0
@@ -87,9 +128,28 @@ class WhisperEngine:
         self._prompt.append(tok.token_to_id("<|notimestamps|>"))
         self._hint_cache: dict[str, list[int]] = {}
         self.cpu = cpu or CpuPriority()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt")
-        self.jobs_run = 0
+        # A lambda, so that a test replacing transcribe_batch_sync on the instance is heard.
+        self._queue: BatchQueue[tuple[np.ndarray, str | None], str] = BatchQueue(
+            lambda requests: self.transcribe_batch_sync(requests), max_batch=preset.max_batch, name="stt"
+        )
+        self.jobs_run = 0  # requests transcribed
+        self.decodes_run = 0  # generate calls (a batch of requests may need more than one)
         self.transcribe_sync(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))  # warm up at load
+
+    @property
+    def batches_run(self) -> int:
+        """Batches the inference queue ran (a lone request is a batch of one)."""
+        return self._queue.batches_run
+
+    @property
+    def batch_sizes(self) -> Counter[int]:
+        """Batch size -> how many batches of that size the inference queue ran."""
+        return self._queue.batch_sizes
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for the model (not counting the batch it is running)."""
+        return self._queue.waiting
 
     def _window_frames(self, n_frames: int) -> int:
         if self.preset.encoder_window_s is not None:
@@ -105,39 +165,78 @@ class WhisperEngine:
         faster-whisper's segment loop. ``prompt`` (the pipeline's ``stt_hint``)
         goes in as Whisper's previous-text prompt.
         """
+        return self.transcribe_batch_sync([(audio, prompt)])[0]
+
+    def transcribe_batch_sync(self, requests: Sequence[tuple[np.ndarray, str | None]]) -> list[str]:
+        """``transcribe_sync`` of several (audio, prompt) requests at once; blocking. Each gets the
+        transcript it would have had alone."""
+        pieces = [piece for i, (audio, prompt) in enumerate(requests) for piece in self._pieces(i, audio, prompt)]
+        groups = decode_groups(pieces)
+        heard: dict[int, str] = {}  # id(piece) -> its text
+        with self.cpu.urgent():  # a caller is waiting for this transcript
+            for group in groups:
+                for piece, text in zip(group, self._decode(group), strict=True):
+                    heard[id(piece)] = text
+        self.jobs_run += len(requests)
+        if len(requests) > 1:
+            logger.debug(f"STT batch: {len(requests)} requests, {len(pieces)} windows, {len(groups)} decodes")
+        texts: list[list[str]] = [[] for _ in requests]
+        for piece in pieces:
+            if heard[id(piece)]:
+                texts[piece.request].append(heard[id(piece)])
+        return [" ".join(t) for t in texts]
+
+    def _pieces(self, request: int, audio: np.ndarray, prompt: str | None) -> list[_Piece]:
+        """A request's encoder windows: one, or pieces of ``LONGEST_PIECE_S`` for a monologue longer
+        than Whisper's window."""
+        longest = int(self.LONGEST_PIECE_S * SAMPLE_RATE)
+        tokens = self._prompt_tokens(prompt)
+        out = []
+        for start in range(0, audio.size, longest) if audio.size > longest else [0]:
+            features = self._model.feature_extractor(audio[start : start + longest], padding=0)
+            n = features.shape[-1]
+            frames = max(n, self._window_frames(n)) if n <= 3000 else 3000
+            features = np.pad(features[:, :frames], ((0, 0), (0, frames - min(n, frames))))
+            # ~3 tokens per second of speech is typical; the bound stops a hallucination loop
+            max_length = min(448, len(tokens) + 16 + int(10 * n / 100))
+            out.append(_Piece(request, n, features.astype(np.float32), tokens, max_length))
+        return out
+
+    def _decode(self, group: list[_Piece]) -> list[str]:
+        """One ``generate`` call for pieces of one ``batch_key``: their texts, in order."""
         import ctranslate2
 
-        longest = int(self.LONGEST_PIECE_S * SAMPLE_RATE)
-        if audio.size > longest:  # a monologue longer than Whisper's window: piece by piece
-            pieces = [self.transcribe_sync(audio[i : i + longest], prompt) for i in range(0, audio.size, longest)]
-            return " ".join(p for p in pieces if p)
-        features = self._model.feature_extractor(audio, padding=0)
-        n = features.shape[-1]
-        frames = max(n, self._window_frames(n)) if n <= 3000 else 3000
-        features = np.pad(features[:, :frames], ((0, 0), (0, frames - min(n, frames))))
-        x = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None].astype(np.float32)))
-        tokens = self._prompt_tokens(prompt)
-        with self.cpu.urgent():  # a caller is waiting for this transcript
-            result = self._model.model.generate(
-                x,
-                [tokens],
-                beam_size=self.preset.beam_size,
-                # ~3 tokens per second of speech is typical; the bound stops a hallucination loop
-                max_length=min(448, len(tokens) + 16 + int(10 * n / 100)),
-                return_no_speech_prob=True,
-                return_scores=True,
-                suppress_blank=True,
-                repetition_penalty=self.preset.repetition_penalty,
-            )[0]
-        self.jobs_run += 1
+        model = self._model.model
+        encoded = []
+        for piece in group:  # one by one: a batched encoder was no faster on 2 cores
+            x = ctranslate2.StorageView.from_array(np.ascontiguousarray(piece.features[None]))
+            encoded.append(np.array(model.encode(x))[0])
+        memory = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(encoded)))
+        results = model.generate(
+            memory,
+            [piece.tokens for piece in group],
+            beam_size=self.preset.beam_size,
+            max_length=max(piece.max_length for piece in group),
+            return_no_speech_prob=True,
+            return_scores=True,
+            suppress_blank=True,
+            repetition_penalty=self.preset.repetition_penalty,
+        )
+        self.decodes_run += 1
+        return [self._text(piece, result) for piece, result in zip(group, results, strict=True)]
+
+    def _text(self, piece: _Piece, result) -> str:
+        """A piece's transcript from its decode, or "" when Whisper heard no speech."""
+        # The batch's max_length is its longest piece's: a piece stops where it would have alone.
+        ids = result.sequences_ids[0][: piece.decode_limit]
         # Whisper's rule (as in faster-whisper): silence only when the no-speech token is
         # likely *and* the decoded text is improbable; words heard through noise stay.
         avg_logprob = result.scores[0] if result.scores else 0.0
-        logger.debug(f"STT: {n / 100:.2f} s, window {frames / 100:.0f} s, p(no speech)={result.no_speech_prob:.2f}, "
-                     f"avg logprob {avg_logprob:.2f}")
+        logger.debug(f"STT: {piece.frames / 100:.2f} s, window {piece.features.shape[-1] / 100:.0f} s, "
+                     f"p(no speech)={result.no_speech_prob:.2f}, avg logprob {avg_logprob:.2f}")
         if result.no_speech_prob > self.NO_SPEECH_THRESHOLD and avg_logprob < self.LOGPROB_THRESHOLD:
             return ""
-        text = self._model.hf_tokenizer.decode(result.sequences_ids[0]).strip()
+        text = self._model.hf_tokenizer.decode(ids).strip()
         return text if any(c.isalnum() for c in text) else ""  # ". . ." is Whisper hearing noise
 
     def _prompt_tokens(self, prompt: str | None) -> list[int]:
@@ -152,8 +251,9 @@ class WhisperEngine:
         return cached
 
     async def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> str:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.transcribe_sync, audio, prompt)
+        """The transcript of ``audio``, made in the engine's thread, batched with the requests of
+        other calls that wait at the same time."""
+        return await self._queue.submit((audio, prompt))
 
 
 @dataclass
