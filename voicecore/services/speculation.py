@@ -97,7 +97,8 @@ class SpeculationStats:
 
         def account(t: asyncio.Future[Generation]) -> None:
             if not t.cancelled() and t.exception() is None:
-                self.wasted_model_s += t.result().stats.total_s
+                stats = t.result().stats  # (less the time it stood aside for urgent work of other calls)
+                self.wasted_model_s += max(0.0, stats.total_s - stats.paused_s)
 
         if task.done():
             account(task)
