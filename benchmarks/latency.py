@@ -186,6 +186,7 @@ def attach_stored(call: PlayedCall, rows: list[dict[str, Any]], stored: Any) -> 
         assert start is not None and end is not None
         mine = [t for t in callers if t.started_at is not None and start <= t.started_at < end]
         row["transcript"] = " ".join((t.text or "").strip() for t in mine).strip()
+        row["caller_turns"] = len(mine)  # more than one: the utterance was cut into turns (a false end of turn)
         errors, words = word_errors(turn.utterance.text, row["transcript"])
         row["word_errors"], row["ref_words"] = errors, words
         answer = [t for t in replies if t.started_at is not None and start <= t.started_at < end]
@@ -222,6 +223,7 @@ def summarise(rows: list[dict[str, Any]], calls: list[PlayedCall]) -> dict[str, 
         "protocol_errors": sorted({e for c in calls for e in c.caller.violations})[:20],
         "client_late_frames": sum(c.caller.late_sends for c in calls),
         "calls_closed_early": sum(1 for c in calls if c.closed_early),
+        "turns_cut": sum(1 for r in rows if (r.get("caller_turns") or 0) > 1),
         "turn_end": turn_end_summary(rows),
         "speculation": speculation_summary(rows, calls),
     }
@@ -272,7 +274,8 @@ def summary_table(summary: dict[str, Any], title: str = "") -> str:
                    f"{spec.get('wasted', 0):.0f} wasted ({spec.get('wasted_model_ms', 0):.0f} ms of model time), "
                    f"{spec.get('skipped_busy', 0):.0f} skipped (model busy); first-clause audio prepared "
                    f"{spec.get('audio_prepared', 0):.0f}, spoken {spec.get('audio_spoken', 0):.0f}")
-    out.append(f"turns answered: {summary['answered']}/{summary['turns']}")
+    out.append(f"turns answered: {summary['answered']}/{summary['turns']}; utterances cut into several turns: "
+               f"{summary.get('turns_cut', 0)}")
     return "\n".join(out)
 
 
