@@ -153,6 +153,9 @@ def client_turn(call: PlayedCall, turn: PlayedTurn) -> dict[str, Any]:
         "server_ms": None,
         "client_aligned_ms": None,
         "speech_end_skew_ms": None,
+        "caller_turns": None,  # (from the stored call: voicecore only)
+        "turn_end": None,
+        "speculative": None,
     }
 
 
@@ -163,7 +166,8 @@ def call_rows(call: PlayedCall) -> list[dict[str, Any]]:
         rows.append({"system": call.system, "call": call.index,
                      **{k: v for k, v in utt.describe().items() if k != "id"}, "utterance": utt.id,
                      "answered": False, "voice_to_voice_ms": None, "transcript": None, "word_errors": None,
-                     "ref_words": None, "server_ms": None, "client_aligned_ms": None, "speech_end_skew_ms": None})
+                     "ref_words": None, "server_ms": None, "client_aligned_ms": None, "speech_end_skew_ms": None,
+                     "caller_turns": None, "turn_end": None, "speculative": None})
     return rows
 
 

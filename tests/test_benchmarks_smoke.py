@@ -66,6 +66,10 @@ def assert_latency_summary(s: dict[str, Any], turns: int) -> None:
     assert set(wer["overall"]) == {"wer", "errors", "words", "utterances"}
     assert wer["overall"]["words"] > 0
     assert s["protocol_errors"] == []
+    assert isinstance(s["turns_cut"], int)
+    assert set(s["turn_end"]) <= {"smart-turn", "semantic", "silence"}
+    assert {"turns_released", "turns_with_server_timeline", "voice_to_voice_ms_released",
+            "voice_to_voice_ms_not_released"} <= set(s["speculation"])
 
 
 def assert_turn_rows(rows: list[dict[str, Any]], system: str) -> None:
@@ -73,7 +77,7 @@ def assert_turn_rows(rows: list[dict[str, Any]], system: str) -> None:
         assert r["system"] == system
         assert {"call", "utterance", "text", "voice", "speed_wpm", "noise", "duration_s", "answered",
                 "voice_to_voice_ms", "transcript", "word_errors", "ref_words", "server_ms",
-                "client_aligned_ms", "speech_end_skew_ms"} <= set(r)
+                "client_aligned_ms", "speech_end_skew_ms", "caller_turns"} <= set(r)
         assert isinstance(r["transcript"], str)  # the stored caller text came back
         if r["answered"]:
             assert r["voice_to_voice_ms"] > 0
