@@ -97,3 +97,16 @@ async def test_reset_clears_audio():
     st.append(chunk())
     st.reset()
     assert st.samples == 0
+
+
+async def test_a_job_started_when_speech_trailed_off_serves_the_pause_and_the_end_of_turn():
+    rec = Recorder()
+    st = SpeculativeTranscriber(rec)
+    for _ in range(10):
+        st.append(chunk())
+    st.pause()  # speech trailed off (early_transcript_ms): the job starts
+    st.append(np.zeros(320, dtype=np.int16))  # more silence, then the pause is declared
+    st.pause()  # the job covers every voiced sample: no second job
+    st.append(np.zeros(320, dtype=np.int16))
+    assert await st.final() == "text of 3200 samples"
+    assert rec.calls == [3200] and st.jobs_started == 1

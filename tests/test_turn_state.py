@@ -124,3 +124,28 @@ def test_semantic_cue_can_be_switched_off():
     t = _paused_turn(semantic_end_of_turn=False)
     assert t.transcript_at_pause(t.pause_id, "What are your opening hours?", ms(1400)) == []
     assert t.on_vad(VADState.QUIET, ms(1500), ms(1000)) == []
+
+
+# -- speech trailing off: the STT starts before the pause ----------------------------------------
+
+
+def test_trailing_off_comes_before_the_pause_and_speech_again_takes_it_back():
+    t = TurnState(TurnTaking(early_transcript_ms=80, pause_ms=140, end_of_turn_silence_ms=700))
+    assert t.on_vad(VADState.SPEAKING, ms(300), ms(300)) == [TurnEvent.SPEECH_STARTED]
+    assert t.on_vad(VADState.SPEAKING, ms(360), ms(300)) == []  # 60 ms without voice: not yet
+    assert t.on_vad(VADState.SPEAKING, ms(380), ms(300)) == [TurnEvent.TRAILING]
+    assert t.on_vad(VADState.SPEAKING, ms(400), ms(300)) == []  # once per stretch of silence
+    assert t.on_vad(VADState.SPEAKING, ms(420), ms(420)) == [TurnEvent.TRAILING_RESUMED]
+    assert t.on_vad(VADState.SPEAKING, ms(500), ms(420)) == [TurnEvent.TRAILING]
+    assert t.on_vad(VADState.QUIET, ms(560), ms(420)) == [TurnEvent.PAUSE]  # the pause keeps that work
+    assert t.on_vad(VADState.QUIET, ms(1120), ms(420)) == [TurnEvent.END_OF_TURN]
+
+
+def test_no_trailing_off_when_switched_off_or_when_the_pause_comes_first():
+    t = TurnState(TurnTaking(early_transcript_ms=None))
+    t.on_vad(VADState.SPEAKING, ms(300), ms(300))
+    assert t.on_vad(VADState.SPEAKING, ms(420), ms(300)) == []
+    t = TurnState(TurnTaking(early_transcript_ms=200, pause_ms=140))
+    t.on_vad(VADState.SPEAKING, ms(300), ms(300))
+    assert t.on_vad(VADState.QUIET, ms(440), ms(300)) == [TurnEvent.PAUSE]
+    assert t.on_vad(VADState.QUIET, ms(600), ms(300)) == []

@@ -179,6 +179,8 @@ def test_unvoiced_consonants_do_not_make_a_pause(silero, say):
     events = []
     for off in range(0, x.size, CHUNK):
         events += det.feed(x[off: off + CHUNK].tobytes())
+    # (speech trailing off inside the sentence may start the STT early: that is no pause)
+    events = [e for e in events if e not in (TurnEvent.TRAILING, TurnEvent.TRAILING_RESUMED)]
     assert events == [TurnEvent.SPEECH_STARTED, TurnEvent.PAUSE, TurnEvent.END_OF_TURN]
 
 

@@ -56,8 +56,12 @@ class TurnTaking(_Strict):
     noise_floor_margin_db: Annotated[float, Field(ge=3.0, le=30.0)] = 10.0
     # Voiced audio needed before speech counts as started (also the barge-in trigger).
     speech_start_ms: Annotated[int, Field(ge=20, le=1000)] = 120
-    # Silence after speech that counts as a pause: speculative STT and smart-turn start here.
+    # Silence after speech that counts as a pause: smart-turn starts here.
     pause_ms: Annotated[int, Field(ge=40, le=2000)] = 140
+    # Silence after speech at which the STT starts transcribing the turn so far, before the pause
+    # is declared (speech again drops that work): the words are ready when the turn ends. Not
+    # above pause_ms (there the pause starts it anyway); null: at the pause.
+    early_transcript_ms: Annotated[int, Field(ge=20, le=2000)] | None = 80
     # Silence that ends the turn whatever smart-turn says (the only rule when smart_turn is off).
     end_of_turn_silence_ms: Annotated[int, Field(ge=100, le=5000)] = 700
     smart_turn: bool = True

@@ -65,6 +65,15 @@ class PauseTranscriptFrame(DataFrame):
 
 
 @dataclass
+class SpeechTrailingFrame(DataFrame):
+    """Downstream, turn detector → STT: the caller's speech has trailed off for
+    ``early_transcript_ms`` (not yet a pause): start transcribing the turn so far. ``resumed``:
+    speech came back before a pause, that transcript no longer covers the turn."""
+
+    resumed: bool = False
+
+
+@dataclass
 class SpeculativeTranscriptFrame(DataFrame):
     """Downstream, STT → LLM: what the caller said up to pause ``pause_id``, while the turn may
     still go on. The LLM may start the reply to it, held back until the turn's final transcript

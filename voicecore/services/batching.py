@@ -78,6 +78,12 @@ class BatchQueue(Generic[T, R]):
         with self._lock:
             return len(self._waiting)
 
+    @property
+    def busy(self) -> bool:
+        """A batch is running or requests are waiting for one."""
+        with self._lock:
+            return self._draining
+
     async def submit(self, item: T) -> R:
         """``item``'s result, computed in a batch with whatever else is waiting."""
         loop = asyncio.get_running_loop()

@@ -40,6 +40,7 @@ from voicecore.frames import (
     AgentSayFrame,
     PauseTranscriptFrame,
     SpeculativeTranscriptFrame,
+    SpeechTrailingFrame,
 )
 from voicecore.records import TurnTimeline
 from voicecore.services.batching import BatchQueue
@@ -150,6 +151,11 @@ class WhisperEngine:
     def waiting(self) -> int:
         """Requests waiting for the model (not counting the batch it is running)."""
         return self._queue.waiting
+
+    @property
+    def busy(self) -> bool:
+        """The model is transcribing, or requests wait for it."""
+        return self._queue.busy
 
     def _window_frames(self, n_frames: int) -> int:
         if self.preset.encoder_window_s is not None:
@@ -317,10 +323,11 @@ class SpeculativeTranscriber:
             self._job = None
 
     def pause(self) -> asyncio.Future[str]:
-        """Speech paused: transcribe what we have now, unless the current job already covers it.
-        Returns the job's future (the transcript up to this pause)."""
-        self._voiced_until = self._samples
+        """Speech paused (or trailed off): transcribe what we have now, unless the current job
+        already covers it — a job not dropped by :meth:`resume` holds all the speech so far (only
+        silence came after it). Returns the job's future (the transcript up to this pause)."""
         if self._job is None:
+            self._voiced_until = self._samples
             self._start_job()
         assert self._job is not None
         return self._job.task
@@ -403,6 +410,14 @@ class WhisperSTTProcessor(FrameProcessor):
             self._preroll = []
         elif isinstance(frame, VADUserStartedSpeakingFrame) and self._in_turn:
             self._speculator.resume()
+        elif isinstance(frame, SpeechTrailingFrame):
+            if self._in_turn and frame.resumed:
+                self._speculator.resume()
+            elif self._in_turn and not getattr(self._engine, "busy", True):
+                # speech trailed off: transcribe now (the pause reuses it), unless the model is
+                # busy with other turns (the CPU is short: the pause will ask)
+                self._speculator.pause()
+            return  # nothing downstream needs it
         elif isinstance(frame, VADUserStoppedSpeakingFrame) and self._in_turn:
             job = self._speculator.pause()
             pause_id = frame.metadata.get("pause_id")

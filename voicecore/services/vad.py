@@ -50,7 +50,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voicecore.config import TurnTaking
-from voicecore.frames import PauseTranscriptFrame
+from voicecore.frames import PauseTranscriptFrame, SpeechTrailingFrame
 from voicecore.records import TurnTimeline
 from voicecore.services.vad_analyzers import (
     MIN_SPEECH_RMS,
@@ -143,6 +143,8 @@ class TurnEvent(Enum):
     SPEECH_STARTED = "speech_started"  # a new caller turn starts
     SPEECH_RESUMED = "speech_resumed"  # speech again after a pause, same turn
     PAUSE = "pause"  # speech paused (pause_ms of silence)
+    TRAILING = "trailing"  # early_transcript_ms of silence, not yet a pause: the STT may start
+    TRAILING_RESUMED = "trailing_resumed"  # speech again after TRAILING, before a pause
     END_OF_TURN = "end_of_turn"
 
 
@@ -158,6 +160,7 @@ class TurnState:
     pause_id: int = 0  # increases at every pause; a smart-turn answer names its pause
     complete_text_pause: int = -1  # the pause whose transcript reads as a finished sentence
     end_reason: str = ""  # why the last END_OF_TURN came: "silence" or "semantic"
+    trailing_from: int | None = None  # the voiced end at which TRAILING came (None: not trailing)
 
     def _silence_needed_ms(self) -> int:
         if self.complete_text_pause == self.pause_id and self.params.semantic_end_of_turn:
@@ -169,6 +172,7 @@ class TurnState:
         events: list[TurnEvent] = []
         if state == VADState.SPEAKING and not self.speaking:
             self.speaking = True
+            self.trailing_from = None
             if not self.in_turn:
                 self.in_turn = True
                 self.voiced_samples = 0
@@ -178,11 +182,29 @@ class TurnState:
         elif state == VADState.QUIET and self.speaking:
             self.speaking = False
             self.pause_id += 1
+            self.trailing_from = None
             events.append(TurnEvent.PAUSE)
         if self.in_turn:
             self.last_voiced_end = max(self.last_voiced_end, voiced_end_sample)
+        events.extend(self._check_trailing(now_sample))
         events.extend(self._check_silence(now_sample))
         return events
+
+    def _check_trailing(self, now_sample: int) -> list[TurnEvent]:
+        """Speech trailing off before a pause is declared (``early_transcript_ms``), and speech
+        coming back after that."""
+        early = self.params.early_transcript_ms
+        if early is None or not (self.in_turn and self.speaking):
+            return []
+        if self.trailing_from is not None:
+            if self.last_voiced_end > self.trailing_from:
+                self.trailing_from = None
+                return [TurnEvent.TRAILING_RESUMED]
+            return []
+        if (now_sample - self.last_voiced_end) * 1000 / PIPELINE_SAMPLE_RATE >= early:
+            self.trailing_from = self.last_voiced_end
+            return [TurnEvent.TRAILING]
+        return []
 
     def _check_silence(self, now_sample: int) -> list[TurnEvent]:
         if self.in_turn and not self.speaking:
@@ -368,6 +390,8 @@ class VADTurnProcessor(FrameProcessor):
         elif event == TurnEvent.SPEECH_RESUMED:
             await self._cancel_smart_turn()
             await self.push_frame(VADUserStartedSpeakingFrame(start_secs=self._params.speech_start_ms / 1000))
+        elif event in (TurnEvent.TRAILING, TurnEvent.TRAILING_RESUMED):
+            await self.push_frame(SpeechTrailingFrame(resumed=event == TurnEvent.TRAILING_RESUMED))
         elif event == TurnEvent.PAUSE:
             pause_id = self._detector.turn.pause_id
             stopped = VADUserStoppedSpeakingFrame(stop_secs=self._params.pause_ms / 1000)
