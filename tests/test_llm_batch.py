@@ -289,3 +289,30 @@ def test_parallel_sequences_is_checked():
         LLMPreset(package="x", file="y.gguf", parallel_sequences=16, n_batch=8)
     with pytest.raises(ValidationError, match="slots"):
         LLMPreset(endpoint="http://127.0.0.1:8080/v1", parallel_sequences=4)
+
+
+@models
+def test_the_benchmark_writes_its_figures(tmp_path):
+    """``python -m benchmarks.llm_batch --smoke``: the JSON's schema (benchmarks/README.md), never the figures."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "VOICECORE_LOG_LEVEL": "WARNING",
+           "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "benchmarks.llm_batch", "--smoke", "--out", str(tmp_path)], cwd=root,
+                          env=env, capture_output=True, text=True, check=False, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads((tmp_path / "llm_batch.json").read_text())
+    assert doc["schema"] == "voicecore.bench/1" and doc["benchmark"] == "llm_batch" and doc["smoke"] is True
+    s = doc["summary"]
+    assert set(s["engines"]) == {"swapping", "batched"} and s["memory_mb"]["batched_sequences"] == 2
+    for rows in s["engines"].values():
+        assert [r["n"] for r in rows] == doc["config"]["levels"] == [1, 2]
+        for r in rows:
+            assert r["tokens"] > 0 and r["tokens_per_s"] > 0 and r["ttft_ms"]["n"] >= 1
+            assert r["evaluated_later_turns"]["p50"] < r["evaluated_first_turn"]["p50"]  # the prefix stayed cached
+    assert [x["n"] for x in s["side_by_side"]] == [1, 2]
+    assert "tok/s batched/swapping" in done.stdout
