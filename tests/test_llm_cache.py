@@ -16,7 +16,12 @@ models = pytest.mark.models
 
 @pytest.fixture(scope="module")
 def engine(pool):
-    return pool.llm("default")
+    """The single-sequence engine (``parallel_sequences: 1``): one KV sequence, each conversation's
+    cells swapped in and out. Batched decoding is tests/test_llm_batch.py's."""
+    from voicecore.config import resolve_llm
+
+    preset, _path = resolve_llm("default", pool.presets)
+    return pool.llm(preset.model_copy(update={"parallel_sequences": 1}))
 
 
 def conversation(prompt: str = "You are a helpful receptionist at a dental office.") -> Conversation:

@@ -368,6 +368,18 @@ class LLMPreset(_Remote):
     n_threads: Annotated[int, Field(ge=1, le=64)] = 2
     n_batch: Annotated[int, Field(ge=8, le=4096)] = 256
     chat_format: Literal["chatml", "llama3"] = "chatml"  # the prompt template (voicecore.services.chat_format)
+    # In process: how many conversations decode together, one KV sequence each, in one llama.cpp batch
+    # per token (voicecore.services.llama_batch); 1 = one conversation at a time on one sequence, its
+    # KV cells swapped in and out. The KV cache holds n_ctx cells per sequence (memory: benchmarks/README).
+    parallel_sequences: Annotated[int, Field(ge=1, le=64)] = 1
+
+    @model_validator(mode="after")
+    def _sequences_fit_a_batch(self) -> LLMPreset:
+        if self.parallel_sequences > 1 and self.endpoint is not None:
+            raise ValueError("parallel_sequences is for a model in process; a llama.cpp server has `slots`")
+        if self.parallel_sequences > self.n_batch:
+            raise ValueError(f"parallel_sequences ({self.parallel_sequences}) must not exceed n_batch ({self.n_batch})")
+        return self
 
 
 class TTSPreset(_Remote):

@@ -98,7 +98,8 @@ class ModelPool:
         if preset.endpoint:  # a client, made once; the model runs on the server
             key = ("llm-remote", preset.endpoint, preset.model or "", str(preset.slots), preset.api_key_env or "")
             return self._get(key, f"remote LLM client {preset.endpoint}", lambda: RemoteLLMEngine(preset))
-        return self._get(("llm", path, str(preset.n_ctx)), f"LLM {path}", lambda: LlamaEngine(path, preset, self.cpu))
+        key = ("llm", path, str(preset.n_ctx), str(preset.parallel_sequences))
+        return self._get(key, f"LLM {path}", lambda: LlamaEngine(path, preset, self.cpu))
 
     def tts(self, ref: str | TTSPreset) -> PiperEngine | RemoteTTSEngine:
         preset, model, cfg = resolve_tts(ref, self.presets)

@@ -6,6 +6,12 @@ see :mod:`voicecore.services.chat_format`), and the tokens the model generated f
 kept as they were, so the next turn's prompt starts with exactly the tokens
 already in the KV cache and only the new ones are evaluated. When calls take turns on the shared
 model, the KV state of the call that used it last is saved and the next call's state is restored.
+With the preset's ``parallel_sequences`` N > 1, generations are instead decoded together by a
+:class:`~voicecore.services.llama_batch.BatchDecoder`: one context with N KV sequences, each
+conversation keeping its own (nothing is swapped while it has one), one ``llama_decode`` per step
+for every reply in progress. Grammar-constrained generations and ``complete_json`` (post-call
+reports) run there too, on a sequence of their own with a grammar sampler; ``yield_after`` is then
+never needed (no reply waits for another) and is ignored.
 The Pipecat shells over it are :class:`voicecore.services.llm.LlamaLLMProcessor` (voicecore's calls) and
 :class:`voicecore.services.llama_service.LlamaLLMService` (a Pipecat ``LLMService`` over ``LLMContext``).
 """
@@ -20,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -28,24 +34,16 @@ from voicecore.config import LLMParams, LLMPreset
 from voicecore.services.chat_format import CHATML, Piece, template_for
 from voicecore.services.conversation import ChatMessage
 from voicecore.services.cpu import CpuPriority
+from voicecore.services.generation import Generation, GenerationStats
+
+__all__ = ["CLAUSE_ENDS", "IM_END", "IM_START", "Generation", "GenerationStats", "LlamaEngine"]
+
+if TYPE_CHECKING:
+    from voicecore.services.llama_batch import BatchDecoder, Sampling
 
 CLAUSE_ENDS = (".", ",", "!", "?", ";", ":")
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    evaluated_prompt_tokens: int = 0  # prompt tokens not found in the KV cache
-    generated_tokens: int = 0
-    first_token_s: float | None = None
-    total_s: float = 0.0
-    state_restored: bool = False
-    cancelled: bool = False
-    paused_s: float = 0.0  # time spent waiting for urgent model work of calls (CpuPriority)
-    yielded: bool = False  # stopped at a clause end because another call's turn was waiting
-    yields: int = 0  # times a reply gave the model to other calls' turns and continued
 
 
 @dataclass
@@ -57,15 +55,9 @@ class _KVState:
     n_tokens: int
 
 
-@dataclass
-class Generation:
-    text: str
-    tokens: list[int]
-    stats: GenerationStats
-
-
 class LlamaEngine:
-    """One llama.cpp model per process; one inference thread shared by every call."""
+    """One llama.cpp model per process, shared by every call: one inference thread and one KV
+    sequence swapped between conversations, or (``parallel_sequences`` > 1) a batched decoder."""
 
     MAX_SAVED_STATES = 32
     ACTIVE_CALL_S = 20.0  # a conversation that generated this recently counts as a call in progress
@@ -76,15 +68,27 @@ class LlamaEngine:
         self.path = gguf_path
         self.preset = preset
         self.cpu = cpu or CpuPriority()
+        self.parallel_sequences = preset.parallel_sequences
+        batched = self.parallel_sequences > 1
         self._llm = Llama(
             model_path=gguf_path,
-            n_ctx=preset.n_ctx,
+            # batched, this context only serves the tokenizer: the decoder has a context of its own
+            n_ctx=256 if batched else preset.n_ctx,
             n_threads=preset.n_threads,
             n_threads_batch=preset.n_threads,
             n_batch=preset.n_batch,
             verbose=False,
         )
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+        self._batch: BatchDecoder | None = None
+        if batched:
+            from voicecore.services.llama_batch import BatchDecoder
+
+            self._batch = BatchDecoder(self._llm._model, sequences=self.parallel_sequences, n_ctx=preset.n_ctx,
+                                       n_batch=preset.n_batch, n_threads=preset.n_threads, cpu=self.cpu,
+                                       max_saved=self.MAX_SAVED_STATES, like=self._llm.context_params)  # fmt: skip
+        # batched: threads that wait on the decoder for a generation (generate_sync), many at once
+        self._executor = ThreadPoolExecutor(max_workers=4 * self.parallel_sequences + 4 if batched else 1,
+                                            thread_name_prefix="llm")  # fmt: skip
         self._live_turns = 0  # live generations queued or running (background work waits for them)
         self._waiting_turns = 0  # live generations queued behind the running one
         self._count_lock = threading.Lock()
@@ -204,6 +208,9 @@ class LlamaEngine:
 
     def prefill_sync(self, owner: str, prompt: list[int]) -> int:
         """Evaluate ``prompt`` into ``owner``'s KV cache ahead of its first turn; returns tokens evaluated."""
+        if self._batch is not None:
+            return self._batch.submit(self._job(owner, prompt, 0, None, threading.Event())).result() \
+                .stats.evaluated_prompt_tokens  # fmt: skip
         self._switch_to(owner)
         cached = self.cached_prefix(prompt)
         if cached >= len(prompt):
@@ -213,17 +220,47 @@ class LlamaEngine:
         return len(prompt) - cached
 
     async def prefill(self, owner: str, prompt: list[int]) -> int:
+        if self._batch is not None:
+            job = self._job(owner, prompt, 0, None, threading.Event())
+            return (await asyncio.wrap_future(self._batch.submit(job))).stats.evaluated_prompt_tokens
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.prefill_sync, owner, prompt)
 
     def forget(self, owner: str) -> None:
-        """Drop a finished conversation's saved state."""
+        """Drop a finished conversation's saved state (batched: free its sequence)."""
         self._active_owners.pop(owner, None)
+        if self._batch is not None:
+            self._batch.forget(owner)
         self._saved.pop(owner, None)
         if self._owner == owner:
             self._owner = None
 
+    def close(self) -> None:
+        """Stop the batched decoder's thread and free its context (the model pool's engines live
+        as long as the process; this is for engines made on the side, e.g. in tests)."""
+        if self._batch is not None:
+            self._batch.close()
+        self._executor.shutdown(wait=False)
+
+    def _job(self, owner: str, prompt: list[int], max_tokens: int, sampling: Sampling | None,
+             cancel: threading.Event, on_text: Callable[[str], None] | None = None, *, any_end: bool = False,
+             adjust: Callable[[list[int], Any], None] | None = None, background: bool = False) -> Any:  # fmt: skip
+        """A :class:`~voicecore.services.llama_batch.BatchJob`. ``any_end``: stop at every
+        end-of-generation token of the vocabulary, not only this chat format's."""
+        import llama_cpp
+
+        from voicecore.services.llama_batch import BatchJob
+
+        eos, vocab = self._eos, self._llm._model.vocab
+        if any_end:
+            is_end = lambda t: t in eos or llama_cpp.llama_vocab_is_eog(vocab, t)  # noqa: E731
+        else:
+            is_end = eos.__contains__
+        return BatchJob(owner, list(prompt), max_tokens, sampling, cancel, is_end,
+                        lambda t: self._llm.detokenize([t]), on_text, adjust, background)  # fmt: skip
+
     def cached_prefix(self, tokens: list[int]) -> int:
+        """Tokens of ``tokens`` already in the single sequence's KV cache (one sequence only)."""
         n = 0
         cached = self._llm.input_ids[: self._llm.n_tokens]
         for a, b in zip(cached, tokens):
@@ -268,7 +305,16 @@ class LlamaEngine:
         continues later with ``prompt + tokens``. A waiting caller then hears its first
         clause after one clause of the other reply, not after all of it. ``grammar``: a
         ``llama_cpp.LlamaGrammar`` the reply must follow (e.g. a forced tool call); it then also
-        ends at any end-of-generation token of the vocabulary."""
+        ends at any end-of-generation token of the vocabulary.
+
+        Batched (``parallel_sequences`` > 1): the generation joins the decoder's batch and this
+        thread waits for it; ``said`` and ``yield_after`` are not needed there."""
+        if self._batch is not None:
+            from voicecore.services.llama_batch import Sampling
+
+            sampling = Sampling(params.temperature, params.top_p, params.repeat_penalty, params.seed, grammar)
+            job = self._job(owner, prompt, params.max_tokens, sampling, cancel, on_text, any_end=grammar is not None)
+            return self._batch.submit(job).result()
         stats, t0, max_tokens = self._start_generation(owner, prompt, params.max_tokens, params.seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         before = list(said or [])
@@ -400,32 +446,34 @@ class LlamaEngine:
         text is incomplete and fails the caller's validation). ``no_repeat_words`` keeps a
         word from following itself ("at at"), which small models do when the grammar
         leaves them nothing better."""
-        import re
-
         import llama_cpp
         import numpy as np
 
+        banned_after = self._repeated_words() if no_repeat_words else None
+        if self._batch is not None:
+            from voicecore.services.llama_batch import Sampling
+
+            def adjust(generated: list[int], logits: np.ndarray) -> None:
+                banned = banned_after(generated) if banned_after is not None else None
+                if banned:
+                    logits[banned] -= 100.0
+
+            sampling = Sampling(temperature, 0.9, repeat_penalty, seed, grammar)
+            job = self._job(owner, prompt, max_tokens, sampling, threading.Event(), any_end=True,
+                            adjust=adjust if banned_after is not None else None, background=True)  # fmt: skip
+            result = self._batch.submit(job).result()
+            result.text = self.detokenize(result.tokens)
+            return result
         stats, t0, limit = self._start_generation(owner, prompt, max_tokens, seed)
         vocab = self._llm._model.vocab
         processors = None
-        if no_repeat_words:
-            words: dict[str, list[int]] | None = getattr(self, "_word_tokens", None)
-            if words is None:  # word -> the tokens that spell exactly it (" at", "At", "at.", ...), built once
-                words = {}
-                for i in range(self._llm.n_vocab()):
-                    m = re.fullmatch(r" ?([A-Za-z0-9']+)[.,]?", self._llm.detokenize([i]).decode("utf-8", "ignore"))
-                    if m:
-                        words.setdefault(m.group(1).lower(), []).append(i)
-                self._word_tokens = words
+        if banned_after is not None:
             start = len(prompt)
 
             def no_repeat(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-                text = self._llm.detokenize(list(input_ids[start:])).decode("utf-8", "ignore")
-                m = re.search(r"([A-Za-z0-9']+)[ ,]*$", text)
-                if m and words is not None:
-                    banned = words.get(m.group(1).lower())
-                    if banned:
-                        scores[banned] -= 100.0
+                banned = banned_after(list(input_ids[start:]))
+                if banned:
+                    scores[banned] -= 100.0
                 return scores
 
             processors = llama_cpp.LogitsProcessorList([no_repeat])
@@ -456,6 +504,26 @@ class LlamaEngine:
         text = self._llm.detokenize(tokens).decode("utf-8", errors="replace")
         return Generation(text=text, tokens=tokens, stats=stats)
 
+    def _repeated_words(self) -> Callable[[list[int]], list[int] | None]:
+        """For ``no_repeat_words``: the tokens that would repeat the last word of generated tokens."""
+        import re
+
+        words: dict[str, list[int]] | None = getattr(self, "_word_tokens", None)
+        if words is None:  # word -> the tokens that spell exactly it (" at", "At", "at.", ...), built once
+            words = {}
+            for i in range(self._llm.n_vocab()):
+                m = re.fullmatch(r" ?([A-Za-z0-9']+)[.,]?", self._llm.detokenize([i]).decode("utf-8", "ignore"))
+                if m:
+                    words.setdefault(m.group(1).lower(), []).append(i)
+            self._word_tokens = words
+
+        def banned_after(generated: list[int]) -> list[int] | None:
+            text = self._llm.detokenize(generated).decode("utf-8", "ignore")
+            m = re.search(r"([A-Za-z0-9']+)[ ,]*$", text)
+            return words.get(m.group(1).lower()) if m else None
+
+        return banned_after
+
     async def complete_json(
         self,
         owner: str,
@@ -471,8 +539,14 @@ class LlamaEngine:
     ) -> Generation:
         """:meth:`complete_json_sync` on the engine's inference thread, with the prompt's uncached
         part evaluated in jobs of at most ``eval_chunk`` tokens first, so a live call's turn
-        queued meanwhile waits for one chunk, not for a whole transcript."""
+        queued meanwhile waits for one chunk, not for a whole transcript. (Batched, the decoder
+        takes a prompt ``n_batch`` tokens a step, live calls' prompts first.)"""
         loop = asyncio.get_running_loop()
+        if self._batch is not None:
+            await self.wait_until_no_live_turn()
+            return await loop.run_in_executor(self._executor, lambda: self.complete_json_sync(
+                owner, prompt, grammar, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                repeat_penalty=repeat_penalty, no_repeat_words=no_repeat_words))  # fmt: skip
         for end in range(eval_chunk, len(prompt) - 1, eval_chunk):
             await self.wait_until_no_live_turn()
             await loop.run_in_executor(self._executor, self.prefill_sync, owner, prompt[:end])
