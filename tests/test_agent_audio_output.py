@@ -167,3 +167,35 @@ async def test_long_messages_are_sent_one_whole_message_plus_the_lead_ahead():
 def test_the_lead_is_one_frame_plus_lead_ms():
     assert abs(AgentAudioOutput(ScriptTransport(frame_bytes=3200), lead_ms=100).lead_s - 0.3) < 1e-9
     assert abs(AgentAudioOutput(ScriptTransport(frame_bytes=320), lead_ms=100).lead_s - 0.12) < 1e-9
+
+
+async def test_unplayed_audio_is_what_is_queued_and_sent_ahead_of_playback():
+    """What the TTS paces its later clauses on: 1.2 s of audio handed over at once is all unplayed
+    at first, and runs down as the messages play (virtual time, read whenever the pacer waits)."""
+    clock = VirtualClock()
+    outputs: list[AgentAudioOutput] = []
+    left: list[float] = []
+    original = AgentAudioOutput.__init__
+
+    def keep(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN001
+        original(self, *args, **kwargs)
+        outputs.append(self)
+
+    async def sleep(seconds: float) -> None:
+        left.append(outputs[0].unplayed_s())
+        await clock.sleep(seconds)
+
+    AgentAudioOutput.__init__ = keep  # type: ignore[method-assign]
+    try:
+        await play(ScriptTransport(frame_bytes=3200, clock=clock), [
+            AgentReplyStartFrame(reply_id="r1"),
+            AgentClauseFrame(reply_id="r1", index=0, text="A long answer."),
+            audio(3200 * 6),
+            AgentReplyDoneFrame(reply_id="r1", generated_text="A long answer."),
+        ], realtime=True, lead_ms=100, clock=clock, sleep=sleep)  # fmt: skip
+    finally:
+        AgentAudioOutput.__init__ = original  # type: ignore[method-assign]
+    assert left and abs(left[0] - 1.2) < 1e-6, left  # nothing played when the pacer first waits
+    assert all(a >= b for a, b in zip(left, left[1:])) and left[-1] < left[0]  # playing down
+    assert outputs[0].unplayed_s() == 0.0  # all played
+    assert AgentAudioOutput(ScriptTransport(frame_bytes=320), realtime=False).unplayed_s() == 0.0

@@ -191,6 +191,7 @@ def build_call_pipeline(
             on_reply_finished=on_reply_finished,
             tap=audio_tap,
         )
+        tts.unplayed_s = output.unplayed_s  # later clauses synthesised only as far ahead as needed
         processors = [vad, stt, llm, tts, output]
     pipeline = Pipeline(processors)
     worker = PipelineWorker(

@@ -18,6 +18,7 @@ import itertools
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -253,6 +254,11 @@ class PiperTTSProcessor(FrameProcessor):
         self._spoken: list[str] = []
         self._say_ids = itertools.count(1)
         self.backend_failures: list[dict[str, str]] = []  # {"kind", "backend", "error"} per lost clause
+        # How much unplayed agent audio the output holds (seconds; the pipeline wires it to the
+        # output): later clauses are synthesised only when it runs below LEAD_S, so a reply cut by a
+        # barge-in never had its tail synthesised, and calls' first clauses do not queue behind it.
+        self.unplayed_s: Callable[[], float] | None = None
+        self.waited_s = 0.0  # time later clauses waited for playback to catch up
         self._prepared: set[str] = set()  # first clauses of held replies, synthesised ahead
         self.prepared_clauses = 0  # clauses synthesised ahead for held replies
         self.prepared_spoken = 0  # ... and then spoken
@@ -359,6 +365,8 @@ class PiperTTSProcessor(FrameProcessor):
             AgentClauseFrame(reply_id=self._reply_id, index=self._clause_index, text=clause, timeline=self._timeline)
         )
         first = self._clause_index == 0
+        if not first and self.unplayed_s is not None:
+            await self._wait_for_playback()
         if first and clause in self._prepared:
             self._prepared.discard(clause)  # synthesize() takes the prepared audio
             self.prepared_spoken += 1
@@ -385,6 +393,18 @@ class PiperTTSProcessor(FrameProcessor):
             return
         pcm = self._resampler.process(np.frombuffer(audio, dtype=np.int16))
         await self._push_audio(pcm.tobytes())
+
+    LEAD_S = 2.0  # later clauses are synthesised once less than this is left to play
+    LEAD_POLL_S = 0.05
+
+    async def _wait_for_playback(self) -> None:
+        """Synthesise only as far ahead of playback as needed (a barge-in cancels the wait)."""
+        assert self.unplayed_s is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while (left := self.unplayed_s()) > self.LEAD_S:
+            await asyncio.sleep(min(left - self.LEAD_S, 0.5) + self.LEAD_POLL_S)
+        self.waited_s += loop.time() - started
 
     async def _push_audio(self, audio: bytes) -> None:
         """A clause's audio as one frame: the output slices it into the transport's frames."""

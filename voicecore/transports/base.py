@@ -206,6 +206,7 @@ class AgentAudioOutput(FrameProcessor):
         self._lead = lead_ms / 1000 + self._frame_bytes / 2 / self._rate
         self._queue: deque[object] = deque()
         self._partial = bytearray()  # agent audio not yet a whole frame (sent with the next audio)
+        self._handed = 0  # stream offset (samples) after all the agent audio handed to this output
         self._wakeup = asyncio.Event()
         self._pacer: asyncio.Task | None = None
         self._stream_start = 0.0  # monotonic time the current burst of audio started playing
@@ -237,6 +238,13 @@ class AgentAudioOutput(FrameProcessor):
     def _offset(self) -> int:
         """Stream offset (samples) of the next agent sample: sent, plus the partial frame."""
         return self._sent + len(self._partial) // 2
+
+    def unplayed_s(self) -> float:
+        """Agent audio handed to this output that the far end has not played yet (seconds): what
+        is queued here, and what was sent ahead of playback. 0 when not paced in real time."""
+        if not self._realtime:
+            return 0.0
+        return max(0, self._handed - self.playback_position()) / self._rate
 
     def playback_position(self) -> int:
         """Output stream offset (samples) the far end is estimated to have played."""
@@ -270,6 +278,7 @@ class AgentAudioOutput(FrameProcessor):
         elif isinstance(frame, OutputAudioRawFrame):
             if frame.sample_rate != self._rate:
                 raise ValueError(f"{self}: agent audio at {frame.sample_rate} Hz, transport wants {self._rate} Hz")
+            self._handed += len(frame.audio) // 2
             self._enqueue(frame.audio)
         else:
             await self.push_frame(frame, direction)
@@ -442,6 +451,7 @@ class AgentAudioOutput(FrameProcessor):
             current.end = self._offset + queued
         self._queue.clear()
         self._partial.clear()
+        self._handed = self._sent  # what was not sent is gone
         self._unsent_marks.clear()
         if self._pacer is not None:
             # The pacer may be waiting to send the next frame: restart it on an empty queue.
