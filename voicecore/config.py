@@ -54,8 +54,11 @@ class TurnTaking(_Strict):
     silero_threshold: Annotated[float, Field(ge=0.1, le=0.95)] = 0.5
     # webrtc+noise-floor: how far (dB) a frame's loudest speech band must stand over its noise floor.
     noise_floor_margin_db: Annotated[float, Field(ge=3.0, le=30.0)] = 10.0
-    # Voiced audio needed before speech counts as started (also the barge-in trigger).
+    # Voiced audio needed before speech counts as started: opens a caller turn while the agent is silent.
     speech_start_ms: Annotated[int, Field(ge=20, le=1000)] = 120
+    # While the agent speaks: voiced audio that interrupts it (barge-in), no longer than speech_start_ms.
+    # Silero counts only windows it scores BARGE_IN_PROBABILITY or more (steady noise scores far less).
+    barge_in_ms: Annotated[int, Field(ge=20, le=1000)] = 64
     # Silence after speech that counts as a pause: speculative STT and smart-turn start here.
     pause_ms: Annotated[int, Field(ge=40, le=2000)] = 140
     # Silence that ends the turn whatever smart-turn says (the only rule when smart_turn is off).
@@ -70,6 +73,15 @@ class TurnTaking(_Strict):
     barge_in: bool = True
     # Caller turns with less voiced audio than this are ignored (coughs, clicks).
     min_utterance_ms: Annotated[int, Field(ge=0, le=2000)] = 200
+
+    @model_validator(mode="after")
+    def _barge_in_not_slower_than_a_turn(self) -> TurnTaking:
+        if self.barge_in_ms > self.speech_start_ms:
+            raise ValueError(
+                f"barge_in_ms ({self.barge_in_ms}) must not be longer than speech_start_ms ({self.speech_start_ms}): "
+                "the onset that interrupts the agent is the shorter one"
+            )
+        return self
 
 
 class Voice(_Strict):
