@@ -210,7 +210,7 @@ def test_barge_in_ms_is_shorter_than_a_turns_onset_by_default():
 
 @pytest.mark.parametrize(("lines", "expected"), [
     ("  barge_in_ms: 200\n", "barge_in_ms (200) must not be longer than speech_start_ms (120)"),
-    ("  speech_start_ms: 60\n", "barge_in_ms (64) must not be longer than speech_start_ms (60)"),
+    ("  speech_start_ms: 60\n  barge_in_ms: 64\n", "barge_in_ms (64) must not be longer than speech_start_ms (60)"),
     ("  barge_in_ms: 5\n", "turn_taking.barge_in_ms"),
     ("  barge_in_ms: soon\n", "turn_taking.barge_in_ms"),
 ])
@@ -223,7 +223,12 @@ def test_barge_in_ms_is_validated_naming_the_field(tmp_path, lines, expected):
     assert str(path) in message and "turn_taking" in message and expected in message, message
 
 
-def test_a_shorter_speech_start_with_a_matching_barge_in_loads(tmp_path):
+@pytest.mark.parametrize(("lines", "barge_in_ms"), [
+    ("  speech_start_ms: 60\n  barge_in_ms: 40\n", 40),
+    ("  speech_start_ms: 50\n", 50),  # a pipeline written before barge_in_ms: unset, it is no longer
+    ("  speech_start_ms: 200\n", 64),
+])
+def test_a_pipeline_with_its_own_speech_start_loads(tmp_path, lines, barge_in_ms):
     path = tmp_path / "agent.yaml"
-    path.write_text(textwrap.dedent(VALID) + "  speech_start_ms: 60\n  barge_in_ms: 40\n")
-    assert load_pipeline(path).turn_taking.barge_in_ms == 40
+    path.write_text(textwrap.dedent(VALID) + lines)
+    assert load_pipeline(path).turn_taking.barge_in_ms == barge_in_ms

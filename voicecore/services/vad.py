@@ -364,6 +364,7 @@ class VADTurnProcessor(FrameProcessor):
         self._smart_task: asyncio.Task | None = None
         self.barge_ins: list[float] = []  # when caller speech interrupted agent speech (monotonic)
         self.barge_in_samples: list[int] = []  # ... and where, in the caller audio (samples at 16 kHz)
+        self.agent_frames = 0  # frames of agent audio the output reported (agent_audio)
 
     @property
     def in_turn(self) -> bool:
@@ -381,6 +382,7 @@ class VADTurnProcessor(FrameProcessor):
 
     def agent_audio(self, frame: bytes) -> None:
         """The output sent a frame of agent audio (its level is the echo floor for a barge-in)."""
+        self.agent_frames += 1
         self._detector.agent_audio(np.frombuffer(frame, dtype=np.int16))
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
