@@ -35,11 +35,23 @@ over RMS 300 before any noise is added). Per utterance:
 - **cut** (false end of turn): the utterance heard as more than one turn (each extra
   turn counts); **missed**: no turn heard any of it; **false start**: a turn over noise
   alone, touching no utterance.
+
+**Barge-in** (``--barge-in``, on by default): every stream again, with the agent talking all
+along (its Piper voice, ``noise.agent_track``; each 20 ms frame reported to the detector as a
+call's output does, ``ECHO_DELAY_MS`` before its echo would come back), so every start of
+speech is a barge-in (``turn_taking.barge_in_ms``, the echo floor), and ``echo <ERL> dB``
+streams: the clean-speech layout over the agent's own echo ``ERL`` dB under it, with line
+noise ``ECHO_LINE_SNR_DB`` under the speech. Per condition: the **barge-in onset** (barge-in
+declared − true start of the utterance; one declared from ``BARGE_IN_EARLY_MS`` before the
+start to ``BARGE_IN_LATE_MS`` after the end belongs to the utterance), **missed** utterances
+(no barge-in of their own) and **false barge-ins** (declared over noise or echo alone: the
+agent cut off for nothing). Turns end on silence there (no smart-turn).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +81,7 @@ from benchmarks.noise import (
     DESCRIPTIONS,
     KINDS,
     active_level,
+    agent_track,
     make_noise,
     mix_at_snr,
     telephone,
@@ -85,6 +98,15 @@ TARGET_MS = 100.0
 # When smart-turn's answer lands after the pause: its inference on one core of the 2-core
 # reference machine (whisper features + ONNX, 8 s of audio) is ~100-130 ms.
 SMART_TURN_MS = 100.0
+# Barge-in: the agent's echo, ERL dB under the agent's audio as sent, comes back ECHO_DELAY_MS after
+# the output sent it (its lead of 100-120 ms + the line's round trip), over line noise.
+ECHO_ERLS = (20.0, 30.0, 40.0)
+ECHO_DELAY_MS = 200.0
+ECHO_LINE_SNR_DB = 20.0
+# A barge-in belongs to an utterance when declared from this long before its true start (Silero may
+# hear a soft onset under the RMS threshold that places the true start) to this long after its end.
+BARGE_IN_EARLY_MS = 100.0
+BARGE_IN_LATE_MS = 300.0
 
 
 @dataclass
@@ -103,6 +125,7 @@ class Stream:
     snr_db: float | None
     audio: np.ndarray
     spans: list[Span]
+    echo_db: float | None = None  # an echo condition: the agent's echo this far (dB) under the agent
 
 
 @dataclass
@@ -166,7 +189,10 @@ def _heard_bounds(clean: np.ndarray, spans: list[Span], phone: bool) -> list[Spa
 
 
 def build_streams(ids: list[str] | None, noises: list[str], snrs: list[float], *, corpus: bool = True,
-                  phone: bool = True, cache_dir: Path | None = None) -> list[Stream]:
+                  phone: bool = True, cache_dir: Path | None = None, agent: Callable[[int], np.ndarray] | None = None,
+                  echo_erls: list[float] | None = None) -> list[Stream]:
+    """The streams of every condition; with ``echo_erls``, ``agent(n)`` (the agent's track, ``n``
+    samples) gives the echo streams too."""
     cache = Path(cache_dir or DEFAULT_CACHE)
     specs = [s for s in CORPUS if ids is None or s.id in ids]
     clean = load_utterances([clean_spec(s) for s in specs], cache)
@@ -193,6 +219,19 @@ def build_streams(ids: list[str] | None, noises: list[str], snrs: list[float], *
             for snr in snrs:
                 mixed = mix_at_snr(speech, noise, snr, level, cache)
                 streams.append(Stream(f"{kind} {snr:g} dB", kind, snr, mixed, [Span(**vars(s)) for s in spans]))
+    if echo_erls and agent is not None:
+        level = 32768 * 10 ** (SPEECH_DBFS / 20)
+        speech, spans = _layout(clean, [level / max(active_level(u.samples), 1.0) for u in clean])
+        spans = _heard_bounds(speech, spans, phone)
+        delay = int(ECHO_DELAY_MS * SAMPLE_RATE / 1000)
+        echo = np.concatenate([np.zeros(delay), agent(speech.size - delay)]).astype(np.float64)
+        line = make_noise("line", speech.size / SAMPLE_RATE, cache)
+        for erl in echo_erls:
+            heard = _place(speech.size, [(0, echo * 10 ** (-erl / 20))])
+            under = _place(speech.size, [(0, speech.astype(np.float64)), (0, heard.astype(np.float64))])
+            mixed = mix_at_snr(under, line, ECHO_LINE_SNR_DB, level, cache)
+            streams.append(Stream(f"echo {erl:g} dB", "echo", None, mixed, [Span(**vars(s)) for s in spans],
+                                  echo_db=erl))
     if phone:
         for st in streams:
             st.audio = telephone(st.audio)
@@ -203,18 +242,22 @@ def build_streams(ids: list[str] | None, noises: list[str], snrs: list[float], *
 
 
 def detect_turns(audio: np.ndarray, params: Any, silero: Any = None, smart_turn: Any = None,
-                 smart_turn_ms: float = SMART_TURN_MS) -> Run:
+                 smart_turn_ms: float = SMART_TURN_MS, agent: np.ndarray | None = None) -> Run:
     """Feed ``audio`` to a fresh turn detector in 20 ms chunks. Smart-turn (if given) is asked at
     each pause and its answer lands ``smart_turn_ms`` of audio later, as in a call, where it counts
-    only if the caller is still in that pause."""
+    only if the caller is still in that pause. ``agent`` (16 kHz, as long as ``audio``): the agent
+    talks all along, each 20 ms of it reported to the detector as it is sent (before the caller
+    audio at the same offset), so every start of speech is a barge-in."""
     from voicecore.services.vad import TurnDetector, TurnEvent
     from voicecore.services.vad_analyzers import make_analyzer
 
     det = TurnDetector(params, make_analyzer(params, silero))
+    det.agent_speaking = agent is not None
     run = Run()
     current: DetectedTurn | None = None
     pending: tuple[int, int, float] | None = None  # smart-turn's answer: (pause id, due sample, p(complete))
-    onset_lag = int(params.speech_start_ms * SAMPLE_RATE / 1000) + det.analyzer.num_frames_required()
+    onset_lag = (det.barge_in_samples + det.analyzer.onset_lag_samples if agent is not None
+                 else int(params.speech_start_ms * SAMPLE_RATE / 1000)) + det.analyzer.num_frames_required()
     delay = int(smart_turn_ms * SAMPLE_RATE / 1000)
 
     def close(reason: str) -> None:
@@ -227,6 +270,8 @@ def detect_turns(audio: np.ndarray, params: Any, silero: Any = None, smart_turn:
 
     for off in range(0, audio.size, CHUNK):
         t0 = time.thread_time()
+        if agent is not None:
+            det.agent_audio(agent[off: off + CHUNK])
         events = det.feed(audio[off: off + CHUNK].tobytes())
         run.detector_s += time.thread_time() - t0
         for ev in events:
@@ -313,7 +358,8 @@ def summarise(rows: list[dict[str, Any]], false_starts: int, run: Run | None, au
 def run(*, smoke: bool = False, out: str | Path | None = None, detectors: list[str] | None = None,
         noises: list[str] | None = None, snrs: list[float] | None = None, corpus: bool = True,
         smart_turn: bool = True, smart_turn_ms: float = SMART_TURN_MS, phone: bool = True,
-        pipeline: str = "receptionist", utterances: list[str] | None = None) -> tuple[dict[str, Any], Path]:
+        pipeline: str = "receptionist", utterances: list[str] | None = None, barge_in: bool = True,
+        echo_erls: list[float] | None = None) -> tuple[dict[str, Any], Path]:
     """Run the endpointing benchmark; returns the JSON document and the output folder."""
     from voicecore.config import load_pipeline, resolve_pipeline_path
     from voicecore.services.vad import SmartTurnEngine
@@ -324,14 +370,23 @@ def run(*, smoke: bool = False, out: str | Path | None = None, detectors: list[s
     detectors = list(detectors or DETECTORS)
     noises = list(KINDS if noises is None else noises)
     snrs = list(SNRS if snrs is None else snrs)
+    echo_erls = list(ECHO_ERLS if echo_erls is None else echo_erls) if barge_in else []
     ids = list(SMOKE_IDS) if smoke else utterances
     if smoke:
-        noises, snrs = noises[-1:], snrs[1:2] or snrs[:1]
+        noises, snrs, echo_erls = noises[-1:], snrs[1:2] or snrs[:1], echo_erls[1:2] or echo_erls[:1]
     unknown = [d for d in detectors if d not in DETECTORS]
     if unknown:
         raise RuntimeError(f"unknown detector(s) {', '.join(unknown)} (known: {', '.join(DETECTORS)})")
-    base = load_pipeline(resolve_pipeline_path(pipeline)).turn_taking
-    streams = build_streams(ids, noises, snrs, corpus=corpus, phone=phone)
+    config = load_pipeline(resolve_pipeline_path(pipeline))
+    base = config.turn_taking
+    cache = DEFAULT_CACHE
+
+    def agent(n: int) -> np.ndarray:
+        from voicecore.model_pool import ModelPool
+
+        return agent_track(n / SAMPLE_RATE, cache, str(config.models.tts), lambda: ModelPool().tts(config.models.tts))
+
+    streams = build_streams(ids, noises, snrs, corpus=corpus, phone=phone, agent=agent, echo_erls=echo_erls)
     silero = SileroVADEngine() if "silero" in detectors else None
     turn_model = SmartTurnEngine() if smart_turn and base.smart_turn else None
     doc = envelope("endpointing", smoke=smoke, started=started, config={
@@ -340,6 +395,8 @@ def run(*, smoke: bool = False, out: str | Path | None = None, detectors: list[s
         "smart_turn_answer_ms": smart_turn_ms if turn_model is not None else None,
         "speech_dbfs": SPEECH_DBFS, "lead_s": LEAD_S, "gap_s": GAP_S, "chunk_ms": CHUNK * 1000 // SAMPLE_RATE,
         "target_ms": TARGET_MS, "turn_taking": base.model_dump(), "noise_kinds": {k: DESCRIPTIONS[k] for k in noises},
+        "barge_in": barge_in, "echo_erl_db": echo_erls, "echo_delay_ms": ECHO_DELAY_MS if barge_in else None,
+        "echo_line_snr_db": ECHO_LINE_SNR_DB if echo_erls else None,
     })  # fmt: skip
     results, rows_out = [], []
     for det_name in detectors:
@@ -347,6 +404,8 @@ def run(*, smoke: bool = False, out: str | Path | None = None, detectors: list[s
         pooled: dict[str, list[dict[str, Any]]] = {}  # "noise sets" pools every noise x SNR
         pooled_fs: dict[str, int] = {}
         for st in streams:
+            if st.echo_db is not None:
+                continue  # no agent, no echo
             r = detect_turns(st.audio, params, silero, turn_model, smart_turn_ms)
             rows, false_starts = score(st, r)
             s = summarise(rows, false_starts, r, st.audio.size / SAMPLE_RATE)
@@ -361,10 +420,57 @@ def run(*, smoke: bool = False, out: str | Path | None = None, detectors: list[s
                             "smart_turn_calls": None, **summarise(rows, pooled_fs[group], None, 0.0)})
     doc["results"] = results
     doc["utterances"] = rows_out
+    doc["barge_in"] = barge_in_pass(streams, base, detectors, silero, agent) if barge_in else []
     doc["plots"] = plot(results, folder)
     doc["duration_s"] = round(time.time() - started, 1)
     write_json(folder / "endpointing.json", doc)
     return doc, folder
+
+
+def barge_in_pass(streams: list[Stream], base: Any, detectors: list[str], silero: Any,
+                  agent: Callable[[int], np.ndarray]) -> list[dict[str, Any]]:
+    """Every stream again with the agent (``agent(n)``: its first ``n`` samples) talking all along:
+    per detector and condition the barge-in onset, the utterances that never barged in and the
+    false barge-ins (over noise or echo alone). Turns end on silence (smart-turn would only end
+    them sooner, and every utterance follows ``GAP_S`` of noise)."""
+    rows: list[dict[str, Any]] = []
+    for det_name in detectors:
+        params = base.model_copy(update={"vad": det_name})
+        pooled: list[dict[str, Any]] = []
+        pooled_fs = 0
+        for st in streams:
+            r = detect_turns(st.audio, params, silero, agent=agent(st.audio.size))
+            scored, false_barge_ins = score_barge_ins(st, r)
+            rows.append(_barge_in_row(det_name, st.condition, st.noise, st.snr_db, st.echo_db, scored, false_barge_ins))
+            if st.noise and st.echo_db is None:
+                pooled += scored
+                pooled_fs += false_barge_ins
+        if pooled:
+            rows.append(_barge_in_row(det_name, "all: noise sets", None, None, None, pooled, pooled_fs))
+    return rows
+
+
+def score_barge_ins(stream: Stream, run: Run) -> tuple[list[dict[str, Any]], int]:
+    """Per utterance its first barge-in (one declared from ``BARGE_IN_EARLY_MS`` before its true
+    start to ``BARGE_IN_LATE_MS`` after its true end; ``missed`` if none), and the false barge-ins:
+    those declared outside every utterance (a barge-in on noise or echo that then runs into an
+    utterance is still false, and the utterance missed)."""
+    early, late = (int(ms * SAMPLE_RATE / 1000) for ms in (BARGE_IN_EARLY_MS, BARGE_IN_LATE_MS))
+    starts = [t.started for t in run.turns]
+    rows, claimed = [], set()
+    for sp in stream.spans:
+        mine = [i for i, at in enumerate(starts) if sp.start - early <= at <= sp.end + late]
+        claimed.update(mine)
+        rows.append({"utterance": sp.utterance, "missed": not mine,
+                     "onset_ms": _ms(starts[mine[0]] - sp.start) if mine else None})
+    return rows, sum(1 for i in range(len(starts)) if i not in claimed)
+
+
+def _barge_in_row(detector: str, condition: str, noise: str | None, snr_db: float | None, echo_db: float | None,
+                  scored: list[dict[str, Any]], false_barge_ins: int) -> dict[str, Any]:
+    return {"detector": detector, "condition": condition, "noise": noise, "snr_db": snr_db, "echo_erl_db": echo_db,
+            "utterances": len(scored), "missed": sum(1 for r in scored if r["missed"]),
+            "false_barge_ins": false_barge_ins, "onset_ms": stats([r["onset_ms"] for r in scored])}
 
 
 def report(doc: dict[str, Any]) -> str:
@@ -376,9 +482,17 @@ def report(doc: dict[str, Any]) -> str:
                      r["false_starts"], r["detector_us_per_s"]])
     header = ["detector", "condition", "n", "eos p50", "eos p95", "|eos| p95", f"<={TARGET_MS:g}ms", "eot p50",
               "onset p50", "cuts", "unended", "missed", "false starts", "us/s audio"]
-    return ("end of speech per detector (ms, detected − true end; eot = end of turn declared − true end;\n"
+    text = ("end of speech per detector (ms, detected − true end; eot = end of turn declared − true end;\n"
             "onset = start of speech declared − true start)\n"
             + text_table(header, rows))
+    if doc.get("barge_in"):
+        brows = [[r["detector"], r["condition"], r["utterances"], r["onset_ms"]["p50"], r["onset_ms"]["p95"],
+                  r["onset_ms"]["max"], r["missed"], r["false_barge_ins"]] for r in doc["barge_in"]]
+        text += ("\n\nbarge-in: the agent talking all along (onset = barge-in declared − true start, ms; "
+                 "false barge-ins: over noise or echo alone)\n"
+                 + text_table(["detector", "condition", "n", "onset p50", "onset p95", "onset max", "missed",
+                               "false barge-ins"], brows))
+    return text
 
 
 def plot(results: list[dict[str, Any]], folder: Path) -> list[str]:

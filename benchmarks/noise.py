@@ -23,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -111,11 +113,44 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float, speech_leve
 
 def telephone(samples: np.ndarray) -> np.ndarray:
     """What the server hears of 16 kHz audio sent over a Twilio stream: 8 kHz μ-law, back to 16 kHz
-    (the same codec tables and stream resampler the runtime uses)."""
+    (the same codec tables, and the caller-audio resampler the runtime uses)."""
     from voicecore.audio.codecs import ulaw_decode, ulaw_encode
-    from voicecore.audio.resample import StreamResampler
+    from voicecore.audio.resample import LiveResampler, StreamResampler
 
     down = StreamResampler(SAMPLE_RATE, 8000).process(samples.astype(np.int16), last=True)
     line = np.frombuffer(ulaw_decode(ulaw_encode(down.astype(np.int16).tobytes())), dtype=np.int16)
-    up = StreamResampler(8000, SAMPLE_RATE).process(line, last=True)
+    up = LiveResampler(8000, SAMPLE_RATE).process(line, last=True)
     return np.pad(up, (0, max(0, samples.size - up.size)))[: samples.size]
+
+
+# What the agent says while a caller may barge in (the echo conditions of `bench endpointing`).
+AGENT_LINES = (
+    "Thank you for calling Bright Smile Dental. How can I help you today?",
+    "We offer cleanings, fillings, crowns, whitening and emergency care, and our hygienists are very gentle.",
+    "Our address is 12 Main Street, and we are open from eight to six on weekdays, nine to one on Saturdays.",
+    "Sure, I can book that for you. Would Tuesday at nine thirty work, or would you prefer the afternoon?",
+    "A check-up without insurance is ninety five dollars, and a cleaning is one hundred and twenty.",
+)
+AGENT_PAUSE_S = 0.25  # between the agent's sentences
+
+
+def agent_track(seconds: float, cache_dir: Path, voice: str, make_tts: Callable[[], Any]) -> np.ndarray:
+    """``seconds`` of the agent talking (the Piper voice ``voice`` names, :data:`AGENT_LINES` over
+    and over, 16 kHz int16) at the level it is sent at, made once into ``cache_dir`` (Piper's
+    synthesis varies run to run; the cached file keeps the benchmark repeatable) with the engine
+    ``make_tts()`` returns (a ``PiperEngine``; called only the first time)."""
+    from voicecore.audio.resample import StreamResampler
+
+    key = hashlib.sha256(repr((AGENT_LINES, AGENT_PAUSE_S, voice)).encode()).hexdigest()[:12]
+    dest = Path(cache_dir) / f"agent-{key}.wav"
+    if not dest.exists():
+        tts = make_tts()
+        pieces = []
+        for line in AGENT_LINES:
+            pcm = np.frombuffer(tts.synthesize_sync(line), dtype=np.int16)
+            pieces += [pcm, np.zeros(int(AGENT_PAUSE_S * tts.sample_rate), np.int16)]
+        track = StreamResampler(tts.sample_rate, SAMPLE_RATE).process(np.concatenate(pieces), last=True)
+        write_wav(dest, track, SAMPLE_RATE)
+    track = read_audio(dest).samples
+    n = int(round(seconds * SAMPLE_RATE))
+    return np.resize(track, n)  # repeated to the length

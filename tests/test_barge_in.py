@@ -120,6 +120,8 @@ async def test_caller_speech_stops_agent_audio_and_cancels_generation(pool, rece
             await session.end("hangup")
 
     assert vad.barge_ins, "no barge-in detected"
+    # the turn detector heard every frame of agent audio the output sent (its echo floor)
+    assert 0 < len(transport.write_times) - 1 <= vad.agent_frames <= len(transport.write_times)
     detected = vad.barge_ins[0]
     # the line was cleared after the barge-in was detected ...
     assert transport.clears >= 1

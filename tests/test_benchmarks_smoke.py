@@ -256,3 +256,15 @@ def test_bench_endpointing_smoke(tmp_path):
                 "eos_error_ms", "end_of_turn_ms", "onset_ms", "reason"} <= set(u)
         if not u["missed"] and not u["unended"]:
             assert isinstance(u["eos_error_ms"], float) and u["reason"] in ("smart-turn", "silence")
+    # barge-in: every condition again with the agent talking, and one echo condition
+    assert cfg["barge_in"] is True and len(cfg["echo_erl_db"]) == 1
+    echo = f"echo {cfg['echo_erl_db'][0]:g} dB"
+    per_bi = [r for r in doc["barge_in"] if not r["condition"].startswith("all: ")]
+    assert {(r["detector"], r["condition"]) for r in per_bi} == {
+        (d, c) for d in cfg["detectors"] for c in conditions | {echo}}
+    for r in doc["barge_in"]:
+        assert_stats(r["onset_ms"])
+        assert {"detector", "condition", "noise", "snr_db", "echo_erl_db", "utterances", "missed",
+                "false_barge_ins"} <= set(r)
+        assert isinstance(r["false_barge_ins"], int) and 0 <= r["missed"] <= r["utterances"]
+        assert (r["echo_erl_db"] is not None) == r["condition"].startswith("echo ")

@@ -52,11 +52,15 @@ def test_barge_in_benchmark_writes_its_figures(tmp_path: Path) -> None:
     doc = run_module("barge_in", tmp_path)
     s = doc["summary"]
     assert s["trials"] == 1 and len(doc["trials"]) == 1
-    for key in ("onset_to_detect_ms", "detect_to_clear_ms", "detect_to_last_audio_ms", "detect_to_llm_stopped_ms"):
+    for key in ("onset_to_clear_ms", "onset_to_detect_ms", "onset_to_decision_audio_ms", "detect_to_clear_ms",
+                "detect_to_last_audio_ms", "detect_to_llm_stopped_ms"):
         assert set(s[key]) == STAT_KEYS, (key, s[key])
-    assert set(s["met"]) == {"detect_to_clear_p95_ms", "detect_to_last_audio_p95_ms"}
+    assert set(s["met"]) == {"onset_to_clear_p95_ms", "detect_to_clear_p95_ms", "detect_to_last_audio_p95_ms"}
+    assert doc["config"]["line"] == "phone" and doc["config"]["turn_taking"]["barge_in_ms"] > 0
     (trial,) = doc["trials"]
     assert trial["answered"] is True and "barge_in" in trial
+    if trial["barge_in"]:
+        assert {"onset_to_clear_ms", "onset_to_decision_audio_ms"} <= set(trial)
 
 
 @pytest.mark.models

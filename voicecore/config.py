@@ -42,6 +42,9 @@ class LLMParams(_Strict):
     seed: int | None = None
 
 
+DEFAULT_BARGE_IN_MS = 64  # one Silero window (with its onset lag): bench endpointing, benchmarks/README.md
+
+
 class TurnTaking(_Strict):
     # Which audio frames hold speech: "silero" (Silero VAD, stays quiet in street, office and line
     # noise), "webrtc" (webrtcvad alone: hears steady pink/brown noise as speech, so in noise the
@@ -54,8 +57,12 @@ class TurnTaking(_Strict):
     silero_threshold: Annotated[float, Field(ge=0.1, le=0.95)] = 0.5
     # webrtc+noise-floor: how far (dB) a frame's loudest speech band must stand over its noise floor.
     noise_floor_margin_db: Annotated[float, Field(ge=3.0, le=30.0)] = 10.0
-    # Voiced audio needed before speech counts as started (also the barge-in trigger).
+    # Voiced audio needed before speech counts as started: opens a caller turn while the agent is silent.
     speech_start_ms: Annotated[int, Field(ge=20, le=1000)] = 120
+    # While the agent speaks: voiced audio that interrupts it (barge-in), no longer than speech_start_ms
+    # (unset: 64 ms, or speech_start_ms if that is shorter). Silero counts only windows it scores
+    # BARGE_IN_PROBABILITY or more (steady noise scores far less); webrtcvad uses speech_start_ms.
+    barge_in_ms: Annotated[int, Field(ge=20, le=1000)] = DEFAULT_BARGE_IN_MS
     # Silence after speech that counts as a pause: smart-turn starts here.
     pause_ms: Annotated[int, Field(ge=40, le=2000)] = 140
     # Silence after speech at which the STT starts transcribing the turn so far, before the pause
@@ -79,6 +86,22 @@ class TurnTaking(_Strict):
     barge_in: bool = True
     # Caller turns with less voiced audio than this are ignored (coughs, clicks).
     min_utterance_ms: Annotated[int, Field(ge=0, le=2000)] = 200
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_barge_in_within_speech_start(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "barge_in_ms" not in data and isinstance(data.get("speech_start_ms"), int):
+            data = {**data, "barge_in_ms": min(DEFAULT_BARGE_IN_MS, data["speech_start_ms"])}
+        return data
+
+    @model_validator(mode="after")
+    def _barge_in_not_slower_than_a_turn(self) -> TurnTaking:
+        if self.barge_in_ms > self.speech_start_ms:
+            raise ValueError(
+                f"barge_in_ms ({self.barge_in_ms}) must not be longer than speech_start_ms ({self.speech_start_ms}): "
+                "the onset that interrupts the agent is the shorter one"
+            )
+        return self
 
 
 class Voice(_Strict):

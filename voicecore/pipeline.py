@@ -129,6 +129,18 @@ async def warm_up(pool: ModelPool, config: PipelineConfig) -> None:
             logger.warning(f"pipeline {config.name!r}: the greeting was not synthesised at start ({type(e).__name__})")
 
 
+def _agent_audio_taps(vad: VADTurnProcessor, audio_tap: Callable[[bytes], None] | None) -> Callable[[bytes], None]:
+    """What sees each frame of agent audio sent: the turn detector (its echo floor), and ``audio_tap``."""
+    if audio_tap is None:
+        return vad.agent_audio
+
+    def both(frame: bytes) -> None:
+        vad.agent_audio(frame)
+        audio_tap(frame)
+
+    return both
+
+
 def build_call_pipeline(
     config: PipelineConfig,
     pool: ModelPool,
@@ -189,7 +201,7 @@ def build_call_pipeline(
             realtime=realtime,
             on_reply_started=on_reply_started,
             on_reply_finished=on_reply_finished,
-            tap=audio_tap,
+            tap=_agent_audio_taps(vad, audio_tap),
         )
         tts.unplayed_s = output.unplayed_s  # later clauses synthesised only as far ahead as needed
         processors = [vad, stt, llm, tts, output]

@@ -204,13 +204,19 @@ def _csv(value: str, param: str, kind: type = str) -> list:
               help="Audio time after a pause at which smart-turn's answer lands (its inference time).")
 @click.option("--wideband", is_flag=True, help="Skip the phone line (8 kHz μ-law) the streams go through by default.")
 @click.option("--pipeline", default="receptionist", show_default=True, help="Agent whose turn_taking is used.")
+@click.option("--barge-in/--no-barge-in", default=True, show_default=True,
+              help="Also every stream with the agent talking: barge-in onset, missed and false barge-ins.")
+@click.option("--echo-erl", "echo_erls", default="20,30,40", show_default=True,
+              help="Barge-in over the agent's own echo, this many dB under it ('none': no echo streams).")
 def endpointing(smoke: bool, out: Path | None, detectors: str, noises: str, snrs: str, corpus: bool,
-                smart_turn: bool, smart_turn_ms: float, wideband: bool, pipeline: str) -> None:
-    """End-of-speech error and false ends of turn per speech detector, in street/office/line noise.
+                smart_turn: bool, smart_turn_ms: float, wideband: bool, pipeline: str, barge_in: bool,
+                echo_erls: str) -> None:
+    """End-of-speech error and false ends of turn per speech detector, in street/office/line noise;
+    barge-in onset and false barge-ins with the agent talking.
 
     Runs only the turn detector on the audio (no STT, LLM or server): seconds per condition."""
     kinds = [] if noises.strip() == "none" else _csv(noises, "--noise")
+    erls = [] if echo_erls.strip() == "none" else _csv(echo_erls, "--echo-erl", float)
     _run("endpointing", smoke=smoke, out=out, detectors=_csv(detectors, "--vad"), noises=kinds,
          snrs=_csv(snrs, "--snr", float), corpus=corpus, smart_turn=smart_turn, smart_turn_ms=smart_turn_ms,
-         phone=not wideband,
-         pipeline=pipeline)
+         phone=not wideband, pipeline=pipeline, barge_in=barge_in, echo_erls=erls)

@@ -6,7 +6,10 @@ caller audio into Pipecat's speaking frames:
 - ``VADUserStartedSpeakingFrame`` / ``VADUserStoppedSpeakingFrame`` at every
   start and pause of speech (the STT starts speculative work on a pause);
 - ``UserStartedSpeakingFrame`` when a caller turn begins, preceded by an
-  ``InterruptionFrame`` broadcast when the agent is speaking (barge-in);
+  ``InterruptionFrame`` broadcast (barge-in when the agent is speaking). While the
+  agent speaks, a turn begins on a shorter, stricter onset (``barge_in_ms`` of windows
+  Silero is sure of, each over the echo floor: :meth:`TurnDetector.feed`) than when it
+  is silent (``speech_start_ms``);
 - ``UserStoppedSpeakingFrame`` when the turn ends: smart-turn v3 judged the
   pause to be the end of a thought; or the STT's transcript at the pause
   (``PauseTranscriptFrame``, sent upstream) reads as a finished sentence and
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -67,6 +71,12 @@ __all__ = [
 
 PIPELINE_SAMPLE_RATE = 16000
 PREROLL_S = 0.5  # audio kept from before a turn's start (smart-turn hears the onset)
+# While the agent speaks, a barge-in's frames must be no more than ECHO_MARGIN_DB under the loudest
+# agent audio sent in the last ECHO_TAIL_S (its own output lead + the line's round trip): the
+# agent's echo comes back at least that much weaker (a network echo canceller gives 36 dB or more,
+# a mobile phone's 46), a caller talking over it is 10-30 dB louder than that (bench endpointing).
+ECHO_MARGIN_DB = 30.0
+ECHO_TAIL_S = 1.0
 
 
 class SmartTurnEngine:
@@ -246,6 +256,14 @@ class TurnDetector:
         self.analyzer = analyzer
         self.turn = TurnState(params)
         self.samples = 0  # audio received, in samples at 16 kHz
+        #: the agent's audio is playing (the shell says so): only a barge-in onset starts speech
+        self.agent_speaking = False
+        #: onset frames (in samples) that start speech while the agent speaks: ``barge_in_ms`` with a
+        #: detector that tells speech from noise, ``speech_start_ms`` with one that does not (webrtcvad)
+        onset_ms = params.barge_in_ms if analyzer.tells_speech_from_noise else params.speech_start_ms
+        self.barge_in_samples = analyzer.samples_for(onset_ms)
+        self.barged_in = False  # the current (or last) turn was started by a barge-in onset
+        self._agent_levels: deque[tuple[int, float]] = deque()  # (caller sample, RMS) of agent frames sent
         self.voiced_moved = False  # the last feed held a frame judged voiced
         self.voiced_ago_s = 0.0
         self._turn_audio: list[np.ndarray] = []
@@ -254,8 +272,10 @@ class TurnDetector:
         self._preroll_len = 0
 
     def restart(self) -> None:
-        """A new stream (Pipecat ``StartFrame``): no turn open."""
+        """A new stream (Pipecat ``StartFrame``): no turn open, the agent silent."""
         self.turn = TurnState(self.params)
+        self.agent_speaking = False
+        self._agent_levels.clear()
 
     @property
     def in_turn(self) -> bool:
@@ -266,9 +286,40 @@ class TurnDetector:
         """Where the last voiced frame of the current (or last) turn ends, in samples."""
         return self.turn.last_voiced_end
 
+    def agent_audio(self, samples: np.ndarray) -> None:
+        """A frame of the agent's audio as it is sent (int16, any rate): the loudest of the last
+        :data:`ECHO_TAIL_S` sets the echo floor a barge-in's frames must reach."""
+        level = float(np.sqrt(np.mean(samples.astype(np.float32) ** 2))) if samples.size else 0.0
+        self._agent_levels.append((self.samples, level))
+
+    def echo_floor(self) -> float:
+        """The RMS (int16 units) a barge-in's frames need now: :data:`ECHO_MARGIN_DB` under the
+        loudest agent audio sent in the last :data:`ECHO_TAIL_S` of caller audio (0: none sent)."""
+        horizon = self.samples - int(ECHO_TAIL_S * PIPELINE_SAMPLE_RATE)
+        while self._agent_levels and self._agent_levels[0][0] < horizon:
+            self._agent_levels.popleft()
+        if not self._agent_levels:
+            return 0.0
+        return max(level for _, level in self._agent_levels) * 10 ** (-ECHO_MARGIN_DB / 20)
+
     def feed(self, audio: bytes) -> list[TurnEvent]:
+        """Caller audio (16 kHz int16, any length): the turn events it brings.
+
+        While the agent speaks (and for as long as its echo may still come back:
+        :data:`ECHO_TAIL_S` after its last audio was sent), speech starts only on a barge-in
+        onset: ``barge_in_samples`` of consecutive onset frames (Silero: sure of speech), each
+        over the echo floor; speech the detector hears that is no such onset does not start a
+        turn yet (the agent's own echo, a doubtful start)."""
         before = self.analyzer.last_voiced_frame
+        floor = self.echo_floor()
+        listening = self.params.barge_in and not self.turn.in_turn and (self.agent_speaking or floor > 0)
+        self.analyzer.barge_in_floor = floor if listening else None
         state = self.analyzer.analyze(audio)
+        barge_in = listening and self.analyzer.onset_samples >= self.barge_in_samples
+        if barge_in:
+            state = self.analyzer.start_speaking()
+        elif listening and state == VADState.SPEAKING:
+            state = VADState.QUIET
         self.samples += len(audio) // 2
         self.voiced_moved = self.analyzer.last_voiced_frame != before
         # how long ago (audio received since) the speech of the last voiced frame ended
@@ -276,6 +327,7 @@ class TurnDetector:
         self._keep_audio(np.frombuffer(audio, dtype=np.int16))
         events = self.turn.on_vad(state, self.samples, self.analyzer.voiced_end)
         if TurnEvent.SPEECH_STARTED in events:
+            self.barged_in = barge_in
             self._turn_audio, self._turn_audio_len = self._preroll, self._preroll_len
             self._preroll, self._preroll_len = [], 0
         return events
@@ -331,9 +383,10 @@ class VADTurnProcessor(FrameProcessor):
         self._detector = TurnDetector(params, self._analyzer)
         self._smart_turn = smart_turn if params.smart_turn else None
         self._voiced_time = 0.0  # monotonic time the speech of the last voiced audio ended
-        self._bot_speaking = False
         self._smart_task: asyncio.Task | None = None
         self.barge_ins: list[float] = []  # when caller speech interrupted agent speech (monotonic)
+        self.barge_in_samples: list[int] = []  # ... and where, in the caller audio (samples at 16 kHz)
+        self.agent_frames = 0  # frames of agent audio the output reported (agent_audio)
 
     @property
     def in_turn(self) -> bool:
@@ -342,7 +395,17 @@ class VADTurnProcessor(FrameProcessor):
 
     @property
     def bot_speaking(self) -> bool:
-        return self._bot_speaking
+        return self._detector.agent_speaking
+
+    @property
+    def audio_samples(self) -> int:
+        """Caller audio heard so far (samples at 16 kHz): the clock of :attr:`barge_in_samples`."""
+        return self._detector.samples
+
+    def agent_audio(self, frame: bytes) -> None:
+        """The output sent a frame of agent audio (its level is the echo floor for a barge-in)."""
+        self.agent_frames += 1
+        self._detector.agent_audio(np.frombuffer(frame, dtype=np.int16))
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
@@ -355,9 +418,9 @@ class VADTurnProcessor(FrameProcessor):
                 await self._on_turn_event(event)
             return  # consumed: nothing upstream of the turn detector needs it
         if isinstance(frame, BotStartedSpeakingFrame):
-            self._bot_speaking = True
+            self._detector.agent_speaking = True
         elif isinstance(frame, BotStoppedSpeakingFrame):
-            self._bot_speaking = False
+            self._detector.agent_speaking = False
         elif isinstance(frame, (EndFrame, CancelFrame)):
             await self._cancel_smart_turn()
         if isinstance(frame, StartFrame):
@@ -381,11 +444,13 @@ class VADTurnProcessor(FrameProcessor):
             if self._params.barge_in:
                 # Whatever the agent was doing for the previous turn (thinking or
                 # speaking) stops: the caller has the floor again.
-                if self._bot_speaking:
+                if self._detector.agent_speaking:
                     self.barge_ins.append(time.monotonic())
+                    self.barge_in_samples.append(self._detector.samples)
                     logger.debug(f"{self}: barge-in, interrupting the agent")
                 await self.broadcast_interruption()
-            await self.push_frame(VADUserStartedSpeakingFrame(start_secs=self._params.speech_start_ms / 1000))
+            start_ms = self._params.barge_in_ms if self._detector.barged_in else self._params.speech_start_ms
+            await self.push_frame(VADUserStartedSpeakingFrame(start_secs=start_ms / 1000))
             await self.broadcast_frame(UserStartedSpeakingFrame)
         elif event == TurnEvent.SPEECH_RESUMED:
             await self._cancel_smart_turn()

@@ -121,7 +121,8 @@ class CallSession:
         #: The caller's answer to the recording question: None until answered (or not asked).
         self.consent: bool | None = None
         self._consent_pending = False
-        self._resampler = RateFollower(PIPELINE_SAMPLE_RATE)
+        # caller audio to the turn detector and the STT: no block buffering (a barge-in waits on it)
+        self._resampler = RateFollower(PIPELINE_SAMPLE_RATE, live=True)
         self._agent_turns: dict[str, Turn] = {}
         self._call: CallPipeline | None = None
         self._runner: WorkerRunner | None = None
