@@ -148,6 +148,7 @@ class LlamaLLMProcessor(FrameProcessor):
         self._held: HeldReply | None = None  # a reply started at a pause, not yet released
         self._pause_id: int | None = None  # the caller's current pause (None: speaking or no turn)
         self.speculation = SpeculationStats()
+        self.shortened_replies = 0  # replies given fewer tokens because other calls loaded the model
 
     @property
     def conversation(self) -> Conversation:
@@ -299,15 +300,29 @@ class LlamaLLMProcessor(FrameProcessor):
     # tokens are out (its first clause is then in the TTS), and continues after it.
     YIELD_AFTER_TOKENS = 6
 
+    # When at least this many replies (of other calls) are on the model, a reply may use only
+    # LOADED_TOKENS_SHARE of max_tokens: shorter replies when the machine is loaded.
+    LOADED_LIVE_TURNS = 2
+    LOADED_TOKENS_SHARE = 2 / 3
+
+    def _turn_params(self) -> LLMParams:
+        """This turn's generation parameters: ``max_tokens`` cut when other calls load the model."""
+        if getattr(self._engine, "live_turns", 0) >= self.LOADED_LIVE_TURNS:
+            self.shortened_replies += 1
+            limit = max(16, int(self._params.max_tokens * self.LOADED_TOKENS_SHARE))
+            return self._params.model_copy(update={"max_tokens": min(self._params.max_tokens, limit)})
+        return self._params
+
     async def _generate_reply(
         self, prompt: list[int], cancel: threading.Event, on_text: Callable[[str], None],
-        held: HeldReply | None = None,
+        held: HeldReply | None = None, params: LLMParams | None = None,
     ) -> Generation:
         """The whole reply, in one generation or — when other calls' turns are waiting —
         in several, each continuing from the tokens the previous one produced. A ``held`` reply
         (started at the pause, same prompt) gives its first tokens: they go out at once and
         generation continues after them."""
         key = self._conversation.key
+        turn = params or self._params
         go_on = False
         result = None
         if held is not None and held.task is not None:
@@ -324,12 +339,12 @@ class LlamaLLMProcessor(FrameProcessor):
                 go_on = not HeldReply.complete(result, held.max_tokens)
                 result.stats.yielded = go_on  # continue below, as after a yield
         if result is None:
-            result = await self._engine.generate(key, prompt, self._params, cancel, on_text,
+            result = await self._engine.generate(key, prompt, turn, cancel, on_text,
                                                  yield_after=self.YIELD_AFTER_TOKENS)
         tokens, texts, stats = list(result.tokens), [result.text], result.stats
-        while result.stats.yielded and not cancel.is_set():
-            params = self._params.model_copy(update={"max_tokens": self._params.max_tokens - len(tokens)})
-            result = await self._engine.generate(key, prompt + tokens, params, cancel, on_text, said=tokens,
+        while result.stats.yielded and not cancel.is_set() and len(tokens) < turn.max_tokens:
+            rest = turn.model_copy(update={"max_tokens": turn.max_tokens - len(tokens)})
+            result = await self._engine.generate(key, prompt + tokens, rest, cancel, on_text, said=tokens,
                                                  yield_after=self.YIELD_AFTER_TOKENS)
             tokens += result.tokens
             texts.append(result.text)
@@ -513,7 +528,8 @@ class LlamaLLMProcessor(FrameProcessor):
         guard = FactGuard(self._facts) if self._facts is not None else None
         spoken: list[str] = []
         await self.push_frame(start)
-        job = asyncio.ensure_future(self._generate_reply(prompt, cancel, on_text, held))
+        turn_params = self._turn_params()
+        job = asyncio.ensure_future(self._generate_reply(prompt, cancel, on_text, held, turn_params))
         job.add_done_callback(lambda _f: loop.call_soon_threadsafe(queue.put_nowait, None))
         try:
             while True:
@@ -575,5 +591,5 @@ class LlamaLLMProcessor(FrameProcessor):
         end.metadata["timeline"] = timeline
         end.metadata["reply_id"] = reply_id
         # Cut at max_tokens: the unfinished last clause is not spoken.
-        end.metadata["truncated"] = bool(self.last_stats and self.last_stats.generated_tokens >= self._params.max_tokens)
+        end.metadata["truncated"] = bool(self.last_stats and self.last_stats.generated_tokens >= turn_params.max_tokens)
         await self.push_frame(end)

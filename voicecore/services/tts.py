@@ -171,6 +171,7 @@ class PiperEngine:
         # Clauses synthesised ahead for held (speculative) replies, by text: used if the reply is released.
         self._prepared: OrderedDict[tuple[str, float, int | None], Future[bytes]] = OrderedDict()
         self.prepared_used = 0
+        self.in_flight = 0  # syntheses running or queued (other calls' clauses): the voice's load
 
     def synthesize_sync(
         self, text: str, length_scale: float = 1.0, speaker_id: int | None = None, urgent: bool = False
@@ -228,7 +229,11 @@ class PiperEngine:
             return await asyncio.wrap_future(prepared)
         loop = asyncio.get_running_loop()
         executor = self._urgent_executor if urgent else self._executor
-        audio = await loop.run_in_executor(executor, self.synthesize_sync, text, length_scale, speaker_id, urgent)
+        self.in_flight += 1
+        try:
+            audio = await loop.run_in_executor(executor, self.synthesize_sync, text, length_scale, speaker_id, urgent)
+        finally:
+            self.in_flight -= 1
         if cache:
             self._cache[key] = audio
             while len(self._cache) > self.CACHE_SIZE:
@@ -262,6 +267,7 @@ class PiperTTSProcessor(FrameProcessor):
         self._prepared: set[str] = set()  # first clauses of held replies, synthesised ahead
         self.prepared_clauses = 0  # clauses synthesised ahead for held replies
         self.prepared_spoken = 0  # ... and then spoken
+        self.short_first_clauses = 0  # replies whose first clause was cut short (the voice was busy)
 
     @property
     def sample_rate(self) -> int:
@@ -332,8 +338,16 @@ class PiperTTSProcessor(FrameProcessor):
                 discard(clause, self._voice.length_scale, self._voice.speaker_id)
         self._prepared = set()
 
+    # With other syntheses on the voice (a loaded machine), a reply's first clause is cut after at
+    # most this many words: a shorter first clause is heard sooner.
+    LOADED_FIRST_CLAUSE_WORDS = 4
+
     async def _begin_reply(self, reply_id: str, timeline: TurnTimeline | None, kind: str = "reply") -> None:
         self._splitter.reset()
+        self._splitter.first_max_words = self._voice.first_clause_max_words
+        if getattr(self._engine, "in_flight", 0) > 0:
+            self._splitter.first_max_words = min(self._voice.first_clause_max_words, self.LOADED_FIRST_CLAUSE_WORDS)
+            self.short_first_clauses += 1
         self._reply_id = reply_id
         self._timeline = timeline
         self._clause_index = 0

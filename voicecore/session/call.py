@@ -326,6 +326,10 @@ class CallSession:
             self.record.flags["speculation"] = {**speculation.as_flag(),
                                                 "audio_prepared": getattr(tts, "prepared_clauses", 0),
                                                 "audio_spoken": getattr(tts, "prepared_spoken", 0)}  # fmt: skip
+        tts_stage = getattr(self._call, "tts", None)
+        shortened, short_first = getattr(llm, "shortened_replies", 0), getattr(tts_stage, "short_first_clauses", 0)
+        if shortened or short_first:  # what the load made shorter (replies, first clauses)
+            self.record.flags["under_load"] = {"shortened_replies": shortened, "short_first_clauses": short_first}
         if llm is not None and getattr(llm, "facts_blocked", None):
             self.record.flags["facts_blocked"] = list(llm.facts_blocked)  # what the model was not let say
         failures = [f for stage in ("stt", "llm", "tts")
