@@ -68,7 +68,9 @@ def test_run_json_on_a_stereo_44k_wav(tmp_path, say):
     roles = [t["role"] for t in data["turns"]]
     assert roles[0] == "agent" and "caller" in roles
     caller_turn = next(t for t in data["turns"] if t["role"] == "caller")
-    assert "saturday" in caller_turn["text"].lower()
+    # the stereo 44.1 kHz file was heard as speech (Whisper tiny's last words vary with the 20 ms at
+    # which the transcription starts: "...hours on Saturday?" or "...our month's aggregate?")
+    assert "opening" in caller_turn["text"].lower()
     reply = next(t for t in data["turns"] if t["role"] == "agent" and t.get("kind") == "reply")
     assert reply["text"]
     assert set(reply["timeline"]) == {"speech_end", "stt_final", "llm_first_token", "first_clause", "first_audio_out"}

@@ -316,3 +316,45 @@ def test_the_benchmark_writes_its_figures(tmp_path):
             assert r["evaluated_first_turn"]["n"] == r["n"] and r["evaluated_later_turns"]["n"] == r["n"]
     assert [x["n"] for x in s["side_by_side"]] == [1, 2]
     assert "tok/s batched/swapping" in done.stdout
+
+
+EXIT_SCRIPT = """
+import atexit
+import threading
+from voicecore.config import LLMParams
+from voicecore.model_pool import ModelPool
+from voicecore.services.conversation import Conversation, PassThroughContext
+
+engines = []
+
+def after_the_engines_exit_handlers():  # registered first, so it runs last
+    decoder = engines[0]._batch
+    print("decoder thread alive at teardown:", decoder._thread.is_alive(), flush=True)
+
+atexit.register(after_the_engines_exit_handlers)
+engine = ModelPool().llm("default")
+engines.append(engine)
+assert engine._batch is not None
+conv = Conversation(system_prompt="You are a receptionist.", context=PassThroughContext(8))
+conv.add_caller("Tell me a long story about your day.")
+prompt = engine.prompt_tokens(conv.prompt_messages(), conv.generated)
+# a generation still under way on the decoder's thread when the process exits (a post-call report)
+started = threading.Event()
+threading.Thread(target=lambda: engine.generate_sync("exit-test", prompt, LLMParams(max_tokens=400), threading.Event(),
+                                                     lambda text: started.set()), daemon=True).start()
+assert started.wait(60)
+"""
+
+
+@models
+def test_a_process_exiting_mid_generation_stops_the_decoder_before_teardown():
+    """Regression: a process that exited while the decoder's thread was inside ``llama_decode``
+    (a post-call report, say) freed the model under it: `voicecore chat` died with SIGSEGV about
+    one run in four. The decoder is now stopped by an exit handler, before the interpreter's
+    teardown frees anything."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert "decoder thread alive at teardown: False" in out.stdout, out.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 import tempfile
+import threading
 import time
 import wave
 from pathlib import Path
@@ -661,17 +662,32 @@ async def test_a_crashing_llm_turn_speaks_the_fallback_and_the_call_goes_on(pool
 @models
 async def test_a_crashing_stt_turn_speaks_the_fallback_and_the_call_goes_on(pool, receptionist, say, monkeypatch):
     """Bad input: a speech-recognition crash is a spoken fallback ("please say that again"), not silence."""
+    from voicecore.services.stt import WhisperSTTProcessor
+
     engine = pool.stt(receptionist.models.stt)
     real = engine.transcribe_batch_sync  # every transcription goes through it (batched or alone)
     crashes = []
+    first_turn = threading.Event()  # set while the first caller turn is being transcribed
+    first_turn.set()
 
-    def crash_once(*args, **kwargs):
-        if not crashes:
+    def crash_in_the_first_turn(*args, **kwargs):
+        # every transcription of the first turn fails: the early and pause ones as well as its final
+        # (a failed early job that speech made stale is simply transcribed again)
+        if first_turn.is_set():
             crashes.append(1)
             raise RuntimeError("CUDA-less CTranslate2 went away")  # any backend error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "transcribe_batch_sync", crash_once)
+    finish_turn = WhisperSTTProcessor._finish_turn
+
+    async def finish_first_turn(self, *args, **kwargs):
+        try:
+            return await finish_turn(self, *args, **kwargs)
+        finally:
+            first_turn.clear()  # the next utterance comes after the agent's answer to this one
+
+    monkeypatch.setattr(engine, "transcribe_batch_sync", crash_in_the_first_turn)
+    monkeypatch.setattr(WhisperSTTProcessor, "_finish_turn", finish_first_turn)
     record, transport, _session = await run_call(
         receptionist, pool,
         [say("Can I come in on Friday afternoon at three?"), say("Where is your office?", voice="en-us+m3")],

@@ -110,3 +110,41 @@ async def test_a_job_started_when_speech_trailed_off_serves_the_pause_and_the_en
     st.append(np.zeros(320, dtype=np.int16))
     assert await st.final() == "text of 3200 samples"
     assert rec.calls == [3200] and st.jobs_started == 1
+
+
+async def test_a_failed_job_that_speech_made_stale_is_transcribed_again():
+    """A backend failure on a pause's job is not the turn's failure when the caller went on: the
+    final transcribes the whole turn again, and the stale job's error is not left unretrieved."""
+    calls = []
+
+    async def flaky(audio: np.ndarray) -> str:
+        calls.append(audio.size)
+        if len(calls) == 1:
+            raise RuntimeError("backend went away")
+        return f"text of {audio.size} samples"
+
+    st = SpeculativeTranscriber(flaky)
+    st.append(chunk())
+    job = st.pause()
+    await asyncio.sleep(0)
+    assert job.done() and isinstance(job.exception(), RuntimeError)
+    st.resume()  # the caller goes on
+    st.append(chunk())
+    assert await st.final() == "text of 640 samples"
+    assert calls == [320, 640]
+
+
+async def test_a_failed_job_with_no_speech_after_it_fails_the_turn():
+    async def broken(audio: np.ndarray) -> str:
+        raise RuntimeError("backend went away")
+
+    st = SpeculativeTranscriber(broken)
+    st.append(chunk())
+    st.pause()
+    st.append(np.zeros(320, dtype=np.int16))  # silence only
+    try:
+        await st.final()
+    except RuntimeError as e:
+        assert "went away" in str(e)
+    else:
+        raise AssertionError("the turn's failure was swallowed")

@@ -28,10 +28,12 @@ that only continues replies already under way, the decoder yields to urgent work
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import ctypes
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -138,6 +140,12 @@ class _Saved:
     tokens: list[int]
 
 
+def _close_at_exit(ref: weakref.ref) -> None:
+    decoder = ref()
+    if decoder is not None:
+        decoder.close()
+
+
 class BatchDecoder:
     """N conversations' generations in one llama.cpp context, decoded a batch at a time on one thread."""
 
@@ -180,6 +188,9 @@ class BatchDecoder:
         self.evictions = 0
         self._thread = threading.Thread(target=self._run, name="llm-batch", daemon=True)
         self._thread.start()
+        # At exit the context must be freed before the model: left to the interpreter's teardown,
+        # the two are collected in any order, and freeing a context after its model crashes.
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     @property
     def sequences(self) -> int:

@@ -268,6 +268,11 @@ class _Job:
     task: asyncio.Future[str]
 
 
+def _seen(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: whoever awaits the job still gets it
+
+
 class SpeculativeTranscriber:
     """Transcription of one caller turn that starts at pauses and is reused when the turn ends.
 
@@ -312,6 +317,7 @@ class SpeculativeTranscriber:
         audio = self._audio()
         self.jobs_started += 1
         job = _Job(samples=self._samples, task=asyncio.ensure_future(self._transcribe(audio)))
+        job.task.add_done_callback(_seen)  # a stale job's failure is not the turn's (its final retries)
         self._job = job
         return job
 
