@@ -251,6 +251,8 @@ def detect_turns(audio: np.ndarray, params: Any, silero: Any = None, smart_turn:
     from voicecore.services.vad import TurnDetector, TurnEvent
     from voicecore.services.vad_analyzers import make_analyzer
 
+    # no STT here: no pause transcripts for smart-turn to wait for (end of speech is what is scored)
+    params = params.model_copy(update={"smart_turn_reads_transcript": False})
     det = TurnDetector(params, make_analyzer(params, silero))
     det.agent_speaking = agent is not None
     run = Run()

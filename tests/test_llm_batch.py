@@ -358,3 +358,51 @@ def test_a_process_exiting_mid_generation_stops_the_decoder_before_teardown():
     out = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
     assert "decoder thread alive at teardown: False" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("text,out", [
+    ("Sure,", False),  # too short to play while the rest is generated
+    ("Sure, we are open", False),  # no clause end yet
+    ("Sure, we are open on Saturday,", True),
+    ("We are open on Saturday. And", True),
+    ("Our hours are 8:30", False),  # "8:" is no clause end
+])  # fmt: skip
+def test_when_a_reply_is_ahead(text, out):
+    from voicecore.services.llama_batch import first_clause_out
+
+    assert first_clause_out(text) is out
+
+
+@models
+async def test_replies_ahead_wait_while_a_new_reply_reaches_its_first_clause(single, batched):
+    """A reply whose first clause is out takes part in one step in three while another reply
+    waits for its first clause; both still come out token for token as alone."""
+    system = "You are the receptionist of a dental office in Bristol."
+    long_conv = conversation("Tell me a very long story about your office.", system)
+    new_conv = conversation("Where is your office?", system)
+    long = LLMParams(max_tokens=120, temperature=0.0)
+    refs = [await fresh(single, long_conv, long), await fresh(single, new_conv)]
+    decoder = batched._batch
+    ahead = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    text: list[str] = []
+
+    def on_text(piece: str) -> None:
+        text.append(piece)
+        if first_clause_of("".join(text)):
+            loop.call_soon_threadsafe(ahead.set)
+
+    from voicecore.services.llama_batch import first_clause_out as first_clause_of
+
+    narrowed = decoder.narrowed_steps
+    first = asyncio.ensure_future(batched.generate(long_conv.key, prompt_of(batched, long_conv), long,
+                                                   threading.Event(), on_text))  # fmt: skip
+    await asyncio.wait_for(ahead.wait(), 60)
+    assert not first.done(), "the long reply ended before the second one started: nothing to test"
+    second = await batched.generate(new_conv.key, prompt_of(batched, new_conv), GREEDY, threading.Event())
+    first_result = await first
+    assert decoder.narrowed_steps > narrowed  # the reply ahead sat out steps
+    assert first_result.tokens == refs[0].tokens, (refs[0].text, first_result.text)
+    assert second.tokens == refs[1].tokens, (refs[1].text, second.text)
+    for c in (long_conv, new_conv):
+        batched.forget(c.key)

@@ -34,7 +34,7 @@ def test_resumed_speech_keeps_the_turn_open():
 
 
 def test_smart_turn_answer_for_an_old_pause_is_ignored():
-    t = TurnState(TurnTaking())
+    t = TurnState(TurnTaking(smart_turn_reads_transcript=False))
     t.on_vad(VADState.SPEAKING, ms(100), ms(100))
     t.on_vad(VADState.QUIET, ms(300), ms(150))
     old_pause = t.pause_id
@@ -149,3 +149,90 @@ def test_no_trailing_off_when_switched_off_or_when_the_pause_comes_first():
     t.on_vad(VADState.SPEAKING, ms(300), ms(300))
     assert t.on_vad(VADState.QUIET, ms(440), ms(300)) == [TurnEvent.PAUSE]
     assert t.on_vad(VADState.QUIET, ms(600), ms(300)) == []
+
+
+# -- smart-turn reads the pause transcript ---------------------------------------------------------
+
+from voicecore.services.vad import transcript_looks_unfinished  # noqa: E402
+
+
+@pytest.mark.parametrize("text,unfinished", [
+    ("Yes,", True),
+    ("No, that is all", False),
+    ("No,", True),
+    ("I would like to book a", True),
+    ("My number is 415 555", True),
+    ("I'd like to come in and...", True),
+    ("Hello", False),  # unpunctuated short answer: smart-turn may end it
+    ("Yes, please.", False),
+    ("What are your opening hours?", False),
+    ("", False),
+])  # fmt: skip
+def test_what_reads_as_mid_thought(text, unfinished):
+    assert transcript_looks_unfinished(text) is unfinished
+
+
+def paused(params: TurnTaking) -> TurnState:
+    t = TurnState(params)
+    t.on_vad(VADState.SPEAKING, ms(100), ms(100))
+    assert t.on_vad(VADState.QUIET, ms(700), ms(560)) == [TurnEvent.PAUSE]
+    return t
+
+
+def test_smart_turn_waits_for_the_pause_transcript_then_ends_the_turn():
+    t = paused(TurnTaking())
+    assert t.smart_turn_says_complete(t.pause_id) is False  # no transcript yet: the verdict waits
+    assert t.in_turn
+    assert t.transcript_at_pause(t.pause_id, "Hello", ms(760)) == [TurnEvent.END_OF_TURN]
+    assert not t.in_turn and t.end_reason == "smart-turn"
+
+
+def test_smart_turn_ends_at_once_when_the_transcript_came_first():
+    t = paused(TurnTaking())
+    assert t.transcript_at_pause(t.pause_id, "Hello", ms(720)) == []  # no end punctuation: no semantic end
+    assert t.smart_turn_says_complete(t.pause_id) is True
+    assert not t.in_turn and t.end_reason == "smart-turn"
+
+
+@pytest.mark.parametrize("order", ["smart-turn first", "transcript first"])
+def test_a_comma_at_the_pause_overrules_smart_turn(order):
+    """espeak's "Yes, ‖ please.": smart-turn calls "Yes," finished; the comma says the caller goes on."""
+    t = paused(TurnTaking(end_of_turn_silence_ms=700))
+    if order == "smart-turn first":
+        assert t.smart_turn_says_complete(t.pause_id) is False
+        assert t.transcript_at_pause(t.pause_id, "Yes,", ms(760)) == []
+    else:
+        assert t.transcript_at_pause(t.pause_id, "Yes,", ms(720)) == []
+        assert t.smart_turn_says_complete(t.pause_id) is False
+    assert t.in_turn
+    # the caller goes on: the same turn
+    assert t.on_vad(VADState.SPEAKING, ms(900), ms(900)) == [TurnEvent.SPEECH_RESUMED]
+    assert t.on_vad(VADState.QUIET, ms(1300), ms(1150)) == [TurnEvent.PAUSE]
+    assert t.transcript_at_pause(t.pause_id, "Yes, please.", ms(1320)) == []
+    assert t.smart_turn_says_complete(t.pause_id) is True
+
+
+def test_a_comma_with_nothing_after_it_ends_on_silence():
+    t = paused(TurnTaking(end_of_turn_silence_ms=700))
+    t.transcript_at_pause(t.pause_id, "Yes,", ms(720))
+    assert t.smart_turn_says_complete(t.pause_id) is False
+    assert t.on_vad(VADState.QUIET, ms(1200), ms(560)) == []
+    assert t.on_vad(VADState.QUIET, ms(1260), ms(560)) == [TurnEvent.END_OF_TURN]
+    assert t.end_reason == "silence"
+
+
+def test_a_transcript_for_an_older_pause_ends_nothing():
+    t = paused(TurnTaking())
+    old = t.pause_id
+    assert t.smart_turn_says_complete(old) is False
+    t.on_vad(VADState.SPEAKING, ms(800), ms(800))
+    assert t.transcript_at_pause(old, "Hello.", ms(820)) == []
+    assert t.in_turn
+
+
+def test_without_reading_the_transcript_smart_turn_alone_decides():
+    t = paused(TurnTaking(smart_turn_reads_transcript=False))
+    assert t.smart_turn_says_complete(t.pause_id) is True
+    t = paused(TurnTaking(smart_turn_reads_transcript=False))
+    t.transcript_at_pause(t.pause_id, "Yes,", ms(720))
+    assert t.smart_turn_says_complete(t.pause_id) is True

@@ -78,6 +78,11 @@ class TurnTaking(_Strict):
     # Not much shorter: the pause between two sentences of one turn is often 300-450 ms.
     semantic_end_of_turn: bool = True
     semantic_silence_ms: Annotated[int, Field(ge=100, le=5000)] = 500
+    # Smart-turn's "finished" at a pause waits for the transcript of that pause (the reply needs it
+    # anyway, so the wait costs nothing) and is overruled by one that ends mid-thought: a comma, a
+    # continuation word, a digit group ("Yes, ‖ please.", "No, ‖ that is all", "415 ‖ 555"); silence
+    # then ends the turn. Off: smart-turn alone decides (a pipeline whose STT reports no pauses).
+    smart_turn_reads_transcript: bool = True
     # Speculative replies: with the transcript at a pause in hand, the reply's first clause is
     # generated and its audio synthesised while the turn may still go on; held back until the
     # turn ends with the same words, dropped when the caller goes on. Skipped while other calls'

@@ -24,6 +24,13 @@ through ``on_text`` and stops at an end token, ``max_tokens`` or its cancel even
 that only continues replies already under way, the decoder yields to urgent work
 (:class:`~voicecore.services.cpu.CpuPriority`); a step that evaluates a live call's new prompt
 (a caller waits for its first token) does not wait.
+
+A reply whose first clause is out (:data:`AHEAD_WORDS` words and a clause end) is *ahead*: the
+caller is hearing it while the rest is generated. While another live reply still waits for its
+first clause (or its prompt), replies that are ahead (and background work) take part in only
+one step in :attr:`BatchDecoder.ahead_every`: a step's cost grows with its width, so the replies
+with nothing to say yet get narrower, faster steps, and those ahead still make text faster than
+it is spoken. Which tokens a reply gets does not depend on the steps it takes part in.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import atexit
 import codecs
 import ctypes
+import re
 import threading
 import time
 import weakref
@@ -111,10 +119,26 @@ class BatchJob:
     sampler: Any = None
     decoder: Any = None
     forget_after: bool = False
+    ahead: bool = False  # its first clause is out: it may wait while other replies reach theirs
 
     @property
     def started(self) -> bool:
         return self.decoder is not None
+
+
+# A reply is ahead once its text holds this many words and a clause end after them ("Sure, we are
+# open on Saturday," — a clause the TTS speaks while the rest is generated).
+AHEAD_WORDS = 4
+_CLAUSE_END = re.compile(r"[.!?;:,](\s|$)")
+_WORD = re.compile(r"[\w']+")
+
+
+def first_clause_out(text: str) -> bool:
+    """``text`` holds a finished clause of at least :data:`AHEAD_WORDS` words (counted from the start)."""
+    for m in _CLAUSE_END.finditer(text):
+        if len(_WORD.findall(text[: m.start()])) >= AHEAD_WORDS:
+            return True
+    return False
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -150,7 +174,8 @@ class BatchDecoder:
     """N conversations' generations in one llama.cpp context, decoded a batch at a time on one thread."""
 
     def __init__(self, model: Any, *, sequences: int, n_ctx: int, n_batch: int, n_threads: int,
-                 cpu: CpuPriority | None = None, max_saved: int = 32, like: Any = None):  # fmt: skip
+                 cpu: CpuPriority | None = None, max_saved: int = 32, like: Any = None,
+                 ahead_every: int = 3):  # fmt: skip
         """``model``: a ``llama_cpp._internals.LlamaModel`` (``Llama._model``). ``like``: context
         parameters to start from (``Llama.context_params``: the same attention kernel and RoPE
         settings as the single-sequence engine, so a reply comes out token for token the same)."""
@@ -183,6 +208,11 @@ class BatchDecoder:
         self._forget: deque[str] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        # replies ahead (and background work) join one step in this many while another live reply
+        # waits for its first clause (1: every step)
+        self.ahead_every = ahead_every
+        self._ahead_turn = 0
+        self.narrowed_steps = 0  # steps that left replies ahead out
         self.steps = 0  # llama_decode calls (benchmarks, tests)
         self.widest_step = 0  # the most sequences one step served
         self.evictions = 0
@@ -405,6 +435,7 @@ class BatchDecoder:
                             key=lambda s: (s.job.background, s.job.submitted))  # type: ignore[union-attr]
         if not running and not prefilling:
             return
+        running = self._narrowed(running, prefilling)
         self.widest_step = max(self.widest_step, len(running) + len(prefilling))
         if running and all(s.job.background for s in prefilling):  # type: ignore[union-attr]
             # only the rest of replies already under way (and background work): urgent work first
@@ -442,6 +473,21 @@ class BatchDecoder:
                 self._sample(seq, len(take) - 1)
             elif job.max_tokens == 0 and not job.pending:
                 self._finish(seq)  # a prefill, evaluated
+
+    def _narrowed(self, running: list[_Sequence], prefilling: list[_Sequence]) -> list[_Sequence]:
+        """The running replies that take part in this step: all of them, unless a live reply
+        waits for its first clause or prompt — then those ahead (and background work) join only
+        one step in :attr:`ahead_every`."""
+        if self.ahead_every <= 1:
+            return running
+        waiting = [s for s in running if not (s.job.ahead or s.job.background)]  # type: ignore[union-attr]
+        if len(waiting) == len(running) or not (waiting or any(not s.job.background for s in prefilling)):  # type: ignore[union-attr]
+            return running
+        self._ahead_turn = (self._ahead_turn + 1) % self.ahead_every
+        if self._ahead_turn == 0:
+            return running
+        self.narrowed_steps += 1
+        return waiting
 
     def _decode(self, n: int, seqs: list[_Sequence]) -> bool:
         """Decode the batch's first ``n`` tokens; on failure the sequences' jobs fail and their cells are dropped."""
@@ -482,6 +528,8 @@ class BatchDecoder:
         piece = job.decoder.decode(job.piece_of(tok))
         if piece:
             job.pieces.append(piece)
+            if not job.ahead and not job.background and first_clause_out("".join(job.pieces)):
+                job.ahead = True
             if job.on_text is not None:
                 try:
                     job.on_text(piece)

@@ -323,7 +323,6 @@ class LlamaLLMProcessor(FrameProcessor):
         generation continues after them."""
         key = self._conversation.key
         turn = params or self._params
-        go_on = False
         result = None
         if held is not None and held.task is not None:
             try:
@@ -336,8 +335,7 @@ class LlamaLLMProcessor(FrameProcessor):
             if result is not None:
                 if result.text:
                     on_text(result.text)
-                go_on = not HeldReply.complete(result, held.max_tokens)
-                result.stats.yielded = go_on  # continue below, as after a yield
+                result.stats.yielded = not HeldReply.complete(result, held.max_tokens)  # continue below
         if result is None:
             result = await self._engine.generate(key, prompt, turn, cancel, on_text,
                                                  yield_after=self.YIELD_AFTER_TOKENS)

@@ -248,9 +248,7 @@ class PiperTTSProcessor(FrameProcessor):
         super().__init__(name=name or "PiperTTS")
         self._engine = engine
         self._voice = voice
-        self._splitter = ClauseSplitter(
-            voice.first_clause_min_words, voice.clause_min_words, voice.clause_max_words, voice.first_clause_max_words
-        )
+        self._splitter = self._new_splitter()
         self._out_rate = 16000
         self._resampler = StreamResampler(engine.sample_rate, self._out_rate)
         self._reply_id: str | None = None
@@ -315,6 +313,10 @@ class PiperTTSProcessor(FrameProcessor):
                 self._discard_prepared()  # the caller went on: the held reply is dropped
             await self.push_frame(frame, direction)
 
+    def _new_splitter(self) -> ClauseSplitter:
+        v = self._voice
+        return ClauseSplitter(v.first_clause_min_words, v.clause_min_words, v.clause_max_words, v.first_clause_max_words)
+
     def _prepare(self, text: str) -> None:
         """A held reply starts with ``text``: synthesise its first clause ahead, as the reply's
         stream will cut it."""
@@ -322,8 +324,7 @@ class PiperTTSProcessor(FrameProcessor):
         if prepare is None:  # a remote voice: nothing ahead
             return
         v = self._voice
-        splitter = ClauseSplitter(v.first_clause_min_words, v.clause_min_words, v.clause_max_words,
-                                  v.first_clause_max_words)  # fmt: skip
+        splitter = self._new_splitter()
         clauses = splitter.feed(text.rstrip() + " ") or splitter.flush()
         if clauses and clauses[0] not in self._prepared:
             self._discard_prepared()

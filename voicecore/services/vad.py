@@ -149,6 +149,24 @@ def transcript_looks_complete(text: str) -> bool:
     return True
 
 
+def transcript_looks_unfinished(text: str) -> bool:
+    """The transcript at a pause says the caller is mid-thought: it ends in a comma (or ``...``,
+    a dash, ``;``, ``:``), on a continuation word, or in a digit group after other digits. Stricter
+    than ``not transcript_looks_complete``: text without end punctuation ("Hello") is not
+    unfinished (Whisper often leaves a short answer unpunctuated), so smart-turn still ends it."""
+    t = text.strip()
+    if not t:
+        return False
+    if t.endswith(("...", "…", ",", "-", ";", ":")):
+        return True
+    words = re.findall(r"[\w']+", t.lower())
+    if not words:
+        return False
+    if words[-1] in CONTINUATION_WORDS:
+        return True
+    return any(c.isdigit() for c in words[-1]) and sum(c.isdigit() for c in t) >= 3
+
+
 class TurnEvent(Enum):
     SPEECH_STARTED = "speech_started"  # a new caller turn starts
     SPEECH_RESUMED = "speech_resumed"  # speech again after a pause, same turn
@@ -169,8 +187,11 @@ class TurnState:
     last_voiced_end: int = 0  # sample index where the last voiced frame of the turn ended
     pause_id: int = 0  # increases at every pause; a smart-turn answer names its pause
     complete_text_pause: int = -1  # the pause whose transcript reads as a finished sentence
-    end_reason: str = ""  # why the last END_OF_TURN came: "silence" or "semantic"
+    end_reason: str = ""  # why the last END_OF_TURN came: "silence", "semantic" or "smart-turn"
     trailing_from: int | None = None  # the voiced end at which TRAILING came (None: not trailing)
+    text_pause: int = -1  # the pause whose transcript arrived
+    unfinished_text_pause: int = -1  # the pause whose transcript ends mid-thought (smart-turn is overruled)
+    smart_turn_pause: int = -1  # the pause smart-turn judged finished, its transcript awaited
 
     def _silence_needed_ms(self) -> int:
         if self.complete_text_pause == self.pause_id and self.params.semantic_end_of_turn:
@@ -226,20 +247,38 @@ class TurnState:
         return []
 
     def transcript_at_pause(self, pause_id: int, text: str, now_sample: int) -> list[TurnEvent]:
-        """The STT's transcript of the turn up to pause ``pause_id``: a finished sentence
-        shortens the silence that ends the turn (if still in that pause)."""
-        if (self.params.semantic_end_of_turn and self.in_turn and not self.speaking
-                and pause_id == self.pause_id and transcript_looks_complete(text)):
+        """The STT's transcript of the turn up to pause ``pause_id`` (if still in that pause): a
+        finished sentence shortens the silence that ends the turn; a smart-turn verdict that
+        waited for it ends the turn now, unless the transcript ends mid-thought."""
+        if not (self.in_turn and not self.speaking and pause_id == self.pause_id):
+            return []
+        self.text_pause = pause_id
+        if self.params.smart_turn_reads_transcript and transcript_looks_unfinished(text):
+            self.unfinished_text_pause = pause_id
+        elif self.smart_turn_pause == pause_id:
+            self.in_turn = False
+            self.end_reason = "smart-turn"
+            return [TurnEvent.END_OF_TURN]
+        if self.params.semantic_end_of_turn and transcript_looks_complete(text):
             self.complete_text_pause = pause_id
             return self._check_silence(now_sample)
         return []
 
     def smart_turn_says_complete(self, pause_id: int) -> bool:
-        """Smart-turn judged pause ``pause_id`` complete: end the turn if still in that pause."""
-        if self.in_turn and not self.speaking and pause_id == self.pause_id:
-            self.in_turn = False
-            return True
-        return False
+        """Smart-turn judged pause ``pause_id`` complete: end the turn if still in that pause —
+        with ``smart_turn_reads_transcript``, once that pause's transcript is in and does not end
+        mid-thought (until it comes, the verdict waits: :meth:`transcript_at_pause` ends the turn)."""
+        if not (self.in_turn and not self.speaking and pause_id == self.pause_id):
+            return False
+        if self.params.smart_turn_reads_transcript:
+            if self.text_pause != pause_id:
+                self.smart_turn_pause = pause_id
+                return False
+            if self.unfinished_text_pause == pause_id:
+                return False  # "Yes," ‖ : silence ends the turn if nothing follows
+        self.in_turn = False
+        self.end_reason = "smart-turn"
+        return True
 
 
 class TurnDetector:
