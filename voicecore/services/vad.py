@@ -137,16 +137,9 @@ def transcript_looks_complete(text: str) -> bool:
     after other digits is not finished either.
     """
     t = text.strip()
-    if not t or t.endswith(("...", "…", ",", "-", ";", ":")) or t[-1] not in ".?!":
+    if not t or t[-1] not in ".?!" or t.endswith("...") or not re.search(r"[\w']", t):
         return False
-    words = re.findall(r"[\w']+", t.lower())
-    if not words:
-        return False
-    if words[-1] in CONTINUATION_WORDS:
-        return False
-    if any(c.isdigit() for c in words[-1]) and sum(c.isdigit() for c in t) >= 3:
-        return False
-    return True
+    return not transcript_looks_unfinished(t)
 
 
 def transcript_looks_unfinished(text: str) -> bool:
