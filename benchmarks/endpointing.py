@@ -297,7 +297,7 @@ def detect_turns(audio: np.ndarray, params: Any, silero: Any = None, smart_turn:
             pause_id, _, prob = pending
             pending = None
             if prob > 0.5 and det.smart_turn_says_complete(pause_id):
-                close("smart-turn")
+                close(det.turn.end_reason)
         if current is not None:
             current.voiced_end = det.voiced_end
     return run

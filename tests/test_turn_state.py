@@ -183,13 +183,13 @@ def test_smart_turn_waits_for_the_pause_transcript_then_ends_the_turn():
     t = paused(TurnTaking())
     assert t.smart_turn_says_complete(t.pause_id) is False  # no transcript yet: the verdict waits
     assert t.in_turn
-    assert t.transcript_at_pause(t.pause_id, "Hello", ms(760)) == [TurnEvent.END_OF_TURN]
+    assert t.transcript_at_pause(t.pause_id, "Hello there", ms(760)) == [TurnEvent.END_OF_TURN]
     assert not t.in_turn and t.end_reason == "smart-turn"
 
 
 def test_smart_turn_ends_at_once_when_the_transcript_came_first():
     t = paused(TurnTaking())
-    assert t.transcript_at_pause(t.pause_id, "Hello", ms(720)) == []  # no end punctuation: no semantic end
+    assert t.transcript_at_pause(t.pause_id, "Hello there", ms(720)) == []  # unpunctuated: no semantic end
     assert t.smart_turn_says_complete(t.pause_id) is True
     assert not t.in_turn and t.end_reason == "smart-turn"
 
@@ -236,3 +236,67 @@ def test_without_reading_the_transcript_smart_turn_alone_decides():
     t = paused(TurnTaking(smart_turn_reads_transcript=False))
     t.transcript_at_pause(t.pause_id, "Yes,", ms(720))
     assert t.smart_turn_says_complete(t.pause_id) is True
+
+
+@pytest.mark.parametrize("order", ["smart-turn first", "transcript first"])
+def test_one_word_at_a_pause_needs_more_silence_for_smart_turn(order):
+    """espeak's "Yes, ‖ please." heard as "Yeah." at the comma: smart-turn's word ends the turn only
+    after one_word_silence_ms (the 270 ms comma pause is shorter), so "please" is the same turn."""
+    t = paused(TurnTaking(one_word_silence_ms=320))  # pause at 700 ms, speech ended at 560 ms
+    if order == "smart-turn first":
+        assert t.smart_turn_says_complete(t.pause_id) is False
+        assert t.transcript_at_pause(t.pause_id, "Yeah.", ms(760)) == []
+    else:
+        assert t.transcript_at_pause(t.pause_id, "Yeah.", ms(720)) == []
+        assert t.smart_turn_says_complete(t.pause_id) is False
+    assert t.on_vad(VADState.QUIET, ms(860), ms(560)) == []  # 300 ms of silence
+    assert t.on_vad(VADState.QUIET, ms(880), ms(560)) == [TurnEvent.END_OF_TURN]  # 320 ms
+    assert t.end_reason == "smart-turn"
+
+
+def test_one_word_then_more_speech_is_one_turn():
+    t = paused(TurnTaking(one_word_silence_ms=320))
+    t.transcript_at_pause(t.pause_id, "Yeah.", ms(720))
+    assert t.smart_turn_says_complete(t.pause_id) is False
+    assert t.on_vad(VADState.SPEAKING, ms(830), ms(830)) == [TurnEvent.SPEECH_RESUMED]  # "please"
+    assert t.on_vad(VADState.QUIET, ms(1200), ms(1060)) == [TurnEvent.PAUSE]
+    assert t.transcript_at_pause(t.pause_id, "Yes, please.", ms(1220)) == []
+    assert t.smart_turn_says_complete(t.pause_id) is True
+
+
+def test_one_word_ends_at_once_when_smart_turn_answers_after_the_silence():
+    t = paused(TurnTaking(one_word_silence_ms=320))
+    t.transcript_at_pause(t.pause_id, "No.", ms(720))
+    t.on_vad(VADState.QUIET, ms(870), ms(560))  # 310 ms: not yet
+    t.on_vad(VADState.QUIET, ms(890), ms(560))  # 330 ms: smart-turn has not answered, so no end
+    assert t.in_turn
+    assert t.smart_turn_says_complete(t.pause_id) is True
+    assert t.end_reason == "smart-turn"
+
+
+def test_one_word_without_smart_turn_waits_for_the_usual_silence():
+    t = paused(TurnTaking(one_word_silence_ms=320, semantic_silence_ms=500))
+    t.transcript_at_pause(t.pause_id, "Yeah.", ms(720))
+    assert t.on_vad(VADState.QUIET, ms(1000), ms(560)) == []  # 440 ms: smart-turn never said complete
+    assert t.on_vad(VADState.QUIET, ms(1060), ms(560)) == [TurnEvent.END_OF_TURN]
+    assert t.end_reason == "semantic"
+
+
+def test_nothing_ends_while_speech_may_be_starting_again():
+    """Onset frames being counted (the detector's STARTING) hold the end of the turn: the caller's
+    "please" after "Yes," is detected as speech 120 ms after it starts, too late otherwise."""
+    t = paused(TurnTaking(end_of_turn_silence_ms=700, smart_turn=False))  # speech ended at 560 ms
+    assert t.on_vad(VADState.STARTING, ms(1260), ms(560)) == []  # 700 ms of silence, but speech is starting
+    assert t.in_turn
+    assert t.on_vad(VADState.SPEAKING, ms(1380), ms(1380)) == [TurnEvent.SPEECH_RESUMED]
+    # a start that came to nothing (a click): the turn ends at the next frame
+    t = paused(TurnTaking(end_of_turn_silence_ms=700, smart_turn=False))
+    assert t.on_vad(VADState.STARTING, ms(1260), ms(560)) == []
+    assert t.on_vad(VADState.QUIET, ms(1280), ms(560)) == [TurnEvent.END_OF_TURN]
+    # smart-turn's verdict waits the same way, and stands once the start came to nothing
+    t = paused(TurnTaking())
+    t.transcript_at_pause(t.pause_id, "Where is your office?", ms(720))
+    t.on_vad(VADState.STARTING, ms(740), ms(560))
+    assert t.smart_turn_says_complete(t.pause_id) is False
+    assert t.on_vad(VADState.QUIET, ms(760), ms(560)) == [TurnEvent.END_OF_TURN]
+    assert t.end_reason == "smart-turn"

@@ -83,6 +83,10 @@ class TurnTaking(_Strict):
     # continuation word, a digit group ("Yes, ‖ please.", "No, ‖ that is all", "415 ‖ 555"); silence
     # then ends the turn. Off: smart-turn alone decides (a pipeline whose STT reports no pauses).
     smart_turn_reads_transcript: bool = True
+    # ... and a transcript of one word at the pause ("Yes," "Hi," "No,": the caller often goes on,
+    # "Yes, ‖ please", "Hi, ‖ my name is...") ends the turn on smart-turn's word only after this
+    # much silence.
+    one_word_silence_ms: Annotated[int, Field(ge=100, le=5000)] = 450
     # Speculative replies: with the transcript at a pause in hand, the reply's first clause is
     # generated and its audio synthesised while the turn may still go on; held back until the
     # turn ends with the same words, dropped when the caller goes on. Skipped while other calls'

@@ -171,28 +171,58 @@ class TurnEvent(Enum):
 
 @dataclass
 class TurnState:
-    """Pure end-of-turn bookkeeping in audio time (samples at 16 kHz)."""
+    """Pure end-of-turn bookkeeping in audio time (samples at 16 kHz).
+
+    A turn ends in a pause when the silence since the last voiced audio reaches what the pause
+    needs (:meth:`_silence_needed`): ``end_of_turn_silence_ms``; ``semantic_silence_ms`` when the
+    pause's transcript reads as a finished sentence; none when smart-turn judged the pause
+    finished — with ``smart_turn_reads_transcript``, once the pause's transcript is in and does
+    not end mid-thought, and ``one_word_silence_ms`` when it is one word. Nothing ends while speech
+    may be starting again (the detector is counting onset frames)."""
 
     params: TurnTaking
     in_turn: bool = False
     speaking: bool = False
+    starting: bool = False  # onset frames are being counted: speech may be coming back
     voiced_samples: int = 0  # voiced audio in this turn
     last_voiced_end: int = 0  # sample index where the last voiced frame of the turn ended
+    now_sample: int = 0  # the audio heard so far
     pause_id: int = 0  # increases at every pause; a smart-turn answer names its pause
-    complete_text_pause: int = -1  # the pause whose transcript reads as a finished sentence
     end_reason: str = ""  # why the last END_OF_TURN came: "silence", "semantic" or "smart-turn"
     trailing_from: int | None = None  # the voiced end at which TRAILING came (None: not trailing)
-    text_pause: int = -1  # the pause whose transcript arrived
-    unfinished_text_pause: int = -1  # the pause whose transcript ends mid-thought (smart-turn is overruled)
-    smart_turn_pause: int = -1  # the pause smart-turn judged finished, its transcript awaited
+    # what is known of a pause (each names the pause it holds for; -1: none)
+    text_pause: int = -1  # its transcript arrived
+    complete_text_pause: int = -1  # ... and reads as a finished sentence
+    unfinished_text_pause: int = -1  # ... and ends mid-thought (smart-turn is overruled)
+    one_word_pause: int = -1  # ... and is one word (smart-turn needs one_word_silence_ms)
+    smart_turn_pause: int = -1  # smart-turn judged it finished
 
-    def _silence_needed_ms(self) -> int:
+    def _smart_turn_ends(self) -> bool:
+        """Smart-turn's verdict on the current pause stands (the transcript, if read, agrees)."""
+        p = self.pause_id
+        if self.smart_turn_pause != p:
+            return False
+        if not self.params.smart_turn_reads_transcript:
+            return True
+        return self.text_pause == p and self.unfinished_text_pause != p
+
+    def _silence_needed(self) -> tuple[float, str]:
+        """The silence (ms) that ends the current pause, and the rule that gives it."""
+        needed, reason = float(self.params.end_of_turn_silence_ms), "silence"
         if self.complete_text_pause == self.pause_id and self.params.semantic_end_of_turn:
-            return min(self.params.semantic_silence_ms, self.params.end_of_turn_silence_ms)
-        return self.params.end_of_turn_silence_ms
+            if self.params.semantic_silence_ms < needed:
+                needed, reason = self.params.semantic_silence_ms, "semantic"
+        if self._smart_turn_ends():
+            one_word = self.params.smart_turn_reads_transcript and self.one_word_pause == self.pause_id
+            at_least = self.params.one_word_silence_ms if one_word else 0
+            if at_least <= needed:
+                needed, reason = at_least, "smart-turn"
+        return needed, reason
 
     def on_vad(self, state: VADState, now_sample: int, voiced_end_sample: int) -> list[TurnEvent]:
         """Feed the analyzer state after the audio up to ``now_sample``."""
+        self.now_sample = now_sample
+        self.starting = state == VADState.STARTING
         events: list[TurnEvent] = []
         if state == VADState.SPEAKING and not self.speaking:
             self.speaking = True
@@ -211,7 +241,7 @@ class TurnState:
         if self.in_turn:
             self.last_voiced_end = max(self.last_voiced_end, voiced_end_sample)
         events.extend(self._check_trailing(now_sample))
-        events.extend(self._check_silence(now_sample))
+        events.extend(self._check_silence())
         return events
 
     def _check_trailing(self, now_sample: int) -> list[TurnEvent]:
@@ -230,48 +260,43 @@ class TurnState:
             return [TurnEvent.TRAILING]
         return []
 
-    def _check_silence(self, now_sample: int) -> list[TurnEvent]:
-        if self.in_turn and not self.speaking:
-            silence_ms = (now_sample - self.last_voiced_end) * 1000 / PIPELINE_SAMPLE_RATE
-            if silence_ms >= self._silence_needed_ms():
+    def _check_silence(self) -> list[TurnEvent]:
+        if self.in_turn and not self.speaking and not self.starting:
+            silence_ms = (self.now_sample - self.last_voiced_end) * 1000 / PIPELINE_SAMPLE_RATE
+            needed, reason = self._silence_needed()
+            if silence_ms >= needed:
                 self.in_turn = False
-                self.end_reason = "semantic" if self.complete_text_pause == self.pause_id else "silence"
+                self.end_reason = reason
                 return [TurnEvent.END_OF_TURN]
         return []
+
+    def _in_pause(self, pause_id: int) -> bool:
+        return self.in_turn and not self.speaking and pause_id == self.pause_id
 
     def transcript_at_pause(self, pause_id: int, text: str, now_sample: int) -> list[TurnEvent]:
         """The STT's transcript of the turn up to pause ``pause_id`` (if still in that pause): a
         finished sentence shortens the silence that ends the turn; a smart-turn verdict that
-        waited for it ends the turn now, unless the transcript ends mid-thought."""
-        if not (self.in_turn and not self.speaking and pause_id == self.pause_id):
+        waited for it ends the turn now, unless the transcript ends mid-thought or is one word."""
+        self.now_sample = max(self.now_sample, now_sample)
+        if not self._in_pause(pause_id):
             return []
         self.text_pause = pause_id
-        if self.params.smart_turn_reads_transcript and transcript_looks_unfinished(text):
+        if transcript_looks_unfinished(text):
             self.unfinished_text_pause = pause_id
-        elif self.smart_turn_pause == pause_id:
-            self.in_turn = False
-            self.end_reason = "smart-turn"
-            return [TurnEvent.END_OF_TURN]
-        if self.params.semantic_end_of_turn and transcript_looks_complete(text):
+        elif len(re.findall(r"[\w']+", text)) == 1:
+            self.one_word_pause = pause_id
+        if transcript_looks_complete(text):
             self.complete_text_pause = pause_id
-            return self._check_silence(now_sample)
-        return []
+        return self._check_silence()
 
     def smart_turn_says_complete(self, pause_id: int) -> bool:
-        """Smart-turn judged pause ``pause_id`` complete: end the turn if still in that pause —
-        with ``smart_turn_reads_transcript``, once that pause's transcript is in and does not end
-        mid-thought (until it comes, the verdict waits: :meth:`transcript_at_pause` ends the turn)."""
-        if not (self.in_turn and not self.speaking and pause_id == self.pause_id):
+        """Smart-turn judged pause ``pause_id`` finished: True when that ends the turn now (if still
+        in that pause). Otherwise the verdict is kept for the pause: the transcript, or enough
+        silence after one word, ends the turn later (:meth:`transcript_at_pause`, :meth:`on_vad`)."""
+        if not self._in_pause(pause_id):
             return False
-        if self.params.smart_turn_reads_transcript:
-            if self.text_pause != pause_id:
-                self.smart_turn_pause = pause_id
-                return False
-            if self.unfinished_text_pause == pause_id:
-                return False  # "Yes," ‖ : silence ends the turn if nothing follows
-        self.in_turn = False
-        self.end_reason = "smart-turn"
-        return True
+        self.smart_turn_pause = pause_id
+        return bool(self._check_silence())
 
 
 class TurnDetector:
@@ -509,7 +534,7 @@ class VADTurnProcessor(FrameProcessor):
             return
         logger.debug(f"{self}: smart-turn p(complete)={prob:.2f} for pause {pause_id}")
         if prob > 0.5 and self._detector.smart_turn_says_complete(pause_id):
-            await self._end_turn("smart-turn")
+            await self._end_turn(self._detector.turn.end_reason)
 
     async def _cancel_smart_turn(self) -> None:
         task, self._smart_task = self._smart_task, None
