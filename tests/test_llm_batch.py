@@ -245,9 +245,11 @@ async def test_grammar_constrained_json_is_the_single_engines(single, batched):
 
 
 @models
-async def test_replies_under_way_pause_for_urgent_work_and_a_new_prompt_does_not(batched):
-    """While a caller waits for recognition or a first clause, the rest of the other replies waits
-    (``CpuPriority``), for a bounded time; a step that evaluates a live call's new prompt does not."""
+async def test_replies_past_their_first_clause_pause_for_urgent_work(batched):
+    """While a caller waits for recognition or a first clause, the rest of the replies whose
+    first clause is out waits (``CpuPriority``), for a bounded time."""
+    from voicecore.services.llama_batch import first_clause_out
+
     conv = conversation("Tell me a long story about teeth.", system="You are agent U, at a toy shop.")
     release, held = threading.Event(), threading.Event()
     pieces: list[str] = []
@@ -259,15 +261,41 @@ async def test_replies_under_way_pause_for_urgent_work_and_a_new_prompt_does_not
 
     def on_text(piece: str) -> None:
         pieces.append(piece)
-        if len(pieces) == 1:
+        if not held.is_set() and first_clause_out("".join(pieces)):
             threading.Thread(target=hold_cpu, daemon=True).start()
             held.wait(2)
             threading.Timer(0.15, release.set).start()
 
-    result = await batched.generate(conv.key, prompt_of(batched, conv), LLMParams(max_tokens=12, temperature=0.0),
+    result = await batched.generate(conv.key, prompt_of(batched, conv), LLMParams(max_tokens=60, temperature=0.0),
                                     threading.Event(), on_text)  # fmt: skip
-    assert result.stats.generated_tokens > 1
+    assert held.is_set(), f"the reply never got past a first clause: {result.text!r}"
+    assert result.stats.generated_tokens > len(pieces) // 2
     assert result.stats.paused_s >= 0.1, result.stats
+    batched.forget(conv.key)
+
+
+@models
+async def test_a_reply_short_of_its_first_clause_does_not_pause(batched):
+    """A reply that has no clause out yet is itself what a caller waits for: urgent work running
+    all along does not pause it (under load, such pauses starved first clauses)."""
+    conv = conversation("Tell me a long story about dolls.", system="You are agent V, at a toy shop.")
+    release = threading.Event()
+
+    def hold_cpu() -> None:
+        with batched.cpu.urgent():
+            release.wait(5)
+
+    holder = threading.Thread(target=hold_cpu, daemon=True)
+    holder.start()
+    try:
+        # three tokens are never four words and a clause end: the reply stays short of its first clause
+        result = await batched.generate(conv.key, prompt_of(batched, conv), LLMParams(max_tokens=3, temperature=0.0),
+                                        threading.Event())  # fmt: skip
+    finally:
+        release.set()
+        holder.join()
+    assert result.stats.generated_tokens == 3
+    assert result.stats.paused_s == 0.0, result.stats
     batched.forget(conv.key)
 
 

@@ -4,8 +4,11 @@ On two cores, the LLM generating the rest of a reply and Piper synthesising its
 first clause slow each other down by 2–2.5× (a 100 ms clause took 250 ms while
 llama.cpp generated beside it). Model work a caller is waiting for right now —
 speech recognition of a finished turn, the first clause of a reply — is
-*urgent*; token generation past the first token is not (a reply's first clause
-plays for a second or more, far longer than the rest takes to generate). The
+*urgent*; token generation past a reply's first clause is not (that clause
+plays for a second or more, far longer than the rest takes to generate). (The
+single-sequence engine pauses past the first token; the batched decoder only once
+a reply's first clause is out: under load, pausing replies still short of theirs
+for other calls' first clauses starved them.) The
 LLM checks between tokens and pauses while urgent work runs, for a bounded time
 so it never starves when urgent work never stops (many concurrent calls).
 

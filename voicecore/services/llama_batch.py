@@ -21,9 +21,9 @@ sequence whose logits came out samples from its own row with its own sampler cha
 grammar, top-k/top-p/min-p, temperature, seed: the chain ``llama_cpp.Llama.generate`` builds, so
 at temperature 0 a reply is token for token the single-sequence engine's), streams its text
 through ``on_text`` and stops at an end token, ``max_tokens`` or its cancel event. Before a step
-that only continues replies already under way, the decoder yields to urgent work
-(:class:`~voicecore.services.cpu.CpuPriority`); a step that evaluates a live call's new prompt
-(a caller waits for its first token) does not wait.
+that only continues replies whose first clause is out (see below), the decoder yields to urgent
+work (:class:`~voicecore.services.cpu.CpuPriority`); a step that evaluates a live call's new
+prompt or a reply still short of its first clause (a caller waits for either) does not wait.
 
 A reply whose first clause is out (:data:`AHEAD_WORDS` words and a clause end) is *ahead*: the
 caller is hearing it while the rest is generated. While another live reply still waits for its
@@ -437,8 +437,10 @@ class BatchDecoder:
             return
         running = self._narrowed(running, prefilling)
         self.widest_step = max(self.widest_step, len(running) + len(prefilling))
-        if running and all(s.job.background for s in prefilling):  # type: ignore[union-attr]
-            # only the rest of replies already under way (and background work): urgent work first
+        if running and all(s.job.background for s in prefilling) and all(
+                s.job.ahead or s.job.background for s in running):  # type: ignore[union-attr]  # fmt: skip
+            # only the rest of replies whose first clause is out (and background work): urgent
+            # work first (a reply still short of its first clause is itself what a caller waits for)
             paused = self.cpu.yield_to_urgent()
             if paused:
                 for seq in running:
