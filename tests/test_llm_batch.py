@@ -401,6 +401,13 @@ def test_when_a_reply_is_ahead(text, out):
     assert first_clause_out(text) is out
 
 
+def test_a_one_word_clause_is_out_but_not_ahead():
+    from voicecore.services.llama_batch import first_clause_out
+
+    assert first_clause_out("Sure, we", 1) and not first_clause_out("Sure, we")
+    assert not first_clause_out("Sure", 1)
+
+
 @models
 async def test_replies_ahead_wait_while_a_new_reply_reaches_its_first_clause(single, batched):
     """A reply whose first clause is out takes part in one step in three while another reply

@@ -119,7 +119,8 @@ class BatchJob:
     sampler: Any = None
     decoder: Any = None
     forget_after: bool = False
-    ahead: bool = False  # its first clause is out: it may wait while other replies reach theirs
+    clause_out: bool = False  # a first clause is out (being spoken): urgent work may pause the rest
+    ahead: bool = False  # ... of AHEAD_WORDS or more: it may also wait while other replies reach theirs
 
     @property
     def started(self) -> bool:
@@ -133,10 +134,10 @@ _CLAUSE_END = re.compile(r"[.!?;:,](\s|$)")
 _WORD = re.compile(r"[\w']+")
 
 
-def first_clause_out(text: str) -> bool:
-    """``text`` holds a finished clause of at least :data:`AHEAD_WORDS` words (counted from the start)."""
+def first_clause_out(text: str, words: int = AHEAD_WORDS) -> bool:
+    """``text`` holds a finished clause of at least ``words`` words (counted from the start)."""
     for m in _CLAUSE_END.finditer(text):
-        if len(_WORD.findall(text[: m.start()])) >= AHEAD_WORDS:
+        if len(_WORD.findall(text[: m.start()])) >= words:
             return True
     return False
 
@@ -438,9 +439,9 @@ class BatchDecoder:
         running = self._narrowed(running, prefilling)
         self.widest_step = max(self.widest_step, len(running) + len(prefilling))
         if running and all(s.job.background for s in prefilling) and all(
-                s.job.ahead or s.job.background for s in running):  # type: ignore[union-attr]  # fmt: skip
-            # only the rest of replies whose first clause is out (and background work): urgent
-            # work first (a reply still short of its first clause is itself what a caller waits for)
+                s.job.clause_out or s.job.background for s in running):  # type: ignore[union-attr]  # fmt: skip
+            # only the rest of replies whose first clause is out (and background work): urgent work
+            # first (such as that clause's audio; a reply with no clause out yet is itself urgent)
             paused = self.cpu.yield_to_urgent()
             if paused:
                 for seq in running:
@@ -530,8 +531,10 @@ class BatchDecoder:
         piece = job.decoder.decode(job.piece_of(tok))
         if piece:
             job.pieces.append(piece)
-            if not job.ahead and not job.background and first_clause_out("".join(job.pieces)):
-                job.ahead = True
+            if not job.ahead and not job.background:
+                text = "".join(job.pieces)
+                job.clause_out = job.clause_out or first_clause_out(text, 1)
+                job.ahead = first_clause_out(text)
             if job.on_text is not None:
                 try:
                     job.on_text(piece)
