@@ -154,6 +154,7 @@ def client_turn(call: PlayedCall, turn: PlayedTurn) -> dict[str, Any]:
         "client_aligned_ms": None,
         "speech_end_skew_ms": None,
         "caller_turns": None,  # (from the stored call: voicecore only)
+        "rejoined": None,  # a false end of turn inside it was undone (the turn continued)
         "turn_end": None,
         "speculative": None,
     }
@@ -167,7 +168,7 @@ def call_rows(call: PlayedCall) -> list[dict[str, Any]]:
                      **{k: v for k, v in utt.describe().items() if k != "id"}, "utterance": utt.id,
                      "answered": False, "voice_to_voice_ms": None, "transcript": None, "word_errors": None,
                      "ref_words": None, "server_ms": None, "client_aligned_ms": None, "speech_end_skew_ms": None,
-                     "caller_turns": None, "turn_end": None, "speculative": None})
+                     "caller_turns": None, "rejoined": None, "turn_end": None, "speculative": None})
     return rows
 
 
@@ -191,6 +192,8 @@ def attach_stored(call: PlayedCall, rows: list[dict[str, Any]], stored: Any) -> 
         mine = [t for t in callers if t.started_at is not None and start <= t.started_at < end]
         row["transcript"] = " ".join((t.text or "").strip() for t in mine).strip()
         row["caller_turns"] = len(mine)  # more than one: the utterance was cut into turns (a false end of turn)
+        # a turn ended inside it and the caller's speech again rejoined it (one caller turn, answered once)
+        row["rejoined"] = any((t.timeline or {}).get("rejoined") for t in mine)
         errors, words = word_errors(turn.utterance.text, row["transcript"])
         row["word_errors"], row["ref_words"] = errors, words
         answer = [t for t in replies if t.started_at is not None and start <= t.started_at < end]
@@ -228,6 +231,7 @@ def summarise(rows: list[dict[str, Any]], calls: list[PlayedCall]) -> dict[str, 
         "client_late_frames": sum(c.caller.late_sends for c in calls),
         "calls_closed_early": sum(1 for c in calls if c.closed_early),
         "turns_cut": sum(1 for r in rows if (r.get("caller_turns") or 0) > 1),
+        "turns_rejoined": sum(1 for r in rows if r.get("rejoined")),
         "turn_end": turn_end_summary(rows),
         "speculation": speculation_summary(rows, calls),
     }
@@ -279,7 +283,8 @@ def summary_table(summary: dict[str, Any], title: str = "") -> str:
                    f"{spec.get('skipped_busy', 0):.0f} skipped (model busy); first-clause audio prepared "
                    f"{spec.get('audio_prepared', 0):.0f}, spoken {spec.get('audio_spoken', 0):.0f}")
     out.append(f"turns answered: {summary['answered']}/{summary['turns']}; utterances cut into several turns: "
-               f"{summary.get('turns_cut', 0)}")
+               f"{summary.get('turns_cut', 0)}; false ends of turn undone (the turn rejoined): "
+               f"{summary.get('turns_rejoined', 0)}")
     return "\n".join(out)
 
 

@@ -67,6 +67,7 @@ def assert_latency_summary(s: dict[str, Any], turns: int) -> None:
     assert wer["overall"]["words"] > 0
     assert s["protocol_errors"] == []
     assert isinstance(s["turns_cut"], int)
+    assert isinstance(s["turns_rejoined"], int)
     assert set(s["turn_end"]) <= {"smart-turn", "semantic", "silence"}
     assert {"turns_released", "turns_with_server_timeline", "voice_to_voice_ms_released",
             "voice_to_voice_ms_not_released"} <= set(s["speculation"])

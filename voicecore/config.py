@@ -93,6 +93,13 @@ class TurnTaking(_Strict):
     # replies wait for the model (the CPU is short).
     speculative_replies: bool = True
     barge_in: bool = True
+    # Caller speech that starts again within this much of the end of the last turn's speech, before
+    # the agent's answer to that turn has played out, continues that turn ("Yes, ‖ please" with the
+    # turn ended at the comma): the agent's answer stops (as for any barge-in), the whole utterance
+    # is transcribed again from both parts' audio and answered as one message; the call record keeps
+    # one caller turn for it. Not when the answer did something (a booking, a message taken, a
+    # consent or opt-out answer). null: every new speech is a new turn.
+    rejoin_within_ms: Annotated[int, Field(ge=100, le=3000)] | None = 900
     # Caller turns with less voiced audio than this are ignored (coughs, clicks).
     min_utterance_ms: Annotated[int, Field(ge=0, le=2000)] = 200
 

@@ -188,12 +188,14 @@ def build_call_pipeline(
         processors: list[FrameProcessor] = [llm, output]
     else:
         models = pool.for_pipeline(config)
-        vad = VADTurnProcessor(config.turn_taking, smart_turn=models.smart_turn, silero=models.silero_vad)
+        vad = VADTurnProcessor(config.turn_taking, smart_turn=models.smart_turn, silero=models.silero_vad,
+                               may_rejoin=lambda: llm.may_rejoin)  # fmt: skip
         stt = WhisperSTTProcessor(
             models.stt,
             prompt=recogniser_prompt(config, facts),
             min_utterance_ms=config.turn_taking.min_utterance_ms,
             fallback_reply=config.fallback_reply,
+            rejoin_within_ms=config.turn_taking.rejoin_within_ms,
         )
         tts = PiperTTSProcessor(models.tts, config.voice)
         output = AgentAudioOutput(

@@ -38,6 +38,9 @@ class TurnTimeline:
     # silence), "silence"; and whether the reply was started at the pause and released
     turn_end: str | None = None
     speculative: bool = False
+    # the caller's turn continued the one before it (speech again before the agent's answer to it
+    # was heard out): both parts were transcribed and answered as one
+    rejoined: bool = False
 
     def mark(self, stage: str, at: float | None = None) -> None:
         """Record ``stage`` at ``at`` (now by default), keeping the first value seen."""

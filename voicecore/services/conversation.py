@@ -139,12 +139,30 @@ class Conversation:
         self._pending_caller = said
         return clean
 
-    def with_caller(self, text: str) -> Conversation:
-        """A copy with ``text`` added as the caller's, this conversation unchanged: the prompt a
-        speculative reply is generated from (the same as this one's after ``add_caller(text)``)."""
+    def rejoin_caller(self, text: str) -> bool:
+        """The caller's last message is ``text`` now: their turn went on after the agent began to
+        answer it, and ``text`` is the whole utterance, transcribed again. The agent's replies
+        after that message go (the caller spoke over them). False, and nothing changed, when there
+        is no caller message to rejoin or fixed text (a notice) was said after it."""
+        last = next((i for i in range(len(self.messages) - 1, -1, -1) if self.messages[i].role == "user"), None)
+        if last is None or any(m.reply_id is None for m in self.messages[last + 1 :]):
+            return False
+        for m in self.messages[last + 1 :]:
+            self.generated.pop(m.content, None)
+        del self.messages[last + 1 :]
+        self.messages[last] = ChatMessage("user", self.context.caller_text(text))
+        self._pending_caller = text
+        self._first = min(self._first, last)
+        return True
+
+    def with_caller(self, text: str, *, rejoin: bool = False) -> Conversation:
+        """A copy with ``text`` added as the caller's (``rejoin``: as their last message, see
+        :meth:`rejoin_caller`), this conversation unchanged: the prompt a speculative reply is
+        generated from (the same as this one's after ``add_caller(text)`` or ``rejoin_caller``)."""
         twin = Conversation(self.system_prompt, self.context, list(self.messages), dict(self.generated), self.key)
         twin._pending_caller, twin._first = self._pending_caller, self._first
-        twin.add_caller(text)
+        if not (rejoin and twin.rejoin_caller(text)):
+            twin.add_caller(text)
         return twin
 
     def add_agent(self, text: str, tokens: list[int] | None = None, reply_id: str | None = None) -> None:

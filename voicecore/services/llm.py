@@ -149,6 +149,18 @@ class LlamaLLMProcessor(FrameProcessor):
         self._pause_id: int | None = None  # the caller's current pause (None: speaking or no turn)
         self.speculation = SpeculationStats()
         self.shortened_replies = 0  # replies given fewer tokens because other calls loaded the model
+        # Rejoined turns (the turn detector undid a false end of turn): the utterance's words are
+        # in the conversation, and nothing was done on them that cannot be taken back
+        self._acted = False  # since the utterance began: a tool, a dialogue, the session answered
+        self._utterance_said = False  # a part of the utterance entered the conversation
+        self._rejoining = False  # the caller's current turn continues the last one
+        self.rejoined_turns = 0
+
+    @property
+    def may_rejoin(self) -> bool:
+        """A new caller turn may still continue the last one: only a reply from the model or the
+        facts answered it (a booking, a message taken, a consent answer cannot be taken back)."""
+        return not self._acted
 
     @property
     def conversation(self) -> Conversation:
@@ -169,6 +181,10 @@ class LlamaLLMProcessor(FrameProcessor):
         elif isinstance(frame, (VADUserStartedSpeakingFrame, UserStartedSpeakingFrame)):
             self._pause_id = None
             self._drop_held()  # the caller went on: the reply to the pause's words is not wanted
+        if isinstance(frame, UserStartedSpeakingFrame):
+            self._rejoining = bool(frame.metadata.get("rejoins")) and not self._acted
+            if not self._rejoining:  # a new utterance
+                self._acted = self._utterance_said = False
         if isinstance(frame, TranscriptionFrame) and direction == FrameDirection.DOWNSTREAM and not frame.text.strip():
             # A turn with no words (noise, a cough). If an earlier caller message is still
             # unanswered because the caller went on speaking, answer it now.
@@ -180,14 +196,25 @@ class LlamaLLMProcessor(FrameProcessor):
             return
         if isinstance(frame, TranscriptionFrame) and direction == FrameDirection.DOWNSTREAM:
             timeline = frame.metadata.get("timeline") or TurnTimeline()
+            # the whole utterance, both parts transcribed as one: it takes the last part's place
+            if timeline.rejoined:  # (a late transcript of the part before leaves the flag be)
+                timeline.rejoined = self._rejoining and self._utterance_said and not self._acted
+                self._rejoining = False
+            rejoin = timeline.rejoined
             if self._on_caller_text is not None and self._on_caller_text(frame.text, timeline) is False:
                 # The session answered this turn itself (a consent answer, an opt-out): no reply here.
+                self._acted = True
                 self._drop_held()
                 await self._stop_generation()
                 return
-            self._conversation.add_caller(frame.text)
-            # what the caller said as heard (the history holds it redacted): the fact answers read it
-            self._unanswered = f"{self._unanswered} {frame.text}".strip()
+            if rejoin and self._conversation.rejoin_caller(frame.text):
+                self.rejoined_turns += 1
+                self._unanswered = frame.text
+            else:
+                self._conversation.add_caller(frame.text)
+                # what the caller said as heard (the history holds it redacted): the fact answers read it
+                self._unanswered = f"{self._unanswered} {frame.text}".strip()
+            self._utterance_said = True
             await self._stop_generation()
             if self._caller_speaking:
                 # The caller already went on speaking: answer once their new turn ends
@@ -250,7 +277,8 @@ class LlamaLLMProcessor(FrameProcessor):
         if not self._speculate or frame.pause_id != self._pause_id or not self._caller_speaking or self.busy:
             return
         self._drop_held()
-        said = f"{self._unanswered} {frame.text}".strip()
+        rejoin = self._rejoining and self._utterance_said  # the whole utterance: it replaces the last part
+        said = frame.text.strip() if rejoin else f"{self._unanswered} {frame.text}".strip()
         text = self._reply_from_data(said)
         if text is None:
             return
@@ -264,7 +292,7 @@ class LlamaLLMProcessor(FrameProcessor):
         if self._model_busy():
             self.speculation.skipped_busy += 1
             return
-        twin = self._conversation.with_caller(frame.text)
+        twin = self._conversation.with_caller(frame.text, rejoin=rejoin)
         prompt = self._engine.prompt_tokens(twin.prompt_messages(), twin.generated)
         held = HeldReply(frame.pause_id, said, prompt=prompt,
                          max_tokens=min(self._params.max_tokens, HeldReply.max_tokens))  # fmt: skip
@@ -477,16 +505,23 @@ class LlamaLLMProcessor(FrameProcessor):
         start.metadata["reply_id"] = reply_id
         said, self._unanswered = self._unanswered, ""
         held = self._take_held()  # a reply started at the pause: released if it answers these words
+        if said and self._reply_from_data(said) is None:
+            self._acted = True  # a dialogue that reads and writes the calendar, a tool action
         answer = self._facts.answer(said) if self._facts is not None and said else None
         tool = self._tool_turn(said) if said and self.tools is not None else None
+        if tool is not None:
+            self._acted = True  # a tool's turn (a message, an offer) is not taken back by a rejoin
         if tool is not None and tool.text is None:
             if held is not None:
                 self.speculation.waste(held)
             return  # the session says the goodbye or the announcement
         booking_reply = tool.text if tool is not None else (
             await self._booking_turn(said, answer) if said and self._new_booking is not None else None)
+        if booking_reply is not None:
+            self._acted = True  # the booking or appointment dialogue moved on
         if booking_reply is None and self.tools is not None and getattr(answer, "topic", None) == "unknown":
             booking_reply = self.tools.offer(answer.text)  # type: ignore[union-attr]  # a message or a person
+            self._acted = True  # an offer made: the tools wait for its answer
         if booking_reply is not None or answer is not None:
             # the booking dialogue's turn, or a question about the facts: answered from the data,
             # the model is not asked

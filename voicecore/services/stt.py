@@ -296,6 +296,11 @@ class SpeculativeTranscriber:
     def samples(self) -> int:
         return self._samples
 
+    @property
+    def chunks(self) -> list[np.ndarray]:
+        """The turn's audio so far (int16 pieces)."""
+        return list(self._chunks)
+
     def reset(self) -> None:
         self._discard_job()
         self._chunks = []
@@ -358,7 +363,11 @@ class WhisperSTTProcessor(FrameProcessor):
     """Pipecat processor: caller audio + speaking frames in, ``TranscriptionFrame`` out.
 
     The final transcript carries the turn's timeline (``metadata["timeline"]``)
-    with ``stt_final`` set. Empty transcripts (noise, a cough) end nothing.
+    with ``stt_final`` set. Empty transcripts (noise, a cough) end nothing. A turn that rejoins
+    the last one (``UserStartedSpeakingFrame.metadata["rejoins"]``: the turn detector undid a false
+    end of turn) is transcribed from the last turn's audio, the gap and its own: one transcript of
+    the whole utterance. ``rejoin_within_ms`` (the turn detector's): how long after a turn its
+    audio is kept for that.
     """
 
     def __init__(
@@ -369,6 +378,7 @@ class WhisperSTTProcessor(FrameProcessor):
         user_id: str = "caller",
         min_utterance_ms: int = 200,
         fallback_reply: str | None = None,
+        rejoin_within_ms: int | None = None,
         name: str | None = None,
     ):
         super().__init__(name=name or "WhisperSTT")
@@ -379,7 +389,14 @@ class WhisperSTTProcessor(FrameProcessor):
         self._fallback = fallback_reply
         self._speculator = SpeculativeTranscriber(self._transcribe)
         self._preroll: list[np.ndarray] = []
+        # the last turn's audio and everything after it, while a turn may still rejoin it (the
+        # onset a turn detector waits for, and a pre-roll, on top of rejoin_within_ms)
+        self._keep_after_turn = 0 if rejoin_within_ms is None else int((rejoin_within_ms + 1000) * SAMPLE_RATE / 1000)
+        self._last_turn: list[np.ndarray] = []
+        self._after_turn: list[np.ndarray] = []
+        self._after_turn_len = 0
         self._in_turn = False
+        self.rejoins = 0  # turns transcribed together with the one before
         self._final_tasks: set[asyncio.Task] = set()
         self.backend_failures: list[dict[str, str]] = []  # {"kind", "backend", "error"} per failed turn
 
@@ -406,14 +423,26 @@ class WhisperSTTProcessor(FrameProcessor):
                 keep = int(PREROLL_SECONDS * SAMPLE_RATE)
                 while sum(a.size for a in self._preroll) - self._preroll[0].size >= keep:
                     self._preroll.pop(0)
+                if self._last_turn:
+                    self._after_turn.append(samples)
+                    self._after_turn_len += samples.size
+                    if self._after_turn_len > self._keep_after_turn:  # no turn can rejoin it now
+                        self._last_turn, self._after_turn, self._after_turn_len = [], [], 0
             return  # audio stops here: nothing downstream needs it
         if isinstance(frame, UserStartedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
             # A transcriber per turn: the previous turn may still be finishing its transcript.
             self._in_turn = True
             self._speculator = SpeculativeTranscriber(self._transcribe)
-            for chunk in self._preroll:
+            if frame.metadata.get("rejoins") and self._last_turn:
+                # the same utterance as the last turn: transcribe both parts as one
+                self.rejoins += 1
+                seed = self._last_turn + self._after_turn
+            else:
+                seed = self._preroll
+            for chunk in seed:
                 self._speculator.append(chunk)
             self._preroll = []
+            self._last_turn, self._after_turn, self._after_turn_len = [], [], 0
         elif isinstance(frame, VADUserStartedSpeakingFrame) and self._in_turn:
             self._speculator.resume()
         elif isinstance(frame, SpeechTrailingFrame):
@@ -431,6 +460,8 @@ class WhisperSTTProcessor(FrameProcessor):
                 self._report_pause(job, pause_id)
         elif isinstance(frame, UserStoppedSpeakingFrame) and self._in_turn:
             self._in_turn = False
+            if self._keep_after_turn:
+                self._last_turn = self._speculator.chunks
             timeline = frame.metadata.get("timeline") or TurnTimeline(speech_end=time.monotonic())
             task = self.create_task(self._finish_turn(self._speculator, timeline))
             self._final_tasks.add(task)

@@ -31,6 +31,7 @@ import asyncio
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -306,6 +307,12 @@ class TurnDetector:
     current turn's audio (with a short pre-roll) is kept for smart-turn. Smart-turn's answer
     and the transcript cue come back in through :meth:`smart_turn_says_complete` and
     :meth:`transcript_at_pause`; :meth:`end_turn` closes a turn that ended.
+
+    A turn that starts within ``rejoin_within_ms`` of the end of the last turn's speech, while the
+    agent has not yet played out an answer to it (and ``may_rejoin`` allows: nothing was done on
+    the last turn's words that cannot be taken back), *rejoins* it (:attr:`rejoined`): it is the
+    same utterance, cut by a false end of turn. Its audio for smart-turn then starts with the
+    last turn's.
     """
 
     def __init__(self, params: TurnTaking, analyzer: FrameVAD):
@@ -327,12 +334,36 @@ class TurnDetector:
         self._turn_audio_len = 0
         self._preroll: list[np.ndarray] = []
         self._preroll_len = 0
+        #: the session may veto a rejoin (something was done on the last turn's words)
+        self.may_rejoin: Callable[[], bool] = lambda: True
+        self.rejoined = False  # the current (or last) turn continues the one before it
+        self.last_end_voiced: int | None = None  # where the last ended turn's speech ended (samples)
+        self.agent_done = False  # the agent finished speaking since the last turn ended
+        # the last ended turn's audio and what came after it (kept for a rejoin, while one may come)
+        self._last_turn: list[np.ndarray] = []
+        self._last_turn_len = 0
 
     def restart(self) -> None:
         """A new stream (Pipecat ``StartFrame``): no turn open, the agent silent."""
         self.turn = TurnState(self.params)
         self.agent_speaking = False
         self._agent_levels.clear()
+        self.last_end_voiced, self.rejoined = None, False
+        self._last_turn, self._last_turn_len = [], 0
+
+    def agent_stopped(self) -> None:
+        """The agent's audio stopped playing (the shell says so)."""
+        self.agent_speaking = False
+        if not self.turn.in_turn:
+            self.agent_done = True
+
+    def _rejoins(self, onset_sample: int) -> bool:
+        """Speech starting at ``onset_sample`` continues the last turn (see the class)."""
+        within = self.params.rejoin_within_ms
+        if within is None or self.last_end_voiced is None or self.agent_done:
+            return False
+        gap_ms = (onset_sample - self.last_end_voiced) * 1000 / PIPELINE_SAMPLE_RATE
+        return gap_ms <= within and self.may_rejoin()
 
     @property
     def in_turn(self) -> bool:
@@ -385,8 +416,15 @@ class TurnDetector:
         events = self.turn.on_vad(state, self.samples, self.analyzer.voiced_end)
         if TurnEvent.SPEECH_STARTED in events:
             self.barged_in = barge_in
-            self._turn_audio, self._turn_audio_len = self._preroll, self._preroll_len
+            onset_ms = self.params.barge_in_ms if barge_in else self.params.speech_start_ms
+            self.rejoined = self._rejoins(self.samples - self.analyzer.samples_for(onset_ms))
+            if self.rejoined and self._last_turn:  # the last turn's audio, the gap and this onset
+                self._turn_audio, self._turn_audio_len = self._last_turn, self._last_turn_len
+                self._trim_turn_audio()
+            else:
+                self._turn_audio, self._turn_audio_len = self._preroll, self._preroll_len
             self._preroll, self._preroll_len = [], 0
+            self._last_turn, self._last_turn_len = [], 0
         return events
 
     def transcript_at_pause(self, pause_id: int, text: str) -> list[TurnEvent]:
@@ -400,20 +438,35 @@ class TurnDetector:
         return np.concatenate(self._turn_audio) if self._turn_audio else np.zeros(0, np.int16)
 
     def end_turn(self) -> float:
-        """Forget the ended turn's audio; returns how long it was (ms)."""
+        """Close the ended turn (its audio is kept while a rejoin may come); returns how long it
+        was (ms)."""
         ms = self._turn_audio_len * 1000 / PIPELINE_SAMPLE_RATE
+        self.last_end_voiced = self.turn.last_voiced_end
+        self.agent_done = False
+        if self.params.rejoin_within_ms is not None:
+            self._last_turn, self._last_turn_len = self._turn_audio, self._turn_audio_len
         self._turn_audio, self._turn_audio_len = [], 0
         return ms
+
+    def _trim_turn_audio(self) -> None:
+        limit = SmartTurnEngine.MAX_SECONDS * PIPELINE_SAMPLE_RATE
+        while self._turn_audio and self._turn_audio_len - self._turn_audio[0].size > limit:
+            self._turn_audio_len -= self._turn_audio.pop(0).size
 
     def _keep_audio(self, samples: np.ndarray) -> None:
         """The current turn's audio (for smart-turn), and a short pre-roll before it."""
         if self.turn.in_turn:
             self._turn_audio.append(samples)
             self._turn_audio_len += samples.size
-            limit = SmartTurnEngine.MAX_SECONDS * PIPELINE_SAMPLE_RATE
-            while self._turn_audio_len - self._turn_audio[0].size > limit:
-                self._turn_audio_len -= self._turn_audio.pop(0).size
+            self._trim_turn_audio()
         else:
+            if self._last_turn and self.last_end_voiced is not None:
+                gap_ms = (self.samples - self.last_end_voiced) * 1000 / PIPELINE_SAMPLE_RATE
+                if gap_ms <= (self.params.rejoin_within_ms or 0) + self.params.speech_start_ms:
+                    self._last_turn.append(samples)
+                    self._last_turn_len += samples.size
+                else:  # no rejoin can come any more
+                    self._last_turn, self._last_turn_len = [], 0
             self._preroll.append(samples)
             self._preroll_len += samples.size
             while self._preroll_len - self._preroll[0].size > PREROLL_S * PIPELINE_SAMPLE_RATE:
@@ -432,18 +485,24 @@ class VADTurnProcessor(FrameProcessor):
         *,
         smart_turn: SmartTurnEngine | None = None,
         silero: SileroVADEngine | None = None,
+        may_rejoin: Callable[[], bool] | None = None,
         name: str | None = None,
     ):
+        """``may_rejoin``: whether a turn may still rejoin the last one (nothing was done on its
+        words that cannot be taken back: :attr:`TurnDetector.may_rejoin`)."""
         super().__init__(name=name or "VADTurn")
         self._params = params
         self._analyzer = make_analyzer(params, silero)
         self._detector = TurnDetector(params, self._analyzer)
+        if may_rejoin is not None:
+            self._detector.may_rejoin = may_rejoin
         self._smart_turn = smart_turn if params.smart_turn else None
         self._voiced_time = 0.0  # monotonic time the speech of the last voiced audio ended
         self._smart_task: asyncio.Task | None = None
         self.barge_ins: list[float] = []  # when caller speech interrupted agent speech (monotonic)
         self.barge_in_samples: list[int] = []  # ... and where, in the caller audio (samples at 16 kHz)
         self.agent_frames = 0  # frames of agent audio the output reported (agent_audio)
+        self.rejoins = 0  # turns that continued the one before (a false end of turn undone)
 
     @property
     def in_turn(self) -> bool:
@@ -477,7 +536,7 @@ class VADTurnProcessor(FrameProcessor):
         if isinstance(frame, BotStartedSpeakingFrame):
             self._detector.agent_speaking = True
         elif isinstance(frame, BotStoppedSpeakingFrame):
-            self._detector.agent_speaking = False
+            self._detector.agent_stopped()
         elif isinstance(frame, (EndFrame, CancelFrame)):
             await self._cancel_smart_turn()
         if isinstance(frame, StartFrame):
@@ -508,7 +567,15 @@ class VADTurnProcessor(FrameProcessor):
                 await self.broadcast_interruption()
             start_ms = self._params.barge_in_ms if self._detector.barged_in else self._params.speech_start_ms
             await self.push_frame(VADUserStartedSpeakingFrame(start_secs=start_ms / 1000))
-            await self.broadcast_frame(UserStartedSpeakingFrame)
+            started = UserStartedSpeakingFrame()
+            if self._detector.rejoined:
+                # the same utterance as the last turn: the STT transcribes both parts as one and
+                # the agent answers them as one message
+                started.metadata["rejoins"] = True
+                self.rejoins += 1
+                logger.debug(f"{self}: speech again {self._params.rejoin_within_ms} ms or less after the turn: "
+                             "it continues that turn")  # fmt: skip
+            await self.broadcast_frame_instance(started)
         elif event == TurnEvent.SPEECH_RESUMED:
             await self._cancel_smart_turn()
             await self.push_frame(VADUserStartedSpeakingFrame(start_secs=self._params.speech_start_ms / 1000))
@@ -542,7 +609,7 @@ class VADTurnProcessor(FrameProcessor):
             await self.cancel_task(task)
 
     async def _end_turn(self, reason: str) -> None:
-        timeline = TurnTimeline(speech_end=self._voiced_time, turn_end=reason)
+        timeline = TurnTimeline(speech_end=self._voiced_time, turn_end=reason, rejoined=self._detector.rejoined)
         voiced_ms = self._detector.end_turn()
         frame = UserStoppedSpeakingFrame()
         frame.metadata["timeline"] = timeline

@@ -326,6 +326,8 @@ class CallSession:
             self.record.flags["speculation"] = {**speculation.as_flag(),
                                                 "audio_prepared": getattr(tts, "prepared_clauses", 0),
                                                 "audio_spoken": getattr(tts, "prepared_spoken", 0)}  # fmt: skip
+        if getattr(llm, "rejoined_turns", 0):  # false ends of turn undone: the caller went on at once
+            self.record.flags["turns_rejoined"] = llm.rejoined_turns  # type: ignore[union-attr]
         tts_stage = getattr(self._call, "tts", None)
         shortened, short_first = getattr(llm, "shortened_replies", 0), getattr(tts_stage, "short_first_clauses", 0)
         if shortened or short_first:  # what the load made shorter (replies, first clauses)
@@ -535,8 +537,16 @@ class CallSession:
     # -- transcript --------------------------------------------------------------------------
 
     def _caller_said(self, text: str, timeline: TurnTimeline) -> bool:
-        """Every final caller transcript; ``False`` when the session answers the turn itself."""
-        self.record.turns.append(Turn(role="caller", text=text, timeline=timeline))
+        """Every final caller transcript; ``False`` when the session answers the turn itself.
+        A turn that rejoined the last one (``timeline.rejoined``) is the whole utterance: it takes
+        the place of the caller turn it continues."""
+        turn = Turn(role="caller", text=text, timeline=timeline)
+        last = next((i for i in range(len(self.record.turns) - 1, -1, -1)
+                     if self.record.turns[i].role == "caller" and self.record.turns[i].kind is None), None)  # fmt: skip
+        if timeline.rejoined and last is not None:
+            self.record.turns[last] = turn
+        else:
+            self.record.turns.append(turn)
         self._changed()
         policy = self.policy
         if policy is None:

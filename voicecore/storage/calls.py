@@ -249,7 +249,8 @@ class CallRepository:
                     timeline = None
                     if turn.timeline is not None:
                         timeline = {**turn.timeline.relative_ms(), "voice_to_voice_ms": turn.timeline.voice_to_voice_ms(),
-                                    "turn_end": turn.timeline.turn_end, "speculative": turn.timeline.speculative}
+                                    "turn_end": turn.timeline.turn_end, "speculative": turn.timeline.speculative,
+                                    "rejoined": turn.timeline.rejoined}
                     turn_rows.append(
                         {
                             "tenant_id": tid,
