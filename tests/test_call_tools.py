@@ -125,6 +125,16 @@ def test_a_dont_know_answer_offers_a_message_and_a_yes_takes_it() -> None:
     assert tools.handle("what time do you close?") is None and tools.handle("yes") is None
 
 
+@pytest.mark.parametrize("line", ["Could you tell me the address again, please?", "What time do you close, please",
+                                  "Is that right?"])  # fmt: skip
+def test_a_question_about_something_else_is_no_yes_to_the_offer(line: str) -> None:
+    tools = CallTools(ALL)
+    tools.offer(DONT_KNOW)
+    assert tools.handle(line) is None  # the facts or the model answer it; no message is started
+    tools.offer(DONT_KNOW)
+    assert tools.handle("Yes, please.").text.startswith("Of course. What would you like me to tell")
+
+
 def test_both_offered_the_caller_picks_a_person() -> None:
     tools = CallTools(ALL)
     assert "take a message, or put you through" in tools.offer(DONT_KNOW)

@@ -9,16 +9,29 @@ silence at the end and the start of its audio, about 400 ms in all: about 650 ms
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from pipecat.audio.vad.vad_analyzer import VADState
+from pipecat.frames.frames import (
+    LLMTextFrame,
+    TranscriptionFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.tests.utils import SleepFrame, run_test
 
-from voicecore.config import TurnTaking
+from voicecore.agent.call_tools import CallTools
+from voicecore.agent.facts import FactBook
+from voicecore.config import LLMParams, TurnTaking, load_pipeline
+from voicecore.records import TurnTimeline
 from voicecore.services.conversation import (
     ChatMessage,
     Conversation,
     PassThroughContext,
 )
+from voicecore.services.llm import LlamaLLMProcessor
 from voicecore.services.vad import TurnDetector, TurnEvent
 from voicecore.session import CallSession
 from voicecore.transports.file import (
@@ -207,3 +220,75 @@ async def test_without_rejoining_the_same_utterance_is_two_turns(pool, reception
     callers = [t for t in record.turns if t.role == "caller"]
     assert session.pipeline.vad.rejoins == 0
     assert len(callers) == 2, [t.text for t in callers]
+
+
+# --------------------------------------------------------------------------- the LLM processor
+
+
+def spoke(text: str, *, rejoins: bool = False) -> list:
+    """One caller turn's frames as the turn detector and the STT send them (``rejoins``: it continues
+    the last turn)."""
+    started = UserStartedSpeakingFrame()
+    if rejoins:
+        started.metadata["rejoins"] = True
+    final = TranscriptionFrame(text=text, user_id="caller", timestamp="now", finalized=True)
+    final.metadata["timeline"] = TurnTimeline(rejoined=rejoins)
+    return [started, UserStoppedSpeakingFrame(), final]
+
+
+def replied(proc: LlamaLLMProcessor, timeout_s: float = 60.0):  # noqa: ANN201
+    """Short sleeps until the last message is an agent reply and no reply is being made."""
+    deadline = time.monotonic() + timeout_s
+    yield SleepFrame(0.1)
+    while time.monotonic() < deadline and (proc.busy or proc.conversation.messages[-1].role != "assistant"):
+        yield SleepFrame(0.05)
+
+
+def receptionist_processor(pool, **kw) -> LlamaLLMProcessor:  # noqa: ANN001, ANN003
+    config = load_pipeline("pipelines/receptionist.yaml")
+    assert config.facts is not None
+    conversation = Conversation(system_prompt="You are a receptionist.", context=PassThroughContext())
+    return LlamaLLMProcessor(pool.llm("default"), conversation, LLMParams(max_tokens=24, temperature=0.0),
+                             fallback_reply="Sorry?", facts=FactBook(config.facts), tools=CallTools(config.tools),
+                             **kw)  # fmt: skip
+
+
+@pytest.mark.models
+async def test_a_rejoin_takes_back_the_call_tools_step_and_answers_the_whole_utterance(pool) -> None:
+    proc = receptionist_processor(pool)
+    declined = "Alright. Is there anything else I can help with?"
+
+    def frames():  # noqa: ANN202
+        yield from spoke("Do you sell toothbrushes?")  # not in the facts: the tools offer a message or a person
+        yield from replied(proc)
+        yield from spoke("No,")  # declines the offer: the tools' state moves on (no offer open)
+        yield from replied(proc)
+        assert proc.may_rejoin  # only the tools' state changed, and it can be restored
+        yield from spoke("No, thank you.", rejoins=True)
+        yield from replied(proc)
+
+    down, _ = await run_test(proc, frames_to_send=frames(), expected_down_frames=None)
+    messages = [(m.role, m.content) for m in proc.conversation.messages]
+    assert proc.rejoined_turns == 1
+    # one message for the whole utterance; the reply to its first part was taken out
+    assert [r for r, _ in messages] == ["user", "assistant", "user", "assistant"], messages
+    assert messages[2][1] == "No, thank you."
+    # the whole utterance was answered from the tools' state before its first part (the offer still
+    # open), as the first part was; with the offer gone it is not the tools' turn at all
+    first_part, whole = [f.text for f in down if isinstance(f, LLMTextFrame)][-2:]
+    assert first_part == whole == declined, (first_part, whole)
+
+
+@pytest.mark.models
+async def test_after_a_booking_step_a_new_turn_does_not_rejoin(pool) -> None:
+    def no_calendar():  # noqa: ANN202
+        raise RuntimeError("no calendar in this test")
+
+    proc = receptionist_processor(pool, booking=no_calendar)
+
+    def frames():  # noqa: ANN202
+        yield from spoke("I'd like to book a cleaning next Tuesday.")
+        yield from replied(proc)
+
+    await run_test(proc, frames_to_send=frames(), expected_down_frames=None)
+    assert not proc.may_rejoin

@@ -87,8 +87,16 @@ def wants_to_end(text: str) -> bool:
     return bool(END_INTENT.search(low)) and not NOT_AN_END.search(low)
 
 
+#: A question that starts so asks for something else: its "please" or "right" is no yes to an offer.
+QUESTION_STARTS = {"could", "can", "would", "will", "what", "where", "when", "how", "who", "why", "which", "do",
+                   "does", "is", "are"}  # fmt: skip
+
+
 def _yes(text: str) -> bool:
-    words = set(_low(text).split())
+    listed = _low(text).split()
+    words = set(listed)
+    if listed and listed[0] in QUESTION_STARTS and (text.rstrip().endswith("?") or len(listed) > 4):
+        return False  # "Could you tell me the address again, please?"
     return not (words & NO) and (bool(words & YES) or any(re.search(p, _low(text)) for p in YES_PHRASES))
 
 

@@ -151,15 +151,17 @@ class LlamaLLMProcessor(FrameProcessor):
         self.shortened_replies = 0  # replies given fewer tokens because other calls loaded the model
         # Rejoined turns (the turn detector undid a false end of turn): the utterance's words are
         # in the conversation, and nothing was done on them that cannot be taken back
-        self._acted = False  # since the utterance began: a tool, a dialogue, the session answered
+        self._acted = False  # since the utterance began: a tool action, a dialogue, the session answered
+        self._tools_before: CallTools | None = None  # the call tools' state before the utterance was answered
         self._utterance_said = False  # a part of the utterance entered the conversation
         self._rejoining = False  # the caller's current turn continues the last one
         self.rejoined_turns = 0
 
     @property
     def may_rejoin(self) -> bool:
-        """A new caller turn may still continue the last one: only a reply from the model or the
-        facts answered it (a booking, a message taken, a consent answer cannot be taken back)."""
+        """A new caller turn may still continue the last one: nothing was done on the utterance so far
+        that cannot be taken back (a reply from the model, the facts or the call tools' questions can
+        be; a booking step, a message taken, a transfer, a consent answer cannot)."""
         return not self._acted
 
     @property
@@ -185,6 +187,7 @@ class LlamaLLMProcessor(FrameProcessor):
             self._rejoining = bool(frame.metadata.get("rejoins")) and not self._acted
             if not self._rejoining:  # a new utterance
                 self._acted = self._utterance_said = False
+                self._tools_before = None
         if isinstance(frame, TranscriptionFrame) and direction == FrameDirection.DOWNSTREAM and not frame.text.strip():
             # A turn with no words (noise, a cough). If an earlier caller message is still
             # unanswered because the caller went on speaking, answer it now.
@@ -210,6 +213,8 @@ class LlamaLLMProcessor(FrameProcessor):
             if rejoin and self._conversation.rejoin_caller(frame.text):
                 self.rejoined_turns += 1
                 self._unanswered = frame.text
+                if self._tools_before is not None:  # an offer made, a message dialogue's step: taken back
+                    self.tools = copy.deepcopy(self._tools_before)
             else:
                 self._conversation.add_caller(frame.text)
                 # what the caller said as heard (the history holds it redacted): the fact answers read it
@@ -243,20 +248,24 @@ class LlamaLLMProcessor(FrameProcessor):
         held, self._held = self._held, None
         return held
 
+    def _dialogue_turn(self, said: str) -> bool:
+        """``said`` goes to the booking or appointment dialogue (which reads and writes the calendar)."""
+        if (self._booking is not None and self._booking.state not in FINISHED) \
+                or (self._change is not None and not self._change.finished):  # fmt: skip
+            return True
+        if self._new_booking is not None and wants_booking(said):
+            return True
+        services = self._facts.facts.services if self._facts is not None else []
+        return self._new_change is not None and change_intent(said, services, own=False) is not None
+
     def _reply_from_data(self, said: str) -> str | None:
         """What :meth:`_respond` would answer ``said`` with from the data, without changing anything:
         the text of a facts or call-tools reply, "" when the model would answer, None when the turn
         is not for speculation (a booking or appointment dialogue, which reads and writes the
         calendar; a tool action such as a goodbye or a transfer)."""
-        if (self._booking is not None and self._booking.state not in FINISHED) \
-                or (self._change is not None and not self._change.finished):  # fmt: skip
+        if self._dialogue_turn(said):
             return None
         if self.tools is not None and self.tools.busy:
-            return None
-        if self._new_booking is not None and wants_booking(said):
-            return None
-        services = self._facts.facts.services if self._facts is not None else []
-        if self._new_change is not None and change_intent(said, services, own=False) is not None:
             return None
         answer = self._facts.answer(said) if self._facts is not None else None
         if self.tools is not None:
@@ -505,23 +514,24 @@ class LlamaLLMProcessor(FrameProcessor):
         start.metadata["reply_id"] = reply_id
         said, self._unanswered = self._unanswered, ""
         held = self._take_held()  # a reply started at the pause: released if it answers these words
-        if said and self._reply_from_data(said) is None:
-            self._acted = True  # a dialogue that reads and writes the calendar, a tool action
+        if said and self._dialogue_turn(said):
+            self._acted = True  # a booking step is not taken back by a rejoin (set before the calendar is read)
+        if self.tools is not None and self._tools_before is None:
+            self._tools_before = copy.deepcopy(self.tools)  # a rejoin of this utterance restores it
         answer = self._facts.answer(said) if self._facts is not None and said else None
         tool = self._tool_turn(said) if said and self.tools is not None else None
-        if tool is not None:
-            self._acted = True  # a tool's turn (a message, an offer) is not taken back by a rejoin
+        if tool is not None and tool.action is not None:
+            self._acted = True  # a message taken, a transfer, a goodbye
         if tool is not None and tool.text is None:
             if held is not None:
                 self.speculation.waste(held)
             return  # the session says the goodbye or the announcement
         booking_reply = tool.text if tool is not None else (
             await self._booking_turn(said, answer) if said and self._new_booking is not None else None)
-        if booking_reply is not None:
+        if tool is None and booking_reply is not None:
             self._acted = True  # the booking or appointment dialogue moved on
         if booking_reply is None and self.tools is not None and getattr(answer, "topic", None) == "unknown":
             booking_reply = self.tools.offer(answer.text)  # type: ignore[union-attr]  # a message or a person
-            self._acted = True  # an offer made: the tools wait for its answer
         if booking_reply is not None or answer is not None:
             # the booking dialogue's turn, or a question about the facts: answered from the data,
             # the model is not asked

@@ -363,7 +363,12 @@ class TurnDetector:
         if within is None or self.last_end_voiced is None or self.agent_done:
             return False
         gap_ms = (onset_sample - self.last_end_voiced) * 1000 / PIPELINE_SAMPLE_RATE
-        return gap_ms <= within and self.may_rejoin()
+        if gap_ms > within:
+            return False
+        if not self.may_rejoin():
+            logger.debug(f"speech again {gap_ms:.0f} ms after the turn: not a rejoin (its answer did something)")
+            return False
+        return True
 
     @property
     def in_turn(self) -> bool:
