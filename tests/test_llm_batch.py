@@ -275,6 +275,40 @@ async def test_replies_past_their_first_clause_pause_for_urgent_work(batched):
 
 
 @models
+async def test_beside_other_model_work_the_decoder_uses_half_its_threads_and_the_same_tokens(single, batched):
+    """While other model work runs (a transcription, a synthesis), decodes run on half the threads
+    (llama.cpp's spinning threads would fight theirs for the cores); the reply is token for token
+    the one the single engine gives on all its threads."""
+    conv = conversation("Do you fix chipped teeth?", system="You are agent W, at a dental office.")
+    reference = await fresh(single, conv)
+    decoder = batched._batch
+    assert decoder.n_threads == 2 and decoder.n_threads_shared == 1  # the default preset, on 2 cores
+    decoder.shared_steps = 0
+    release = threading.Event()
+
+    def other_work() -> None:
+        with batched.cpu.running():
+            release.wait(30)
+
+    worker = threading.Thread(target=other_work, daemon=True)
+    worker.start()
+    try:
+        while not batched.cpu.others_running:
+            await asyncio.sleep(0.01)
+        shared = await batched.generate(conv.key, prompt_of(batched, conv), GREEDY, threading.Event())
+    finally:
+        release.set()
+        worker.join()
+    assert decoder.shared_steps >= shared.stats.generated_tokens > 0  # every decode of it on one thread
+    assert shared.tokens == reference.tokens, (reference.text, shared.text)
+    batched.forget(conv.key)
+    decoder.shared_steps = 0
+    alone = await batched.generate(conv.key, prompt_of(batched, conv), GREEDY, threading.Event())
+    assert decoder.shared_steps == 0 and alone.tokens == reference.tokens
+    batched.forget(conv.key)
+
+
+@models
 async def test_a_reply_short_of_its_first_clause_does_not_pause(batched):
     """A reply that has no clause out yet is itself what a caller waits for: urgent work running
     all along does not pause it (under load, such pauses starved first clauses)."""

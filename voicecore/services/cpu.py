@@ -12,6 +12,13 @@ for other calls' first clauses starved them.) The
 LLM checks between tokens and pauses while urgent work runs, for a bounded time
 so it never starves when urgent work never stops (many concurrent calls).
 
+Other model work running beside the LLM (any transcription or synthesis, urgent or not:
+:meth:`CpuPriority.running`) also makes the batched LLM decode on fewer threads (half, at
+least one): llama.cpp's threads wait for each other by spinning, and beside Whisper's and
+Piper's threads on two cores they spun more than they computed (at N = 8 calls on 2 cores,
+voice-to-voice p95 2.0-3.6 s with the LLM on 2 threads, 1.4 s on 1; on 1 thread alone a
+single call's p95 rose 700 → 810 ms: hence only while other work runs).
+
 One arbiter per process, shared by every model through the model pool.
 """
 
@@ -27,6 +34,7 @@ class CpuPriority:
     def __init__(self, max_pause_s: float = 0.3):
         self.max_pause_s = max_pause_s
         self._urgent = 0
+        self._running = 0  # model work of any kind (urgent or not) running now
         self._cond = threading.Condition()
         self.pauses = 0  # times a background step waited (for benchmarks and tests)
 
@@ -34,16 +42,34 @@ class CpuPriority:
     def urgent_running(self) -> int:
         return self._urgent
 
+    @property
+    def others_running(self) -> int:
+        """Model work other than the LLM running now (:meth:`running`, :meth:`urgent`)."""
+        return self._running
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Run the block as model work beside the LLM (thread-safe, re-entrant)."""
+        with self._cond:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+
     @contextmanager
     def urgent(self) -> Iterator[None]:
-        """Run the block as urgent work (thread-safe, re-entrant)."""
+        """Run the block as urgent work (thread-safe, re-entrant); it is also :meth:`running`."""
         with self._cond:
             self._urgent += 1
+            self._running += 1
         try:
             yield
         finally:
             with self._cond:
                 self._urgent -= 1
+                self._running -= 1
                 if self._urgent == 0:
                     self._cond.notify_all()
 

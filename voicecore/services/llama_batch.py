@@ -200,6 +200,12 @@ class BatchDecoder:
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         self.cpu = cpu or CpuPriority()
+        # threads per decode: all of n_threads alone, half (at least one) while other model work runs
+        # (CpuPriority.running: llama.cpp's spinning threads and theirs would share the cores)
+        self.n_threads = n_threads
+        self.n_threads_shared = max(1, n_threads // 2)
+        self._threads = n_threads
+        self.shared_steps = 0  # decodes on n_threads_shared (benchmarks, tests)
         self.max_saved = max_saved
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._sequences = [_Sequence(i) for i in range(sequences)]
@@ -495,6 +501,12 @@ class BatchDecoder:
     def _decode(self, n: int, seqs: list[_Sequence]) -> bool:
         """Decode the batch's first ``n`` tokens; on failure the sequences' jobs fail and their cells are dropped."""
         self._batch.n_tokens = n
+        threads = self.n_threads_shared if self.cpu.others_running else self.n_threads
+        if threads != self._threads:
+            llama_cpp.llama_set_n_threads(self._ctx.ctx, threads, threads)
+            self._threads = threads
+        if threads != self.n_threads:
+            self.shared_steps += 1
         ret = llama_cpp.llama_decode(self._ctx.ctx, self._batch)
         self.steps += 1
         if ret == 0:

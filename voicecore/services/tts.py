@@ -179,10 +179,8 @@ class PiperEngine:
         from piper import SynthesisConfig
 
         cfg = SynthesisConfig(length_scale=length_scale, speaker_id=speaker_id)
-        if urgent:
-            with self.cpu.urgent():
-                return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text, syn_config=cfg))
-        return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text, syn_config=cfg))
+        with self.cpu.urgent() if urgent else self.cpu.running():
+            return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text, syn_config=cfg))
 
     PREPARED_SIZE = 16
 
