@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import pytest
 from pydantic import ValidationError
@@ -67,6 +68,26 @@ async def fresh(single, conv: Conversation, params: LLMParams = GREEDY):
         return await single.generate(key, prompt_of(single, conv), params, threading.Event())
     finally:
         single.forget(key)
+
+
+@contextmanager
+def cpu_held(work: Callable[[], AbstractContextManager[None]]) -> Iterator[None]:
+    """Model work (``work``: ``cpu.urgent`` or ``cpu.running``) held in another thread for the block."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with work():
+            held.set()
+            release.wait(30)
+
+    worker = threading.Thread(target=hold, daemon=True)
+    worker.start()
+    held.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        worker.join()
 
 
 QUESTIONS = ["What are your opening hours?", "Where is your office?", "Do you take walk-in patients?"]
@@ -284,21 +305,8 @@ async def test_beside_other_model_work_the_decoder_uses_half_its_threads_and_the
     decoder = batched._batch
     assert decoder.n_threads == 2 and decoder.n_threads_shared == 1  # the default preset, on 2 cores
     decoder.shared_steps = 0
-    release = threading.Event()
-
-    def other_work() -> None:
-        with batched.cpu.running():
-            release.wait(30)
-
-    worker = threading.Thread(target=other_work, daemon=True)
-    worker.start()
-    try:
-        while not batched.cpu.others_running:
-            await asyncio.sleep(0.01)
+    with cpu_held(batched.cpu.running):
         shared = await batched.generate(conv.key, prompt_of(batched, conv), GREEDY, threading.Event())
-    finally:
-        release.set()
-        worker.join()
     assert decoder.shared_steps >= shared.stats.generated_tokens > 0  # every decode of it on one thread
     assert shared.tokens == reference.tokens, (reference.text, shared.text)
     batched.forget(conv.key)
@@ -313,21 +321,10 @@ async def test_a_reply_short_of_its_first_clause_does_not_pause(batched):
     """A reply that has no clause out yet is itself what a caller waits for: urgent work running
     all along does not pause it (under load, such pauses starved first clauses)."""
     conv = conversation("Tell me a long story about dolls.", system="You are agent V, at a toy shop.")
-    release = threading.Event()
-
-    def hold_cpu() -> None:
-        with batched.cpu.urgent():
-            release.wait(5)
-
-    holder = threading.Thread(target=hold_cpu, daemon=True)
-    holder.start()
-    try:
+    with cpu_held(batched.cpu.urgent):
         # three tokens are never four words and a clause end: the reply stays short of its first clause
         result = await batched.generate(conv.key, prompt_of(batched, conv), LLMParams(max_tokens=3, temperature=0.0),
                                         threading.Event())  # fmt: skip
-    finally:
-        release.set()
-        holder.join()
     assert result.stats.generated_tokens == 3
     assert result.stats.paused_s == 0.0, result.stats
     batched.forget(conv.key)
