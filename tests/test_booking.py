@@ -363,3 +363,14 @@ async def test_a_booking_in_a_call_lands_in_the_calendar_and_the_stored_call_wit
     assert stored.flags["appointments"] == record.flags["appointments"]
     assert "Anna" not in str(stored.flags)
     store.close()
+
+
+@pytest.mark.parametrize("line", ["Can you repeat that, please?", "Could you say the time again please",
+                                  "What was the date again, please?"])  # fmt: skip
+def test_a_question_at_the_confirmation_is_no_yes(line: str) -> None:
+    from voicecore.agent.booking import read_turn
+
+    heard = read_turn(line, [], date(2026, 12, 7), "confirm")
+    assert not heard.yes  # "please" in a question asks for something: nothing is booked on it
+    for yes in ("Yes, please.", "Could you book it, please?", "Sounds good."):
+        assert read_turn(yes, [], date(2026, 12, 7), "confirm").yes

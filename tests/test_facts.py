@@ -261,6 +261,19 @@ def test_a_time_or_number_split_across_streamed_pieces_stays_one_clause() -> Non
     assert guard.feed("Sure,") == "Sure,"  # a word's comma at the end of a piece still ends the clause
 
 
+def test_a_web_address_split_across_streamed_pieces_is_checked_whole() -> None:
+    # "www." and "millbrookmotive." each looked like a sentence's end: the address went out in
+    # pieces no check could match (bench dialogue, garage)
+    guard = FactGuard(book())
+    pieces = ["More details are on our website at www", ".", "millbrook", "motive", ".", "com", " today", "."]
+    out = [guard.feed(p) for p in pieces] + [guard.flush()]
+    assert "".join(out) == NOT_SURE and any("millbrookmotive.com" in b for b in guard.blocked)
+    guard = FactGuard(book())
+    assert guard.feed("We are open today.") == ""  # a full stop waits for what follows it ...
+    assert guard.feed(" See") == "We are open today. "  # ... a space: the sentence ended
+    assert guard.flush() == "See"
+
+
 # --------------------------------------------------------------------------- the facts section
 
 

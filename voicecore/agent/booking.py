@@ -98,6 +98,24 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower().replace("'", ""))
 
 
+#: A question that starts so asks for something ("Can you repeat that, please?"): its "please" or
+#: "right" is no yes to what the agent asked.
+QUESTION_STARTS = {"could", "can", "would", "will", "what", "where", "when", "how", "who", "why", "which", "do",
+                   "does", "is", "are"}  # fmt: skip
+
+
+def says_yes(text: str) -> bool:
+    """The caller agrees ("yes", "sounds good", "book it"), and does not ask for something else."""
+    listed = _words(text)
+    words, joined = set(listed), " ".join(listed)
+    if words & NO:
+        return False
+    if any(re.search(p, joined) for p in YES_PHRASES):
+        return True
+    asks = bool(listed) and listed[0] in QUESTION_STARTS and (text.rstrip().endswith("?") or len(listed) > 4)
+    return not asks and bool(words & YES)
+
+
 def _number(token: str) -> int | None:
     if token.isdigit():
         return int(token)
@@ -316,7 +334,7 @@ def read_turn(text: str, services: list[Service], today: date, asked: str | None
     heard = Heard(service=find_service(text, services), day=find_day(text, today), minutes=minutes,
                   ambiguous=ambiguous, part_of_day=part, name=find_name(text, asked == "name"))  # fmt: skip
     heard.no = bool(words & NO)
-    heard.yes = not heard.no and (bool(words & YES) or any(re.search(p, joined) for p in YES_PHRASES))
+    heard.yes = says_yes(text)
     m = CHOICE.search(joined)
     if m:
         heard.choice = {"first": 0, "earlier": 0, "second": 1, "later": 1, "last": -1}[m.group(1) or m.group(2)]

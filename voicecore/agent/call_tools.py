@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from voicecore.agent.booking import GIVE_UP, NO, YES, YES_PHRASES, find_name
+from voicecore.agent.booking import GIVE_UP, NO, find_name, says_yes
 from voicecore.config import TakeMessageTool, Tools
 
 __all__ = ["CallTools", "MessageDialogue", "ToolAction", "ToolReply", "message_body", "wants_message", "wants_person",
@@ -85,19 +85,6 @@ def wants_to_end(text: str) -> bool:
     """The caller ends the call ("goodbye", "that's all", "hang up")."""
     low = _low(text)
     return bool(END_INTENT.search(low)) and not NOT_AN_END.search(low)
-
-
-#: A question that starts so asks for something else: its "please" or "right" is no yes to an offer.
-QUESTION_STARTS = {"could", "can", "would", "will", "what", "where", "when", "how", "who", "why", "which", "do",
-                   "does", "is", "are"}  # fmt: skip
-
-
-def _yes(text: str) -> bool:
-    listed = _low(text).split()
-    words = set(listed)
-    if listed and listed[0] in QUESTION_STARTS and (text.rstrip().endswith("?") or len(listed) > 4):
-        return False  # "Could you tell me the address again, please?"
-    return not (words & NO) and (bool(words & YES) or any(re.search(p, _low(text)) for p in YES_PHRASES))
 
 
 def _no(text: str) -> bool:
@@ -183,7 +170,7 @@ class MessageDialogue:
             self.name = name
             return self._read_back()
         if self.state == "confirm":
-            if _yes(text):
+            if says_yes(text):
                 self.state = "taken"
                 return ToolReply(f"Thank you, I'll pass your message on to {self.for_whom}. Is there anything "
                                  "else I can help with?",
@@ -241,9 +228,9 @@ class CallTools:
         t = self.tools
         if t.end_call is not None and wants_to_end(text) and not wants_message(text) and not wants_person(text):
             return ToolReply(None, ToolAction("end_call", t.end_call.goodbye))
-        if wants_person(text) or (offered == "transfer" and _yes(text)):
+        if wants_person(text) or (offered == "transfer" and says_yes(text)):
             return self._transfer()
-        if wants_message(text) or (offered in ("message", "either") and _yes(text)):
+        if wants_message(text) or (offered in ("message", "either") and says_yes(text)):
             if t.take_message is None:
                 return None if t.transfer is None else self._transfer()
             return self._message(text)

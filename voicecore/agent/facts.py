@@ -534,8 +534,10 @@ class FactGuard:
     rest of the reply is dropped."""
 
     # A clause ends at punctuation before a space; at the end of what has streamed so far only when
-    # no digit precedes it ("8:" may be "8:30", "1," may be "1,000": the next piece says).
-    CLAUSE_END = re.compile(r"[.!?;:,]\s|(?<!\d)[.!?;:,]$")
+    # no digit precedes it ("8:" may be "8:30", "1," may be "1,000": the next piece says), and not
+    # at a full stop ("www." or "example." may go on as "example.com": the next piece, or the end
+    # of the reply, says).
+    CLAUSE_END = re.compile(r"[.!?;:,]\s|(?<!\d)[!?;:,]$")
 
     def __init__(self, book: FactBook):
         self.book = book
