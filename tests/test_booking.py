@@ -93,7 +93,7 @@ def test_services_names_and_nothing_invented() -> None:
     "can I bring my car in on Sunday for new tyres?", "could I get the car in for a service on Tuesday?",
     "can you squeeze me in tomorrow for a filling?", "do you have anything on Friday morning for a cleaning?",
     "is 5 pm on Saturday possible for a cleaning?", "Hi, it's Chris, I'd like an oil change on Friday at 3 pm",
-    "I would like to book a cleaning appointment.",
+    "I would like to book a cleaning appointment.", "my brakes are squeaking can you have a look at them tomorrow",
 ])  # fmt: skip
 def test_asking_for_work_on_a_day_is_a_booking(line: str) -> None:
     assert wants_booking(line)
@@ -102,7 +102,7 @@ def test_asking_for_work_on_a_day_is_a_booking(line: str) -> None:
 @pytest.mark.parametrize("line", [
     "are you open on Saturday?", "I would like to know your hours on Saturday", "do you have parking?",
     "is Dr. Patel working today?", "I want to talk to the dentist", "I'd like to cancel my appointment",
-    "I'd like to leave a message for Dr Smith on Friday",
+    "I'd like to leave a message for Dr Smith on Friday", "could you have a look at the address for me",
 ])  # fmt: skip
 def test_other_lines_are_no_booking(line: str) -> None:
     assert not wants_booking(line)

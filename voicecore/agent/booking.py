@@ -73,9 +73,10 @@ BOOKING_REQUEST = re.compile(
 )
 # "is 5 pm on Saturday possible?": a time asked for as possible, free or available
 POSSIBLE = re.compile(r"\b(possible|free|available|open for)\b")
-# "I'd like an oil change on Friday at 3 pm": a request with a day or a time
+# "I'd like an oil change on Friday at 3 pm", "can you have a look at them tomorrow": a request with a
+# day or a time
 REQUEST = re.compile(r"\b(id like|i would like|i want|i need|can i get|could i get|can i have|could i have|"
-                     r"can you do|could you do)\b")  # fmt: skip
+                     r"can you do|could you do|(can|could) you (have|take) a look|(can|could) you look at)\b")  # fmt: skip
 INFO_WORDS = re.compile(r"\b(know|hours|open|opening|close|closing|closed|price|prices|cost|costs|how much|where|"
                         r"address|message|speak|talk)\b")  # fmt: skip
 
